@@ -1,0 +1,98 @@
+"""A tiny Qwen2.5-VL checkpoint made locally (random init + a locally trained tokenizer); no hub access.
+
+It is a real Hugging Face `Qwen2_5_VLForConditionalGeneration` directory (config.json, model.safetensors,
+tokenizer files), so every loader in dvr1 reads it exactly as it reads Qwen2.5-VL-3B..72B.
+Text head_dim is 32 (vLLM's CPU attention accepts it); mrope_section sums to head_dim/2 as transformers requires.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable
+
+from dvr1.models.tokenizer import special_ids, train_tokenizer
+
+TINY_TEXT = dict(
+    hidden_size=128,
+    intermediate_size=352,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=4096,
+    rope_theta=1_000_000.0,
+    mrope_section=[4, 6, 6],
+)
+TINY_VISION = dict(
+    depth=2,
+    hidden_size=64,
+    intermediate_size=128,
+    num_heads=2,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=56,
+    fullatt_block_indexes=[1],
+    tokens_per_second=2,
+)
+
+
+def _round_up(x: int, m: int) -> int:
+    return (x + m - 1) // m * m
+
+
+def tiny_config(ids: dict[str, int], vocab_size: int, tie_word_embeddings: bool = True, text=None, vision=None):
+    """A `Qwen2_5_VLConfig` of the tiny policy. `ids` from `dvr1.models.tokenizer.special_ids`."""
+    from transformers import Qwen2_5_VLConfig
+
+    t = dict(TINY_TEXT, **(text or {}))
+    v = dict(TINY_VISION, **(vision or {}))
+    mrope = t.pop("mrope_section")
+    theta = t.pop("rope_theta")
+    v["out_hidden_size"] = t["hidden_size"]
+    text_config = dict(
+        t,
+        vocab_size=vocab_size,
+        rope_parameters={"rope_type": "default", "rope_theta": theta, "mrope_section": mrope},
+        bos_token_id=ids["pad"],
+        eos_token_id=ids["eos"],
+        pad_token_id=ids["pad"],
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    return Qwen2_5_VLConfig(
+        text_config=text_config,
+        vision_config=v,
+        image_token_id=ids["image"],
+        video_token_id=ids["video"],
+        vision_start_token_id=ids["vision_start"],
+        vision_end_token_id=ids["vision_end"],
+        tie_word_embeddings=tie_word_embeddings,
+    )
+
+
+def make_tiny_checkpoint(
+    out_dir: str,
+    texts: Iterable[str],
+    seed: int = 0,
+    vocab_size: int = 2048,
+    tie_word_embeddings: bool = True,
+    text=None,
+    vision=None,
+) -> str:
+    """Train the tokenizer on `texts`, build a random-init tiny Qwen2.5-VL and `save_pretrained` both to `out_dir`.
+
+    The model's vocabulary is the tokenizer's rounded up to a multiple of 128 (divisible by any TP size we use).
+    Returns `out_dir`.
+    """
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    tok = train_tokenizer(texts, vocab_size, out_dir)
+    cfg = tiny_config(special_ids(tok), _round_up(len(tok), 128), tie_word_embeddings, text, vision)
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).float()
+    model.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "dvr1_tiny.json"), "w") as f:
+        json.dump({"seed": seed, "tokenizer_vocab": len(tok), "model_vocab": cfg.text_config.vocab_size}, f)
+    return out_dir
