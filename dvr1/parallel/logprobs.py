@@ -1,0 +1,390 @@
+"""Per-token log-probs (and entropy) of the target tokens over a vocabulary split across TP ranks.
+
+Every RL loss in dvr1 consumes `l_t = log pi(y_t | x, y_<t)` per response token (ALGORITHMS §1; the GRPO ratio
+DVR1 Eq. 2, the Reg-GRPO log-ratio rho DVR1 Eqs. 3-8, the k3 KL of §2 and the M-DPO log-probs of §7) and logs the
+policy entropy (§5). This module computes them from the output layer without ever building a full-vocabulary tensor:
+
+- `vocab_parallel_logprobs(logits, target)`: from the local logits shard `[..., vocab/tp]` (the output of megatron's
+  ColumnParallelLinear output layer with `gather_output=False`).
+- `fused_linear_logprobs(hidden, weight, target)`: from the final hidden states and the local output-layer weight
+  shard; the logits are produced, reduced and discarded chunk by chunk, in forward and again in backward.
+
+Across TP the only communication is two all-reduces of per-token scalars in forward: MAX of the per-rank maximum
+logit, then one SUM of the stacked [sum-exp (rescaled to the global max), target logit (non-zero on the one rank
+that owns the target id), entropy partial sum]. The backward needs no communication for the logits (the gradient
+on a shard is `g * (onehot - softmax)` restricted to that shard). This is the same reduction that megatron-core
+0.16.1 uses for the loss in `tensor_parallel/cross_entropy.py:124-156` (`_VocabParallelCrossEntropy.forward`), done
+here in a single pass per chunk (per-rank log-sum-exp, combined across ranks), chunked over tokens, returning
+log-probs rather than a loss, and without keeping the softmax for backward (it is recomputed per chunk).
+
+Vocabulary layout: rank r of a TP group of size T holds the ids `[r * V_local, (r + 1) * V_local)`, as megatron's
+`VocabUtility.vocab_range_from_per_partition_vocab_size` (`tensor_parallel/utils.py:105`); the global vocabulary is
+`T * V_local` (megatron pads it to a multiple of T).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Tuple
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["vocab_parallel_logprobs", "fused_linear_logprobs"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# process group and input checks
+
+
+def _resolve_tp_group(tp_group):
+    """The TP group to reduce over, or None for a single shard.
+
+    `tp_group=None` means megatron's TP group when `parallel_state` has been initialised in this process (it is only
+    looked up if megatron.core.parallel_state is already imported, so this module never pays megatron's import),
+    else no communication.
+    """
+    if tp_group is not None:
+        return tp_group
+    ps = sys.modules.get("megatron.core.parallel_state")
+    if ps is None:
+        return None
+    return ps.get_tensor_model_parallel_group(check_initialized=False)
+
+
+def _group_size_rank(group) -> Tuple[int, int]:
+    if group is None:
+        return 1, 0
+    return dist.get_world_size(group), dist.get_rank(group)
+
+
+def _check_inputs(fn: str, logits_shape, vocab_local: int, target: torch.Tensor, world: int, rank: int,
+                  vocab_start: Optional[int], chunk_size: Optional[int]) -> int:
+    """Validate shapes/values; returns the resolved vocab_start. Raises ValueError naming the offending field."""
+    batch_shape = tuple(logits_shape[:-1])
+    if tuple(target.shape) != batch_shape:
+        raise ValueError(
+            f"{fn}: target shape {tuple(target.shape)} must equal the token shape {batch_shape} "
+            f"(input shape {tuple(logits_shape)} without its last dim)"
+        )
+    if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+        raise ValueError(f"{fn}: target must be an integer tensor (token ids), got dtype {target.dtype}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size <= 0):
+        raise ValueError(f"{fn}: chunk_size must be a positive int or None, got {chunk_size!r}")
+    vocab_total = vocab_local * world
+    if vocab_start is None:
+        vocab_start = rank * vocab_local
+    if not (0 <= vocab_start and vocab_start + vocab_local <= vocab_total):
+        raise ValueError(
+            f"{fn}: vocab_start={vocab_start} with {vocab_local} local ids lies outside the vocabulary "
+            f"[0, {vocab_total}) of a TP group of size {world}"
+        )
+    if target.numel() > 0:
+        lo, hi = int(target.min()), int(target.max())  # one host sync per call
+        if lo < 0 or hi >= vocab_total:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"{fn}: target value {bad} out of range [0, {vocab_total}) "
+                f"(target shape {tuple(target.shape)}, vocab {vocab_local} per rank x TP {world})"
+            )
+    return vocab_start
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the per-chunk math shared by both Functions
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The reduction dtype: fp32 for bf16/fp16/fp32 inputs (fp64 stays fp64, which lets tests use gradcheck)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _local_target(target: torch.Tensor, vocab_start: int, vocab_local: int):
+    """target [n] -> (local index [n] clamped into the shard, in-shard mask [n] bool)."""
+    local = target - vocab_start
+    in_shard = (local >= 0) & (local < vocab_local)
+    return local.masked_fill(~in_shard, 0), in_shard
+
+
+def _chunk_stats(z: torch.Tensor, local_t: torch.Tensor, in_shard: torch.Tensor, entropy: bool, inplace: bool):
+    """Per-token statistics of one chunk of local logits.
+
+    z: [c, V_local] any float dtype. Returns fp32 [c] tensors: m (local max), s = sum exp(z - m),
+    zt (target logit, 0 where the target is on another rank), w = sum exp(z - m) * (z - m) (entropy only, else None).
+    Extra memory: one [c, V_local] fp32 buffer (two with entropy), none beyond that when `inplace` (z fp32, owned).
+    """
+    acc = _acc_dtype(z.dtype)
+    m = z.amax(dim=-1).to(acc)
+    zt = z.gather(-1, local_t.unsqueeze(-1)).squeeze(-1).to(acc).masked_fill_(~in_shard, 0.0)
+    if inplace and z.dtype == acc:
+        d = z.sub_(m.unsqueeze(-1))
+    else:
+        d = z - m.unsqueeze(-1)  # fp32 by type promotion, one allocation
+    if entropy:
+        e = torch.exp(d)
+        s = e.sum(-1)
+        w = torch.matmul(e.unsqueeze(-2), d.unsqueeze(-1)).reshape(-1)  # row-wise dot, no [c, V] temporary
+        return m, s, zt, w
+    s = d.exp_().sum(-1)
+    return m, s, zt, None
+
+
+def _combine(m, s, zt, w, group):
+    """Combine per-rank statistics (fp32 [n] each) into (logprob, lse, entropy|None) across the TP group.
+
+    All-reduces: MAX of m, then one SUM of the stacked [s * exp(m - M), zt, (w + (m - M) s) exp(m - M)].
+    """
+    if group is not None and dist.get_world_size(group) > 1:
+        big_m = m.clone()
+        dist.all_reduce(big_m, op=dist.ReduceOp.MAX, group=group)
+        scale = torch.exp(m - big_m)
+        parts = [s * scale, zt]
+        if w is not None:
+            parts.append((w + (m - big_m) * s) * scale)
+        stacked = torch.stack(parts)
+        dist.all_reduce(stacked, op=dist.ReduceOp.SUM, group=group)
+        s, zt = stacked[0], stacked[1]
+        w = stacked[2] if w is not None else None
+        m = big_m
+    log_s = torch.log(s)
+    lse = m + log_s
+    logprob = (zt - m) - log_s  # shift first: exact for large logits, as torch.log_softmax does
+    entropy = (log_s - w / s) if w is not None else None  # H = lse - sum p z = log S - sum p (z - M)
+    return logprob, lse, entropy
+
+
+def _dlogits_(z: torch.Tensor, lse: torch.Tensor, local_t, in_shard, g: torch.Tensor, inplace: bool):
+    """d logprob / d logits times g for one chunk: fp32 [c, V_local] = g * (onehot(target) - softmax(z))."""
+    if inplace and z.dtype == lse.dtype:
+        p = z.sub_(lse.unsqueeze(-1))
+    else:
+        p = z - lse.unsqueeze(-1)
+    p.exp_().mul_(-g.unsqueeze(-1))
+    rows = torch.arange(z.shape[0], device=z.device)[in_shard]
+    p.index_put_((rows, local_t[in_shard]), g[in_shard], accumulate=True)
+    return p
+
+
+def _chunks(n: int, chunk_size: Optional[int]):
+    step = n if not chunk_size else chunk_size
+    return [(i, min(i + step, n)) for i in range(0, n, max(step, 1))]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# vocab-parallel log-probs from given logits
+
+
+class _VocabParallelLogprobs(torch.autograd.Function):
+    """Autograd Function over the local logits shard; see `vocab_parallel_logprobs`."""
+
+    @staticmethod
+    def forward(ctx, logits, target, group, vocab_start, compute_entropy, chunk_size):
+        n, v = logits.shape
+        local_t, in_shard = _local_target(target, vocab_start, v)
+        m = torch.empty(n, dtype=_acc_dtype(logits.dtype), device=logits.device)
+        s, zt = torch.empty_like(m), torch.empty_like(m)
+        w = torch.empty_like(m) if compute_entropy else None
+        for a, b in _chunks(n, chunk_size):
+            cm, cs, czt, cw = _chunk_stats(logits[a:b], local_t[a:b], in_shard[a:b], compute_entropy, inplace=False)
+            m[a:b], s[a:b], zt[a:b] = cm, cs, czt
+            if compute_entropy:
+                w[a:b] = cw
+        logprob, lse, entropy = _combine(m, s, zt, w, group)
+        ctx.save_for_backward(logits, local_t, in_shard, lse)
+        ctx.chunk_size = chunk_size
+        if entropy is None:
+            return logprob
+        ctx.mark_non_differentiable(entropy)
+        return logprob, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprob, *unused_grad_entropy):
+        logits, local_t, in_shard, lse = ctx.saved_tensors
+        g = grad_logprob.to(lse.dtype)
+        chunks = _chunks(logits.shape[0], ctx.chunk_size)
+        if len(chunks) == 1:
+            grad = _dlogits_(logits, lse, local_t, in_shard, g, inplace=False).to(logits.dtype)
+        else:
+            grad = torch.empty_like(logits)
+            for a, b in chunks:
+                grad[a:b] = _dlogits_(logits[a:b], lse[a:b], local_t[a:b], in_shard[a:b], g[a:b], inplace=False)
+        return grad, None, None, None, None, None
+
+
+def vocab_parallel_logprobs(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    tp_group=None,
+    vocab_start: Optional[int] = None,
+    compute_entropy: bool = False,
+    chunk_size: Optional[int] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Per-token log-prob `log softmax(z)[target]` of a vocabulary split across TP ranks (ALGORITHMS §1).
+
+    Args:
+        logits: `[..., V_local]` this rank's logits shard (e.g. `[seq, batch, V/tp]` from megatron's output layer),
+            any float dtype (bf16/fp16/fp32); all reductions are fp32 (fp64 input: fp64). Receives a gradient of
+            the same shape and dtype.
+        target: `[...]` (= logits.shape[:-1]) int64 global token ids in `[0, V_local * tp)`.
+        tp_group: the TP process group; None = megatron's TP group if `parallel_state` is initialised, else no
+            communication (a single shard holding the whole vocabulary).
+        vocab_start: first global id of this shard; default `rank * V_local` (megatron's layout).
+        compute_entropy: also return the policy entropy `H = logsumexp(z) - sum_v softmax(z)_v z_v` per token
+            (ALGORITHMS §5, for logging). It carries NO gradient (marked non-differentiable).
+        chunk_size: tokens per chunk along the flattened token dim; None = all tokens in one chunk.
+
+    Returns:
+        `(logprobs, entropy)`: fp32 `[...]` (fp64 for fp64 logits), and the same or None. Identical on every rank
+        of the TP group.
+
+    Communication (forward only, over `tp_group`, skipped for a group of size 1): all_reduce(MAX) of the per-token
+    local max `[n]`, then one all_reduce(SUM) of `[2 or 3, n]` = (sum-exp rescaled to the global max, target logit
+    contributed by the owning rank only, entropy partial sum). Backward: no communication; the local-shard gradient
+    is `g * (onehot(target) - softmax(z))`, recomputed chunk by chunk from the saved logits and the fp32 per-token
+    log-sum-exp.
+
+    Memory: beyond the inputs/outputs (the logits gradient is an output of the logits' size and dtype), one
+    `[chunk, V_local]` fp32 buffer (two with `compute_entropy`), plus O(n) fp32 per-token vectors.
+
+    Raises:
+        ValueError: target shape != logits.shape[:-1]; non-integer target; a target id outside
+            `[0, V_local * tp)` (names the value); vocab_start out of range; chunk_size not a positive int.
+    """
+    fn = "vocab_parallel_logprobs"
+    if logits.dim() < 1 or not logits.dtype.is_floating_point:
+        raise ValueError(f"{fn}: logits must be a float tensor [..., vocab], got shape {tuple(logits.shape)} "
+                         f"dtype {logits.dtype}")
+    group = _resolve_tp_group(tp_group)
+    world, rank = _group_size_rank(group)
+    v = logits.shape[-1]
+    vocab_start = _check_inputs(fn, logits.shape, v, target, world, rank, vocab_start, chunk_size)
+    out = _VocabParallelLogprobs.apply(
+        logits.reshape(-1, v), target.reshape(-1).long(), group if world > 1 else None, vocab_start,
+        compute_entropy, chunk_size,
+    )
+    logprob, entropy = (out if compute_entropy else (out, None))
+    shape = target.shape
+    return logprob.view(shape), (entropy.view(shape) if entropy is not None else None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# output layer fused with the log-probs
+
+
+class _FusedLinearLogprobs(torch.autograd.Function):
+    """Autograd Function for `logprob(hidden @ weight.T)` chunked over tokens; see `fused_linear_logprobs`."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, target, group, vocab_start, compute_entropy, chunk_size):
+        n = hidden.shape[0]
+        v = weight.shape[0]
+        local_t, in_shard = _local_target(target, vocab_start, v)
+        m = torch.empty(n, dtype=_acc_dtype(hidden.dtype), device=hidden.device)
+        s, zt = torch.empty_like(m), torch.empty_like(m)
+        w = torch.empty_like(m) if compute_entropy else None
+        for a, b in _chunks(n, chunk_size):
+            z = torch.matmul(hidden[a:b], weight.t())  # [c, V_local]; the GEMM accumulates in fp32
+            cm, cs, czt, cw = _chunk_stats(z, local_t[a:b], in_shard[a:b], compute_entropy, inplace=True)
+            m[a:b], s[a:b], zt[a:b] = cm, cs, czt
+            if compute_entropy:
+                w[a:b] = cw
+            del z
+        logprob, lse, entropy = _combine(m, s, zt, w, group)
+        ctx.save_for_backward(hidden, weight, local_t, in_shard, lse)
+        ctx.chunk_size = chunk_size
+        if entropy is None:
+            return logprob
+        ctx.mark_non_differentiable(entropy)
+        return logprob, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprob, *unused_grad_entropy):
+        hidden, weight, local_t, in_shard, lse = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        g = grad_logprob.to(lse.dtype)
+        grad_h = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        for a, b in _chunks(hidden.shape[0], ctx.chunk_size):
+            h = hidden[a:b]
+            z = torch.matmul(h, weight.t())  # recompute the logits chunk
+            dz = _dlogits_(z, lse[a:b], local_t[a:b], in_shard[a:b], g[a:b], inplace=True).to(weight.dtype)
+            del z
+            if need_h:
+                torch.matmul(dz, weight, out=grad_h[a:b])
+            if need_w:
+                grad_w.addmm_(dz.t(), h)
+            del dz
+        return grad_h, grad_w, None, None, None, None, None
+
+
+def fused_linear_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    tp_group=None,
+    chunk_size: Optional[int] = 1024,
+    compute_entropy: bool = False,
+    vocab_start: Optional[int] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Per-token log-probs of `target` under `softmax(hidden @ weight.T)` without materialising the logits.
+
+    The output-layer GEMM is fused into the chunk loop of `vocab_parallel_logprobs`: per chunk of tokens,
+    `z = hidden_c @ weight.T` (`[c, V_local]`, computed in the input dtype by a GEMM that accumulates in fp32, then
+    reduced in fp32), only the per-token log-prob and log-sum-exp are kept; backward recomputes `z` per chunk and
+    accumulates `grad_hidden = dz @ weight` and `grad_weight += dz.T @ hidden_c`, `dz = g (onehot - softmax(z))`.
+    Full logits `[n, V_local]` exist neither in forward nor in backward. Cost: the logits GEMM runs twice (forward
+    and backward recompute), i.e. 4 GEMMs of the output layer's size instead of 3.
+
+    Args:
+        hidden: `[n, h]` or `[s, b, h]` final hidden states (after the final norm), float dtype. Under TP this must
+            be the TP-replicated activation (the input of megatron's ColumnParallelLinear output layer).
+        weight: `[V_local, h]` this rank's output-layer (or tied embedding) weight shard, same dtype as hidden.
+        target: `hidden.shape[:-1]` int64 global token ids in `[0, V_local * tp)`.
+        tp_group, vocab_start, compute_entropy: as in `vocab_parallel_logprobs` (entropy has no gradient).
+        chunk_size: tokens per chunk (default 1024); None = one chunk.
+
+    Returns:
+        `(logprobs, entropy)`: fp32 `hidden.shape[:-1]` (fp64 for fp64 inputs), and the same or None.
+
+    Gradients: both `hidden` and `weight` (each only if it requires grad). `grad_weight` is accumulated over chunks
+    in the weight's dtype (fp32 weights: exact fp32 accumulation; bf16: one rounding per chunk). Under TP (group
+    size > 1) the hidden is first passed through megatron's `copy_to_tensor_model_parallel_region`
+    (`tensor_parallel/mappings.py:197-214, 469`): identity in forward, all-reduce(SUM) of `grad_hidden` across TP in
+    backward, exactly as in ColumnParallelLinear; the weight gradient needs no communication.
+
+    Communication: as `vocab_parallel_logprobs` in forward (MAX + one SUM of per-token scalars), plus the one
+    all-reduce of `grad_hidden` `[n, h]` in backward under TP.
+
+    Memory: one `[chunk, V_local]` fp32 buffer (two with entropy; plus the input-dtype GEMM output when the inputs
+    are bf16/fp16) on top of inputs, outputs, `grad_hidden` and `grad_weight`.
+
+    Raises:
+        ValueError: hidden not 2-D/3-D, weight not `[V_local, h]` with hidden's h and dtype, target shape !=
+            hidden.shape[:-1], target id out of `[0, V_local * tp)` (names the value), bad chunk_size/vocab_start.
+    """
+    fn = "fused_linear_logprobs"
+    if hidden.dim() not in (2, 3) or not hidden.dtype.is_floating_point:
+        raise ValueError(f"{fn}: hidden must be a float tensor [n, h] or [s, b, h], got shape "
+                         f"{tuple(hidden.shape)} dtype {hidden.dtype}")
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(f"{fn}: weight shape {tuple(weight.shape)} must be [V_local, {hidden.shape[-1]}] "
+                         f"(hidden shape {tuple(hidden.shape)})")
+    if weight.dtype != hidden.dtype:
+        raise ValueError(f"{fn}: weight dtype {weight.dtype} must equal hidden dtype {hidden.dtype}")
+    group = _resolve_tp_group(tp_group)
+    world, rank = _group_size_rank(group)
+    v, h = weight.shape
+    vocab_start = _check_inputs(fn, tuple(hidden.shape[:-1]) + (v,), v, target, world, rank, vocab_start,
+                                chunk_size)
+    hidden2d = hidden.reshape(-1, h)
+    if world > 1:
+        from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
+
+        hidden2d = copy_to_tensor_model_parallel_region(hidden2d, group=group)
+    out = _FusedLinearLogprobs.apply(
+        hidden2d, weight, target.reshape(-1).long(), group if world > 1 else None, vocab_start, compute_entropy,
+        chunk_size,
+    )
+    logprob, entropy = (out if compute_entropy else (out, None))
+    shape = target.shape
+    return logprob.view(shape), (entropy.view(shape) if entropy is not None else None)
