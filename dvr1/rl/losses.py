@@ -1,0 +1,291 @@
+"""Policy losses: GRPO, Reg-GRPO, the k3 KL estimator and sigmoid DPO (ALGORITHMS §2, §3, §7).
+
+Pure functions of tensors. Token-level inputs are ``[batch, group, seq]`` (B prompts × G responses × T response
+tokens) floating tensors of per-token log-probabilities of the sampled tokens, with ``mask`` ``[B, G, T]``
+(1 = response token, 0 = padding / prompt / vision). Only ``logp`` (the policy π_θ) carries gradients; ``old_logp``
+(π_old, the rollout policy) and ``ref_logp`` (π_ref) are detached here. Losses are to be MINIMISED.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["LOSS_AGG_MODES", "aggregate", "dpo_loss", "grpo_loss", "kl_k3", "reg_grpo_loss"]
+
+LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum")
+
+
+def _check_tokens(fn: str, mask: torch.Tensor, **tensors: torch.Tensor | None) -> None:
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 3:
+        raise ValueError(f"{fn}: mask must be a [batch, group, seq] tensor, got {getattr(mask, 'shape', mask)}")
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise ValueError(f"{fn}: {name} must be a floating tensor, got {type(t).__name__}")
+        if t.shape != mask.shape:
+            raise ValueError(f"{fn}: {name} has shape {tuple(t.shape)}, expected mask's {tuple(mask.shape)}")
+
+
+def _check_adv(fn: str, advantages: torch.Tensor, mask: torch.Tensor) -> None:
+    if not isinstance(advantages, torch.Tensor) or advantages.shape != mask.shape[:2]:
+        raise ValueError(
+            f"{fn}: advantages must be [batch, group] = {tuple(mask.shape[:2])}, "
+            f"got {tuple(getattr(advantages, 'shape', ()))}"
+        )
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    """Token-mean of ``x`` over ``mask`` as a Python float (metrics only)."""
+    n = mask.sum()
+    return float((x * mask).sum() / n) if n > 0 else 0.0
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(π_θ ‖ π_ref) (ALGORITHMS §2): ``exp(l_ref − l_θ) − (l_ref − l_θ) − 1`` >= 0.
+
+    Args:
+        logp: ``[B, G, T]`` policy token log-probs l_θ (differentiable).
+        ref_logp: ``[B, G, T]`` reference token log-probs l_ref (detached here).
+    Returns: ``[B, G, T]`` tensor, same dtype; padding positions are NOT masked (aggregate with ``mask``).
+    Raises: ValueError on shape mismatch.
+    """
+    if logp.shape != ref_logp.shape:
+        raise ValueError(f"kl_k3: logp {tuple(logp.shape)} and ref_logp {tuple(ref_logp.shape)} differ in shape")
+    d = ref_logp.detach() - logp
+    return torch.exp(d) - d - 1.0
+
+
+def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str = "seq-mean-token-mean") -> torch.Tensor:
+    """Reduce a per-token quantity to a scalar (ALGORITHMS §2 ``loss_agg``).
+
+    Args:
+        x: ``[B, G, T]`` per-token values; mask: ``[B, G, T]`` 1 = response token.
+        mode:
+            ``"seq-mean-token-mean"`` (GRPO, default): ``mean_s [ Σ_t m x / Σ_t m ]``;
+            ``"token-mean"`` (DAPO): ``Σ m x / Σ m``;
+            ``"seq-mean-token-sum"`` (Dr.GRPO): ``mean_s [ Σ_t m x ]``.
+            The sequence means run over sequences with at least one response token (fully padded rows are
+            ignored); with no token at all the result is ``0 · Σx`` (exactly 0, graph still connected).
+    Returns: 0-dim tensor.
+    Raises: ValueError on an unknown mode or shape mismatch.
+    """
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"aggregate: loss_agg must be one of {LOSS_AGG_MODES}, got {mode!r}")
+    if x.shape != mask.shape:
+        raise ValueError(f"aggregate: x {tuple(x.shape)} and mask {tuple(mask.shape)} differ in shape")
+    m = mask.to(x.dtype)
+    if m.sum() == 0:
+        return (x * 0.0).sum()
+    xm = x * m
+    if mode == "token-mean":
+        return xm.sum() / m.sum()
+    lengths = m.sum(dim=-1)
+    nonempty = lengths > 0
+    seq = xm.sum(dim=-1)
+    if mode == "seq-mean-token-mean":
+        seq = seq / lengths.clamp(min=1.0)
+    return seq[nonempty].mean()
+
+
+def grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_eps: float = 0.2,
+    clip: bool = True,
+    beta: float = 0.0,
+    loss_agg: str = "seq-mean-token-mean",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """GRPO loss (ALGORITHMS §2, DVR1 Eq. 2), to minimise::
+
+        L = agg_{i,t} −[ min(r_{i,t} Â_i, clip(r_{i,t}, 1−ε, 1+ε) Â_i) − β k3_{i,t} ],   r = exp(l_θ − l_old)
+
+    (``clip=False``: the bracket is ``r Â − β k3``, the paper's GRPO baseline.)
+
+    Args:
+        logp, old_logp: ``[B, G, T]`` token log-probs under π_θ and π_old; ref_logp: ``[B, G, T]`` under π_ref, or
+            ``None`` when ``beta == 0``; advantages: ``[B, G]``; mask: ``[B, G, T]``.
+        clip_eps: ε of the ratio clip; beta: KL coefficient; loss_agg: see ``aggregate``.
+    Returns:
+        (loss 0-dim tensor, metrics) with float metrics: ``loss``, ``pg_loss`` (the policy term alone, same
+        aggregation), ``kl`` (token-mean k3 to π_ref; 0 without ``ref_logp``), ``clip_frac`` (token fraction where
+        the clipped branch is the min and differs from the unclipped one; 0 when ``clip=False``),
+        ``ratio_mean``/``ratio_min``/``ratio_max`` (over response tokens), ``approx_kl_old`` (token-mean
+        ``l_old − l_θ``).
+    Raises: ValueError on shape mismatch, or ``beta > 0`` with ``ref_logp=None``.
+    """
+    _check_tokens("grpo_loss", mask, logp=logp, old_logp=old_logp, ref_logp=ref_logp)
+    _check_adv("grpo_loss", advantages, mask)
+    if beta != 0 and ref_logp is None:
+        raise ValueError(f"grpo_loss: beta={beta} needs ref_logp, got None")
+    m = mask.to(logp.dtype)
+    log_ratio = logp - old_logp.detach()
+    ratio = torch.exp(log_ratio)
+    adv = advantages.detach().to(logp.dtype)[..., None]
+    surr = ratio * adv
+    if clip:
+        surr_clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * adv
+        objective = torch.minimum(surr, surr_clipped)
+    else:
+        objective = surr
+    pg_tokens = -objective
+    tokens = pg_tokens
+    kl = kl_k3(logp, ref_logp) if ref_logp is not None else None
+    if beta != 0:
+        tokens = pg_tokens + beta * kl
+    loss = aggregate(tokens, mask, loss_agg)
+    with torch.no_grad():
+        sel = m > 0
+        metrics = {
+            "loss": float(loss),
+            "pg_loss": float(aggregate(pg_tokens, mask, loss_agg)),
+            "kl": _masked_mean(kl, m) if kl is not None else 0.0,
+            "clip_frac": _masked_mean((surr_clipped < surr).to(m.dtype), m) if clip else 0.0,
+            "ratio_mean": _masked_mean(ratio, m),
+            "ratio_min": float(ratio[sel].min()) if sel.any() else 1.0,
+            "ratio_max": float(ratio[sel].max()) if sel.any() else 1.0,
+            "approx_kl_old": _masked_mean(-log_ratio, m),
+        }
+    return loss, metrics
+
+
+def reg_grpo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    valid: torch.Tensor,
+    eps_s: float = 1.0,
+    eps_rho: float = 1e-6,
+    beta: float = 0.1,
+    logratio_reduction: str = "sum",
+    normalize_logratio: bool = True,
+    ddof: int = 1,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Reg-GRPO loss (ALGORITHMS §3, DVR1 Eqs. 3–8), to minimise::
+
+        ρ_i    = Σ_t m_{i,t} (l_θ − l_old)            (``logratio_reduction="mean"``: divided by |y_i|)
+        Â_θ,i  = ε_s (ρ_i − mean_G ρ) / sqrt(var_G ρ + ε_ρ)      (``normalize_logratio=False``: ε_s (ρ_i − mean_G ρ))
+        L      = (1 / (n_valid · G)) Σ_{b valid} Σ_i (Â_{b,i} − Â_θ,{b,i})²  +  β · agg_smtm(k3(l_θ, l_ref))
+
+    ``var_G`` uses ``ddof`` (same as the reward std). The regression term averages over the G members of VALID
+    groups only (σ_r = 0 groups are masked out, ALGORITHMS §3); with no valid group it is exactly 0 (``0 · Σ``, the
+    graph stays connected). The KL term (added, not subtracted) is aggregated seq-mean-token-mean over ALL sequences.
+    No ratio clipping, no min.
+
+    Gradient at ρ ≡ 0 (``logp == old_logp``, the on-policy step): for member j of a valid group b,
+    ``∂L/∂ρ_{b,j} = −2 ε_s (Â_{b,j} − mean_i Â_{b,i}) / (n_valid · G · sqrt(ε_ρ))`` (``normalize_logratio=False``: no
+    ``sqrt(ε_ρ)``), i.e. ALGORITHMS §3's ``−2 ε_s Â_j / (G sqrt(ε_ρ))`` divided by ``n_valid`` (our mean over valid
+    groups) — the policy-gradient direction since group-normalised Â has mean 0.
+
+    Args:
+        logp, old_logp, ref_logp: ``[B, G, T]`` token log-probs (π_θ, π_old, π_ref; ``ref_logp`` may be ``None``
+            when ``beta == 0``); advantages: ``[B, G]`` Â (``group_advantages``); mask: ``[B, G, T]``;
+        valid: ``[B]`` bool, groups with σ_r > 0 (``GroupStats.valid``).
+        eps_s: scale ε_s; eps_rho: ε_ρ inside the square root; beta: KL coefficient;
+        logratio_reduction: ``"sum"`` (default) | ``"mean"``; normalize_logratio: z-score ρ (default) or only
+        centre it; ddof: of ``var_G ρ``.
+    Returns:
+        (loss 0-dim tensor, metrics) with float metrics: ``loss``, ``regression``, ``kl`` (the seq-mean-token-mean
+        k3 term before β; 0 without ``ref_logp``), ``rho_mean``/``rho_std`` (over all B·G sequences, population std),
+        ``pred_adv_std`` (population std of Â_θ over members of valid groups; 0 if none), ``n_valid_groups``.
+    Raises: ValueError on shapes, an unknown reduction, ``group <= ddof``, ``eps_rho < 0``, or ``beta > 0`` without
+        ``ref_logp``.
+    """
+    fn = "reg_grpo_loss"
+    _check_tokens(fn, mask, logp=logp, old_logp=old_logp, ref_logp=ref_logp)
+    _check_adv(fn, advantages, mask)
+    if not isinstance(valid, torch.Tensor) or valid.shape != mask.shape[:1]:
+        raise ValueError(f"{fn}: valid must be a [batch] = {tuple(mask.shape[:1])} bool tensor, got "
+                         f"{tuple(getattr(valid, 'shape', ()))}")
+    if logratio_reduction not in ("sum", "mean"):
+        raise ValueError(f"{fn}: logratio_reduction must be 'sum' or 'mean', got {logratio_reduction!r}")
+    G = mask.shape[1]
+    if G <= ddof:
+        raise ValueError(f"{fn}: group size {G} must exceed ddof={ddof}")
+    if eps_rho < 0:
+        raise ValueError(f"{fn}: eps_rho must be >= 0, got {eps_rho}")
+    if beta != 0 and ref_logp is None:
+        raise ValueError(f"{fn}: beta={beta} needs ref_logp, got None")
+
+    m = mask.to(logp.dtype)
+    rho = ((logp - old_logp.detach()) * m).sum(dim=-1)  # [B, G]
+    if logratio_reduction == "mean":
+        rho = rho / m.sum(dim=-1).clamp(min=1.0)
+    centred = rho - rho.mean(dim=1, keepdim=True)
+    if normalize_logratio:
+        pred_adv = eps_s * centred / torch.sqrt(rho.var(dim=1, correction=ddof, keepdim=True) + eps_rho)
+    else:
+        pred_adv = eps_s * centred
+    sq = (advantages.detach().to(logp.dtype) - pred_adv) ** 2  # [B, G]
+    vmask = valid.to(torch.bool)
+    n_valid = int(vmask.sum())
+    if n_valid > 0:
+        regression = sq[vmask].sum() / (n_valid * G)
+    else:
+        regression = (sq * 0.0).sum()
+    loss = regression
+    kl_term = aggregate(kl_k3(logp, ref_logp), mask, "seq-mean-token-mean") if ref_logp is not None else None
+    if beta != 0:
+        loss = loss + beta * kl_term
+    with torch.no_grad():
+        metrics = {
+            "loss": float(loss),
+            "regression": float(regression),
+            "kl": float(kl_term) if kl_term is not None else 0.0,
+            "rho_mean": float(rho.mean()) if rho.numel() else 0.0,
+            "rho_std": float(rho.std(correction=0)) if rho.numel() else 0.0,
+            "pred_adv_std": float(pred_adv[vmask].std(correction=0)) if n_valid > 0 else 0.0,
+            "n_valid_groups": float(n_valid),
+        }
+    return loss, metrics
+
+
+def dpo_loss(
+    policy_chosen_logp: torch.Tensor,
+    policy_rejected_logp: torch.Tensor,
+    ref_chosen_logp: torch.Tensor,
+    ref_rejected_logp: torch.Tensor,
+    beta: float = 0.5,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sigmoid DPO loss (ALGORITHMS §7, VidChain M-DPO), mean over N pairs::
+
+        L = mean_n −log σ( β [ (l_θ(y_w) − l_ref(y_w)) − (l_θ(y_l) − l_ref(y_l)) ] )
+
+    Args:
+        policy_chosen_logp, policy_rejected_logp: ``[N]`` sequence log-probs (summed over assistant turns) of the
+            winner y_w / loser y_l under π_θ; ref_chosen_logp, ref_rejected_logp: ``[N]`` under π_ref (detached).
+        beta: β (0.5 in VidChain).
+    Returns:
+        (loss 0-dim tensor, metrics) with float metrics ``loss``, ``reward_chosen``/``reward_rejected`` (mean
+        implicit rewards ``β (l_θ − l_ref)``), ``reward_margin`` (mean chosen − rejected), ``reward_accuracy``
+        (fraction of pairs with chosen reward > rejected reward).
+    Raises: ValueError when the four tensors are not all ``[N]`` with N >= 1.
+    """
+    tensors = {
+        "policy_chosen_logp": policy_chosen_logp,
+        "policy_rejected_logp": policy_rejected_logp,
+        "ref_chosen_logp": ref_chosen_logp,
+        "ref_rejected_logp": ref_rejected_logp,
+    }
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape != policy_chosen_logp.shape or t.numel() == 0:
+            raise ValueError(f"dpo_loss: {name} must be a non-empty [N] tensor matching policy_chosen_logp "
+                             f"{tuple(getattr(policy_chosen_logp, 'shape', ()))}, got {tuple(getattr(t, 'shape', ()))}")
+    chosen = beta * (policy_chosen_logp - ref_chosen_logp.detach())
+    rejected = beta * (policy_rejected_logp - ref_rejected_logp.detach())
+    loss = -F.logsigmoid(chosen - rejected).mean()
+    with torch.no_grad():
+        metrics = {
+            "loss": float(loss),
+            "reward_chosen": float(chosen.mean()),
+            "reward_rejected": float(rejected.mean()),
+            "reward_margin": float((chosen - rejected).mean()),
+            "reward_accuracy": float((chosen > rejected).float().mean()),
+        }
+    return loss, metrics
