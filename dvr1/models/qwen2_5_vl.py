@@ -181,6 +181,18 @@ class Qwen25VLPolicy(torch.nn.Module):
     def set_input_tensor(self, input_tensor):
         self.lm.set_input_tensor(input_tensor)
 
+    # ---- checkpoints: only the language model is trained, so only it is saved (the frozen vision tower always
+    # comes from the HF checkpoint the run started from) --------------------------------------------------------
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None):
+        """megatron-core dist_checkpointing view of the trainable part: the GPTModel under `lm.`."""
+        return self.lm.sharded_state_dict(prefix=f"{prefix}lm.", sharded_offsets=sharded_offsets, metadata=metadata)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """A state holding only `lm.*` keys (a dist checkpoint) loads into the language model; else as usual."""
+        if state_dict and all(k.startswith("lm.") for k in state_dict):
+            return self.lm.load_state_dict({k[3:]: v for k, v in state_dict.items()}, strict=strict, assign=assign)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.visual is not None:
@@ -194,11 +206,19 @@ class Qwen25VLPolicy(torch.nn.Module):
         out = self.visual(pixel_values_videos.to(dtype), grid_thw=video_grid_thw)
         return getattr(out, "pooler_output", out)
 
-    def embed(self, input_ids: torch.Tensor, video_embeds: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings with video features scattered into the `<|video_pad|>` positions. -> `[seq, batch, h]`."""
+    def embed(self, input_ids: torch.Tensor, video_embeds: torch.Tensor | None,
+              video_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings with video features scattered into the video positions. -> `[seq, batch, h]`.
+
+        `video_mask` bool `[batch, seq]` marks the positions that take `video_embeds` (default: every
+        `<|video_pad|>` token; pass it explicitly when responses are appended, since a sampled response may
+        itself contain that token id, which then stays an ordinary embedding).
+        """
         emb = self.lm.embedding(input_ids=input_ids, position_ids=None)  # [s, b, h] (TP all-reduced)
         if video_embeds is not None:
-            mask = (input_ids == self.info.video_token_id).transpose(0, 1)  # [s, b]
+            if video_mask is None:
+                video_mask = input_ids == self.info.video_token_id
+            mask = video_mask.transpose(0, 1)  # [s, b]
             n = int(mask.sum())
             if n != video_embeds.shape[0]:
                 raise ValueError(f"{n} <|video_pad|> tokens but {video_embeds.shape[0]} video embeddings")
@@ -206,7 +226,8 @@ class Qwen25VLPolicy(torch.nn.Module):
         return emb
 
     def forward(self, input_ids, position_ids, video_embeds=None, pixel_values_videos=None, video_grid_thw=None,
-                attention_mask=None, inference_context=None, labels=None, runtime_gather_output=None):
+                attention_mask=None, inference_context=None, labels=None, runtime_gather_output=None,
+                video_mask=None):
         """Logits `[batch, seq, vocab/tp]` (or megatron's output on non-last PP stages / with `labels`).
 
         `video_embeds` `[num_video_tokens, hidden]` (precomputed by `encode_video`, in batch-row order) or
@@ -217,7 +238,7 @@ class Qwen25VLPolicy(torch.nn.Module):
         if self.pre_process:
             if video_embeds is None and pixel_values_videos is not None:
                 video_embeds = self.encode_video(pixel_values_videos, video_grid_thw)
-            decoder_input = self.embed(input_ids, video_embeds)
+            decoder_input = self.embed(input_ids, video_embeds, video_mask)
         return self.lm(
             input_ids=input_ids,
             position_ids=position_ids,

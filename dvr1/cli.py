@@ -1,0 +1,82 @@
+"""`dvr1` command line: `dvr1 <command> [-c CONFIG.yaml] [key=value ...]`.
+
+Commands:
+  main       the whole job: data -> tiny checkpoint -> SFT -> eval -> RL -> eval -> plots (resumable)
+  data       build the verifiable video-QA dataset at data.root
+  make-tiny  make the tiny random-init Qwen2.5-VL checkpoint (tokenizer trained on the dataset)
+  sft        SFT cold start from model.path (or the tiny checkpoint)
+  train      RL (algo.name=reg_grpo|grpo, da_aug.enabled=...) from --init (default <run_dir>/sft/hf)
+  eval       greedy eval of --model on eval.split
+  plot       PNG plots from a run directory's metrics
+
+Examples:
+  dvr1 main -c examples/tiny_cpu.yaml
+  dvr1 train -c examples/tiny_cpu.yaml algo.name=grpo da_aug.enabled=false run_dir=runs/grpo
+  torchrun --nproc-per-node 2 -m dvr1.cli main -c examples/tiny_cpu_tp2.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dvr1", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("main", "data", "make-tiny", "sft", "train", "eval", "plot"):
+        s = sub.add_parser(name)
+        s.add_argument("-c", "--config", default=None, help="YAML config (defaults: dvr1/config.py)")
+        s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. rl.steps=20")
+        if name == "train":
+            s.add_argument("--init", default=None, help="HF checkpoint to start from (default <run_dir>/sft/hf)")
+        if name == "eval":
+            s.add_argument("--model", required=True, help="HF checkpoint directory to evaluate")
+            s.add_argument("--name", default="model", help="writes <run_dir>/eval_<name>.json")
+            s.add_argument("--split", default=None)
+    return p
+
+
+def main(argv=None) -> int:
+    import warnings
+
+    # megatron-core warns at import that TransformerEngine/apex are absent; on CPU that is expected.
+    warnings.filterwarnings("ignore", message=".*(Apex|apex|Transformer Engine|TransformerEngine).*")
+    args = _parser().parse_args(argv)
+    from dvr1.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    from dvr1.train import job
+
+    job.setup_logging(cfg.run_dir)
+    if args.command == "main":
+        job.run_main(cfg)
+    elif args.command == "data":
+        print(job.ensure_data(cfg))
+    elif args.command == "make-tiny":
+        job.ensure_data(cfg)
+        print(job.ensure_model(cfg))
+    elif args.command == "plot":
+        from dvr1.train.metrics import plot_run
+
+        print("\n".join(plot_run(cfg.run_dir)))
+    else:
+        pinfo = job.init(cfg)
+        if args.command == "sft":
+            job.ensure_data(cfg)
+            print(job.run_sft(cfg, pinfo, job.ensure_model(cfg)))
+        elif args.command == "train":
+            init_hf = args.init or os.path.join(os.path.abspath(cfg.run_dir), "sft", "hf")
+            if not os.path.exists(os.path.join(init_hf, "config.json")):
+                print(f"dvr1 train: {init_hf} is not a HF checkpoint (run `dvr1 sft` first or pass --init)",
+                      file=sys.stderr)
+                return 2
+            print(job.run_rl(cfg, pinfo, init_hf))
+        elif args.command == "eval":
+            job.run_eval(cfg, pinfo, os.path.abspath(args.model), args.name, args.split)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

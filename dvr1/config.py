@@ -1,0 +1,208 @@
+"""Run configuration: one dataclass per section, loaded from YAML with command-line overrides (OmegaConf).
+
+    cfg = load_config("examples/tiny_cpu.yaml", ["rl.steps=20", "algo.name=grpo"])
+
+Unknown keys and wrongly-typed values fail with OmegaConf's message naming the key (e.g. `Key 'stepz' not in
+'RLConfig'`); `validate` adds the project's own checks with messages naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from omegaconf import OmegaConf
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/videoqa"  # built by `dvr1 data`; train/val/test.jsonl + videos/
+    seed: int = 0
+    n_train: int = 400
+    n_val: int = 48
+    n_test: int = 120
+    fps: float = 8.0
+    size: int = 112
+    strict: bool = False  # fail on the first malformed record / corrupt video instead of reporting and skipping
+
+
+@dataclass
+class VideoConfig:
+    backend: str = "pyav"  # pyav | dali
+    num_frames: int = 8  # uniform sampling; set 0 to use fps-based sampling
+    fps: float = 2.0
+    max_frames: int = 16
+    min_pixels: int = 56 * 56
+    max_pixels: int = 112 * 112
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # HF Qwen2.5-VL checkpoint dir; empty = <run_dir>/tiny_init made by `dvr1 make-tiny`
+    spec: str = "local"  # local (CPU) | te (TransformerEngine, GPU image)
+    dtype: str = "float32"  # float32 | bfloat16
+    tokenizer_vocab: int = 2048  # tiny checkpoint only
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    pp: int = 1
+    seed: int = 1234
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "native"  # native | vllm
+    group_size: int = 8  # G
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+
+
+@dataclass
+class AlgoConfig:
+    name: str = "reg_grpo"  # reg_grpo | grpo
+    beta: float = 0.1  # KL to the reference policy (ALGORITHMS §3, App. C.1)
+    adv_eps: float = 1e-4  # ε_A
+    ddof: int = 1
+    # GRPO (ALGORITHMS §2)
+    clip: bool = False
+    clip_eps: float = 0.2
+    loss_agg: str = "seq-mean-token-mean"
+    # Reg-GRPO (ALGORITHMS §3)
+    eps_s: float = 1.0
+    eps_rho: float = 1e-6
+    logratio_reduction: str = "sum"
+    normalize_logratio: bool = True
+    ppo_epochs: int = 1
+
+
+@dataclass
+class RewardConfig:
+    format: float = 1.0
+    accuracy: float = 1.0
+    iou: float = 1.0
+
+
+@dataclass
+class DAAugConfig:
+    enabled: bool = True
+    reference: str = "relative"  # relative | absolute
+    r_ref: float = 1.0  # used when reference=absolute
+    window: int = 100
+    margin: float = 0.0
+    max_level: int = 3
+    scale: str = "adaptive"  # adaptive | fixed
+    directions: str = "both"  # both | up (noise only) | down (hints only)
+    sigma0: float = 0.1  # frame-noise std per level, in normalised pixel units
+    mask_fraction: float = 0.0
+    mode: str = "replace"  # replace | append
+    answer_traces: int = 2  # responses generated with the answer revealed when no response of the group is correct
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup: int = 20
+    weight_decay: float = 0.0
+
+
+@dataclass
+class RLConfig:
+    steps: int = 40
+    prompts_per_step: int = 4  # B; global batch = B * G responses
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    clip_grad: float = 1.0
+    save_every: int = 10
+    keep_last: int = 2
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    max_samples: int = 0  # 0 = all
+    max_new_tokens: int = 64
+
+
+@dataclass
+class LogConfig:
+    wandb: bool = True
+    wandb_mode: str = "offline"  # offline | online | disabled
+    project: str = "dvr1"
+    tensorboard: bool = False
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    run_dir: str = "runs/tiny"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    da_aug: DAAugConfig = field(default_factory=DAAugConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    resume: bool = True
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+_CHOICES = {
+    "video.backend": ("pyav", "dali"),
+    "model.spec": ("local", "te"),
+    "model.dtype": ("float32", "bfloat16"),
+    "rollout.engine": ("native", "vllm"),
+    "algo.name": ("reg_grpo", "grpo"),
+    "algo.loss_agg": ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum"),
+    "algo.logratio_reduction": ("sum", "mean"),
+    "da_aug.reference": ("relative", "absolute"),
+    "da_aug.scale": ("adaptive", "fixed"),
+    "da_aug.directions": ("both", "up", "down"),
+    "da_aug.mode": ("replace", "append"),
+    "log.wandb_mode": ("offline", "online", "disabled"),
+}
+
+
+def validate(cfg) -> None:
+    """Checks beyond types. Raises ConfigError naming the field and the allowed values."""
+    for key, allowed in _CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: must be one of {', '.join(allowed)}")
+    if cfg.rollout.group_size < 2:
+        raise ConfigError(f"rollout.group_size={cfg.rollout.group_size}: a group needs at least 2 responses")
+    if cfg.rollout.group_size > 1 and cfg.rollout.temperature <= 0:
+        raise ConfigError("rollout.temperature must be > 0 to sample a group of different responses")
+    for key in ("parallel.tp", "parallel.pp", "rl.prompts_per_step", "sft.batch_size", "algo.ppo_epochs"):
+        if OmegaConf.select(cfg, key) < 1:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: must be >= 1")
+    if cfg.video.num_frames <= 0 and cfg.video.fps <= 0:
+        raise ConfigError("video.num_frames or video.fps must be > 0")
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None):
+    """Defaults <- YAML file <- `key=value` overrides; returns a validated OmegaConf `RunConfig`."""
+    cfg = OmegaConf.structured(RunConfig)
+    if path:
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(cfg)

@@ -1,0 +1,202 @@
+"""From records to model inputs: video -> normalised frames -> vision embeddings; prompt -> token ids + mrope
+positions; (prompt, response) pairs -> right-padded training sequences and per-token log-probs.
+
+Data flow (one direction): `InputBuilder.prepare(record, hint=..., video=...)` -> `Prepared` (a `RolloutRequest` plus
+what the trainer needs) -> rollout -> `build_batch(prepared, responses)` -> `token_logprobs(model, batch)`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from dvr1.data.processing import normalize_frames, num_video_tokens, patchify
+from dvr1.data.prompts import format_question
+from dvr1.data.schema import VideoQARecord
+from dvr1.data.video import load_frames
+from dvr1.models.rope import continue_positions, get_rope_index
+from dvr1.models.tokenizer import chat_prompt
+from dvr1.parallel.logprobs import vocab_parallel_logprobs
+from dvr1.rollout.base import RolloutRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VideoInput:
+    """A decoded, resized, normalised clip. video: float32 `[T, 3, H, W]` (Qwen2.5-VL normalisation);
+    second_per_grid: seconds per temporal patch (temporal_patch_size / sampled fps)."""
+
+    video: torch.Tensor
+    second_per_grid: float
+
+
+@dataclass
+class Prepared:
+    """One prompt ready for rollout and training."""
+
+    record: VideoQARecord
+    prompt_text: str
+    request: RolloutRequest
+    video_grid_thw: torch.Tensor  # [1, 3]
+    second_per_grid: float
+    video_token_id: int
+
+
+def unwrap(model):
+    """The `Qwen25VLPolicy` inside megatron DDP / Float16Module wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+class InputBuilder:
+    """Turns records into `Prepared` prompts for one policy and tokenizer.
+
+    Decoded videos and (unaugmented) vision embeddings are cached per record id (`cache_size` records, LRU): the
+    vision tower is frozen, so the embeddings of a clip never change during training.
+
+    Raises (from `prepare`): `dvr1.data.video.VideoError` for a missing/corrupt video (callers report and skip).
+    """
+
+    def __init__(self, policy, tokenizer, video_cfg, cache_size: int = 4096):
+        self.policy = unwrap(policy)
+        self.tokenizer = tokenizer
+        self.vcfg = video_cfg
+        self.info = self.policy.info
+        self._videos: OrderedDict[str, VideoInput] = OrderedDict()
+        self._embeds: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.cache_size = cache_size
+
+    def _cache(self, store: OrderedDict, key, value):
+        store[key] = value
+        store.move_to_end(key)
+        while len(store) > self.cache_size:
+            store.popitem(last=False)
+
+    def video(self, record: VideoQARecord) -> VideoInput:
+        if record.id in self._videos:
+            self._videos.move_to_end(record.id)
+            return self._videos[record.id]
+        v = self.vcfg
+        clip = load_frames(record.video, num_frames=v.num_frames or None, fps=None if v.num_frames else v.fps,
+                           max_frames=v.max_frames, backend=v.backend)
+        video = normalize_frames(clip.frames, min_pixels=v.min_pixels, max_pixels=v.max_pixels)
+        span = clip.duration if clip.duration > 0 else len(clip.indices) / clip.video_fps
+        sampled_fps = len(clip.indices) / span
+        out = VideoInput(video, self.info.temporal_patch_size / sampled_fps)
+        self._cache(self._videos, record.id, out)
+        return out
+
+    def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised `[T, 3, H, W]` -> (video_embeds `[num_video_tokens, hidden]`, video_grid_thw `[1, 3]`)."""
+        pixel_values, grid = patchify(video, self.info.patch_size, self.info.temporal_patch_size, self.info.merge_size)
+        grid = grid.view(1, 3)
+        return self.policy.encode_video(pixel_values, grid), grid
+
+    def prepare(self, record: VideoQARecord, hint: Optional[str] = None, reveal_answer: bool = False,
+                video: Optional[torch.Tensor] = None) -> Prepared:
+        """Build the rollout request for `record`. `video` overrides the clip (DA-Aug noise, ALGORITHMS §4)."""
+        vin = self.video(record)
+        if video is None:
+            if record.id not in self._embeds:
+                self._cache(self._embeds, record.id, self.encode(vin.video))
+            embeds, grid = self._embeds[record.id]
+        else:
+            embeds, grid = self.encode(video)
+        text = format_question(record, hint=hint, reveal_answer=reveal_answer)
+        prompt = chat_prompt(text, num_video_tokens(grid[0], self.info.merge_size))
+        ids = torch.tensor(self.tokenizer(prompt, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        pos = get_rope_index(ids.view(1, -1), self.info.video_token_id, grid, [vin.second_per_grid],
+                             self.info.merge_size, self.info.tokens_per_second)[:, 0]
+        req = RolloutRequest(prompt_ids=ids, position_ids=pos, video_embeds=embeds)
+        return Prepared(record, text, req, grid, vin.second_per_grid, self.info.video_token_id)
+
+
+@dataclass
+class SeqBatch:
+    """Right-padded prompt+response sequences.
+
+    input_ids int64 `[N, S]`; position_ids int64 `[3, N, S]`; video_embeds `[sum of video tokens, hidden]` in row
+    order (or None); resp_index int64 `[N, T]`: for response token j of row i, its index in the shifted target space
+    `[N, S-1]` (= prompt_len - 1 + j); resp_mask float32 `[N, T]` (1 for real response tokens); video_mask bool
+    `[N, S]` marks the prompt's `<|video_pad|>` positions (a sampled response token with that id is not one).
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    video_embeds: Optional[torch.Tensor]
+    resp_index: torch.Tensor
+    resp_mask: torch.Tensor
+    video_mask: torch.Tensor  # bool [N, S]: the prompt's video placeholder positions
+
+    @property
+    def num_rows(self) -> int:
+        return self.input_ids.shape[0]
+
+    def rows(self, start: int, end: int, video_tokens: list[int]) -> "SeqBatch":
+        v0, v1 = sum(video_tokens[:start]), sum(video_tokens[:end])
+        return SeqBatch(self.input_ids[start:end], self.position_ids[:, start:end],
+                        None if self.video_embeds is None else self.video_embeds[v0:v1],
+                        self.resp_index[start:end], self.resp_mask[start:end], self.video_mask[start:end])
+
+
+def build_batch(items: list[tuple[Prepared, list[int]]], pad_id: int) -> tuple[SeqBatch, list[int]]:
+    """Concatenate each prompt with its response token ids and right-pad.
+
+    Returns the batch and the number of video tokens of each row (to slice `video_embeds` by rows).
+    Raises ValueError for an empty response list (a response has at least one token: the stop token or more).
+    """
+    if not items:
+        raise ValueError("build_batch: no sequences")
+    lens = [p.request.prompt_ids.numel() + len(r) for p, r in items]
+    S, T = max(lens), max(max(len(r) for _, r in items), 1)
+    N = len(items)
+    ids = torch.full((N, S), pad_id, dtype=torch.long)
+    pos = torch.empty(3, N, S, dtype=torch.long)
+    resp_index = torch.zeros(N, T, dtype=torch.long)
+    resp_mask = torch.zeros(N, T)
+    video_mask = torch.zeros(N, S, dtype=torch.bool)
+    embeds, vtok = [], []
+    for i, (p, resp) in enumerate(items):
+        L = p.request.prompt_ids.numel()
+        ids[i, :L] = p.request.prompt_ids
+        ids[i, L:L + len(resp)] = torch.tensor(resp, dtype=torch.long)
+        pos[:, i, :L] = p.request.position_ids
+        pos[:, i, L:] = continue_positions(p.request.position_ids[:, -1:].view(3, 1, 1), S - L)[:, 0]
+        resp_index[i] = torch.clamp(torch.arange(T) + L - 1, max=S - 2)
+        resp_mask[i, :len(resp)] = 1.0
+        video_mask[i, :L] = p.request.prompt_ids == p.video_token_id
+        if p.request.video_embeds is not None:
+            embeds.append(p.request.video_embeds)
+            vtok.append(p.request.video_embeds.shape[0])
+        else:
+            vtok.append(0)
+    return SeqBatch(ids, pos, torch.cat(embeds) if embeds else None, resp_index, resp_mask, video_mask), vtok
+
+
+def token_logprobs(model, batch: SeqBatch, video_tokens: list[int], rows_per_chunk: int = 0,
+                   compute_entropy: bool = False):
+    """Per-token log-probs of the response tokens under `model` (grad flows when enabled by the caller).
+
+    The logits stay vocab-parallel `[rows, S, vocab/tp]`; `dvr1.parallel.logprobs.vocab_parallel_logprobs` reduces
+    them across TP without gathering the vocabulary.
+
+    Returns:
+        (logp float32 `[N, T]` zero where `resp_mask` is 0, entropy float32 `[N, T]` or None).
+    """
+    n = batch.num_rows
+    step = rows_per_chunk or n
+    lps, ents = [], []
+    for s in range(0, n, step):
+        b = batch.rows(s, min(n, s + step), video_tokens)
+        logits = model(b.input_ids, b.position_ids, video_embeds=b.video_embeds, video_mask=b.video_mask)
+        lp, ent = vocab_parallel_logprobs(logits[:, :-1], b.input_ids[:, 1:], compute_entropy=compute_entropy)
+        lps.append(lp.gather(1, b.resp_index) * b.resp_mask)
+        if compute_entropy:
+            ents.append(ent.gather(1, b.resp_index) * b.resp_mask)
+    return torch.cat(lps), (torch.cat(ents) if compute_entropy else None)

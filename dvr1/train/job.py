@@ -1,0 +1,275 @@
+"""The jobs behind the CLI: data, tiny checkpoint, SFT, RL, eval, and the main job chaining them.
+
+Every stage reads a Hugging Face checkpoint directory and the RL/SFT stages write one at the end
+(`<run_dir>/<stage>/hf`), so any stage can start from any Qwen2.5-VL checkpoint and every result can be loaded by
+`transformers`. Mid-stage state lives in megatron-core distributed checkpoints (`<run_dir>/<stage>/ckpt`); a killed
+job rerun with the same command resumes from the last one (`resume=true`, the default).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+log = logging.getLogger("dvr1")
+
+
+# ---- set-up ---------------------------------------------------------------------------------------------------
+
+def setup_logging(run_dir: str | None = None) -> None:
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if run_dir and rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        handlers.append(logging.FileHandler(os.path.join(run_dir, "log.txt")))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format=f"%(asctime)s [r{rank}] %(levelname)s %(name)s: %(message)s", handlers=handlers,
+                        force=True)
+    for noisy in ("megatron", "transformers", "httpx", "wandb"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def init(cfg):
+    """torch.distributed + megatron parallel state + CPU fallbacks; returns `ParallelInfo`."""
+    import warnings
+
+    warnings.filterwarnings("ignore", module="megatron")
+    from dvr1.parallel.setup import init_parallel
+
+    return init_parallel(tp=cfg.parallel.tp, pp=cfg.parallel.pp, seed=cfg.parallel.seed)
+
+
+def data_root(cfg) -> str:
+    return os.path.abspath(cfg.data.root)
+
+
+def ensure_data(cfg) -> str:
+    """Build the video-QA dataset at `data.root` unless its manifest exists. Returns the root."""
+    import torch.distributed as dist
+
+    root = data_root(cfg)
+    if not os.path.exists(os.path.join(root, "manifest.json")):
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            from dvr1.data.build import build_dataset
+
+            log.info("building the dataset at %s", root)
+            build_dataset(root, seed=cfg.data.seed, n_train=cfg.data.n_train, n_val=cfg.data.n_val,
+                          n_test=cfg.data.n_test, fps=cfg.data.fps, size=cfg.data.size, progress=cfg.log.progress)
+        if dist.is_initialized():
+            dist.barrier()
+    return root
+
+
+def records(cfg, split: str):
+    from dvr1.data.schema import read_records
+
+    return read_records(os.path.join(data_root(cfg), f"{split}.jsonl"), strict=cfg.data.strict)
+
+
+def tiny_path(cfg) -> str:
+    return os.path.join(os.path.abspath(cfg.run_dir), "tiny_init")
+
+
+def ensure_model(cfg) -> str:
+    """`model.path`, or the tiny checkpoint (tokenizer trained on the dataset's text) made on first use."""
+    import torch.distributed as dist
+
+    if cfg.model.path:
+        return os.path.abspath(cfg.model.path)
+    path = tiny_path(cfg)
+    if not os.path.exists(os.path.join(path, "config.json")):
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            from dvr1.data.prompts import format_question, sft_response
+            from dvr1.models.tiny import make_tiny_checkpoint
+
+            texts = []
+            for split in ("train", "val"):
+                for r in records(cfg, split):
+                    texts += [format_question(r), sft_response(r)]
+            log.info("making the tiny Qwen2.5-VL checkpoint at %s (tokenizer on %d texts)", path, len(texts))
+            make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab)
+        if dist.is_initialized():
+            dist.barrier()
+    return path
+
+
+def build_policy(cfg, hf_path: str, pinfo, trainable: bool = True):
+    """The megatron-core policy of this rank, with weights from a HF checkpoint directory."""
+    from megatron.core.transformer.module import Float16Module  # noqa: F401  (bf16 wrapper when model.dtype=bf16)
+
+    from dvr1.models.qwen2_5_vl import Qwen25VLPolicy, load_hf_config, load_hf_weights
+
+    hf_config = load_hf_config(hf_path)
+    dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
+    n_layers = hf_config.text_config.num_hidden_layers
+    if n_layers % pinfo.pp_size:
+        raise ValueError(f"parallel.pp={pinfo.pp_size} does not divide the model's {n_layers} layers")
+    policy = Qwen25VLPolicy(hf_config, tp=pinfo.tp_size, pp=pinfo.pp_size, pre_process=pinfo.is_first_stage,
+                            post_process=pinfo.is_last_stage, params_dtype=dtype, spec=cfg.model.spec)
+    per_stage = n_layers // pinfo.pp_size
+    load_hf_weights(policy, hf_path, pinfo.tp_rank, pinfo.tp_size, layer_offset=pinfo.pp_rank * per_stage)
+    if not trainable:
+        policy.requires_grad_(False)
+        policy.eval()
+    return policy
+
+
+def tokenizer(hf_path: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(hf_path)
+
+
+def optimizer_for(model, lr, weight_decay, clip_grad, warmup, cfg):
+    from dvr1.train.optim import build_lr_scheduler, build_optimizer
+
+    chunks, opt = build_optimizer(model, lr=lr, weight_decay=weight_decay, clip_grad=clip_grad,
+                                  bf16=cfg.model.dtype == "bfloat16")
+    return chunks[0], opt, build_lr_scheduler(opt, lr, warmup_steps=warmup, weight_decay=weight_decay)
+
+
+def rollout_engine(cfg, policy, hf_path: str):
+    if cfg.rollout.engine == "native":
+        from dvr1.rollout.native import NativeRolloutEngine
+
+        return NativeRolloutEngine(policy, seed=cfg.seed + 101, progress=False)
+    from dvr1.rollout.vllm import VLLMRolloutEngine  # the colocated vLLM engine (own issue)
+
+    return VLLMRolloutEngine(cfg, policy, hf_path)
+
+
+# ---- stages ---------------------------------------------------------------------------------------------------
+
+def _train_loop(cfg, stage: str, trainer, model, optimizer, scheduler, steps: int, save_every: int,
+                keep_last: int, src_hf: str):
+    """Shared loop: resume, step with a progress bar, log, checkpoint, export the final model to HF."""
+    from dvr1.models.export import export_hf
+    from dvr1.train.checkpoint import latest_step, load_checkpoint, save_checkpoint
+    from dvr1.train.metrics import MetricsLogger
+
+    stage_dir = os.path.join(os.path.abspath(cfg.run_dir), stage)
+    start = 0
+    if cfg.resume and latest_step(stage_dir) is not None:
+        extra = load_checkpoint(stage_dir, [model], optimizer, scheduler)
+        trainer.load_state_dict(extra["trainer"])
+        start = int(extra["step"])
+        log.info("%s: resumed from step %d (%s)", stage, start, stage_dir)
+    logger = MetricsLogger(cfg.run_dir, stage, cfg.log, OmegaConf.to_container(cfg), resume_step=start)
+    bar = tqdm(range(start + 1, steps + 1), desc=stage, disable=not cfg.log.progress, initial=start, total=steps)
+    for step in bar:
+        m = trainer.step()
+        logger.log(step, m)
+        bar.set_postfix({k: f"{m[k]:.3g}" for k in ("loss", "reward/mean", "vanishing_advantage_ratio") if k in m})
+        if step % save_every == 0 or step == steps:
+            save_checkpoint(stage_dir, step, [model], optimizer, scheduler,
+                            {"step": step, "trainer": trainer.state_dict()}, keep_last=keep_last)
+    logger.close()
+    out = os.path.join(stage_dir, "hf")
+    export_hf(trainer_policy(model), src_hf, out)
+    log.info("%s: exported the final policy to %s", stage, out)
+    return out
+
+
+def trainer_policy(model):
+    from dvr1.train.inputs import unwrap
+
+    return unwrap(model)
+
+
+def run_sft(cfg, pinfo, init_hf: str) -> str:
+    """SFT cold start from `init_hf`; returns the HF directory of the SFT model (skips if already there)."""
+    from dvr1.train.inputs import InputBuilder
+    from dvr1.train.sft import SFTTrainer
+
+    out = os.path.join(os.path.abspath(cfg.run_dir), "sft", "hf")
+    if os.path.exists(os.path.join(out, "model.safetensors")):
+        log.info("sft: found %s, skipping", out)
+        return out
+    policy = build_policy(cfg, init_hf, pinfo)
+    model, opt, sched = optimizer_for(policy, cfg.sft.lr, cfg.sft.weight_decay, 1.0, cfg.sft.warmup, cfg)
+    tok = tokenizer(init_hf)
+    builder = InputBuilder(policy, tok, cfg.video)
+    trainer = SFTTrainer(cfg, model, opt, sched, builder, tok, records(cfg, "train"))
+    return _train_loop(cfg, "sft", trainer, model, opt, sched, cfg.sft.steps, max(cfg.sft.steps // 3, 1), 1, init_hf)
+
+
+def run_rl(cfg, pinfo, init_hf: str) -> str:
+    """GRPO / Reg-GRPO (+ DA-Aug) from `init_hf` (the reference policy is `init_hf` too)."""
+    from dvr1.train.inputs import InputBuilder
+    from dvr1.train.rl import RLTrainer
+
+    out = os.path.join(os.path.abspath(cfg.run_dir), "rl", "hf")
+    if os.path.exists(os.path.join(out, "model.safetensors")):
+        log.info("rl: found %s, skipping", out)
+        return out
+    policy = build_policy(cfg, init_hf, pinfo)
+    reference = build_policy(cfg, init_hf, pinfo, trainable=False) if cfg.algo.beta > 0 else None
+    model, opt, sched = optimizer_for(policy, cfg.rl.lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg)
+    tok = tokenizer(init_hf)
+    builder = InputBuilder(policy, tok, cfg.video)
+    engine = rollout_engine(cfg, policy, init_hf)
+    trainer = RLTrainer(cfg, model, opt, sched, reference, engine, builder, tok, records(cfg, "train"))
+    return _train_loop(cfg, "rl", trainer, model, opt, sched, cfg.rl.steps, cfg.rl.save_every, cfg.rl.keep_last,
+                       init_hf)
+
+
+def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None) -> dict:
+    """Greedy eval of the HF checkpoint `hf_path` on `split`; writes `<run_dir>/eval_<name>.json`."""
+    from dvr1.rollout.native import NativeRolloutEngine
+    from dvr1.train.evaluate import evaluate
+    from dvr1.train.inputs import InputBuilder
+
+    policy = build_policy(cfg, hf_path, pinfo, trainable=False)
+    tok = tokenizer(hf_path)
+    recs = records(cfg, split or cfg.eval.split)
+    if cfg.eval.max_samples:
+        recs = recs[: cfg.eval.max_samples]
+    engine = NativeRolloutEngine(policy, seed=cfg.seed, progress=cfg.log.progress)
+    out = os.path.join(os.path.abspath(cfg.run_dir), f"eval_{name}.json")
+    res = evaluate(engine, InputBuilder(policy, tok, cfg.video), tok, recs, cfg.eval.max_new_tokens,
+                   strict=cfg.data.strict, out_path=out)
+    log.info("eval[%s] %s: accuracy %.3f, mean IoU %.3f, format %.3f (n=%d)", name, split or cfg.eval.split,
+             res["accuracy"], res["mean_iou"], res["format"], res["n"])
+    return res
+
+
+def run_main(cfg) -> dict:
+    """The main job: dataset -> tiny checkpoint -> SFT -> eval -> RL (Reg-GRPO + DA-Aug by default) -> eval -> plots."""
+    from dvr1.train.evaluate import format_table
+    from dvr1.train.metrics import plot_run
+
+    t0 = time.time()
+    run_dir = os.path.abspath(cfg.run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    pinfo = init(cfg)
+    setup_logging(run_dir)
+    if pinfo.rank == 0:
+        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+            f.write(OmegaConf.to_yaml(cfg))
+    ensure_data(cfg)
+    init_hf = ensure_model(cfg)
+    sft_hf = run_sft(cfg, pinfo, init_hf)
+    res = {"sft": run_eval(cfg, pinfo, sft_hf, "sft")}
+    rl_hf = run_rl(cfg, pinfo, sft_hf)
+    res["rl"] = run_eval(cfg, pinfo, rl_hf, "rl")
+    if pinfo.rank == 0:
+        plots = plot_run(run_dir)
+        table = format_table({k.upper(): v for k, v in res.items()})
+        summary = {"minutes": (time.time() - t0) / 60, "sft": {k: res["sft"][k] for k in ("accuracy", "mean_iou")},
+                   "rl": {k: res["rl"][k] for k in ("accuracy", "mean_iou")}, "plots": plots}
+        with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        with open(os.path.join(run_dir, "results.md"), "w") as f:
+            f.write(table + "\n")
+        print("\n" + table + "\n", flush=True)
+        print(f"run directory: {run_dir}  ({summary['minutes']:.1f} min)", flush=True)
+    return res

@@ -1,0 +1,148 @@
+"""Metrics: one JSON line per step (`<run_dir>/metrics/<stage>.jsonl`), wandb (offline by default), tensorboard
+(optional), and PNG plots of reward, accuracy and the vanishing-advantage ratio (DVR1 Fig. 3) at the end.
+
+Only the first global rank writes. A resumed run truncates the JSONL to the steps before the resume point, so
+curves never hold a step twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+
+def _is_writer() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+class MetricsLogger:
+    """Args: run_dir; stage name ("sft", "rl"); log_cfg (`dvr1.config.LogConfig`); config dict for wandb;
+    resume_step: drop JSONL lines with step >= resume_step (steps are 1-based)."""
+
+    def __init__(self, run_dir: str, stage: str, log_cfg=None, config: Optional[dict] = None,
+                 resume_step: int = 0):
+        self.writer = _is_writer()
+        self.path = os.path.join(run_dir, "metrics", f"{stage}.jsonl")
+        self.stage = stage
+        self._wandb = None
+        self._tb = None
+        if not self.writer:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        if os.path.exists(self.path):
+            keep = [l for l in open(self.path) if l.strip() and json.loads(l).get("step", 0) <= resume_step]
+            with open(self.path, "w") as f:
+                f.writelines(keep)
+        if log_cfg is not None and log_cfg.wandb and log_cfg.wandb_mode != "disabled":
+            try:
+                import wandb
+
+                os.environ.setdefault("WANDB_SILENT", "true")
+                self._wandb = wandb.init(project=log_cfg.project, name=f"{os.path.basename(run_dir)}-{stage}",
+                                         dir=run_dir, mode=log_cfg.wandb_mode, config=config, reinit="finish_previous")
+            except Exception as e:  # wandb is for convenience; the JSONL is the record
+                log.warning("wandb disabled: %s", e)
+        if log_cfg is not None and log_cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard", stage))
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.writer:
+            return
+        row = {"step": step, **{k: (float(v) if isinstance(v, (int, float)) else v) for k, v in metrics.items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        scalars = {f"{self.stage}/{k}": v for k, v in row.items() if isinstance(v, float) and k != "step"}
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._wandb is not None:
+            self._wandb.finish()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    return [json.loads(l) for l in open(path) if l.strip()]
+
+
+def plot_run(run_dir: str) -> list[str]:
+    """Write PNG plots from `<run_dir>/metrics/*.jsonl` and `<run_dir>/eval_*.json`; returns the paths written.
+
+    rl_reward.png: mean reward (and format/accuracy/IoU components) per RL step; rl_vanishing_advantage.png: the
+    fraction of groups with zero reward std per step (DVR1 Fig. 3 left); sft_loss.png; accuracy.png: test accuracy
+    per task after SFT and after RL.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    plots = os.path.join(run_dir, "plots")
+    os.makedirs(plots, exist_ok=True)
+
+    def line(rows, keys, title, ylabel, name):
+        rows = [r for r in rows if any(k in r for k in keys)]
+        if not rows:
+            return
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for k in keys:
+            pts = [(r["step"], r[k]) for r in rows if k in r]
+            if pts:
+                ax.plot(*zip(*pts), label=k, marker="." if len(pts) < 60 else None)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(plots, name)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        out.append(path)
+
+    rl = read_jsonl(os.path.join(run_dir, "metrics", "rl.jsonl"))
+    line(rl, ["reward/mean", "reward/format", "reward/accuracy", "reward/iou"], "RL reward (original groups)",
+         "reward", "rl_reward.png")
+    line(rl, ["vanishing_advantage_ratio"], "Vanishing-advantage ratio (groups with σ_r = 0)", "fraction",
+         "rl_vanishing_advantage.png")
+    sft = read_jsonl(os.path.join(run_dir, "metrics", "sft.jsonl"))
+    line(sft, ["loss"], "SFT loss (mean NLL per response token)", "nats", "sft_loss.png")
+
+    evals = {}
+    for stage in ("sft", "rl"):
+        p = os.path.join(run_dir, f"eval_{stage}.json")
+        if os.path.exists(p):
+            evals[stage] = json.load(open(p))
+    if evals:
+        tasks = sorted({t for e in evals.values() for t in e["per_task"]})
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        width = 0.8 / len(evals)
+        for j, (stage, e) in enumerate(evals.items()):
+            vals = [e["per_task"].get(t, {}).get("accuracy", 0.0) for t in tasks]
+            ax.bar([i + j * width for i in range(len(tasks))], vals, width, label=f"after {stage.upper()}")
+        ax.set_xticks([i + width * (len(evals) - 1) / 2 for i in range(len(tasks))], tasks, fontsize=8)
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        ax.set_title("Accuracy per task type")
+        fig.tight_layout()
+        path = os.path.join(plots, "accuracy.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        out.append(path)
+    return out

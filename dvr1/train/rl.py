@@ -1,0 +1,280 @@
+"""The RL step, reading like the data flow: data -> rollout -> reward -> advantage/difficulty -> loss -> optimizer.
+
+One `RLTrainer.step()`:
+  1. draw B prompts; decode + encode their videos (frozen vision tower, cached);
+  2. roll out G responses each (`rollout.engine`);
+  3. score them (ALGORITHMS §6) and form group advantages (§2);
+  4. DA-Aug (§4): difficulty from the reward history; hard samples get a hint from a successful trace, easy ones get
+     frame noise; the augmented sample is rolled out again and its group replaces (or joins) the original;
+  5. old-policy and reference log-probs (no grad), then `algo.ppo_epochs` optimizer updates of GRPO (§2) or
+     Reg-GRPO (§3) through the vocab-parallel log-prob path;
+  6. the §5 metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from dvr1.data.video import VideoError
+from dvr1.rl.advantages import group_advantages
+from dvr1.rl.augment import add_frame_noise, make_hint, mask_frames, select_trace
+from dvr1.rl.difficulty import DifficultyConfig, DifficultyController, RewardHistory
+from dvr1.rl.losses import grpo_loss, reg_grpo_loss
+from dvr1.rl.rewards import RewardWeights, score_response
+from dvr1.rollout.base import SamplingParams
+from dvr1.train.inputs import build_batch, token_logprobs
+
+log = logging.getLogger(__name__)
+
+
+class PromptSampler:
+    """Epoch-wise random order over records, resumable: state = (epoch, position, generator state).
+
+    Records whose video fails to load are reported once and dropped for the rest of the run.
+    """
+
+    def __init__(self, records, seed: int):
+        self.records = list(records)
+        if not self.records:
+            raise ValueError("PromptSampler: no training records")
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch, self.pos = 0, 0
+        self.order = torch.randperm(len(self.records), generator=self.generator).tolist()
+        self.bad: set[str] = set()
+
+    def next(self):
+        while True:
+            if self.pos >= len(self.order):
+                self.epoch += 1
+                self.pos = 0
+                self.order = torch.randperm(len(self.records), generator=self.generator).tolist()
+            r = self.records[self.order[self.pos]]
+            self.pos += 1
+            if r.id not in self.bad:
+                return r
+            if len(self.bad) >= len(self.records):
+                raise RuntimeError("every training record failed to load")
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "order": self.order, "generator": self.generator.get_state(),
+                "bad": sorted(self.bad)}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.epoch, self.pos, self.order = s["epoch"], s["pos"], list(s["order"])
+        self.generator.set_state(s["generator"])
+        self.bad = set(s["bad"])
+
+
+@dataclass
+class Group:
+    """One prompt and its G responses: texts, token ids, rewards and their components."""
+
+    prepared: object
+    token_ids: list
+    texts: list
+    scores: list  # per response: {"format", "accuracy", "iou", "total"}
+    kind: str = "original"  # original | hint | noise
+
+    @property
+    def rewards(self) -> torch.Tensor:
+        return torch.tensor([s["total"] for s in self.scores])
+
+
+def prepare_or_skip(builder, record, sampler=None, strict: bool = False, **kw):
+    """`builder.prepare`, reporting (and with a sampler, dropping) a record whose video cannot be read."""
+    try:
+        return builder.prepare(record, **kw)
+    except VideoError as e:
+        if strict:
+            raise
+        log.warning("skipped record %s: %s", record.id, e)
+        if sampler is not None:
+            sampler.bad.add(record.id)
+        return None
+
+
+class RLTrainer:
+    """Holds the models and state of the RL stage. `model` is the (DDP-wrapped) policy being trained, `reference` the
+    frozen π_ref, `engine` a `RolloutEngine`, `builder` an `InputBuilder`."""
+
+    def __init__(self, cfg, model, optimizer, scheduler, reference, engine, builder, tokenizer, records):
+        self.cfg = cfg
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.reference, self.engine, self.builder, self.tok = reference, engine, builder, tokenizer
+        self.sampler = PromptSampler(records, cfg.seed + 17)
+        a = cfg.da_aug
+        self.history = RewardHistory(a.window)
+        self.controller = DifficultyController(
+            DifficultyConfig(reference=a.reference, r_ref=a.r_ref if a.reference == "absolute" else None,
+                             margin=a.margin, max_level=a.max_level, scale=a.scale, directions=a.directions),
+            self.history)
+        self.noise_gen = torch.Generator().manual_seed(cfg.seed + 29)
+        self.weights = RewardWeights(cfg.reward.format, cfg.reward.accuracy, cfg.reward.iou)
+        self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+    # ---- state for checkpoints -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict(), "history": self.history.state_dict(),
+                "noise_gen": self.noise_gen.get_state(), "engine": self.engine.state_dict()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.sampler.load_state_dict(s["sampler"])
+        self.history.load_state_dict(s["history"])
+        self.noise_gen.set_state(s["noise_gen"])
+        self.engine.load_state_dict(s["engine"])
+
+    # ---- stages --------------------------------------------------------------------------------------------
+    def sampling(self, n=None) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(n=n or r.group_size, temperature=r.temperature, top_p=r.top_p,
+                              max_new_tokens=r.max_new_tokens, stop_token_ids=(self.eos,))
+
+    def rollout(self, prepared: list, kind: str, n=None) -> list[Group]:
+        outs = self.engine.generate([p.request for p in prepared], self.sampling(n), desc=f"rollout[{kind}]")
+        groups = []
+        for p, o in zip(prepared, outs):
+            texts = [self.tok.decode(ids, skip_special_tokens=True) for ids in o.token_ids]
+            r = p.record
+            scores = [score_response(t, r.task, r.answer, r.segment, self.weights) for t in texts]
+            groups.append(Group(p, o.token_ids, texts, scores, kind))
+        return groups
+
+    def augment(self, groups: list[Group], decisions) -> tuple[list[Group], dict]:
+        """DA-Aug (ALGORITHMS §4): build and roll out the augmented samples; returns their groups and counters.
+
+        Hard (decrease): hint = partial successful trace (the group's best correct response, else the best of
+        `da_aug.answer_traces` responses generated with the answer revealed), no-leak filtered by `make_hint`;
+        a sample whose hint comes out empty is not augmented (counted in `n_hint_failed`).
+        Easy (increase): frame noise sigma0 * perturb_level (+ optional frame masking) on the normalised video.
+        """
+        a = self.cfg.da_aug
+        todo, stats = [], {"n_hint": 0, "n_noise": 0, "n_hint_failed": 0, "guide_level": [], "perturb_level": []}
+        for g, d in zip(groups, decisions):
+            rec = g.prepared.record
+            if d.direction == "decrease":
+                trace = select_trace(g.texts, [s["accuracy"] for s in g.scores], [s["total"] for s in g.scores])
+                if trace is None and a.answer_traces > 0:
+                    rev = prepare_or_skip(self.builder, rec, reveal_answer=True)
+                    if rev is not None:
+                        rg = self.rollout([rev], "reveal", n=a.answer_traces)[0]
+                        trace = select_trace(rg.texts, [s["accuracy"] for s in rg.scores],
+                                             [s["total"] for s in rg.scores])
+                hint = make_hint(trace, d.guide_level, a.max_level, rec.answer, rec.options) if trace else ""
+                if not hint:
+                    stats["n_hint_failed"] += 1
+                    continue
+                todo.append((self.builder.prepare(rec, hint=hint), "hint"))
+                stats["n_hint"] += 1
+                stats["guide_level"].append(d.guide_level)
+            elif d.direction == "increase":
+                video = add_frame_noise(self.builder.video(rec).video, a.sigma0, d.perturb_level, self.noise_gen)
+                if a.mask_fraction > 0:
+                    video, _ = mask_frames(video, a.mask_fraction, self.noise_gen)
+                todo.append((self.builder.prepare(rec, video=video), "noise"))
+                stats["n_noise"] += 1
+                stats["perturb_level"].append(d.perturb_level)
+        if not todo:
+            return [], stats
+        rolled = self.rollout([p for p, _ in todo], "aug")
+        for g, (_, kind) in zip(rolled, todo):
+            g.kind = kind
+        return rolled, stats
+
+    def loss(self, logp, old_logp, ref_logp, adv, mask, valid):
+        al = self.cfg.algo
+        if al.name == "reg_grpo":
+            return reg_grpo_loss(logp, old_logp, ref_logp, adv, mask, valid, eps_s=al.eps_s, eps_rho=al.eps_rho,
+                                 beta=al.beta, logratio_reduction=al.logratio_reduction,
+                                 normalize_logratio=al.normalize_logratio, ddof=al.ddof)
+        return grpo_loss(logp, old_logp, ref_logp, adv, mask, clip_eps=al.clip_eps, clip=al.clip, beta=al.beta,
+                         loss_agg=al.loss_agg)
+
+    def step(self) -> dict:
+        """One RL step; returns the ALGORITHMS §5 metrics."""
+        cfg, t = self.cfg, {}
+        B, G = cfg.rl.prompts_per_step, cfg.rollout.group_size
+
+        t0 = time.perf_counter()
+        prepared = []
+        while len(prepared) < B:
+            p = prepare_or_skip(self.builder, self.sampler.next(), self.sampler, strict=cfg.data.strict)
+            if p is not None:
+                prepared.append(p)
+        t["decode"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        groups = orig_groups = self.rollout(prepared, "policy")
+        orig_stats = group_advantages(torch.stack([g.rewards for g in groups]), cfg.algo.adv_eps, cfg.algo.ddof)
+        aug_stats = {"n_hint": 0, "n_noise": 0, "n_hint_failed": 0, "guide_level": [], "perturb_level": []}
+        if cfg.da_aug.enabled:
+            decisions = self.controller.assess(orig_stats.mean.tolist())
+            aug_groups, aug_stats = self.augment(groups, decisions)
+            if cfg.da_aug.mode == "replace":
+                by_id = {id(g.prepared.record): g for g in aug_groups}
+                groups = [by_id.get(id(g.prepared.record), g) for g in groups]
+            else:
+                groups = groups + aug_groups
+        else:
+            self.history.push(orig_stats.mean.tolist())
+        t["rollout"] = time.perf_counter() - t0
+
+        rewards = torch.stack([g.rewards for g in groups])  # [B', G]
+        stats = group_advantages(rewards, cfg.algo.adv_eps, cfg.algo.ddof)
+        batch, vtok = build_batch([(g.prepared, ids) for g in groups for ids in g.token_ids], self.pad)
+        Bp, T = len(groups), batch.resp_mask.shape[1]
+        mask = batch.resp_mask.view(Bp, G, T)
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            old_logp, entropy = token_logprobs(self.model, batch, vtok, compute_entropy=True)
+            ref_logp = token_logprobs(self.reference, batch, vtok)[0] if cfg.algo.beta > 0 else None
+        t["logprobs"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        self.model.train()
+        for _ in range(cfg.algo.ppo_epochs):
+            self.model.zero_grad_buffer()
+            self.optimizer.zero_grad()
+            logp, _ = token_logprobs(self.model, batch, vtok)
+            loss, lm = self.loss(logp.view(Bp, G, T), old_logp.view(Bp, G, T),
+                                 None if ref_logp is None else ref_logp.view(Bp, G, T),
+                                 stats.advantages, mask, stats.valid)
+            loss.backward()
+            self.model.finish_grad_sync()
+            ok, grad_norm, _ = self.optimizer.step()
+            self.scheduler.step(1)
+        t["train"] = time.perf_counter() - t0
+        t["weight_sync"] = self.engine.sync_weights(self.model)
+
+        n_tok = float(mask.sum())
+        m = {
+            "loss": float(loss.detach()),
+            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "reward/mean": float(orig_stats.mean.mean()),
+            "reward/std": float(orig_stats.std.mean()),
+            "vanishing_advantage_ratio": orig_stats.vanishing_ratio,
+            "vanishing_advantage_ratio_final": stats.vanishing_ratio,
+            "reward_final/mean": float(stats.mean.mean()),
+            "response_length": n_tok / (Bp * G),
+            "entropy": float((entropy * batch.resp_mask).sum() / max(n_tok, 1.0)),
+            "aug/frac_down": aug_stats["n_hint"] / B,
+            "aug/frac_up": aug_stats["n_noise"] / B,
+            "aug/hint_failed": aug_stats["n_hint_failed"],
+            "aug/guide_level": sum(aug_stats["guide_level"]) / max(len(aug_stats["guide_level"]), 1),
+            "aug/perturb_level": sum(aug_stats["perturb_level"]) / max(len(aug_stats["perturb_level"]), 1),
+            "reward_history_mean": self.history.mean() if len(self.history) else float("nan"),
+        }
+        for comp in ("format", "accuracy", "iou"):
+            m[f"reward/{comp}"] = sum(s[comp] for g in orig_groups for s in g.scores) / (B * G)
+        m.update({f"rl/{k}" if not k.startswith(("kl", "rho", "clip", "regression")) else k: v for k, v in lm.items()})
+        total = sum(t.values())
+        m.update({f"time/{k}": v for k, v in t.items()})
+        m["time/step"] = total
+        m["tokens_per_s"] = n_tok / max(t["rollout"], 1e-9)
+        return m

@@ -1,0 +1,57 @@
+"""SFT cold start: teach the `<think>…</think><answer>…</answer>` format (DVR1 §4.1 starts RL from an SFT model).
+
+Targets come from each record's construction metadata (`dvr1.data.prompts.sft_response`), so the reasoning is true
+of the clip. Loss: mean negative log-likelihood per response token (the `<|im_end|>` stop token included), through
+the same vocab-parallel log-prob path as RL.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from dvr1.data.prompts import sft_response
+from dvr1.train.inputs import build_batch, token_logprobs
+from dvr1.train.rl import PromptSampler, prepare_or_skip
+
+log = logging.getLogger(__name__)
+
+
+class SFTTrainer:
+    def __init__(self, cfg, model, optimizer, scheduler, builder, tokenizer, records):
+        self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
+        self.builder, self.tok = builder, tokenizer
+        self.sampler = PromptSampler(records, cfg.seed + 5)
+        self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.sampler.load_state_dict(s["sampler"])
+
+    def target_ids(self, record) -> list[int]:
+        return self.tok(sft_response(record), add_special_tokens=False)["input_ids"] + [self.eos]
+
+    def step(self) -> dict:
+        items = []
+        while len(items) < self.cfg.sft.batch_size:
+            rec = self.sampler.next()
+            p = prepare_or_skip(self.builder, rec, self.sampler, strict=self.cfg.data.strict)
+            if p is not None:
+                items.append((p, self.target_ids(rec)))
+        batch, vtok = build_batch(items, self.pad)
+        self.model.train()
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        logp, _ = token_logprobs(self.model, batch, vtok)
+        n_tok = batch.resp_mask.sum()
+        loss = -(logp * batch.resp_mask).sum() / n_tok
+        loss.backward()
+        self.model.finish_grad_sync()
+        _, grad_norm, _ = self.optimizer.step()
+        self.scheduler.step(1)
+        return {"loss": float(loss.detach()), "grad_norm": float(grad_norm or 0.0),
+                "lr": self.optimizer.param_groups[0]["lr"], "tokens": float(n_tok)}
