@@ -1,0 +1,154 @@
+"""Prompt text for video QA: the ALGORITHMS §6 template, options, DA-Aug hints, SFT targets.
+
+The user turn is ``QA_TEMPLATE.format(question=body)`` where ``body`` is the question, the lettered
+options (or the grounding answer format), an optional ``Hint: ...`` line (DA-Aug difficulty decrease,
+ALGORITHMS §4) and, only to produce a successful trace for a hint, ``The correct answer is X.``
+"""
+
+from __future__ import annotations
+
+from dvr1.data.schema import LETTERS, VideoQARecord
+
+QA_TEMPLATE = (
+    "{question} Output the thinking process in <think> </think> and final answer in <answer> </answer> tags, "
+    "i.e., <think> reasoning process here </think><answer> answer here </answer>."
+)
+"""ALGORITHMS §6 prompt template (SEED-Bench-R1 style), verbatim."""
+
+GROUNDING_FORMAT = "Answer with the time span as [start, end] in seconds, with one decimal."
+
+RESPONSE_PATTERN = r"^<think>.*?</think>\s*<answer>.*?</answer>$"
+"""The format-reward pattern of ALGORITHMS §6 (use with ``re.DOTALL``)."""
+
+
+def format_question(record: VideoQARecord, hint: str | None = None, reveal_answer: bool = False) -> str:
+    """The user prompt for ``record``.
+
+    Layout (lines joined by ``"\\n"``, then the template sentence after a space)::
+
+        {question}
+        A. {option 0}          (multiple choice; grounding: GROUNDING_FORMAT instead)
+        ...
+        Hint: {hint}           (if hint)
+        The correct answer is {answer}.   (if reveal_answer)
+        ... Output the thinking process in <think> </think> ...
+
+    Args:
+        record: the sample.
+        hint: a partial reasoning trace (ALGORITHMS §4 difficulty decrease); ``None`` or empty for none.
+        reveal_answer: add the ground truth; used only to sample a successful trace for hints (ALGORITHMS §4).
+
+    Returns:
+        The prompt text (no chat markup, no vision tokens).
+    """
+    lines = [record.question.strip()]
+    if record.options is None:
+        lines.append(GROUNDING_FORMAT)
+    else:
+        lines.extend(f"{letter}. {opt}" for letter, opt in zip(LETTERS, record.options))
+    if hint:
+        lines.append(f"Hint: {hint.strip()}")
+    if reveal_answer:
+        lines.append(f"The correct answer is {record.answer}.")
+    return QA_TEMPLATE.format(question="\n".join(lines))
+
+
+def _ordinal_list(items: list[str]) -> str:
+    if len(items) == 1:
+        return items[0]
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _reason_arrow(r: VideoQARecord) -> list[str]:
+    rev = bool(r.meta["reversed"])
+    s = ["I compare how things move from one frame to the next."]
+    if rev:
+        s.append("The motion runs against cause and effect: movements undo themselves and things travel backwards.")
+    else:
+        s.append("The motion follows cause and effect: movements unfold the way they would in real time.")
+    s.append(f"So the clip is played {'in reverse' if rev else 'forward'}, which is option {r.answer}.")
+    return s
+
+
+def _reason_order(r: VideoQARecord) -> list[str]:
+    orig = [int(x) for x in r.meta["original_order"]]
+    n = len(orig)
+    s = [f"The video shows {n} clips separated by black frames, all cut from the same scene."]
+    links = [f"clip {a} leads into clip {b}" for a, b in zip(orig[:-1], orig[1:])]
+    s.append(f"Following the motion across the cuts, {_ordinal_list(links)}.")
+    s.append(f"So the original order is {', '.join(map(str, orig))}, which is option {r.answer}.")
+    return s
+
+
+def _reason_grounding(r: VideoQARecord) -> list[str]:
+    m = r.meta
+    start, end = r.segment
+    what = f"{m['color']} {m['shape']}"
+    s = []
+    if start <= 0.0:
+        s.append(f"The {what} is already visible in the first frame.")
+    else:
+        s.append(f"The {what} is absent at first and shows up at {start:.1f} s.")
+    if end >= r.duration - 1e-6:
+        s.append("It stays in view until the end of the video.")
+    else:
+        s.append(f"It is gone after {end:.1f} s.")
+    d = m.get("distractor")
+    if d:
+        s.append(
+            f"A {d['color']} {d['shape']} appears from {d['segment'][0]:.1f} s to {d['segment'][1]:.1f} s, "
+            f"but it is not the {what}."
+        )
+    s.append(f"So the {what} appears during {r.answer}.")
+    return s
+
+
+def _reason_counting(r: VideoQARecord) -> list[str]:
+    m = r.meta
+    what = f"{m['color']} {m['shape']}"
+    n = int(m["count"])
+    s = [f"I track every {what} from frame to frame."]
+    s.append(f"There {'is' if n == 1 else 'are'} {n} {what}{'' if n == 1 else 's'} that change{'s' if n == 1 else ''} position.")
+    others = [f"{d['color']} {d['shape']}" for d in m.get("distractors", [])]
+    if others:
+        s.append(f"The other objects ({_ordinal_list(others)}) do not count.")
+    s.append(f"So the answer is {n}, which is option {r.answer}.")
+    return s
+
+
+def _reason_direction(r: VideoQARecord) -> list[str]:
+    m = r.meta
+    what = f"{m['color']} {m['shape']}"
+    (x0, y0), (x1, y1) = m["start"], m["end"]
+    s = [f"I follow the {what} from the first frame to the last."]
+    s.append(
+        f"It starts at about ({x0:.0f}, {y0:.0f}) and ends at about ({x1:.0f}, {y1:.0f}) in pixels "
+        f"(x to the right, y downwards)."
+    )
+    s.append(f"So it moves {m['direction']}, which is option {r.answer}.")
+    return s
+
+
+_REASONERS = {
+    "arrow_of_time": _reason_arrow,
+    "temporal_order": _reason_order,
+    "grounding": _reason_grounding,
+    "counting": _reason_counting,
+    "motion_direction": _reason_direction,
+}
+
+
+def sft_reasoning(record: VideoQARecord) -> str:
+    """2-4 short sentences a careful viewer would write, built from ``record.meta``; the last states
+    the conclusion. Deterministic.
+
+    Raises:
+        KeyError: ``record.meta`` lacks a field the task's reasoning needs.
+    """
+    return " ".join(_REASONERS[record.task](record))
+
+
+def sft_response(record: VideoQARecord) -> str:
+    """The SFT target ``"<think>{reasoning}</think><answer>{answer}</answer>"``; ``answer`` is the option
+    letter, or ``"[s, e]"`` for grounding. Matches :data:`RESPONSE_PATTERN` (the format reward)."""
+    return f"<think>{sft_reasoning(record)}</think><answer>{record.answer}</answer>"
