@@ -1,0 +1,180 @@
+"""The megatron-core policy against Hugging Face's Qwen2_5_VLForConditionalGeneration on tiny checkpoints.
+
+Real numbers only: logits equal (fp32, <= 1e-4) on the same video + text input; the KV-cache decode equals the full
+forward; mrope positions equal transformers' get_rope_index; HF -> megatron -> HF is bit-identical; the native
+rollout's log-probs equal the trainer's recomputation on the same sequences (same positions, same mask).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from dvr1.data.processing import normalize_frames, num_video_tokens, patchify
+from dvr1.models.qwen2_5_vl import Qwen25VLPolicy, SafetensorsReader, load_hf_config, load_hf_weights
+from dvr1.models.rope import get_rope_index
+from dvr1.models.tiny import make_tiny_checkpoint
+from dvr1.models.tokenizer import chat_prompt
+
+TEXTS = ["Is this video played forward or in reverse? A. forward B. reversed <think>I look.</think><answer>A</answer>"] * 20
+
+VARIANTS = {
+    # name: (tie_word_embeddings, text overrides)
+    "tied_gqa2": (True, {}),
+    "untied_gqa1": (False, {"num_key_value_heads": 4, "mrope_section": [8, 4, 4]}),
+    "tied_gqa4": (True, {"num_key_value_heads": 1, "num_hidden_layers": 2, "mrope_section": [2, 7, 7]}),
+}
+
+
+@pytest.fixture(scope="module")
+def parallel():
+    from dvr1.parallel.setup import init_parallel
+
+    return init_parallel(tp=1, pp=1, seed=1)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, parallel):
+    out = {}
+    for name, (tie, text) in VARIANTS.items():
+        out[name] = make_tiny_checkpoint(str(tmp_path_factory.mktemp(name)), TEXTS, seed=3, vocab_size=400,
+                                         tie_word_embeddings=tie, text=text)
+    return out
+
+
+def _video_inputs(seed=0, frames=6, h=90, w=120):
+    g = np.random.default_rng(seed)
+    video = normalize_frames(g.integers(0, 256, (frames, h, w, 3), dtype=np.uint8), max_pixels=112 * 112)
+    pv, grid = patchify(video)
+    return pv, grid.view(1, 3)
+
+
+def _ids(hf_cfg, grid, seed=0, pre=7, post=15):
+    g = torch.Generator().manual_seed(seed)
+    n = num_video_tokens(grid[0])
+    return torch.cat([torch.randint(20, 380, (pre,), generator=g),
+                      torch.tensor([hf_cfg.vision_start_token_id] + [hf_cfg.video_token_id] * n + [hf_cfg.vision_end_token_id]),
+                      torch.randint(20, 380, (post,), generator=g)]).view(1, -1)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_logits_equal_hugging_face(checkpoints, variant):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    path = checkpoints[variant]
+    cfg = load_hf_config(path)
+    policy = Qwen25VLPolicy(cfg)
+    load_hf_weights(policy, path)
+    policy.eval()
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    pv, grid = _video_inputs()
+    ids = _ids(cfg, grid)
+    spg = torch.tensor([0.5])
+    pos = get_rope_index(ids, cfg.video_token_id, grid, spg, cfg.vision_config.spatial_merge_size,
+                         cfg.vision_config.tokens_per_second)
+    mm = (ids == cfg.video_token_id).int() * 2
+    with torch.no_grad():
+        ref = hf(input_ids=ids, pixel_values_videos=pv, video_grid_thw=grid, second_per_grid_ts=spg,
+                 mm_token_type_ids=mm).logits
+        out = policy(ids, pos, pixel_values_videos=pv, video_grid_thw=grid)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-4, rtol=0), (out - ref).abs().max()
+
+
+def test_rope_index_equals_hugging_face(checkpoints):
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    path = checkpoints["tied_gqa2"]
+    cfg = load_hf_config(path)
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32)
+    for i, (frames, h, w, spg) in enumerate([(4, 56, 56, 0.25), (8, 112, 84, 1.0), (6, 84, 112, 2.0)]):
+        _, grid = _video_inputs(i, frames, h, w)
+        ids = _ids(cfg, grid, seed=i, pre=3 + i, post=5)
+        pos = get_rope_index(ids, cfg.video_token_id, grid, [spg], 2, cfg.vision_config.tokens_per_second)
+        ref, _ = hf.model.get_rope_index(ids, (ids == cfg.video_token_id).int() * 2, None, grid, torch.tensor([spg]))
+        assert torch.equal(pos, ref), (frames, h, w, spg)
+
+
+def test_rope_index_rejects_mismatched_grid(checkpoints):
+    cfg = load_hf_config(checkpoints["tied_gqa2"])
+    pv, grid = _video_inputs()
+    ids = _ids(cfg, grid)
+    with pytest.raises(ValueError, match="video tokens"):
+        get_rope_index(ids, cfg.video_token_id, torch.tensor([[2, 4, 4]]), [1.0], 2, 2)
+
+
+def test_hf_megatron_hf_round_trip_is_bit_identical(checkpoints):
+    from dvr1.models.export import state_for_hf
+
+    for variant in VARIANTS:
+        path = checkpoints[variant]
+        policy = Qwen25VLPolicy(load_hf_config(path))
+        load_hf_weights(policy, path)
+        back = state_for_hf(policy)
+        reader = SafetensorsReader(path)
+        assert set(back) == set(reader.keys()), set(back) ^ set(reader.keys())
+        for k in back:
+            assert torch.equal(back[k], reader.get(k)), k
+
+
+def test_kv_cache_decode_equals_full_forward(checkpoints):
+    from megatron.core.inference.contexts import StaticInferenceContext
+
+    from dvr1.models.rope import continue_positions
+
+    path = checkpoints["tied_gqa2"]
+    cfg = load_hf_config(path)
+    policy = Qwen25VLPolicy(cfg)
+    load_hf_weights(policy, path)
+    policy.eval()
+    pv, grid = _video_inputs()
+    ids = _ids(cfg, grid).repeat(2, 1)
+    L, extra = ids.shape[1], torch.randint(20, 380, (2, 5))
+    pos = get_rope_index(ids, cfg.video_token_id, grid.repeat(2, 1), [0.5, 0.5], 2, 2)
+    pos = torch.cat([pos, continue_positions(pos[:, :, -1:], 5)], 2)
+    ve = policy.encode_video(pv, grid).repeat(2, 1)
+    full = torch.cat([ids, extra], 1)
+    with torch.no_grad():
+        ref = policy(full, pos, video_embeds=ve)
+        ctx = StaticInferenceContext(2, L + 5)
+        out = policy(ids, pos[:, :, :L], video_embeds=ve, inference_context=ctx, runtime_gather_output=True)
+        assert torch.allclose(out[:, -1], ref[:, L - 1], atol=1e-5)
+        ctx.sequence_len_offset += L
+        for k in range(5):
+            out = policy(full[:, L + k:L + k + 1], pos[:, :, :L + k + 1], inference_context=ctx,
+                         runtime_gather_output=True)
+            ctx.sequence_len_offset += 1
+            assert torch.allclose(out[:, -1], ref[:, L + k], atol=1e-5), k
+
+
+def test_native_rollout_logprobs_equal_trainer_recompute(checkpoints):
+    """Rollout and training see the same sequence the same way: engine log-probs == token_logprobs(...)."""
+    from transformers import AutoTokenizer
+
+    from dvr1.rollout.base import RolloutRequest, SamplingParams
+    from dvr1.rollout.native import NativeRolloutEngine
+    from dvr1.train.inputs import Prepared, build_batch, token_logprobs
+
+    path = checkpoints["tied_gqa2"]
+    cfg = load_hf_config(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    policy = Qwen25VLPolicy(cfg)
+    load_hf_weights(policy, path)
+    pv, grid = _video_inputs()
+    prompt = chat_prompt("Is this video played forward?", num_video_tokens(grid[0]))
+    ids = torch.tensor(tok(prompt)["input_ids"])
+    pos = get_rope_index(ids.view(1, -1), cfg.video_token_id, grid, [0.5], 2, 2)[:, 0]
+    req = RolloutRequest(ids, pos, video_embeds=policy.encode_video(pv, grid))
+    engine = NativeRolloutEngine(policy, seed=0)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    out = engine.generate([req], SamplingParams(n=4, temperature=1.0, max_new_tokens=12, stop_token_ids=(eos,)))[0]
+    assert len(out.token_ids) == 4 and all(1 <= len(t) <= 12 for t in out.token_ids)
+    prep = Prepared(None, "", req, grid, 0.5, cfg.video_token_id)
+    batch, vtok = build_batch([(prep, t) for t in out.token_ids], tok.convert_tokens_to_ids("<|endoftext|>"))
+    with torch.no_grad():
+        lp, _ = token_logprobs(policy, batch, vtok)
+    for i, ref in enumerate(out.logprobs):
+        assert torch.allclose(lp[i, :len(ref)], torch.tensor(ref), atol=1e-5)
+        assert float(lp[i, len(ref):].abs().sum()) == 0.0
+    # greedy is deterministic and equals the argmax continuation
+    g1 = engine.generate([req], SamplingParams(n=2, temperature=0.0, max_new_tokens=6))[0]
+    assert g1.token_ids[0] == g1.token_ids[1]
