@@ -108,7 +108,10 @@ def _reason_counting(r: VideoQARecord) -> list[str]:
     what = f"{m['color']} {m['shape']}"
     n = int(m["count"])
     s = [f"I track every {what} from frame to frame."]
-    s.append(f"There {'is' if n == 1 else 'are'} {n} {what}{'' if n == 1 else 's'} that change{'s' if n == 1 else ''} position.")
+    if n == 1:
+        s.append(f"There is 1 {what} that changes position.")
+    else:
+        s.append(f"There are {n} {what}s that change position.")
     others = [f"{d['color']} {d['shape']}" for d in m.get("distractors", [])]
     if others:
         s.append(f"The other objects ({_ordinal_list(others)}) do not count.")

