@@ -141,6 +141,9 @@ class LogConfig:
 class RunConfig:
     run_dir: str = "runs/tiny"
     seed: int = 0
+    # intra-op CPU threads per process (torch.set_num_threads); 0 = torch's default. 1 is fastest for the tiny
+    # model: its ops are too small to amortise OpenMP synchronisation, which also collapses when cores are shared.
+    threads: int = 1
     data: DataConfig = field(default_factory=DataConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -45,6 +45,9 @@ def init(cfg):
     warnings.filterwarnings("ignore", module="megatron")
     from dvr1.parallel.setup import init_parallel
 
+    if cfg.threads > 0 and not torch.cuda.is_available():
+        torch.set_num_threads(cfg.threads)
+
     return init_parallel(tp=cfg.parallel.tp, pp=cfg.parallel.pp, seed=cfg.parallel.seed)
 
 
