@@ -106,22 +106,21 @@ def _local_target(target: torch.Tensor, vocab_start: int, vocab_local: int):
     return local.masked_fill(~in_shard, 0), in_shard
 
 
-def _chunk_stats(z: torch.Tensor, local_t: torch.Tensor, in_shard: torch.Tensor, entropy: bool, inplace: bool):
+def _chunk_stats(z: torch.Tensor, local_t: torch.Tensor, in_shard: torch.Tensor, d: torch.Tensor,
+                 e: Optional[torch.Tensor]):
     """Per-token statistics of one chunk of local logits.
 
-    z: [c, V_local] any float dtype. Returns fp32 [c] tensors: m (local max), s = sum exp(z - m),
-    zt (target logit, 0 where the target is on another rank), w = sum exp(z - m) * (z - m) (entropy only, else None).
-    Extra memory: one [c, V_local] fp32 buffer (two with entropy), none beyond that when `inplace` (z fp32, owned).
+    z: [c, V_local] any float dtype. d: [c, V_local] fp32 scratch for z - max (may be z itself, which is then
+    overwritten); e: a second fp32 scratch for exp(z - max) when the entropy is wanted, else None.
+    Returns fp32 [c] tensors: m (local max), s = sum exp(z - m), zt (target logit, 0 where the target is on another
+    rank), w = sum exp(z - m) * (z - m) (entropy only, else None).
     """
-    acc = _acc_dtype(z.dtype)
+    acc = d.dtype
     m = z.amax(dim=-1).to(acc)
     zt = z.gather(-1, local_t.unsqueeze(-1)).squeeze(-1).to(acc).masked_fill_(~in_shard, 0.0)
-    if inplace and z.dtype == acc:
-        d = z.sub_(m.unsqueeze(-1))
-    else:
-        d = z - m.unsqueeze(-1)  # fp32 by type promotion, one allocation
-    if entropy:
-        e = torch.exp(d)
+    torch.sub(z, m.unsqueeze(-1), out=d)
+    if e is not None:
+        torch.exp(d, out=e)
         s = e.sum(-1)
         w = torch.matmul(e.unsqueeze(-2), d.unsqueeze(-1)).reshape(-1)  # row-wise dot, no [c, V] temporary
         return m, s, zt, w
@@ -153,16 +152,26 @@ def _combine(m, s, zt, w, group):
     return logprob, lse, entropy
 
 
-def _dlogits_(z: torch.Tensor, lse: torch.Tensor, local_t, in_shard, g: torch.Tensor, inplace: bool):
-    """d logprob / d logits times g for one chunk: fp32 [c, V_local] = g * (onehot(target) - softmax(z))."""
-    if inplace and z.dtype == lse.dtype:
-        p = z.sub_(lse.unsqueeze(-1))
-    else:
-        p = z - lse.unsqueeze(-1)
+def _dlogits(z: torch.Tensor, lse: torch.Tensor, local_t, in_shard, g: torch.Tensor, p: torch.Tensor):
+    """g * d logprob / d logits for one chunk, written into p (fp32 [c, V_local], may be z itself):
+    p = g * (onehot(target) - softmax(z)) = g * onehot - g * exp(z - lse)."""
+    torch.sub(z, lse.unsqueeze(-1), out=p)
     p.exp_().mul_(-g.unsqueeze(-1))
     rows = torch.arange(z.shape[0], device=z.device)[in_shard]
     p.index_put_((rows, local_t[in_shard]), g[in_shard], accumulate=True)
     return p
+
+
+class _Scratch:
+    """[rows, cols] buffers allocated once per call and reused by every chunk (no per-chunk allocation)."""
+
+    def __init__(self, rows: int, cols: int, device):
+        self.rows, self.cols, self.device, self.bufs = rows, cols, device, {}
+
+    def get(self, name: str, c: int, dtype: torch.dtype) -> torch.Tensor:
+        if name not in self.bufs:
+            self.bufs[name] = torch.empty(self.rows, self.cols, dtype=dtype, device=self.device)
+        return self.bufs[name][:c]
 
 
 def _chunks(n: int, chunk_size: Optional[int]):
@@ -180,15 +189,21 @@ class _VocabParallelLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, group, vocab_start, compute_entropy, chunk_size):
         n, v = logits.shape
+        acc = _acc_dtype(logits.dtype)
         local_t, in_shard = _local_target(target, vocab_start, v)
-        m = torch.empty(n, dtype=_acc_dtype(logits.dtype), device=logits.device)
+        m = torch.empty(n, dtype=acc, device=logits.device)
         s, zt = torch.empty_like(m), torch.empty_like(m)
         w = torch.empty_like(m) if compute_entropy else None
-        for a, b in _chunks(n, chunk_size):
-            cm, cs, czt, cw = _chunk_stats(logits[a:b], local_t[a:b], in_shard[a:b], compute_entropy, inplace=False)
+        chunks = _chunks(n, chunk_size)
+        scratch = _Scratch(max((b - a for a, b in chunks), default=0), v, logits.device)
+        for a, b in chunks:
+            d = scratch.get("d", b - a, acc)
+            e = scratch.get("e", b - a, acc) if compute_entropy else None
+            cm, cs, czt, cw = _chunk_stats(logits[a:b], local_t[a:b], in_shard[a:b], d, e)
             m[a:b], s[a:b], zt[a:b] = cm, cs, czt
             if compute_entropy:
                 w[a:b] = cw
+        del scratch
         logprob, lse, entropy = _combine(m, s, zt, w, group)
         ctx.save_for_backward(logits, local_t, in_shard, lse)
         ctx.chunk_size = chunk_size
@@ -201,13 +216,15 @@ class _VocabParallelLogprobs(torch.autograd.Function):
     def backward(ctx, grad_logprob, *unused_grad_entropy):
         logits, local_t, in_shard, lse = ctx.saved_tensors
         g = grad_logprob.to(lse.dtype)
+        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         chunks = _chunks(logits.shape[0], ctx.chunk_size)
-        if len(chunks) == 1:
-            grad = _dlogits_(logits, lse, local_t, in_shard, g, inplace=False).to(logits.dtype)
-        else:
-            grad = torch.empty_like(logits)
-            for a, b in chunks:
-                grad[a:b] = _dlogits_(logits[a:b], lse[a:b], local_t[a:b], in_shard[a:b], g[a:b], inplace=False)
+        scratch = _Scratch(max((b - a for a, b in chunks), default=0), logits.shape[1], logits.device)
+        for a, b in chunks:
+            # fp32 logits: compute straight into the gradient; bf16/fp16: in fp32 scratch, then one rounding
+            p = grad[a:b] if grad.dtype == lse.dtype else scratch.get("p", b - a, lse.dtype)
+            _dlogits(logits[a:b], lse[a:b], local_t[a:b], in_shard[a:b], g[a:b], p)
+            if p.data_ptr() != grad[a:b].data_ptr():
+                grad[a:b].copy_(p)
         return grad, None, None, None, None, None
 
 
@@ -243,8 +260,10 @@ def vocab_parallel_logprobs(
     is `g * (onehot(target) - softmax(z))`, recomputed chunk by chunk from the saved logits and the fp32 per-token
     log-sum-exp.
 
-    Memory: beyond the inputs/outputs (the logits gradient is an output of the logits' size and dtype), one
-    `[chunk, V_local]` fp32 buffer (two with `compute_entropy`), plus O(n) fp32 per-token vectors.
+    Memory: beyond the inputs/outputs (the logits gradient is an output of the logits' size and dtype) and O(n)
+    fp32 per-token vectors: forward, one `[chunk, V_local]` fp32 scratch reused by every chunk (two with
+    `compute_entropy`); backward, none for fp32 logits (computed straight into the gradient), one fp32 scratch for
+    bf16/fp16 logits.
 
     Raises:
         ValueError: target shape != logits.shape[:-1]; non-integer target; a target id outside
@@ -278,17 +297,22 @@ class _FusedLinearLogprobs(torch.autograd.Function):
     def forward(ctx, hidden, weight, target, group, vocab_start, compute_entropy, chunk_size):
         n = hidden.shape[0]
         v = weight.shape[0]
+        acc = _acc_dtype(hidden.dtype)
         local_t, in_shard = _local_target(target, vocab_start, v)
-        m = torch.empty(n, dtype=_acc_dtype(hidden.dtype), device=hidden.device)
+        m = torch.empty(n, dtype=acc, device=hidden.device)
         s, zt = torch.empty_like(m), torch.empty_like(m)
         w = torch.empty_like(m) if compute_entropy else None
-        for a, b in _chunks(n, chunk_size):
-            z = torch.matmul(hidden[a:b], weight.t())  # [c, V_local]; the GEMM accumulates in fp32
-            cm, cs, czt, cw = _chunk_stats(z, local_t[a:b], in_shard[a:b], compute_entropy, inplace=True)
+        chunks = _chunks(n, chunk_size)
+        scratch = _Scratch(max((b - a for a, b in chunks), default=0), v, hidden.device)
+        for a, b in chunks:
+            z = torch.matmul(hidden[a:b], weight.t(), out=scratch.get("z", b - a, hidden.dtype))  # fp32-acc GEMM
+            d = z if z.dtype == acc else scratch.get("d", b - a, acc)
+            e = scratch.get("e", b - a, acc) if compute_entropy else None
+            cm, cs, czt, cw = _chunk_stats(z, local_t[a:b], in_shard[a:b], d, e)
             m[a:b], s[a:b], zt[a:b] = cm, cs, czt
             if compute_entropy:
                 w[a:b] = cw
-            del z
+        del scratch
         logprob, lse, entropy = _combine(m, s, zt, w, group)
         ctx.save_for_backward(hidden, weight, local_t, in_shard, lse)
         ctx.chunk_size = chunk_size
@@ -304,16 +328,19 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         g = grad_logprob.to(lse.dtype)
         grad_h = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if need_h else None
         grad_w = torch.zeros_like(weight) if need_w else None
-        for a, b in _chunks(hidden.shape[0], ctx.chunk_size):
+        chunks = _chunks(hidden.shape[0], ctx.chunk_size)
+        scratch = _Scratch(max((b - a for a, b in chunks), default=0), weight.shape[0], hidden.device)
+        for a, b in chunks:
             h = hidden[a:b]
-            z = torch.matmul(h, weight.t())  # recompute the logits chunk
-            dz = _dlogits_(z, lse[a:b], local_t[a:b], in_shard[a:b], g[a:b], inplace=True).to(weight.dtype)
-            del z
+            z = torch.matmul(h, weight.t(), out=scratch.get("z", b - a, hidden.dtype))  # recompute the logits
+            p = z if z.dtype == lse.dtype else scratch.get("p", b - a, lse.dtype)
+            _dlogits(z, lse[a:b], local_t[a:b], in_shard[a:b], g[a:b], p)
+            if p.data_ptr() != z.data_ptr():
+                z.copy_(p)  # dz in the GEMM dtype (bf16/fp16), reusing the logits buffer
             if need_h:
-                torch.matmul(dz, weight, out=grad_h[a:b])
+                torch.matmul(z, weight, out=grad_h[a:b])
             if need_w:
-                grad_w.addmm_(dz.t(), h)
-            del dz
+                grad_w.addmm_(z.t(), h)
         return grad_h, grad_w, None, None, None, None, None
 
 
@@ -355,8 +382,9 @@ def fused_linear_logprobs(
     Communication: as `vocab_parallel_logprobs` in forward (MAX + one SUM of per-token scalars), plus the one
     all-reduce of `grad_hidden` `[n, h]` in backward under TP.
 
-    Memory: one `[chunk, V_local]` fp32 buffer (two with entropy; plus the input-dtype GEMM output when the inputs
-    are bf16/fp16) on top of inputs, outputs, `grad_hidden` and `grad_weight`.
+    Memory: on top of inputs, outputs, `grad_hidden` and `grad_weight`, one `[chunk, V_local]` buffer for the
+    GEMM output reused by every chunk (fp32 inputs: reduced in place, nothing else); bf16/fp16 inputs add one fp32
+    `[chunk, V_local]` scratch; `compute_entropy` adds one more fp32 scratch in forward.
 
     Raises:
         ValueError: hidden not 2-D/3-D, weight not `[V_local, h]` with hidden's h and dtype, target shape !=
