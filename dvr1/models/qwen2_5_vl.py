@@ -107,8 +107,10 @@ def transformer_config(hf_config, tp: int = 1, pp: int = 1, params_dtype=torch.f
         pipeline_model_parallel_size=pp,
         params_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
-        use_cpu_initialization=True,
-        perform_initialization=False,
+        use_cpu_initialization=not torch.cuda.is_available(),
+        # megatron sets the TP attributes (tensor_model_parallel, partition_dim) inside its initialisers; grad-norm
+        # de-duplication and TP gathers rely on them, so initialise (the checkpoint's weights overwrite it).
+        perform_initialization=True,
         pipeline_dtype=params_dtype,
     )
     kw.update(overrides)

@@ -48,7 +48,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | None =
         vocab_size: target size including special and tag tokens.
         out_dir: if given, `save_pretrained` there (tokenizer.json, tokenizer_config.json).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -56,11 +56,13 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | None =
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS + TAG_TOKENS,
+        special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(list(texts), trainer=trainer)
+    # non-special: they survive `decode(..., skip_special_tokens=True)` like any text
+    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in TAG_TOKENS])
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -86,6 +88,15 @@ def chat_prompt(text: str, num_video_tokens: int, system: str = SYSTEM_PROMPT) -
         f"<|im_start|>system\n{system}<|im_end|>\n"
         f"<|im_start|>user\n{video}{text}<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+def decode_response(tokenizer, token_ids: list[int], stop_token_ids=()) -> str:
+    """Response text: the ids without a trailing stop token, decoded WITHOUT dropping special tokens (a sampled
+    `<|video_pad|>` stays visible, so the format reward sees exactly what the policy wrote)."""
+    ids = list(token_ids)
+    if ids and ids[-1] in stop_token_ids:
+        ids = ids[:-1]
+    return tokenizer.decode(ids, skip_special_tokens=False)
 
 
 def special_ids(tokenizer) -> dict[str, int]:

@@ -7,6 +7,7 @@ import logging
 import os
 from collections import defaultdict
 
+from dvr1.models.tokenizer import decode_response
 from dvr1.rl.rewards import score_response
 from dvr1.rollout.base import SamplingParams
 from dvr1.train.rl import prepare_or_skip
@@ -32,7 +33,7 @@ def evaluate(engine, builder, tokenizer, records, max_new_tokens: int = 64, stri
         outs = engine.generate([p.request for p in prepared], sp, desc="eval")
         for p, o in zip(prepared, outs):
             r = p.record
-            text = tokenizer.decode(o.token_ids[0], skip_special_tokens=True)
+            text = decode_response(tokenizer, o.token_ids[0], (eos,))
             sc = score_response(text, r.task, r.answer, r.segment)
             d = per[r.task]
             d["n"] += 1
@@ -54,7 +55,9 @@ def evaluate(engine, builder, tokenizer, records, max_new_tokens: int = 64, stri
         "per_task": per_task,
         "samples": samples,
     }
-    if out_path:
+    import torch.distributed as dist
+
+    if out_path and (not dist.is_initialized() or dist.get_rank() == 0):
         os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
         with open(out_path, "w") as f:
             json.dump(result, f, indent=1)

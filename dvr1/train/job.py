@@ -144,7 +144,10 @@ def rollout_engine(cfg, policy, hf_path: str):
     if cfg.rollout.engine == "native":
         from dvr1.rollout.native import NativeRolloutEngine
 
-        return NativeRolloutEngine(policy, seed=cfg.seed + 101, progress=False)
+        from dvr1.train.rl import dp_layout
+
+        # TP/PP ranks of one DP rank must sample identical tokens: same seed; DP ranks get their own stream
+        return NativeRolloutEngine(policy, seed=cfg.seed + 101 + 1000 * dp_layout()[0], progress=False)
     from dvr1.rollout.vllm import VLLMRolloutEngine  # the colocated vLLM engine (own issue)
 
     return VLLMRolloutEngine(cfg, policy, hf_path)
@@ -157,7 +160,7 @@ def _train_loop(cfg, stage: str, trainer, model, optimizer, scheduler, steps: in
     """Shared loop: resume, step with a progress bar, log, checkpoint, export the final model to HF."""
     from dvr1.models.export import export_hf
     from dvr1.train.checkpoint import latest_step, load_checkpoint, save_checkpoint
-    from dvr1.train.metrics import MetricsLogger
+    from dvr1.train.metrics import MetricsLogger, reduce_metrics
 
     stage_dir = os.path.join(os.path.abspath(cfg.run_dir), stage)
     start = 0
@@ -169,7 +172,7 @@ def _train_loop(cfg, stage: str, trainer, model, optimizer, scheduler, steps: in
     logger = MetricsLogger(cfg.run_dir, stage, cfg.log, OmegaConf.to_container(cfg), resume_step=start)
     bar = tqdm(range(start + 1, steps + 1), desc=stage, disable=not cfg.log.progress, initial=start, total=steps)
     for step in bar:
-        m = trainer.step()
+        m = reduce_metrics(trainer.step())
         logger.log(step, m)
         bar.set_postfix({k: f"{m[k]:.3g}" for k in ("loss", "reward/mean", "vanishing_advantage_ratio") if k in m})
         if step % save_every == 0 or step == steps:

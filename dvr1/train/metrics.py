@@ -73,6 +73,23 @@ class MetricsLogger:
             self._tb.close()
 
 
+def reduce_metrics(metrics: dict) -> dict:
+    """Average the float metrics over the data-parallel group (TP/PP ranks of a DP rank already agree).
+
+    Every DP rank must call it with the same keys (they run the same code path)."""
+    import torch
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    if not dist.is_initialized() or not ps.model_parallel_is_initialized() or ps.get_data_parallel_world_size() == 1:
+        return metrics
+    keys = [k for k, v in metrics.items() if isinstance(v, (int, float))]
+    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(t, group=ps.get_data_parallel_group())
+    t /= ps.get_data_parallel_world_size()
+    return {**metrics, **dict(zip(keys, t.tolist()))}
+
+
 def read_jsonl(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []

@@ -24,6 +24,7 @@ from dvr1.rl.advantages import group_advantages
 from dvr1.rl.augment import add_frame_noise, make_hint, mask_frames, select_trace
 from dvr1.rl.difficulty import DifficultyConfig, DifficultyController, RewardHistory
 from dvr1.rl.losses import grpo_loss, reg_grpo_loss
+from dvr1.models.tokenizer import decode_response
 from dvr1.rl.rewards import RewardWeights, score_response
 from dvr1.rollout.base import SamplingParams
 from dvr1.train.inputs import build_batch, token_logprobs
@@ -32,32 +33,34 @@ log = logging.getLogger(__name__)
 
 
 class PromptSampler:
-    """Epoch-wise random order over records, resumable: state = (epoch, position, generator state).
+    """Epoch-wise random order over records, resumable, sharded over data-parallel ranks.
 
-    Records whose video fails to load are reported once and dropped for the rest of the run.
+    Every rank draws the same permutation (same seed); DP rank r takes positions r, r + dp, r + 2dp, ... so the DP
+    ranks see disjoint prompts and TP/PP ranks of one DP rank see the same ones. State = (epoch, position, order,
+    generator). Records whose video fails to load are reported once and dropped for the rest of the run.
     """
 
-    def __init__(self, records, seed: int):
+    def __init__(self, records, seed: int, dp_rank: int = 0, dp_size: int = 1):
         self.records = list(records)
-        if not self.records:
-            raise ValueError("PromptSampler: no training records")
+        if len(self.records) < dp_size:
+            raise ValueError(f"PromptSampler: {len(self.records)} records cannot be sharded over {dp_size} DP ranks")
+        self.dp_rank, self.dp_size = dp_rank, dp_size
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch, self.pos = 0, 0
         self.order = torch.randperm(len(self.records), generator=self.generator).tolist()
         self.bad: set[str] = set()
 
     def next(self):
-        while True:
-            if self.pos >= len(self.order):
+        for _ in range(2 * len(self.records) + 2 * self.dp_size):
+            if self.pos + self.dp_size > len(self.order):
                 self.epoch += 1
                 self.pos = 0
                 self.order = torch.randperm(len(self.records), generator=self.generator).tolist()
-            r = self.records[self.order[self.pos]]
-            self.pos += 1
+            r = self.records[self.order[self.pos + self.dp_rank]]
+            self.pos += self.dp_size
             if r.id not in self.bad:
                 return r
-            if len(self.bad) >= len(self.records):
-                raise RuntimeError("every training record failed to load")
+        raise RuntimeError("PromptSampler: every training record of this rank failed to load")
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos, "order": self.order, "generator": self.generator.get_state(),
@@ -67,6 +70,23 @@ class PromptSampler:
         self.epoch, self.pos, self.order = s["epoch"], s["pos"], list(s["order"])
         self.generator.set_state(s["generator"])
         self.bad = set(s["bad"])
+
+
+def dp_layout() -> tuple[int, int]:
+    """(dp_rank, dp_size) from megatron's parallel state, (0, 1) when it is not initialised."""
+    from megatron.core import parallel_state as ps
+
+    if not ps.model_parallel_is_initialized():
+        return 0, 1
+    return ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
+
+
+def per_rank(global_size: int, what: str) -> int:
+    """`global_size` split over DP ranks; ValueError naming the field if it does not divide."""
+    _, dp = dp_layout()
+    if global_size % dp:
+        raise ValueError(f"{what}={global_size} is a global batch and must be divisible by the DP size {dp}")
+    return global_size // dp
 
 
 @dataclass
@@ -105,7 +125,8 @@ class RLTrainer:
         self.cfg = cfg
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.reference, self.engine, self.builder, self.tok = reference, engine, builder, tokenizer
-        self.sampler = PromptSampler(records, cfg.seed + 17)
+        self.sampler = PromptSampler(records, cfg.seed + 17, *dp_layout())
+        self.prompts_per_rank = per_rank(cfg.rl.prompts_per_step, "rl.prompts_per_step")
         a = cfg.da_aug
         self.history = RewardHistory(a.window)
         self.controller = DifficultyController(
@@ -138,7 +159,7 @@ class RLTrainer:
         outs = self.engine.generate([p.request for p in prepared], self.sampling(n), desc=f"rollout[{kind}]")
         groups = []
         for p, o in zip(prepared, outs):
-            texts = [self.tok.decode(ids, skip_special_tokens=True) for ids in o.token_ids]
+            texts = [decode_response(self.tok, ids, (self.eos,)) for ids in o.token_ids]
             r = p.record
             scores = [score_response(t, r.task, r.answer, r.segment, self.weights) for t in texts]
             groups.append(Group(p, o.token_ids, texts, scores, kind))
@@ -195,9 +216,11 @@ class RLTrainer:
                          loss_agg=al.loss_agg)
 
     def step(self) -> dict:
-        """One RL step; returns the ALGORITHMS §5 metrics."""
+        """One RL step over this DP rank's B/dp prompts; returns the ALGORITHMS §5 metrics of this rank (the loop
+        averages them over DP). Gradients are averaged over DP by megatron DDP, so each rank's loss is the mean over
+        its own groups (equal weight per rank)."""
         cfg, t = self.cfg, {}
-        B, G = cfg.rl.prompts_per_step, cfg.rollout.group_size
+        B, G = self.prompts_per_rank, cfg.rollout.group_size
 
         t0 = time.perf_counter()
         prepared = []

@@ -13,7 +13,7 @@ import torch
 
 from dvr1.data.prompts import sft_response
 from dvr1.train.inputs import build_batch, token_logprobs
-from dvr1.train.rl import PromptSampler, prepare_or_skip
+from dvr1.train.rl import PromptSampler, dp_layout, per_rank, prepare_or_skip
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,8 @@ class SFTTrainer:
     def __init__(self, cfg, model, optimizer, scheduler, builder, tokenizer, records):
         self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
         self.builder, self.tok = builder, tokenizer
-        self.sampler = PromptSampler(records, cfg.seed + 5)
+        self.sampler = PromptSampler(records, cfg.seed + 5, *dp_layout())
+        self.batch_per_rank = per_rank(cfg.sft.batch_size, "sft.batch_size")
         self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
@@ -37,7 +38,7 @@ class SFTTrainer:
 
     def step(self) -> dict:
         items = []
-        while len(items) < self.cfg.sft.batch_size:
+        while len(items) < self.batch_per_rank:
             rec = self.sampler.next()
             p = prepare_or_skip(self.builder, rec, self.sampler, strict=self.cfg.data.strict)
             if p is not None:
