@@ -1,0 +1,321 @@
+"""Ablation runner (dvr1.ablate): grid expansion, emitted commands, resume-skip through real subprocesses (a fake
+`dvr1` script), aggregation over fabricated run directories with known numbers, report and PNG plots."""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dvr1 import ablate
+from dvr1.ablate import GridError, aggregate, collect, expand_grid, load_grid
+
+REPO = Path(__file__).resolve().parents[2]
+BASE = str(REPO / "examples" / "smoke.yaml")
+
+
+def write_grid(tmp_path, body: str, name="g.yaml") -> str:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(body).replace("BASE", BASE).replace("OUT", str(tmp_path / "out")))
+    return str(p)
+
+
+GRID = """\
+    name: t
+    base: BASE
+    out: OUT
+    overrides: [rl.steps=2, log.wandb=false]
+    arms:
+      grpo: [algo.name=grpo, da_aug.enabled=false]
+      reg_da: [algo.name=reg_grpo]
+    seeds: [3, 1]
+    paper_order: [grpo, reg_da]
+"""
+
+
+# ---- grid file -> runs -------------------------------------------------------------------------------------------
+
+def test_expand_grid_order_and_overrides(tmp_path):
+    g = load_grid(write_grid(tmp_path, GRID), extra_overrides=["rl.lr=0.1"])
+    out = str(tmp_path / "out")
+    runs = expand_grid(g)
+    assert [(r.arm, r.seed) for r in runs] == [("grpo", 3), ("grpo", 1), ("reg_da", 3), ("reg_da", 1)]
+    assert runs[1].run_dir == os.path.join(out, "grpo", "seed1")
+    assert runs[1].overrides == ["rl.steps=2", "log.wandb=false", "rl.lr=0.1", "algo.name=grpo",
+                                 "da_aug.enabled=false", "seed=1", f"run_dir={out}/grpo/seed1"]
+    assert runs[2].overrides == ["rl.steps=2", "log.wandb=false", "rl.lr=0.1", "algo.name=reg_grpo", "seed=3",
+                                 f"run_dir={out}/reg_da/seed3"]
+    assert g.sft_hf == os.path.join(out, "sft", "sft", "hf")
+    ablate.check_configs(g)  # every run's config loads
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("bogus: 1", "unknown key 'bogus' (allowed: arms, base, launcher, name, out, overrides, paper_order, seeds, "
+                 "sft, slurm)"),
+    ("sft: {init: x, steps: 3}", "sft: expected a mapping with keys eval, init, overrides"),
+])
+def test_grid_errors_extra_keys(tmp_path, extra, message):
+    p = write_grid(tmp_path, GRID + "    " + extra + "\n")
+    with pytest.raises(GridError) as e:
+        load_grid(p)
+    assert str(e.value) == f"{p}: {message}"
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("seeds: [3, 1]", "seeds: [3, 3]", "seeds: duplicate seed in [3, 3]"),
+    ("seeds: [3, 1]", "seeds: []", "seeds: expected a non-empty list of integers, got []"),
+    ("da_aug.enabled=false]", "seed=4]", "arms.grpo[1]: 'seed=4': the ablation runner sets run_dir and seed per run"),
+    ("[rl.steps=2,", "[rl.steps,", "overrides[0]: 'rl.steps' is not a key=value override"),
+    ("paper_order: [grpo, reg_da]", "paper_order: [grpo, nope]",
+     "paper_order: ['grpo', 'nope'] must list distinct arm names from arms"),
+    ("  reg_da:", "  reg da:", "arms: 'reg da' is not a valid arm name (letters, digits, _.+-; not 'sft')"),
+])
+def test_grid_errors(tmp_path, old, new, message):
+    p = write_grid(tmp_path, GRID.replace(old, new))
+    with pytest.raises(GridError) as e:
+        load_grid(p)
+    assert str(e.value) == f"{p}: {message}"
+
+
+def test_bad_config_key_named_before_running(tmp_path):
+    p = write_grid(tmp_path, GRID.replace("[algo.name=reg_grpo]", "[algo.nam=reg_grpo]"))
+    with pytest.raises(GridError) as e:
+        ablate.check_configs(load_grid(p))
+    assert str(e.value).startswith(f"{p}: arms.reg_da (seed 3): ConfigKeyError: Key 'nam' not in 'AlgoConfig'.")
+    assert "\n" not in str(e.value)
+
+
+# ---- emitted commands --------------------------------------------------------------------------------------------
+
+def test_emit_commands(tmp_path):
+    g = load_grid(write_grid(tmp_path, GRID))
+    out = str(tmp_path / "out")
+    lines = ablate.emit(g, "commands", launcher="dvr1").splitlines()
+    assert lines[2] == (f"dvr1 sft -c {BASE} rl.steps=2 log.wandb=false run_dir={out}/sft && dvr1 eval -c {BASE} "
+                        f"--model {out}/sft/sft/hf --name sft rl.steps=2 log.wandb=false run_dir={out}/sft")
+    runs = [l for l in lines if l.startswith("test -f")]
+    assert len(runs) == 4
+    assert runs[3] == (f"test -f {out}/reg_da/seed1/eval_rl.json || {{ dvr1 train -c {BASE} --init {out}/sft/sft/hf "
+                       f"rl.steps=2 log.wandb=false algo.name=reg_grpo seed=1 run_dir={out}/reg_da/seed1 && dvr1 eval "
+                       f"-c {BASE} --model {out}/reg_da/seed1/rl/hf --name rl rl.steps=2 log.wandb=false "
+                       f"algo.name=reg_grpo seed=1 run_dir={out}/reg_da/seed1; }}")
+    with pytest.raises(GridError, match="--emit 'json': must be one of commands, sbatch"):
+        ablate.emit(g, "json")
+
+
+def test_emit_sbatch_array_runs_the_right_task(tmp_path):
+    g = load_grid(write_grid(tmp_path, GRID + "    slurm: {partition: gpu, gpus-per-node: 8}\n"))
+    script = ablate.emit(g, "sbatch", launcher="echo dvr1")
+    assert "#SBATCH --array=0-3\n" in script and "#SBATCH --partition=gpu\n" in script
+    assert "#SBATCH --gpus-per-node=8\n" in script
+    path = tmp_path / "array.sh"
+    path.write_text(script)
+    out = str(tmp_path / "out")
+    res = subprocess.run(["bash", str(path)], env={**os.environ, "SLURM_ARRAY_TASK_ID": "2"}, capture_output=True,
+                         text=True, check=True)
+    assert res.stdout.splitlines()[1:] == [
+        f"dvr1 train -c {BASE} --init {out}/sft/sft/hf rl.steps=2 log.wandb=false algo.name=reg_grpo seed=3 "
+        f"run_dir={out}/reg_da/seed3",
+        f"dvr1 eval -c {BASE} --model {out}/reg_da/seed3/rl/hf --name rl rl.steps=2 log.wandb=false "
+        f"algo.name=reg_grpo seed=3 run_dir={out}/reg_da/seed3"]
+
+
+# ---- local execution with a fake dvr1 ---------------------------------------------------------------------------
+
+FAKE_DVR1 = r'''
+import json, os, sys
+cmd, args = sys.argv[1], sys.argv[2:]
+kv = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+run_dir = kv["run_dir"]
+with open(os.environ["FAKE_CALLS"], "a") as f:
+    f.write(json.dumps([cmd, os.path.relpath(run_dir, os.environ["FAKE_OUT"])]) + "\n")
+if cmd == "sft":
+    os.makedirs(f"{run_dir}/sft/hf")
+    open(f"{run_dir}/sft/hf/model.safetensors", "w").close()
+    open(f"{run_dir}/sft/hf/config.json", "w").write("{}")
+elif cmd == "train":
+    if os.environ.get("FAKE_CRASH") == run_dir:
+        print("boom"); sys.exit(3)
+    os.makedirs(f"{run_dir}/rl/hf", exist_ok=True)
+    open(f"{run_dir}/rl/hf/model.safetensors", "w").close()
+elif cmd == "eval":
+    name = args[args.index("--name") + 1]
+    json.dump({"accuracy": 0.5, "mean_iou": 0.1, "per_task": {}}, open(f"{run_dir}/eval_{name}.json", "w"))
+'''
+
+
+def test_run_grid_resume_skip_and_crash(tmp_path, monkeypatch):
+    g = load_grid(write_grid(tmp_path, GRID))
+    out = tmp_path / "out"
+    fake = tmp_path / "fake_dvr1.py"
+    fake.write_text(FAKE_DVR1)
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_CALLS", str(calls))
+    monkeypatch.setenv("FAKE_OUT", str(out))
+    monkeypatch.setenv("FAKE_CRASH", str(out / "reg_da" / "seed3"))
+    # grpo/seed3 finished earlier; grpo/seed1 trained but not evaluated; reg_da/seed1 has a partial RL checkpoint
+    (out / "grpo" / "seed3").mkdir(parents=True)
+    (out / "grpo" / "seed3" / "eval_rl.json").write_text("{}")
+    (out / "grpo" / "seed1" / "rl" / "hf").mkdir(parents=True)
+    (out / "grpo" / "seed1" / "rl" / "hf" / "model.safetensors").write_text("")
+    (out / "reg_da" / "seed1" / "rl" / "ckpt").mkdir(parents=True)
+    (out / "reg_da" / "seed1" / "rl" / "ckpt" / "latest").write_text("7\n")
+    launcher = f"{sys.executable} {fake}"
+    msgs = []
+    recs = ablate.run_grid(g, launcher=launcher, echo=msgs.append)
+    assert [(r["arm"], r["seed"], r["status"]) for r in recs] == [
+        ("grpo", 3, "skipped"), ("grpo", 1, "done"), ("reg_da", 3, "failed:train"), ("reg_da", 1, "done")]
+    read = lambda: [tuple(json.loads(l)) for l in calls.read_text().splitlines()]
+    assert read() == [("sft", "sft"), ("eval", "sft"), ("eval", "grpo/seed1"), ("train", "reg_da/seed3"),
+                      ("train", "reg_da/seed1"), ("eval", "reg_da/seed1")]
+    assert "[ablate 4/4] reg_da seed 1: train (resuming from RL step 7)" in msgs
+    rec = json.loads((out / "reg_da" / "seed3" / "ablate_run.json").read_text())
+    assert rec["status"] == "failed:train" and rec["attempts"][0]["rc"] == 3 and rec["seed"] == 3
+    assert "boom" in (out / "reg_da" / "seed3" / "ablate.log").read_text()
+    assert [r.status for r in collect(g)] == ["done", "done", "failed", "done"]
+
+    # rerun: only the failed run is retried; SFT and finished runs are skipped
+    monkeypatch.delenv("FAKE_CRASH")
+    calls.write_text("")
+    recs = ablate.run_grid(g, launcher=launcher, echo=msgs.append)
+    assert [r["status"] for r in recs] == ["skipped", "skipped", "done", "skipped"]
+    assert read() == [("train", "reg_da/seed3"), ("eval", "reg_da/seed3")]
+    rec = json.loads((out / "reg_da" / "seed3" / "ablate_run.json").read_text())
+    assert [(a["stage"], a["rc"]) for a in rec["attempts"]] == [("train", 3), ("train", 0), ("eval", 0)]
+    assert rec["status"] == "done"
+
+    # the same out directory with other overrides is refused, naming the run directory
+    g2 = load_grid(g.path, extra_overrides=["rl.lr=0.5"])
+    with pytest.raises(GridError, match=f"^{out}/grpo/seed1: made with overrides "):
+        ablate.run_grid(g2, launcher=launcher, echo=msgs.append)
+    g.sft_init = str(tmp_path / "other_sft")
+    with pytest.raises(GridError) as e:
+        ablate.run_grid(g, launcher=launcher, echo=msgs.append)
+    assert str(e.value) == (f"{out}/grpo/seed1: trained from {out}/sft/sft/hf but the grid now starts from "
+                            f"{tmp_path}/other_sft; use another --out or delete the run directory")
+
+
+def test_failed_sft_stops_the_grid(tmp_path, monkeypatch):
+    g = load_grid(write_grid(tmp_path, GRID))
+    fake = tmp_path / "fail.py"
+    fake.write_text("import sys; sys.exit(5)\n")
+    with pytest.raises(GridError) as e:
+        ablate.run_grid(g, launcher=f"{sys.executable} {fake}", echo=lambda s: None)
+    assert str(e.value) == f"{g.path}: shared sft failed (exit 5); see {tmp_path}/out/sft/ablate.log"
+
+
+# ---- aggregation and report on fabricated runs ------------------------------------------------------------------
+
+def fabricate(run_dir: Path, acc: dict, iou: float, va: list, rewards: list, wall_s=None, failed=False):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if acc is not None:
+        n = {t: 10 for t in acc}
+        ev = {"n": 20, "accuracy": sum(acc.values()) / len(acc), "mean_iou": iou, "format": 1.0,
+              "per_task": {t: {"n": n[t], "accuracy": a, "format": 1.0, "mean_iou": 0.0} for t, a in acc.items()}}
+        (run_dir / "eval_rl.json").write_text(json.dumps(ev))
+    (run_dir / "metrics").mkdir(exist_ok=True)
+    with open(run_dir / "metrics" / "rl.jsonl", "w") as f:
+        for i, (v, r) in enumerate(zip(va, rewards)):
+            f.write(json.dumps({"step": i + 1, "vanishing_advantage_ratio": v, "reward/mean": r}) + "\n")
+    if wall_s is not None or failed:
+        (run_dir / "ablate_run.json").write_text(json.dumps(
+            {"status": "failed:train" if failed else "done",
+             "attempts": [{"stage": "train", "rc": 1 if failed else 0, "wall_s": wall_s or 1.0}]}))
+
+
+@pytest.fixture
+def fabricated(tmp_path):
+    g = load_grid(write_grid(tmp_path, GRID.replace("[3, 1]", "[0, 1, 2]")))
+    out = tmp_path / "out"
+    A = [({"counting": 0.4, "grounding": 0.6}, 0.30, [0.5, 0.25], [1.0, 1.2], 600.0),
+         ({"counting": 0.5, "grounding": 0.7}, 0.40, [0.5, 0.5], [1.1, 1.4], 720.0),
+         ({"counting": 0.6, "grounding": 0.8}, 0.50, [0.75, 0.0], [0.9, 1.0], 660.0)]
+    for s, (acc, iou, va, rw, wall) in enumerate(A):
+        fabricate(out / "grpo" / f"seed{s}", acc, iou, va, rw, wall)
+    fabricate(out / "reg_da" / "seed0", {"counting": 0.9, "grounding": 0.7}, 0.6, [0.0, 0.25], [1.5, 1.7], 300.0)
+    fabricate(out / "reg_da" / "seed1", None, 0.0, [0.5], [1.0], failed=True)  # crashed mid-RL
+    # reg_da/seed2 never ran
+    (out / "sft").mkdir()
+    (out / "sft" / "eval_sft.json").write_text(json.dumps(
+        {"accuracy": 0.25, "mean_iou": 0.125, "per_task": {"counting": {"accuracy": 0.2}, "grounding": {"accuracy":
+                                                                                                         0.3}}}))
+    return g, A
+
+
+def test_aggregate_exact(fabricated):
+    g, A = fabricated
+    res = collect(g)
+    assert [(r.arm, r.seed, r.status) for r in res] == [("grpo", 0, "done"), ("grpo", 1, "done"), ("grpo", 2, "done"),
+                                                        ("reg_da", 0, "done"), ("reg_da", 1, "failed"),
+                                                        ("reg_da", 2, "missing")]
+    agg = aggregate(g, res)
+    v = agg["grpo"]["values"]
+    accs = [0.5, 0.6, 0.7]
+    assert v["accuracy"]["mean"] == pytest.approx(0.6, abs=1e-12)
+    assert v["accuracy"]["std"] == pytest.approx(0.1, abs=1e-12)  # sample std (ddof=1) of 0.5, 0.6, 0.7
+    assert v["accuracy"]["std"] == pytest.approx(statistics.stdev(accs), abs=1e-15)
+    assert v["acc/counting"]["mean"] == pytest.approx(0.5) and v["acc/counting"]["std"] == pytest.approx(0.1)
+    assert v["mean_iou"]["mean"] == pytest.approx(0.4) and v["mean_iou"]["std"] == pytest.approx(0.1)
+    assert v["va_final"]["mean"] == pytest.approx(0.25)  # last steps 0.25, 0.5, 0.0
+    assert v["va_final"]["std"] == pytest.approx(0.25)
+    assert v["va_mean"]["mean"] == pytest.approx((0.375 + 0.5 + 0.375) / 3)
+    assert v["va_mean"]["std"] == pytest.approx(statistics.stdev([0.375, 0.5, 0.375]))
+    assert v["wall_min"]["mean"] == pytest.approx(11.0) and v["wall_min"]["std"] == pytest.approx(1.0)
+    assert v["accuracy"]["per_seed"] == {0: pytest.approx(0.5), 1: pytest.approx(0.6), 2: pytest.approx(0.7)}
+    r = agg["reg_da"]
+    assert r["seeds_done"] == [0] and r["not_done"] == {"failed": [1], "missing": [2]}
+    assert r["values"]["accuracy"]["mean"] == pytest.approx(0.8) and r["values"]["accuracy"]["n"] == 1
+    assert r["values"]["accuracy"]["std"] != r["values"]["accuracy"]["std"]  # NaN for one seed
+
+
+def test_report_marks_missing_and_writes_pngs(fabricated):
+    g, _ = fabricated
+    rep = ablate.report(g)
+    md = rep["markdown"]
+    assert ("| grpo | 3/3 | 50.0 ± 10.0 | 70.0 ± 10.0 | 60.0 ± 10.0 | 0.400 ± 0.100 | 0.250 ± 0.250 | 0.417 ± 0.072 "
+            "| 11.0 ± 1.0 |  |") in md
+    assert ("| reg_da | 1/3 | 90.0 (n=1) | 70.0 (n=1) | 80.0 (n=1) | 0.600 (n=1) | 0.250 (n=1) | 0.125 (n=1) "
+            "| 5.0 (n=1) | failed: seed 1; missing: seed 2 |") in md
+    assert "| SFT (no RL; shared init) | – | 20.0 | 30.0 | 25.0 | 0.125 | – | – | – |  |" in md
+    assert "sample standard deviation (ddof=1)" in md
+    assert ("Paper ordering grpo < reg_da by mean overall accuracy: **held** (observed: grpo < reg_da). "
+            "reg_da − grpo = +20.0 pts, max std 10.0 (larger than the seed std).") in md
+    assert open(rep["report"]).read() == md
+    names = sorted(os.path.basename(p) for p in rep["plots"])
+    assert names == ["accuracy_per_arm.png", "reward_vs_step.png", "vanishing_advantage_vs_step.png"]
+    for p in rep["plots"]:
+        data = open(p, "rb").read()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    saved = json.load(open(rep["results"]))
+    assert saved["arms"]["reg_da"]["not_done"] == {"failed": [1], "missing": [2]}
+
+
+def test_ordering_check_did_not_hold(fabricated):
+    g, _ = fabricated
+    agg = aggregate(g, collect(g))
+    text = ablate.ordering_check(["reg_da", "grpo"], agg)
+    assert text.startswith("Paper ordering reg_da < grpo by mean overall accuracy: **did not hold** "
+                           "(observed: grpo < reg_da). grpo − reg_da = -20.0 pts")
+
+
+def test_curve_mean_min_max_and_smoothing(fabricated):
+    g, _ = fabricated
+    done = [r for r in collect(g) if r.arm == "grpo"]
+    steps, mean, lo, hi = ablate._curve(done, "reward/mean", smooth=1)
+    assert steps == [1, 2]
+    assert mean == pytest.approx([1.0, 1.2]) and lo == pytest.approx([0.9, 1.0]) and hi == pytest.approx([1.1, 1.4])
+    _, mean2, lo2, hi2 = ablate._curve(done, "reward/mean", smooth=2)  # step 2 = mean of steps 1-2 per seed
+    assert mean2 == pytest.approx([1.0, (1.1 + 1.25 + 0.95) / 3]) and lo2[1] == pytest.approx(0.95)
+
+
+def test_main_emit_and_grid_error_exit_codes(tmp_path, capsys):
+    p = write_grid(tmp_path, GRID)
+    assert ablate.main([p, "--emit", "commands", "--launcher", "dvr1"]) == 0
+    assert capsys.readouterr().out.count("test -f ") == 4
+    bad = write_grid(tmp_path, GRID.replace("seeds: [3, 1]", "seeds: [1, 1]"), "bad.yaml")
+    assert ablate.main([bad, "--report-only"]) == 2
+    assert capsys.readouterr().err == f"dvr1 ablate: {bad}: seeds: duplicate seed in [1, 1]\n"
