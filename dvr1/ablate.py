@@ -510,7 +510,8 @@ def ordering_check(order: list[str], agg: dict) -> str:
             f" (observed: {observed})." + (" " + "; ".join(parts) + "." if parts else ""))
 
 
-def _curve(results: list[RunResult], key: str, smooth: int) -> tuple[list[int], list[float], list[float], list[float]]:
+def _curve(results: list[RunResult], key: str,
+           smooth: int) -> tuple[list[int], list[float], list[float], list[float]]:
     """Mean, min and max over seeds per step of `key` (each seed's series first smoothed by a trailing moving
     average of `smooth` steps). Steps held by at least one seed."""
     by_step: dict[int, list[float]] = {}
