@@ -1,0 +1,472 @@
+#!/usr/bin/env python
+"""Per-GPU memory plan for a dvr1 run on a cluster: does Reg-GRPO on Qwen2.5-VL fit, with colocated vLLM?
+
+    python tools/plan_memory.py -c examples/qwen2_5_vl_72b.yaml --preset 72B --nodes 4
+    python tools/plan_memory.py -c examples/qwen2_5_vl_7b.yaml --preset 7B --nodes 1 parallel.tp=4 model.fp8=null
+
+Prints one table (rows: memory items in GiB; columns: the first / a middle / the last pipeline stage) and a one-line
+verdict. ``key=value`` overrides edit the YAML as ``dvr1`` does. The YAML is read as plain YAML (not validated
+against ``dvr1.config.RunConfig``), so the cluster fields proposed in docs/CLUSTER.md are read when present and take
+the defaults noted below when absent.
+
+Accounting (all per GPU, bytes; GiB = 2**30 bytes):
+
+- Parameters on a GPU: megatron-core's sharding of the Qwen2.5-VL language model (``GPTModel``): every matrix and
+  the QKV bias split over TP, RMSNorm weights replicated, the embedding on the first PP stage and the output layer
+  (untied sizes) on the last one. Counts come from the config by formula (:func:`lm_param_counts`,
+  :func:`vision_param_count`); tests/unit/test_plan_memory.py checks them against models built on ``meta``.
+- Weights + gradients + Adam states: Megatron-LM's accounting for mixed-precision Adam (Megatron-LM README,
+  "Distributed Optimizer"; ``megatron/training/theoretical_memory_usage.py``), :func:`bytes_per_param`:
+  bf16 params + fp32 grads = 18 bytes/param, 6 + 12/DP with the distributed optimizer; fp32 = 16 and 8 + 8/DP.
+  FP8 (TransformerEngine): without ``fp8_param`` TE keeps an FP8 copy of every decoder GEMM weight and its transpose
+  next to the bf16 weight (+2 bytes per GEMM param); with ``fp8_param`` the bf16 weight is replaced by FP8 data +
+  transpose (2 bytes, as bf16) and there is no extra copy.
+- Reference policy (``algo.beta > 0``): a second, frozen copy of the language model at the same TP/PP in the model
+  dtype (dvr1.train.job.build_policy(trainable=False)); the frozen HF vision tower (not TP-sharded) sits on the
+  first PP stage once per model (policy and reference).
+- Activations: Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models"
+  (arXiv:2205.05198) §4, Table 2 — the formula Megatron-LM's theoretical_memory_usage.py uses — generalised term by
+  term to GQA, gated (SwiGLU) MLPs, dropout off, fused/flash attention and FP8-stored GEMM inputs
+  (:func:`layer_activation_bytes`; it reduces exactly to Table 2 for the paper's GPT shape, which the tests check).
+  1F1B pipeline schedule: stage k keeps min(PP - k, micro-batches) micro-batches in flight (paper §4.2.3). Full
+  recompute keeps each layer's input and re-materialises one layer at a time. The last stage adds the final-norm
+  and output-layer inputs and the bf16 logits ``[s, b, vocab/TP]`` kept for the log-prob backward
+  (dvr1.train.inputs uses ``vocab_parallel_logprobs`` on the full logits).
+- vLLM (colocated, one engine per ``rollout.tensor_parallel_size`` GPUs): it claims ``gpu_memory_utilization`` x the
+  GPU's memory at start-up (vLLM's own rule: it refuses to start if that much is not free); inside that, weights
+  (language model + vision tower) / vLLM-TP, an assumed non-KV reserve (profiled activations + CUDA graphs,
+  ``--vllm-reserve-gib``), and the rest is KV cache: 2 (K, V) x layers x max(1, kv_heads / vLLM-TP) x head_dim x
+  2 bytes per token. With sleep mode (``rollout.enable_sleep_mode``, level 1) the engine frees its weights and KV
+  cache while the trainer runs; without it the whole budget stays claimed.
+- Overhead: CUDA context, NCCL buffers and allocator fragmentation: ``--overhead-gib`` (assumed, default 4).
+
+Two phases are checked: training (trainer states + activations [+ vLLM budget when it cannot sleep]) and rollout
+(trainer states + vLLM budget). Transient tensors of no-grad forwards (old-policy and reference log-probs, the
+frozen vision tower) are one layer at a time and are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+GIB = 2 ** 30
+# memory as nvidia-smi reports it (MiB) for the 80 GB H100 / A100 and the 141 GB H200
+GPUS = {"h100": 81559, "a100-80": 81920, "h200": 143771}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# parameter counts
+
+
+@dataclass(frozen=True)
+class LMShape:
+    """Language-model sizes (Qwen2 decoder). ``head_dim`` = hidden / heads."""
+
+    layers: int
+    hidden: int
+    ffn: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    tied: bool
+
+
+def lm_shape(hf_config) -> LMShape:
+    """From a ``Qwen2_5_VLConfig`` (its ``text_config``)."""
+    t = hf_config.text_config
+    tied = bool(hf_config.tie_word_embeddings or getattr(t, "tie_word_embeddings", False))
+    return LMShape(layers=t.num_hidden_layers, hidden=t.hidden_size, ffn=t.intermediate_size,
+                   heads=t.num_attention_heads, kv_heads=t.num_key_value_heads,
+                   head_dim=t.hidden_size // t.num_attention_heads, vocab=t.vocab_size, tied=tied)
+
+
+def lm_param_counts(m: LMShape) -> dict:
+    """Parameter counts of megatron-core's ``GPTModel`` for this shape (local or TE spec alike).
+
+    Returns a dict: ``embedding`` (vocab x hidden), ``layer_sharded`` (per layer, split over TP: QKV weight + bias,
+    attention output projection, SwiGLU fc1 (gate+up) and fc2), ``layer_gemm`` (the GEMM weights of
+    ``layer_sharded``, the ones TE runs in FP8), ``layer_replicated`` (the two RMSNorm weights), ``final_norm``,
+    ``output`` (0 when tied), ``total``.
+    """
+    h, q, kv = m.hidden, m.heads * m.head_dim, m.kv_heads * m.head_dim
+    qkv_out = q + 2 * kv
+    gemm = qkv_out * h + h * q + 2 * m.ffn * h + m.ffn * h
+    layer_sharded = gemm + qkv_out  # + QKV bias
+    counts = dict(embedding=m.vocab * h, layer_sharded=layer_sharded, layer_gemm=gemm, layer_replicated=2 * h,
+                  final_norm=h, output=0 if m.tied else m.vocab * h)
+    counts["total"] = (counts["embedding"] + m.layers * (layer_sharded + 2 * h) + h + counts["output"])
+    return counts
+
+
+def vision_param_count(vision_config) -> int:
+    """Parameters of HF's ``Qwen2_5_VisionTransformerPretrainedModel``: Conv3d patch embedding (no bias), ``depth``
+    blocks (2 RMSNorms, fused QKV + bias, output projection + bias, SwiGLU gate/up/down + biases) and the patch
+    merger (RMSNorm, 2-layer MLP from ``hidden * merge**2`` to ``out_hidden_size``)."""
+    v = vision_config
+    c, f, o = v.hidden_size, v.intermediate_size, v.out_hidden_size
+    patch = v.in_channels * v.temporal_patch_size * v.patch_size ** 2 * c
+    block = 2 * c + (c * 3 * c + 3 * c) + (c * c + c) + 2 * (c * f + f) + (f * c + c)
+    m = c * v.spatial_merge_size ** 2
+    merger = c + (m * m + m) + (m * o + o)
+    return patch + v.depth * block + merger
+
+
+def stage_params(m: LMShape, tp: int, pp: int, stage: int) -> dict:
+    """Language-model parameters held by ONE GPU of pipeline stage ``stage`` (0-based) at TP=``tp``.
+
+    Returns ``{"params": n, "gemm": n_gemm}`` (``gemm``: decoder GEMM weights on this GPU). Layers are split evenly
+    (``layers % pp == 0`` required, as dvr1.train.job.build_policy). With tied embeddings and PP > 1 the last stage
+    holds its own copy of the embedding as the output layer (megatron-core shares it across the first/last stage).
+    Raises ValueError for an uneven split or a vocabulary / head count not divisible by TP.
+    """
+    if m.layers % pp:
+        raise ValueError(f"parallel.pp={pp} does not divide the model's {m.layers} layers")
+    for name, n in (("vocab", m.vocab), ("heads", m.heads), ("kv_heads", m.kv_heads), ("ffn", m.ffn)):
+        if n % tp and not (name == "kv_heads" and tp % n == 0):
+            raise ValueError(f"parallel.tp={tp} does not divide the model's {name}={n}")
+    c = lm_param_counts(m)
+    per = m.layers // pp
+    n = per * (c["layer_sharded"] / tp + c["layer_replicated"])
+    if stage == 0:
+        n += c["embedding"] / tp
+    if stage == pp - 1:
+        n += c["final_norm"]
+        if not m.tied or pp > 1:
+            n += c["embedding"] / tp  # output layer (or the tied copy on the last stage)
+    return {"params": n, "gemm": per * c["layer_gemm"] / tp}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bytes per parameter (Megatron-LM mixed-precision Adam)
+
+
+def bytes_per_param(params_dtype: str = "bfloat16", distributed_optimizer: bool = False, dp: int = 1) -> float:
+    """Weights + gradients + Adam states, bytes per parameter (Megatron-LM README, "Distributed Optimizer").
+
+    bfloat16 params (fp32 grads, as dvr1's DDP uses ``grad_reduce_in_fp32=True``): 2 (param) + 4 (grad) + 4 (fp32
+    main param) + 4 + 4 (Adam m, v) = 18; with the distributed optimizer the 12 bytes of fp32 main param and Adam
+    states are sharded over DP: 6 + 12/DP. float32 params: 4 + 4 + 4 + 4 = 16, distributed 8 + 8/DP.
+    Raises ValueError for another dtype or dp < 1.
+    """
+    if dp < 1:
+        raise ValueError(f"data-parallel size must be >= 1, got {dp}")
+    if params_dtype == "bfloat16":
+        return 6 + 12 / dp if distributed_optimizer else 18.0
+    if params_dtype == "float32":
+        return 8 + 8 / dp if distributed_optimizer else 16.0
+    raise ValueError(f"model.dtype={params_dtype!r}: must be bfloat16 or float32")
+
+
+def fp8_extra_bytes_per_gemm_param(fp8: bool, fp8_param: bool) -> float:
+    """Extra bytes per decoder GEMM weight under TransformerEngine FP8: the cached FP8 weight and its transpose (2)
+    without ``fp8_param``; with ``fp8_param`` the FP8 data + transpose replace the bf16 weight (net 0)."""
+    return 2.0 if fp8 and not fp8_param else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# activations (Korthikanti et al. 2022, Table 2, generalised)
+
+
+def layer_activation_bytes(s: int, b: int, h: int, a: int, t: int = 1, *, sp: bool = False,
+                           recompute: Optional[str] = None, kv_heads: Optional[int] = None,
+                           head_dim: Optional[int] = None, ffn: Optional[int] = None, gated: bool = False,
+                           dropout: bool = True, flash: bool = False, fp8: bool = False) -> float:
+    """Activation bytes one transformer layer keeps for backward, per GPU, for ONE micro-batch.
+
+    Args: ``s`` sequence length (tokens), ``b`` micro-batch size (sequences), ``h`` hidden, ``a`` attention heads,
+    ``t`` TP size, ``sp`` sequence parallel, ``recompute`` None | "selective" (attention core recomputed) | "full"
+    (only the layer input kept), ``kv_heads`` (GQA; default ``a``), ``head_dim`` (default h/a), ``ffn`` (default 4h),
+    ``gated`` (SwiGLU: fc1 outputs 2*ffn), ``dropout`` (attention + hidden dropout masks), ``flash`` (fused
+    attention: no ``s x s`` tensors kept), ``fp8`` (GEMM inputs kept as FP8, 1 byte).
+
+    With the paper's GPT (``kv_heads=a``, ``ffn=4h``, not gated, dropout, no flash) this is Table 2 exactly:
+    ``sbh(34 + 5as/h)`` (no parallelism), ``sbh(10 + 24/t + 5as/(ht))`` (TP), ``sbh/t (34 + 5as/h)`` (TP + SP),
+    ``34 sbh/t`` (TP + SP + selective), and ``2 sbh`` (full recompute; ``/t`` with SP).
+
+    Terms (16-bit activations, 1-byte masks; paper §4.1): replicated over TP unless SP — two RMSNorm inputs (4sbh),
+    QKV-GEMM input (2sbh), fc1 input (2sbh), two dropout masks (2sbh); split over TP — Q and K (2sb(aD + gD)),
+    V (2sb gD), output-projection input (2sb aD), fc1 output (2sb ffn, x2 gated), fc2 input (2sb ffn), and without
+    fused attention the softmax output (2as²b) plus, with dropout, its mask (as²b) and output (2as²b).
+    """
+    d = head_dim or h // a
+    g = kv_heads or a
+    f = ffn or 4 * h
+    lin = 1 if fp8 else 2  # bytes of a GEMM input kept for backward
+    if recompute == "full":
+        return 2 * s * b * h / (t if sp else 1)
+    if recompute not in (None, "selective"):
+        raise ValueError(f"recompute={recompute!r}: must be None, 'selective' or 'full'")
+    replicated = s * b * (2 * 2 * h + lin * h + lin * h + (2 * h if dropout else 0))
+    split = s * b * (2 * (a * d + g * d) + 2 * g * d + lin * a * d + 2 * f * (2 if gated else 1) + lin * f)
+    if not flash and recompute is None:
+        split += a * s * s * b * (5 if dropout else 2)
+    return replicated / (t if sp else 1) + split / t
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the plan
+
+
+@dataclass
+class Setup:
+    """Everything the plan depends on (read from the YAML by :func:`setup_from_config`)."""
+
+    shape: LMShape
+    vision_params: int
+    tp: int
+    pp: int
+    world: int
+    dtype: str = "bfloat16"
+    fp8: bool = False
+    fp8_param: bool = False
+    distributed_optimizer: bool = False
+    sequence_parallel: bool = False
+    recompute: Optional[str] = None
+    seq_len: int = 4096
+    micro_batch: int = 1
+    micro_batches: int = 64  # per step per DP rank (1F1B in-flight count = min(PP - stage, this))
+    reference: bool = True
+    flash: bool = True  # TE spec: fused attention
+    gated_fused: bool = True  # TE spec: fused SwiGLU keeps only the fc1 output
+    vllm: bool = True
+    vllm_tp: int = 8
+    vllm_util: float = 0.4
+    vllm_sleep: bool = True
+    vllm_reserve_gib: float = 2.0
+    sequences_per_step: int = 64  # prompts x group size
+    gpu_gib: float = GPUS["h100"] / 1024
+    overhead_gib: float = 4.0
+
+    @property
+    def dp(self) -> int:
+        return self.world // (self.tp * self.pp)
+
+
+def _stage_activations(st: Setup, stage: int) -> float:
+    m = st.shape
+    per_layer = dict(s=st.seq_len, b=st.micro_batch, h=m.hidden, a=m.heads, t=st.tp, sp=st.sequence_parallel,
+                     kv_heads=m.kv_heads, head_dim=m.head_dim, ffn=m.ffn, gated=True, dropout=False,
+                     flash=st.flash, fp8=st.fp8)
+    stored = layer_activation_bytes(recompute=st.recompute, **per_layer)
+    if not st.gated_fused and st.recompute != "full":
+        stored += 2 * st.seq_len * st.micro_batch * m.ffn / st.tp  # unfused SwiGLU also keeps silu(gate)
+    layers = m.layers // st.pp
+    in_flight = max(1, min(st.pp - stage, st.micro_batches))
+    total = in_flight * layers * stored
+    if st.recompute == "full":  # one layer re-materialised at a time during backward
+        total += layer_activation_bytes(recompute=None, **per_layer)
+    if stage == st.pp - 1:
+        sb = st.seq_len * st.micro_batch
+        total += 2 * sb * m.hidden / (st.tp if st.sequence_parallel else 1) + 2 * sb * m.hidden  # norm + output in
+        total += 2 * sb * m.vocab / st.tp  # bf16 logits [s, b, vocab/tp] kept for the log-prob backward
+    return total
+
+
+def kv_bytes_per_token(m: LMShape, vllm_tp: int, kv_bytes: int = 2) -> float:
+    """vLLM KV cache per token on one GPU: K and V for every layer, the KV heads split over vLLM's TP (replicated
+    when TP > kv_heads)."""
+    return 2 * m.layers * max(1, m.kv_heads // vllm_tp) * m.head_dim * kv_bytes
+
+
+def plan(st: Setup) -> dict:
+    """Per-stage memory rows (bytes) and the verdict. Returns ``{"stages": [...], "rows": {name: [bytes per stage]},
+    "phases": {...}, "vllm": {...}, "fits": bool, "verdict": str}``. Raises ValueError for a layout that does not
+    divide (world by TP x PP, layers by PP, heads/vocab by TP, vLLM-TP > world)."""
+    if st.world % (st.tp * st.pp):
+        raise ValueError(f"world size {st.world} is not divisible by tp*pp={st.tp}*{st.pp}")
+    if st.vllm and (st.vllm_tp < 1 or st.world % st.vllm_tp):
+        raise ValueError(f"rollout.tensor_parallel_size={st.vllm_tp} must divide the world size {st.world}")
+    m, dp = st.shape, st.dp
+    stages = sorted({0, st.pp // 2, st.pp - 1})
+    names = {0: "all", st.pp // 2: "all"} if st.pp == 1 else {0: "first", st.pp // 2: f"middle({st.pp // 2})",
+                                                             st.pp - 1: "last"}
+    rows: dict = {k: [] for k in ("params (B)", "weights+grads+Adam", "FP8 weight copies", "reference policy",
+                                  "vision tower (frozen)", "activations", "vLLM budget (awake)", "overhead")}
+    wdt = 2 if st.dtype == "bfloat16" else 4
+    bpp = bytes_per_param(st.dtype, st.distributed_optimizer, dp)
+    vllm_budget = st.vllm_util * st.gpu_gib * GIB if st.vllm else 0.0
+    persistent, training, rollout = [], [], []
+    for k in stages:
+        p = stage_params(m, st.tp, st.pp, k)
+        rows["params (B)"].append(p["params"] / 1e9)
+        states = p["params"] * bpp
+        fp8c = p["gemm"] * fp8_extra_bytes_per_gemm_param(st.fp8, st.fp8_param)
+        ref = p["params"] * wdt if st.reference else 0.0
+        vis = (st.vision_params * wdt * (2 if st.reference else 1)) if k == 0 else 0.0
+        act = _stage_activations(st, k)
+        over = st.overhead_gib * GIB
+        for name, v in (("weights+grads+Adam", states), ("FP8 weight copies", fp8c), ("reference policy", ref),
+                        ("vision tower (frozen)", vis), ("activations", act), ("vLLM budget (awake)", vllm_budget),
+                        ("overhead", over)):
+            rows[name].append(v)
+        keep = states + fp8c + ref + vis + over
+        persistent.append(keep)
+        training.append(keep + act + (0.0 if st.vllm_sleep else vllm_budget))
+        rollout.append(keep + vllm_budget)
+    gpu = st.gpu_gib * GIB
+    vllm = {}
+    if st.vllm:
+        weights = (lm_param_counts(m)["total"] + st.vision_params) * 2 / st.vllm_tp  # bf16 engine weights
+        kv = vllm_budget - weights - st.vllm_reserve_gib * GIB
+        per_tok = kv_bytes_per_token(m, st.vllm_tp)
+        engines = st.world // st.vllm_tp
+        vllm = dict(weights=weights, kv=kv, kv_tokens=max(0.0, kv) / per_tok, per_token=per_tok, engines=engines,
+                    concurrent=max(0.0, kv) / per_tok / st.seq_len,
+                    needed=math.ceil(st.sequences_per_step / engines))
+    peak_train, peak_roll = max(training), max(rollout)
+    worst = max(peak_train, peak_roll)
+    where = stages[(training if peak_train >= peak_roll else rollout).index(worst)]
+    phase = "training" if peak_train >= peak_roll else "rollout"
+    fits = worst <= gpu and (not st.vllm or vllm["kv"] > 0)
+    max_util = (gpu - max(persistent)) / gpu
+    if not st.vllm:
+        tail = ""
+    elif vllm["kv"] <= 0:
+        tail = (f"; vLLM's {st.vllm_util:.2f} x GPU does not even hold its weights "
+                f"({vllm['weights'] / GIB:.1f} GiB) + reserve: raise rollout.gpu_memory_utilization or its TP")
+    else:
+        tail = (f"; vLLM KV cache {vllm['kv'] / GIB:.1f} GiB = {vllm['concurrent']:.0f} full-length sequences per "
+                f"engine ({vllm['needed']} per step per engine)")
+    stage_name = "the" if st.pp == 1 else names[where]
+    if fits:
+        verdict = (f"FITS: peak {worst / GIB:.1f} of {st.gpu_gib:.1f} GiB ({phase} phase, {stage_name} PP stage), "
+                   f"headroom {(gpu - worst) / GIB:.1f} GiB{tail}")
+    else:
+        verdict = (f"DOES NOT FIT: peak {worst / GIB:.1f} of {st.gpu_gib:.1f} GiB ({phase} phase, {stage_name} PP "
+                   f"stage), over by {(worst - gpu) / GIB:.1f} GiB{tail}")
+    if st.vllm:
+        verdict += f"; largest rollout.gpu_memory_utilization that fits: {max(0.0, max_util):.2f}"
+    return dict(stages=[names[k] for k in stages], rows=rows,
+                phases={"training": training, "rollout": rollout}, vllm=vllm, fits=fits, verdict=verdict)
+
+
+def format_plan(st: Setup, result: dict) -> str:
+    """The table (GiB unless noted) and the verdict line, as printed by the CLI."""
+    m = st.shape
+    head = (f"Qwen2.5-VL LM {lm_param_counts(m)['total'] / 1e9:.2f}B + vision {st.vision_params / 1e9:.2f}B | "
+            f"{st.world} GPUs = TP {st.tp} x PP {st.pp} x DP {st.dp} | {st.dtype}"
+            f"{' + FP8' + (' (fp8_param)' if st.fp8_param else '') if st.fp8 else ''} | "
+            f"dist-opt {'on' if st.distributed_optimizer else 'off'} | SP {'on' if st.sequence_parallel else 'off'} | "
+            f"recompute {st.recompute or 'none'} | seq {st.seq_len} x micro-batch {st.micro_batch}, "
+            f"{st.micro_batches} micro-batches/step | GPU {st.gpu_gib:.1f} GiB")
+    vl = (f"vLLM: TP {st.vllm_tp}, gpu_memory_utilization {st.vllm_util:.2f}, sleep mode "
+          f"{'on' if st.vllm_sleep else 'off'}" if st.vllm else "vLLM: off (native sampler)")
+    w = max(len(n) for n in result["rows"]) + 2
+    cols = result["stages"]
+    lines = [head, vl, "", f"{'per GPU (GiB)':<{w}}" + "".join(f"{c:>12}" for c in cols)]
+    for name, vals in result["rows"].items():
+        fmt = (lambda v: f"{v:12.2f}") if name == "params (B)" else (lambda v: f"{v / GIB:12.1f}")
+        lines.append(f"{name:<{w}}" + "".join(fmt(v) for v in vals))
+    lines.append("-" * (w + 12 * len(cols)))
+    for phase in ("training", "rollout"):
+        lines.append(f"{'peak, ' + phase + ' phase':<{w}}" + "".join(f"{v / GIB:12.1f}"
+                                                                      for v in result["phases"][phase]))
+    if result["vllm"]:
+        v = result["vllm"]
+        lines.append(f"vLLM per GPU: weights {v['weights'] / GIB:.1f} GiB, KV cache {v['kv'] / GIB:.1f} GiB "
+                     f"({v['kv_tokens']:.0f} tokens at {v['per_token'] / 1024:.0f} KiB/token), {v['engines']} engines")
+    lines += ["", result["verdict"]]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# config -> Setup
+
+
+def _sel(cfg, key, default):
+    from omegaconf import OmegaConf
+
+    v = OmegaConf.select(cfg, key, default=None)
+    return default if v is None else v
+
+
+def video_tokens(num_frames: int, max_pixels: int, merge: int = 2, patch: int = 14, temporal: int = 2) -> int:
+    """Upper bound of Qwen2.5-VL video tokens: ceil(frames / temporal_patch) x (max_pixels / (28 x 28))."""
+    return math.ceil(num_frames / temporal) * (max_pixels // (patch * merge) ** 2)
+
+
+def setup_from_config(cfg, hf_config, nodes: int, gpus_per_node: int, **kw) -> Setup:
+    """Build a :class:`Setup` from a dvr1 YAML (OmegaConf) + the model's HF config. ``kw`` overrides fields
+    (e.g. ``seq_len``, ``gpu_gib``, ``overhead_gib``). Fields absent from the YAML take the defaults in the module
+    docstring. Sequence length = video tokens (video.num_frames, or video.max_frames when num_frames is 0, at
+    video.max_pixels) + ``prompt_tokens`` (default 256) + rollout.max_new_tokens."""
+    prompt_tokens = kw.pop("prompt_tokens", 256)
+    frames = int(_sel(cfg, "video.num_frames", 8)) or int(_sel(cfg, "video.max_frames", 16))
+    seq = video_tokens(frames, int(_sel(cfg, "video.max_pixels", 112 * 112))) + prompt_tokens + int(
+        _sel(cfg, "rollout.max_new_tokens", 64))
+    fp8 = _sel(cfg, "model.fp8", None)
+    rec = _sel(cfg, "model.recompute", None)
+    world = nodes * gpus_per_node
+    tp, pp = int(_sel(cfg, "parallel.tp", 1)), int(_sel(cfg, "parallel.pp", 1))
+    seqs = int(_sel(cfg, "rl.prompts_per_step", 4)) * int(_sel(cfg, "rollout.group_size", 8))
+    mb = int(_sel(cfg, "rl.micro_batch_size", 1))
+    dp = max(1, world // (tp * pp))
+    st = dict(
+        shape=lm_shape(hf_config), vision_params=vision_param_count(hf_config.vision_config), tp=tp, pp=pp,
+        world=world, dtype=_sel(cfg, "model.dtype", "float32"), fp8=fp8 not in (None, "", "none", False),
+        fp8_param=bool(_sel(cfg, "model.fp8_param", False)),
+        distributed_optimizer=bool(_sel(cfg, "parallel.distributed_optimizer", False)),
+        sequence_parallel=bool(_sel(cfg, "parallel.sequence_parallel", False)),
+        recompute=None if rec in (None, "", "none", False) else rec, seq_len=seq, micro_batch=mb,
+        micro_batches=max(1, math.ceil(seqs / (mb * dp))), reference=float(_sel(cfg, "algo.beta", 0.1)) > 0,
+        flash=_sel(cfg, "model.spec", "local") == "te", gated_fused=_sel(cfg, "model.spec", "local") == "te",
+        vllm=_sel(cfg, "rollout.engine", "native") == "vllm", vllm_tp=int(_sel(cfg, "rollout.tensor_parallel_size", 1)),
+        vllm_util=float(_sel(cfg, "rollout.gpu_memory_utilization", 0.4)),
+        vllm_sleep=bool(_sel(cfg, "rollout.enable_sleep_mode", True)), sequences_per_step=seqs)
+    st.update(kw)
+    return Setup(**st)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-c", "--config", required=True, help="dvr1 YAML (e.g. examples/qwen2_5_vl_72b.yaml)")
+    p.add_argument("--preset", default=None, help="3B | 7B | 32B | 72B (default: model.path/config.json)")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--gpu", default="h100", choices=sorted(GPUS), help="GPU memory preset (nvidia-smi MiB)")
+    p.add_argument("--gpu-mem-gib", type=float, default=None, help="override the GPU memory (GiB)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: from the config)")
+    p.add_argument("--prompt-tokens", type=int, default=256, help="text tokens of a prompt besides the video")
+    p.add_argument("--overhead-gib", type=float, default=4.0)
+    p.add_argument("--vllm-reserve-gib", type=float, default=2.0)
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. parallel.tp=4")
+    a = p.parse_args(argv)
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(a.config)
+    if a.overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(a.overrides)))
+    if a.preset:
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from dvr1.models.presets import preset_config
+
+        hf = preset_config(a.preset)
+    else:
+        path = _sel(cfg, "model.path", "")
+        if not path or not os.path.isfile(os.path.join(path, "config.json")):
+            p.error(f"{a.config}: model.path={path!r} has no config.json; pass --preset 3B|7B|32B|72B")
+        from transformers import AutoConfig
+
+        hf = AutoConfig.from_pretrained(path)
+    kw = dict(prompt_tokens=a.prompt_tokens, overhead_gib=a.overhead_gib, vllm_reserve_gib=a.vllm_reserve_gib,
+              gpu_gib=a.gpu_mem_gib or GPUS[a.gpu] / 1024)
+    if a.seq_len:
+        kw["seq_len"] = a.seq_len
+    try:
+        st = setup_from_config(cfg, hf, a.nodes, a.gpus_per_node, **kw)
+        result = plan(st)
+    except ValueError as e:
+        print(f"plan_memory: {e}", file=sys.stderr)
+        return 2
+    print(format_plan(st, result))
+    return 0 if result["fits"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
