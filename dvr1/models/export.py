@@ -1,8 +1,8 @@
 """Export the megatron-core policy to a Hugging Face Qwen2.5-VL checkpoint directory (transformers/vLLM load it).
 
 TP shards are gathered over the TP group (column-parallel on dim 0, row-parallel on dim 1; `linear_fc1` as
-[gate_r; up_r] per rank is re-assembled to [gate; up]). PP>1 export is not supported yet: it raises
-NotImplementedError naming the setting.
+[gate_r; up_r] per rank is re-assembled to [gate; up]). Under PP each stage writes its own layers as one shard
+`model-0000k-of-0000P.safetensors` and rank 0 writes `model.safetensors.index.json`, the sharded HF layout.
 """
 
 from __future__ import annotations
@@ -36,33 +36,67 @@ def gather_tp(p: torch.nn.Parameter, name: str) -> torch.Tensor:
     return torch.cat(parts, dim=p.partition_dim)
 
 
-def state_for_hf(policy) -> dict[str, torch.Tensor]:
-    """HF-named full tensors of the policy (language model via the mapping table, vision tower as-is)."""
+def _pp() -> tuple[int, int]:
     from megatron.core import parallel_state as ps
 
-    if ps.model_parallel_is_initialized() and ps.get_pipeline_model_parallel_world_size() > 1:
-        raise NotImplementedError("HF export with parallel.pp > 1 is not supported yet; export from a PP=1 run")
+    if not ps.model_parallel_is_initialized():
+        return 0, 1
+    return ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_world_size()
+
+
+def state_for_hf(policy) -> dict[str, torch.Tensor]:
+    """HF-named full tensors of this PP stage (language model via the mapping table, vision tower as-is).
+
+    Layers are split evenly over PP stages (as `dvr1.train.job.build_policy` builds them). A tied output layer on
+    the last stage (megatron's copy of the embedding) is not exported: HF ties it to `model.embed_tokens`.
+    """
+    pp_rank, pp = _pp()
     full = {n: gather_tp(p, n) for n, p in policy.lm.named_parameters()}
-    out = dict(megatron_to_hf(full, policy.shape, te=policy.spec == "te"))
+    offset = pp_rank * (policy.shape.num_layers // pp)
+    out = dict(megatron_to_hf(full, policy.shape, layer_offset=offset, te=policy.spec == "te"))
     if policy.visual is not None:
         out.update({f"visual.{k}": v for k, v in policy.visual.state_dict().items()})
     return out
 
 
 def export_hf(policy, src_dir: str, out_dir: str) -> str:
-    """Write `out_dir/model.safetensors` + the config/tokenizer files of `src_dir`. Rank 0 writes; atomic rename."""
+    """Write the HF checkpoint (`model.safetensors`, or one shard per PP stage + index) and the config/tokenizer
+    files of `src_dir` to `out_dir`. Every rank must call it (TP gathers are collective); TP/DP rank 0 of each stage
+    writes its shard into `out_dir.tmp`, which global rank 0 renames to `out_dir` when all shards are there."""
+    import json
+
     import torch.distributed as dist
+    from megatron.core import parallel_state as ps
     from safetensors.torch import save_file
 
     state = state_for_hf(policy)  # collective under TP: every rank calls it
-    if dist.is_initialized() and dist.get_rank() != 0:
+    pp_rank, pp = _pp()
+    distributed = dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    writer = not ps.model_parallel_is_initialized() or (
+        ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0)
+    tmp = out_dir.rstrip("/") + ".tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    if distributed:
+        dist.barrier()
+    name = "model.safetensors" if pp == 1 else f"model-{pp_rank + 1:05d}-of-{pp:05d}.safetensors"
+    if writer:
+        save_file({k: v.contiguous().clone() for k, v in state.items()}, os.path.join(tmp, name),
+                  metadata={"format": "pt"})
+    names = [(name, sorted(state))] if writer else []
+    if distributed:
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, names)
+        names = [x for g in gathered for x in g]
+    if rank != 0:
         dist.barrier()
         return out_dir
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    save_file({k: v.contiguous().clone() for k, v in state.items()}, os.path.join(tmp, "model.safetensors"),
-              metadata={"format": "pt"})
+    if pp > 1:
+        weight_map = {k: file for file, keys in names for k in keys}
+        with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=1)
     for f in _COPY:
         if os.path.exists(os.path.join(src_dir, f)):
             shutil.copy(os.path.join(src_dir, f), tmp)

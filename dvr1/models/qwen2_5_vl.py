@@ -178,10 +178,19 @@ class Qwen25VLPolicy(torch.nn.Module):
             position_embedding_type="mrope",
             rotary_base=int(t.rope_parameters["rope_theta"]),
         )
+        self.model_type = self.lm.model_type  # megatron schedules read it
 
     # megatron schedules call this to hand a PP stage its input activations
     def set_input_tensor(self, input_tensor):
         self.lm.set_input_tensor(input_tensor)
+
+    # megatron's finalize_model_grads syncs the tied embedding/output weight across PP stages through these
+    @property
+    def share_embeddings_and_output_weights(self) -> bool:
+        return self.lm.share_embeddings_and_output_weights
+
+    def shared_embedding_or_output_weight(self):
+        return self.lm.shared_embedding_or_output_weight()
 
     # ---- checkpoints: only the language model is trained, so only it is saved (the frozen vision tower always
     # comes from the HF checkpoint the run started from) --------------------------------------------------------

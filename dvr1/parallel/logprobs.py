@@ -13,7 +13,7 @@ Across TP the only communication is two all-reduces of per-token scalars in forw
 logit, then one SUM of the stacked [sum-exp (rescaled to the global max), target logit (non-zero on the one rank
 that owns the target id), entropy partial sum]. The backward needs no communication for the logits (the gradient
 on a shard is `g * (onehot - softmax)` restricted to that shard). This is the same reduction that megatron-core
-0.16.1 uses for the loss in `tensor_parallel/cross_entropy.py:124-156` (`_VocabParallelCrossEntropy.forward`), done
+0.16.1 uses for the loss in `tensor_parallel/cross_entropy.py:122-189` (`_VocabParallelCrossEntropy.forward`), done
 here in a single pass per chunk (per-rank log-sum-exp, combined across ranks), chunked over tokens, returning
 log-probs rather than a loss, and without keeping the softmax for backward (it is recomputed per chunk).
 

@@ -6,8 +6,9 @@ KV cache (`megatron/core/inference/contexts/static_context.py`; on CPU its alloc
 `megatron_patches.inference_kv_cache`). Rows that have emitted a stop token keep decoding padding that is cut off.
 
 Under TP every rank runs the same loop with the same generator state, so all TP ranks sample the same tokens
-(logits are gathered over the vocabulary for sampling only). PP>1 rollout is not supported by this engine
-(raises NotImplementedError naming the setting).
+(logits are gathered over the vocabulary for sampling only). Under PP each stage runs its layers with its own KV
+cache; activations `[tokens, G, hidden]` go stage to stage (point-to-point over the PP group), the last stage samples,
+and the sampled tokens and their log-probs are broadcast back to every stage before the next decode step.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ class NativeRolloutEngine:
     """Args: policy (`dvr1.models.qwen2_5_vl.Qwen25VLPolicy`), seed for the sampling generator, progress bar flag."""
 
     def __init__(self, policy, seed: int = 0, progress: bool = False):
-        if not (policy.pre_process and policy.post_process):
-            raise NotImplementedError("rollout.engine=native needs the whole model on each rank (parallel.pp=1)")
         self.policy = policy
         self.generator = torch.Generator().manual_seed(seed)
         self.progress = progress
@@ -48,6 +47,43 @@ class NativeRolloutEngine:
         finally:
             self.policy.train(was_training)
 
+    # ---- pipeline parallel plumbing (no-ops at PP=1) -----------------------------------------------------------
+    def _pp(self):
+        from megatron.core import parallel_state as ps
+
+        return ps.get_pipeline_model_parallel_world_size() if ps.model_parallel_is_initialized() else 1
+
+    def _stage_forward(self, ids, pos, video, ctx):
+        """This stage's layers on `ids` (the new tokens); returns logits `[G, 1, vocab]` on the last stage, else None."""
+        import torch.distributed as dist
+        from megatron.core import parallel_state as ps
+
+        if self._pp() == 1:
+            return self.policy(ids, pos, video_embeds=video, inference_context=ctx, runtime_gather_output=True)
+        p = self.policy
+        if not p.pre_process:
+            hidden = torch.empty(ids.shape[1], ids.shape[0], p.config.hidden_size, dtype=p.config.params_dtype)
+            dist.recv(hidden, src=ps.get_pipeline_model_parallel_prev_rank(), group=ps.get_pipeline_model_parallel_group())
+            p.set_input_tensor(hidden)
+        out = p(ids, pos, video_embeds=video, inference_context=ctx, runtime_gather_output=True)
+        if not p.post_process:
+            dist.send(out.contiguous(), dst=ps.get_pipeline_model_parallel_next_rank(),
+                      group=ps.get_pipeline_model_parallel_group())
+            return None
+        return out
+
+    def _from_last_stage(self, tok, lp):
+        """Broadcast the last stage's sampled tokens `[G]` and log-probs `[G]` to every PP stage."""
+        import torch.distributed as dist
+        from megatron.core import parallel_state as ps
+
+        if self._pp() == 1:
+            return tok, lp
+        src, group = ps.get_pipeline_model_parallel_last_rank(), ps.get_pipeline_model_parallel_group()
+        dist.broadcast(tok, src=src, group=group)
+        dist.broadcast(lp, src=src, group=group)
+        return tok, lp
+
     def _generate_one(self, req: RolloutRequest, sp: SamplingParams) -> RolloutOutput:
         from megatron.core.inference.contexts import StaticInferenceContext
 
@@ -57,19 +93,23 @@ class NativeRolloutEngine:
         pos = torch.cat([prompt_pos, continue_positions(prompt_pos[:, :, -1:], T)], dim=2)
         video = None if req.video_embeds is None else req.video_embeds.repeat(n, 1)
         ctx = StaticInferenceContext(n, L + T)
-        logits = self.policy(ids, pos[:, :, :L], video_embeds=video, inference_context=ctx, runtime_gather_output=True)
+        logits = self._stage_forward(ids, pos[:, :, :L], video, ctx)
         ctx.sequence_len_offset += L
         stop = torch.tensor(sp.stop_token_ids or [-1])
         out_tok, out_lp = [], []
         done = torch.zeros(n, dtype=torch.bool)
         for t in range(T):
-            tok, lp = sample_next(logits[:, -1, :], sp.temperature, sp.top_p, self.generator)
+            if logits is not None:
+                tok, lp = sample_next(logits[:, -1, :], sp.temperature, sp.top_p, self.generator)
+            else:
+                tok, lp = torch.zeros(n, dtype=torch.long), torch.zeros(n)
+            tok, lp = self._from_last_stage(tok, lp)
             out_tok.append(tok)
             out_lp.append(lp)
             done |= torch.isin(tok, stop)
             if bool(done.all()) or t == T - 1:
                 break
-            logits = self.policy(tok[:, None], pos[:, :, : L + t + 1], inference_context=ctx, runtime_gather_output=True)
+            logits = self._stage_forward(tok[:, None], pos[:, :, : L + t + 1], None, ctx)
             ctx.sequence_len_offset += 1
         toks = torch.stack(out_tok, 1)
         lps = torch.stack(out_lp, 1)

@@ -101,21 +101,33 @@ def _sharded_state_dict(chunks: List[torch.nn.Module], optimizer, scheduler, is_
     return state
 
 
-def _materialize_distopt_state(optimizer) -> None:
-    """Give a never-stepped DistributedOptimizer's torch Adam its lazily-created state (zeros, step 0).
-
-    Without apex/TE, ``DistributedOptimizer.state_dict`` (megatron-core 0.16.1 ``optimizer/distrib_optimizer.py:641``)
-    asserts that every param state has a ``step``; a fresh optimizer has none, so building the *loading* sharded
-    state dict fails. The zeros are overwritten by the checkpoint's values.
-    """
-    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
-
+def _inner_adams(optimizer):
+    """The torch Adam(W) inside each megatron sub-optimizer: yields ``(sub_optimizer, torch_optimizer)``."""
     for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if not isinstance(sub, DistributedOptimizer) or sub.optimizer is None:
-            continue
-        for group in sub.optimizer.param_groups:
+        inner = getattr(sub, "optimizer", None)
+        if isinstance(inner, (torch.optim.Adam, torch.optim.AdamW)):
+            yield sub, inner
+
+
+def _has_stepped(optimizer) -> bool:
+    """True if any rank's optimizer holds Adam state (torch creates it lazily on the first step)."""
+    stepped = torch.tensor(float(any(len(inner.state) > 0 for _, inner in _inner_adams(optimizer))))
+    if dist.is_initialized():
+        dist.all_reduce(stepped, op=dist.ReduceOp.MAX)
+    return bool(stepped.item())
+
+
+def _materialize_adam_state(optimizer) -> None:
+    """Give a never-stepped optimizer the Adam state torch would create lazily (step 0, zero moments), so that the
+    *loading* sharded state dict can be built; the values are then overwritten from the checkpoint.
+
+    Needed for the DistributedOptimizer: without apex/TE its ``state_dict`` asserts every param state has a
+    ``step`` (megatron-core 0.16.1 ``optimizer/distrib_optimizer.py:641``).
+    """
+    for _, inner in _inner_adams(optimizer):
+        for group in inner.param_groups:
             for p in group["params"]:
-                state = sub.optimizer.state[p]
+                state = inner.state[p]
                 if "step" not in state:
                     state["step"] = torch.tensor(0.0)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
@@ -127,17 +139,17 @@ def _restore_distopt_step(optimizer) -> None:
 
     Without apex/TE the DistributedOptimizer stores the (common) Adam step in the param groups
     (``distrib_optimizer.py:673``); the dp_reshardable param-state load writes back the loading template's step,
-    which for a fresh optimizer is the 0 of :func:`_materialize_distopt_state`.
+    which for a fresh optimizer is the 0 of :func:`_materialize_adam_state`.
     """
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
-    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
-        if not isinstance(sub, DistributedOptimizer) or sub.optimizer is None:
+    for sub, inner in _inner_adams(optimizer):
+        if not isinstance(sub, DistributedOptimizer):
             continue
-        for group in sub.optimizer.param_groups:
+        for group in inner.param_groups:
             if "step" in group:
                 for p in group["params"]:
-                    sub.optimizer.state[p]["step"] = torch.tensor(float(group["step"]))
+                    inner.state[p]["step"] = torch.tensor(float(group["step"]))
 
 
 def get_rng_state() -> Dict[str, Any]:
@@ -229,7 +241,10 @@ def save_checkpoint(
     _barrier()
 
     chunks = _chunks(model_chunks)
-    state = _sharded_state_dict(chunks, optimizer, scheduler, is_loading=False)
+    # A never-stepped Adam has no state to save (megatron-core cannot round-trip step 0: optimizer.py:1033 drops a
+    # zero common step); it is recorded as "fresh" and re-created empty on load, which is what it was.
+    optimizer_kind = "none" if optimizer is None else ("saved" if _has_stepped(optimizer) else "fresh")
+    state = _sharded_state_dict(chunks, optimizer if optimizer_kind == "saved" else None, scheduler, is_loading=False)
     dist_checkpointing.save(state, str(tmp / "dist"))
     torch.save(
         {"rng": get_rng_state(), "extra_state": dict(extra_state or {}), "rank": _rank()},
@@ -238,7 +253,7 @@ def save_checkpoint(
     _barrier()
 
     if _rank() == 0:
-        (tmp / "meta.json").write_text(json.dumps({"step": step, **_layout()}, indent=1))
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "optimizer": optimizer_kind, **_layout()}, indent=1))
         if final.exists():  # re-saving a step (e.g. after resuming from an older one): replace it
             old = root / f"step_{step}.old.tmp"
             if old.exists():
@@ -285,12 +300,16 @@ def load_checkpoint(
         if step is None:
             return None
     path = _step_dir(run_dir, step)
-    if not (path / "dist" / "metadata.json").exists():
+    if not (path / "dist" / "metadata.json").exists() or not (path / "meta.json").exists():
         raise CheckpointError(f"{path}: no complete checkpoint for step {step} (missing dist/metadata.json)")
+    meta = json.loads((path / "meta.json").read_text())
+    if optimizer is not None and meta["optimizer"] == "none":
+        raise CheckpointError(f"{path}: saved without an optimizer; pass optimizer=None to load the model only")
+    load_optimizer = optimizer is not None and meta["optimizer"] == "saved"
     chunks = _chunks(model_chunks)
-    if optimizer is not None:
-        _materialize_distopt_state(optimizer)
-    sharded = _sharded_state_dict(chunks, optimizer, scheduler, is_loading=True)
+    if load_optimizer:
+        _materialize_adam_state(optimizer)
+    sharded = _sharded_state_dict(chunks, optimizer if load_optimizer else None, scheduler, is_loading=True)
     # no_grad: the dp_reshardable DistributedOptimizer load copies into leaf params (CPU_STACK.md).
     with torch.no_grad():
         loaded = dist_checkpointing.load(sharded, str(path / "dist"))
@@ -299,13 +318,16 @@ def load_checkpoint(
         else:
             for i, chunk in enumerate(chunks):
                 chunk.load_state_dict(loaded[f"model{i}"], strict=True)
-        if optimizer is not None:
+        if load_optimizer:
             optimizer.load_state_dict(loaded["optimizer"])
             _restore_distopt_step(optimizer)
+        elif optimizer is not None:  # saved before its first step: back to the fresh (empty) Adam state
+            for _, inner in _inner_adams(optimizer):
+                inner.state.clear()
     if scheduler is not None:
+        scheduler.num_steps = 0  # upstream load_state_dict *adds* the saved count (optimizer_param_scheduler.py:384)
         scheduler.load_state_dict(loaded["opt_param_scheduler"])
 
-    meta = json.loads((path / "meta.json").read_text())
     same_world = meta.get("world_size") == _world()
     rank_file = path / "extra" / f"rank_{(_rank() if same_world else 0):05d}.pt"
     if not rank_file.exists():

@@ -20,7 +20,6 @@ from dvr1.data.schema import VideoQARecord
 from dvr1.data.video import load_frames
 from dvr1.models.rope import continue_positions, get_rope_index
 from dvr1.models.tokenizer import chat_prompt
-from dvr1.parallel.logprobs import vocab_parallel_logprobs
 from dvr1.rollout.base import RolloutRequest
 
 log = logging.getLogger(__name__)
@@ -92,10 +91,15 @@ class InputBuilder:
         self._cache(self._videos, record.id, out)
         return out
 
-    def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised `[T, 3, H, W]` -> (video_embeds `[num_video_tokens, hidden]`, video_grid_thw `[1, 3]`)."""
+    def encode(self, video: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Normalised `[T, 3, H, W]` -> (video_embeds `[num_video_tokens, hidden]`, video_grid_thw `[1, 3]`).
+
+        On PP stages after the first (no vision tower) the embeddings are None; the grid (for mrope) is still made.
+        """
         pixel_values, grid = patchify(video, self.info.patch_size, self.info.temporal_patch_size, self.info.merge_size)
         grid = grid.view(1, 3)
+        if self.policy.visual is None:
+            return None, grid
         return self.policy.encode_video(pixel_values, grid), grid
 
     def prepare(self, record: VideoQARecord, hint: Optional[str] = None, reveal_answer: bool = False,
@@ -138,19 +142,9 @@ class SeqBatch:
     def num_rows(self) -> int:
         return self.input_ids.shape[0]
 
-    def rows(self, start: int, end: int, video_tokens: list[int]) -> "SeqBatch":
-        v0, v1 = sum(video_tokens[:start]), sum(video_tokens[:end])
-        return SeqBatch(self.input_ids[start:end], self.position_ids[:, start:end],
-                        None if self.video_embeds is None else self.video_embeds[v0:v1],
-                        self.resp_index[start:end], self.resp_mask[start:end], self.video_mask[start:end])
 
-
-def build_batch(items: list[tuple[Prepared, list[int]]], pad_id: int) -> tuple[SeqBatch, list[int]]:
-    """Concatenate each prompt with its response token ids and right-pad.
-
-    Returns the batch and the number of video tokens of each row (to slice `video_embeds` by rows).
-    Raises ValueError for an empty response list (a response has at least one token: the stop token or more).
-    """
+def build_batch(items: list[tuple[Prepared, list[int]]], pad_id: int) -> SeqBatch:
+    """Concatenate each prompt with its response token ids and right-pad. Raises ValueError for no items."""
     if not items:
         raise ValueError("build_batch: no sequences")
     lens = [p.request.prompt_ids.numel() + len(r) for p, r in items]
@@ -161,7 +155,7 @@ def build_batch(items: list[tuple[Prepared, list[int]]], pad_id: int) -> tuple[S
     resp_index = torch.zeros(N, T, dtype=torch.long)
     resp_mask = torch.zeros(N, T)
     video_mask = torch.zeros(N, S, dtype=torch.bool)
-    embeds, vtok = [], []
+    embeds = []
     for i, (p, resp) in enumerate(items):
         L = p.request.prompt_ids.numel()
         ids[i, :L] = p.request.prompt_ids
@@ -173,30 +167,21 @@ def build_batch(items: list[tuple[Prepared, list[int]]], pad_id: int) -> tuple[S
         video_mask[i, :L] = p.request.prompt_ids == p.video_token_id
         if p.request.video_embeds is not None:
             embeds.append(p.request.video_embeds)
-            vtok.append(p.request.video_embeds.shape[0])
-        else:
-            vtok.append(0)
-    return SeqBatch(ids, pos, torch.cat(embeds) if embeds else None, resp_index, resp_mask, video_mask), vtok
+    return SeqBatch(ids, pos, torch.cat(embeds) if embeds else None, resp_index, resp_mask, video_mask)
 
 
-def token_logprobs(model, batch: SeqBatch, video_tokens: list[int], rows_per_chunk: int = 0,
-                   compute_entropy: bool = False):
-    """Per-token log-probs of the response tokens under `model` (grad flows when enabled by the caller).
+def token_logprobs(model, batch: SeqBatch, compute_entropy: bool = False):
+    """Per-token log-probs of the response tokens under `model`, without gradients (old-policy / reference passes).
 
-    The logits stay vocab-parallel `[rows, S, vocab/tp]`; `dvr1.parallel.logprobs.vocab_parallel_logprobs` reduces
-    them across TP without gathering the vocabulary.
+    Runs through megatron-core's schedule (`dvr1.parallel.forward`), so it works at any TP/PP; the logits stay
+    vocab-parallel `[rows, S, vocab/tp]` and are reduced by `vocab_parallel_logprobs`.
 
     Returns:
-        (logp float32 `[N, T]` zero where `resp_mask` is 0, entropy float32 `[N, T]` or None).
+        (logp float32 `[N, T]` zero where `resp_mask` is 0, entropy `[N, T]` or None) on the last PP stage;
+        (None, None) on other stages.
     """
-    n = batch.num_rows
-    step = rows_per_chunk or n
-    lps, ents = [], []
-    for s in range(0, n, step):
-        b = batch.rows(s, min(n, s + step), video_tokens)
-        logits = model(b.input_ids, b.position_ids, video_embeds=b.video_embeds, video_mask=b.video_mask)
-        lp, ent = vocab_parallel_logprobs(logits[:, :-1], b.input_ids[:, 1:], compute_entropy=compute_entropy)
-        lps.append(lp.gather(1, b.resp_index) * b.resp_mask)
-        if compute_entropy:
-            ents.append(ent.gather(1, b.resp_index) * b.resp_mask)
-    return torch.cat(lps), (torch.cat(ents) if compute_entropy else None)
+    from dvr1.parallel.forward import forward_backward
+
+    with torch.no_grad():
+        res = forward_backward(model, batch, compute_entropy=compute_entropy)
+    return (None, None) if res is None else (res[0], res[1])

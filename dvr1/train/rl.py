@@ -27,6 +27,7 @@ from dvr1.rl.losses import grpo_loss, reg_grpo_loss
 from dvr1.models.tokenizer import decode_response
 from dvr1.rl.rewards import RewardWeights, score_response
 from dvr1.rollout.base import SamplingParams
+from dvr1.parallel.forward import broadcast_from_last_stage, forward_backward
 from dvr1.train.inputs import build_batch, token_logprobs
 
 log = logging.getLogger(__name__)
@@ -248,35 +249,43 @@ class RLTrainer:
 
         rewards = torch.stack([g.rewards for g in groups])  # [B', G]
         stats = group_advantages(rewards, cfg.algo.adv_eps, cfg.algo.ddof)
-        batch, vtok = build_batch([(g.prepared, ids) for g in groups for ids in g.token_ids], self.pad)
+        batch = build_batch([(g.prepared, ids) for g in groups for ids in g.token_ids], self.pad)
         Bp, T = len(groups), batch.resp_mask.shape[1]
         mask = batch.resp_mask.view(Bp, G, T)
 
+        # old-policy and reference log-probs: on the last PP stage only (None elsewhere)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            old_logp, entropy = token_logprobs(self.model, batch, vtok, compute_entropy=True)
-            ref_logp = token_logprobs(self.reference, batch, vtok)[0] if cfg.algo.beta > 0 else None
+        old_logp, entropy = token_logprobs(self.model, batch, compute_entropy=True)
+        ref_logp = token_logprobs(self.reference, batch)[0] if cfg.algo.beta > 0 else None
         t["logprobs"] = time.perf_counter() - t0
+
+        def loss_fn(logp, _entropy):
+            return self.loss(logp.view(Bp, G, T), old_logp.view(Bp, G, T),
+                             None if ref_logp is None else ref_logp.view(Bp, G, T), stats.advantages, mask,
+                             stats.valid)
 
         t0 = time.perf_counter()
         self.model.train()
         for _ in range(cfg.algo.ppo_epochs):
             self.model.zero_grad_buffer()
             self.optimizer.zero_grad()
-            logp, _ = token_logprobs(self.model, batch, vtok)
-            loss, lm = self.loss(logp.view(Bp, G, T), old_logp.view(Bp, G, T),
-                                 None if ref_logp is None else ref_logp.view(Bp, G, T),
-                                 stats.advantages, mask, stats.valid)
-            loss.backward()
-            self.model.finish_grad_sync()
+            res = forward_backward(self.model, batch, loss_fn, forward_only=False)  # grads DP-reduced inside
             ok, grad_norm, _ = self.optimizer.step()
             self.scheduler.step(1)
         t["train"] = time.perf_counter() - t0
         t["weight_sync"] = self.engine.sync_weights(self.model)
+        last = None  # metrics only the last PP stage can compute
+        if res is not None:
+            loss, lm = res[2], res[3]
+            last = {"loss": float(loss.detach()),
+                    "entropy": float((entropy * batch.resp_mask).sum() / max(float(mask.sum()), 1.0)),
+                    **{f"rl/{k}" if not k.startswith(("kl", "rho", "clip", "regression")) else k: v
+                       for k, v in lm.items()}}
+        last = broadcast_from_last_stage(last)
 
         n_tok = float(mask.sum())
         m = {
-            "loss": float(loss.detach()),
+            **last,
             "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
             "lr": self.optimizer.param_groups[0]["lr"],
             "reward/mean": float(orig_stats.mean.mean()),
@@ -285,7 +294,6 @@ class RLTrainer:
             "vanishing_advantage_ratio_final": stats.vanishing_ratio,
             "reward_final/mean": float(stats.mean.mean()),
             "response_length": n_tok / (Bp * G),
-            "entropy": float((entropy * batch.resp_mask).sum() / max(n_tok, 1.0)),
             "aug/frac_down": aug_stats["n_hint"] / B,
             "aug/frac_up": aug_stats["n_noise"] / B,
             "aug/hint_failed": aug_stats["n_hint_failed"],
@@ -295,7 +303,6 @@ class RLTrainer:
         }
         for comp in ("format", "accuracy", "iou"):
             m[f"reward/{comp}"] = sum(s[comp] for g in orig_groups for s in g.scores) / (B * G)
-        m.update({f"rl/{k}" if not k.startswith(("kl", "rho", "clip", "regression")) else k: v for k, v in lm.items()})
         total = sum(t.values())
         m.update({f"time/{k}": v for k, v in t.items()})
         m["time/step"] = total

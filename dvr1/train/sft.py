@@ -12,7 +12,8 @@ import logging
 import torch
 
 from dvr1.data.prompts import sft_response
-from dvr1.train.inputs import build_batch, token_logprobs
+from dvr1.parallel.forward import broadcast_from_last_stage, forward_backward
+from dvr1.train.inputs import build_batch
 from dvr1.train.rl import PromptSampler, dp_layout, per_rank, prepare_or_skip
 
 log = logging.getLogger(__name__)
@@ -43,16 +44,19 @@ class SFTTrainer:
             p = prepare_or_skip(self.builder, rec, self.sampler, strict=self.cfg.data.strict)
             if p is not None:
                 items.append((p, self.target_ids(rec)))
-        batch, vtok = build_batch(items, self.pad)
+        batch = build_batch(items, self.pad)
+        n_tok = batch.resp_mask.sum()
+
+        def loss_fn(logp, _entropy):
+            loss = -(logp * batch.resp_mask).sum() / n_tok
+            return loss, {}
+
         self.model.train()
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
-        logp, _ = token_logprobs(self.model, batch, vtok)
-        n_tok = batch.resp_mask.sum()
-        loss = -(logp * batch.resp_mask).sum() / n_tok
-        loss.backward()
-        self.model.finish_grad_sync()
+        res = forward_backward(self.model, batch, loss_fn, forward_only=False)  # grads DP-reduced inside
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(1)
-        return {"loss": float(loss.detach()), "grad_norm": float(grad_norm or 0.0),
+        loss = broadcast_from_last_stage(None if res is None else float(res[2].detach()))
+        return {"loss": loss, "grad_norm": float(grad_norm or 0.0),
                 "lr": self.optimizer.param_groups[0]["lr"], "tokens": float(n_tok)}
