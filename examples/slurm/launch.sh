@@ -4,9 +4,10 @@
 #
 #   torchrun --nnodes=$SLURM_NNODES --nproc-per-node=$GPUS_PER_NODE --node-rank=$SLURM_NODEID \
 #            --master-addr=<first host of $SLURM_JOB_NODELIST> --master-port=$MASTER_PORT \
-#            -m dvr1.cli COMMAND -c CONFIG run_dir=$RUN_DIR [key=value ...]
+#            -m dvr1.cli COMMAND -c CONFIG [--option VALUE ...] run_dir=$RUN_DIR [key=value ...]
 #
-# Usage: launch.sh [--dry-run] COMMAND CONFIG [key=value ...]      (COMMAND: main | sft | train | eval ...)
+# Usage: launch.sh [--dry-run] COMMAND CONFIG [--option VALUE ...] [key=value ...]   (COMMAND: main | train | ...)
+#   e.g. launch.sh train examples/qwen2_5_vl_72b.yaml --init /shared/models/Qwen2.5-VL-72B-Instruct rl.steps=500
 #   --dry-run  print the exact torchrun command of every node of the allocation (one line each, "# node I (HOST)"
 #              above it) and exit; needs only the SLURM_* variables and `scontrol`, so it runs on a login node or
 #              with a fake environment.
@@ -53,7 +54,22 @@ master_port=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 10000))}
 gpus_per_node=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-8}}
 run_dir=${RUN_DIR:-runs/slurm-$SLURM_JOB_ID}
 
-overrides=("$@")
+# Subcommand options (--init PATH, --init=PATH, --model PATH ...) go before the key=value overrides: dvr1's
+# argparse does not accept an option after the first override.
+options=()
+overrides=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --*=*) options+=("$1"); shift ;;
+        --*)
+            if [[ $# -lt 2 ]]; then
+                echo "$0: option $1 needs a value" >&2
+                exit 2
+            fi
+            options+=("$1" "$2"); shift 2 ;;
+        *) overrides+=("$1"); shift ;;
+    esac
+done
 if [[ -n "${DVR1_EXTRA:-}" ]]; then
     read -r -a extra <<< "$DVR1_EXTRA"
     overrides+=("${extra[@]}")
@@ -66,7 +82,11 @@ torchrun_cmd() {  # $1 = node rank
         "--node-rank=$1"
         "--master-addr=$master_addr"
         "--master-port=$master_port"
-        -m dvr1.cli "$command_name" -c "$config" "run_dir=$run_dir")
+        -m dvr1.cli "$command_name" -c "$config")
+    if [[ ${#options[@]} -gt 0 ]]; then
+        cmd+=("${options[@]}")
+    fi
+    cmd+=("run_dir=$run_dir")
     if [[ ${#overrides[@]} -gt 0 ]]; then
         cmd+=("${overrides[@]}")
     fi

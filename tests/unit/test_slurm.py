@@ -49,7 +49,7 @@ def fake_env(tmp_path):
     _exe(bindir / "torchrun", FAKE_ARGV)
     _exe(bindir / "srun", FAKE_ARGV)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in (
-        "RUN_DIR", "MASTER_PORT", "GPUS_PER_NODE", "DVR1_EXTRA", "CUDA_DEVICE_MAX_CONNECTIONS")}
+        "RUN_DIR", "MASTER_PORT", "GPUS_PER_NODE", "DVR1_EXTRA", "CUDA_DEVICE_MAX_CONNECTIONS", "INIT_HF")}
     env.update(PATH=f"{bindir}:{env['PATH']}", SLURM_JOB_NODELIST="gpu-[001-004]", SLURM_NNODES="4",
                SLURM_JOB_ID="4242", SLURM_GPUS_ON_NODE="8", RUN_DIR=str(tmp_path / "run"))
     return env
@@ -86,6 +86,23 @@ def test_dry_run_prints_every_node_command(fake_env):
                      f"rl.steps=10"]
     assert r.stdout.splitlines() == expected
     assert not Path(run_dir).exists()  # a dry run writes nothing
+
+
+def test_dry_run_puts_options_before_overrides_so_dvr1_parses_them(fake_env):
+    import shlex
+
+    from dvr1.cli import _parser
+
+    r = _run(["bash", "examples/slurm/launch.sh", "--dry-run", "train", "examples/qwen2_5_vl_72b.yaml",
+              "rl.steps=10", "--init", "/models/Qwen2.5-VL-72B-Instruct", "algo.beta=0.0"], fake_env)
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.splitlines()[1]
+    assert line.endswith(f"-m dvr1.cli train -c examples/qwen2_5_vl_72b.yaml --init /models/Qwen2.5-VL-72B-Instruct "
+                         f"run_dir={fake_env['RUN_DIR']} rl.steps=10 algo.beta=0.0")
+    argv = shlex.split(line)
+    args = _parser().parse_args(argv[argv.index("dvr1.cli") + 1:])
+    assert (args.command, args.init) == ("train", "/models/Qwen2.5-VL-72B-Instruct")
+    assert args.overrides == [f"run_dir={fake_env['RUN_DIR']}", "rl.steps=10", "algo.beta=0.0"]
 
 
 def test_dry_run_port_gpus_and_extra_overrides(fake_env):
@@ -139,10 +156,13 @@ def test_node_count_mismatch_and_missing_config(fake_env):
 def test_sbatch_hands_launch_sh_the_command(fake_env, name, config):
     fake_env["SLURM_SUBMIT_DIR"] = str(REPO)
     r = _run(["bash", f"examples/slurm/{name}.sbatch", "rl.steps=3"], fake_env)
+    assert r.returncode != 0 and "INIT_HF: set INIT_HF to the Hugging Face checkpoint directory" in r.stderr
+    fake_env["INIT_HF"] = "/models/hf"
+    r = _run(["bash", f"examples/slurm/{name}.sbatch", "rl.steps=3"], fake_env)
     assert r.returncode == 0, r.stderr
     args = [line[4:] for line in r.stdout.splitlines() if line.startswith("ARG:")]
     assert args[:2] == ["--ntasks-per-node=1", "--kill-on-bad-exit=1"]
-    assert args[-5:] == ["bash", "examples/slurm/launch.sh", "main", config, "rl.steps=3"]
+    assert args[-7:] == ["bash", "examples/slurm/launch.sh", "train", config, "--init", "/models/hf", "rl.steps=3"]
     assert f"--output={fake_env['RUN_DIR']}/logs/%x-%j-node%n.log" in args
     header = (REPO / f"examples/slurm/{name}.sbatch").read_text()
     nodes = "4" if name.endswith("72b") else "1"
