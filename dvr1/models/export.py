@@ -19,17 +19,18 @@ _COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_c
          "merges.txt", "dvr1_tiny.json")
 
 
-def gather_tp(p: torch.nn.Parameter, name: str) -> torch.Tensor:
-    """The full tensor of a (possibly) TP-sharded megatron parameter."""
+def gather_tp(p: torch.nn.Parameter, name: str, value: torch.Tensor | None = None) -> torch.Tensor:
+    """The full tensor of a (possibly) TP-sharded megatron parameter `p` (or of `value`, a tensor laid out like `p`,
+    e.g. its `main_grad`)."""
     import torch.distributed as dist
     from megatron.core import parallel_state as ps
 
     if not getattr(p, "tensor_model_parallel", False) or not ps.model_parallel_is_initialized() \
             or ps.get_tensor_model_parallel_world_size() == 1:
-        return p.detach()
+        return (p if value is None else value).detach()
     group = ps.get_tensor_model_parallel_group()
     parts = [torch.empty_like(p) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, p.detach().contiguous(), group=group)
+    dist.all_gather(parts, (p if value is None else value).detach().contiguous(), group=group)
     if name.endswith("mlp.linear_fc1.weight"):
         gates, ups = zip(*(torch.chunk(x, 2, dim=0) for x in parts))
         return torch.cat(list(gates) + list(ups), dim=0)
