@@ -2,7 +2,7 @@
 
 ``apply()`` installs them only when ``torch.cuda.is_available()`` is False (``force=True`` installs them anyway, for
 tests). Every patch replaces a module attribute inside the megatron-core module that makes the CUDA call (see
-:mod:`megatron_patches._torch_view`); torch itself is not changed. The one exception, the ``Tensor.type`` alias needed
+:mod:`megatron_patches._torch_view`) or wraps one megatron-core method; torch itself is not changed. The one exception, the ``Tensor.type`` alias needed
 by the bf16 and Distributed optimizers, is opt-in and off by default (:mod:`megatron_patches.tensor_type_alias`).
 
 Modules (``NAME``):
@@ -11,7 +11,7 @@ Modules (``NAME``):
     causal_mask          transformer/utils.py: default causal / sliding-window mask on "cuda"
     pipeline_schedules   pipeline_parallel/schedules.py + p2p_communication.py
     optimizer            optimizer/optimizer.py, clip_grads.py, utils.py L2 norm, distrib_optimizer load buffers
-    dist_checkpointing   dist_checkpointing/strategies/filesystem_async.py synchronize
+    dist_checkpointing   dist_checkpointing/strategies/filesystem_async.py synchronize, state_dict_saver.py flags
     inference_kv_cache   transformer/attention.py static KV-cache allocation
     tied_embeddings      language_module.py: tied embedding copy across PP stages (.cuda() before all-reduce)
     tensor_type_alias    (opt-in) Tensor.type() CUDA spelling inside the bf16 / DistributedOptimizer constructors

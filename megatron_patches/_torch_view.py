@@ -18,7 +18,7 @@ Several patches may add overrides to the same upstream module; they merge into o
 from __future__ import annotations
 
 import types
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 
@@ -85,7 +85,9 @@ class TorchView:
         return f"<megatron_patches TorchView cuda_overrides={sorted(self.cuda._overrides)}>"
 
 
-def install(module: types.ModuleType, cuda: Dict[str, Callable] | None = None, cpu_factories: bool = False) -> TorchView:
+def install(
+    module: types.ModuleType, cuda: Optional[Dict[str, Callable]] = None, cpu_factories: bool = False
+) -> TorchView:
     """Give ``module`` a :class:`TorchView` as its ``torch`` (once) and merge the requested overrides into it.
 
     Args:

@@ -53,6 +53,7 @@ def run_torchrun(
         pytest.fail(f"timeout after {timeout}s: {' '.join(cmd)}\n--- stdout\n{out[-tail:]}\n--- stderr\n{err[-tail:]}")
     if proc.returncode != 0:
         pytest.fail(
-            f"exit {proc.returncode}: {' '.join(cmd)}\n--- stdout\n{proc.stdout[-tail:]}\n--- stderr\n{proc.stderr[-tail:]}"
+            f"exit {proc.returncode}: {' '.join(cmd)}\n"
+            f"--- stdout\n{proc.stdout[-tail:]}\n--- stderr\n{proc.stderr[-tail:]}"
         )
     return proc

@@ -1,4 +1,4 @@
-"""TP=2, PP=2 (tied embeddings) and DP=2 (plain and Distributed optimizer) of a tiny megatron-core GPTModel on CPU
+"""TP=2, PP=2 (tied embeddings) and DP=2 (plain, Distributed and bf16 optimizer) of a tiny megatron-core GPTModel on CPU
 equal a plain single-layout PyTorch reference; a DistributedOptimizer checkpoint resumes bit-exactly.
 
 One torchrun job (2 ranks, gloo) runs tests/distributed/scripts/megatron_parallel.py (see its docstring for what is
@@ -60,3 +60,21 @@ def test_distributed_optimizer_resume_is_exact(results):
     assert r["max_abs_diff"] == 0.0
     assert r["extra"] == {"position": 1}
     assert r["lr_after"] == pytest.approx(1e-3 / 4 + (1e-3 - 1e-3 / 4) / 2)
+
+
+def test_bf16_optimizer_runs_and_tracks_fp32_reference(results):
+    r = results["dp2_bf16"]
+    assert r["ok"] and r["param_dtypes"] == ["torch.bfloat16"]
+    assert r["loss_rel"] <= 1e-2  # bf16 weights and activations vs the fp32 reference (measured ~5e-5)
+    assert r["grad_norm_rel"] <= 2e-2  # (measured ~5e-4)
+
+
+def test_launcher_fails_the_test_with_the_output(tmp_path):
+    script = tmp_path / "boom.py"
+    script.write_text("import os, sys\nprint('rank', os.environ['RANK'], 'says boom')\nsys.exit(3)\n")
+    with pytest.raises(pytest.fail.Exception) as err:
+        run_torchrun(script, timeout=120)
+    assert "exit 1: " in str(err.value) and "says boom" in str(err.value)
+    ok = tmp_path / "ok.py"
+    ok.write_text("import os\nprint('world', os.environ['WORLD_SIZE'])\n")
+    assert run_torchrun(ok, timeout=120).stdout.count("world 2") == 2

@@ -112,7 +112,8 @@ def test_killed_save_leaves_tmp_that_is_ignored(tiny_gpt, tmp_path):
     assert latest_step(tmp_path) == 1
     assert list_steps(tmp_path) == [1]
     assert load_checkpoint(tmp_path, chunks, opt, sched) == {"at": 1}
-    with pytest.raises(CheckpointError, match=r"step_2: no complete checkpoint for step 2 \(missing dist/metadata.json\)"):
+    missing = r"step_2: no complete checkpoint for step 2 \(missing dist/metadata.json\)"
+    with pytest.raises(CheckpointError, match=missing):
         load_checkpoint(tmp_path, chunks, opt, sched, step=2)
 
     save_checkpoint(tmp_path, 2, chunks, opt, sched, {"at": 2})  # replaces the stale .tmp

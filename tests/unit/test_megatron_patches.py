@@ -348,3 +348,29 @@ def test_lr_scheduler_constant_with_linear_warmup(tiny_gpt):
     assert sorted(g["weight_decay"] for g in opt.param_groups) == [0.0, pytest.approx(0.1)]
     with pytest.raises(OptimizerSetupError, match=r"build_lr_scheduler: init_lr=0.01 > lr=0.001"):
         build_lr_scheduler(opt, lr=1e-3, init_lr=1e-2)
+
+
+# ---- dvr1.parallel.setup ---------------------------------------------------------------------------------------
+
+
+def test_parallel_info_single_process(parallel_state_1):
+    from megatron.core import parallel_state as ps
+
+    info = parallel_state_1
+    assert (info.rank, info.world_size, info.tp_size, info.pp_size, info.dp_size) == (0, 1, 1, 1, 1)
+    assert (info.tp_rank, info.pp_rank, info.dp_rank) == (0, 0, 0)
+    assert info.device == torch.device("cpu") and info.backend == "gloo"
+    assert info.is_first_stage and info.is_last_stage
+    assert ps.model_parallel_is_initialized()
+
+
+def test_init_parallel_rejects_bad_layouts(parallel_state_1):
+    from dvr1.parallel.setup import ParallelConfigError, init_parallel, parallel_info
+
+    with pytest.raises(ParallelConfigError) as err:
+        init_parallel(tp=2, pp=1)
+    assert str(err.value) == "dvr1.parallel.setup: world_size=1 is not divisible by tp*pp=2*1=2"
+    with pytest.raises(ParallelConfigError, match=r"tp and pp must be >= 1, got tp=0, pp=1"):
+        init_parallel(tp=0)
+    assert parallel_info().tp_size == 1  # state untouched by the failed calls
+    assert init_parallel(tp=1, pp=1, seed=1234) == parallel_state_1  # same layout: re-seeds, same info

@@ -12,7 +12,8 @@ Run: ``torchrun --nproc-per-node 2 tests/distributed/scripts/megatron_parallel.p
    take disjoint halves), then one optimizer step. Grads are read from DDP's ``main_grad`` after
    ``finalize_model_grads``, TP shards are all-gathered along ``partition_dim``, PP stage layer names are shifted to
    global layer numbers.
-3. DistributedOptimizer resume: save after step 1 (``dp_reshardable``), step 2; a fresh model + optimizer loads and
+3. bf16 (DP=2): Float16Module + the bf16 optimizer, loose comparison (loss, grad norm) with the fp32 reference.
+4. DistributedOptimizer resume: save after step 1 (``dp_reshardable``), step 2; a fresh model + optimizer loads and
    steps: parameters must match bit for bit.
 
 Writes OUT_DIR/results.json (rank 0) with, per case: loss_rel, grad_rel (max over params of ||g - g_ref|| / ||g_ref||),
@@ -32,7 +33,7 @@ SEQ, BATCH, VOCAB = 16, 4, 128
 LR, WD, BETAS, EPS, CLIP = 1e-3, 0.1, (0.9, 0.95), 1e-8, 0.05
 
 
-def build_model(tp: int, pp: int, tied: bool):
+def build_model(tp: int, pp: int, tied: bool, **overrides):
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -41,7 +42,7 @@ def build_model(tp: int, pp: int, tied: bool):
     config = TransformerConfig(
         num_layers=2, hidden_size=64, num_attention_heads=4, tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp, pipeline_dtype=torch.float32, params_dtype=torch.float32,
-        use_cpu_initialization=True, hidden_dropout=0.0, attention_dropout=0.0,
+        use_cpu_initialization=True, hidden_dropout=0.0, attention_dropout=0.0, **overrides,
     )  # fmt: skip
     return GPTModel(
         config, get_gpt_layer_local_spec(), vocab_size=VOCAB, max_sequence_length=SEQ,
@@ -234,6 +235,35 @@ def distopt_resume(run_dir: Path):
     return {"max_abs_diff": t.item(), "extra": extra, "lr_after": sched2.get_lr(opt2.param_groups[0])}
 
 
+def bf16_smoke(run_dir: Path, ref):
+    """DP=2, bf16 params (Float16Module) + Float16OptimizerWithFloat16Params (needs the opt-in Tensor.type alias).
+    bf16 rounding allows only a loose comparison with the fp32 reference: loss and grad norm within a few %."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.transformer.module import Float16Module
+
+    import megatron_patches
+    from dvr1.parallel.setup import destroy_parallel, init_parallel
+    from dvr1.train.checkpoint import load_checkpoint
+    from dvr1.train.optim import build_optimizer
+
+    ref_loss, _, _, ref_norm, _ = ref
+    info = init_parallel(tp=1, pp=1, seed=1234)
+    megatron_patches.apply(tensor_type_alias=True)
+    model = build_model(1, 1, False, bf16=True)
+    load_checkpoint(run_dir, [model], restore_rng=False, step=0)
+    model = Float16Module(model.config, model)  # casts the fp32 weights to bf16
+    chunks, optimizer = build_optimizer(model, lr=LR, weight_decay=WD, adam_betas=BETAS, clip_grad=CLIP, bf16=True)
+    tokens, labels = batch()
+    rows = slice(info.dp_rank * 2, info.dp_rank * 2 + 2)
+    loss = forward_backward(chunks, optimizer, tokens[rows], labels[rows]).clone()
+    dist.all_reduce(loss, group=ps.get_data_parallel_group())
+    ok, grad_norm, _ = optimizer.step()
+    dtypes = sorted({str(p.dtype) for p in model.parameters()})
+    destroy_parallel(keep_process_group=True)
+    return {"ok": bool(ok), "loss_rel": abs(loss.item() / 2 - ref_loss) / ref_loss,
+            "grad_norm_rel": abs(grad_norm - ref_norm) / ref_norm, "param_dtypes": dtypes}
+
+
 def main(out_dir: Path):
     from dvr1.parallel.setup import destroy_parallel
 
@@ -247,6 +277,7 @@ def main(out_dir: Path):
         "dp2": run_layout(1, 1, False, run_dir, ref),
         "dp2_distopt": run_layout(1, 1, False, run_dir, ref, distributed_optimizer=True),
         "distopt_resume": distopt_resume(run_dir),
+        "dp2_bf16": bf16_smoke(run_dir, ref),
     }
     if dist.get_rank() == 0:
         (out_dir / "results.json").write_text(json.dumps(results, indent=1))
