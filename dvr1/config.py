@@ -42,6 +42,16 @@ class ModelConfig:
     spec: str = "local"  # local (CPU) | te (TransformerEngine, GPU image)
     dtype: str = "float32"  # float32 | bfloat16
     tokenizer_vocab: int = 2048  # tiny checkpoint only
+    # TransformerEngine FP8 and activation recompute (dvr1/parallel/precision.py; GPU image only for FP8)
+    fp8: Optional[str] = None  # None | e4m3 | hybrid
+    fp8_recipe: str = "delayed"  # delayed | tensorwise | blockwise | mxfp8
+    fp8_amax_history_len: int = 1
+    fp8_amax_compute_algo: str = "most_recent"  # most_recent | max
+    fp8_param: bool = False
+    recompute: Optional[str] = None  # None | selective | full
+    recompute_method: str = "uniform"  # uniform | block
+    recompute_num_layers: int = 1
+    recompute_modules: Optional[list[str]] = None
 
 
 @dataclass
@@ -49,6 +59,8 @@ class ParallelConfig:
     tp: int = 1
     pp: int = 1
     seed: int = 1234
+    sequence_parallel: bool = False  # needs tp > 1 (and the TE spec: megatron's local norm cannot shard)
+    distributed_optimizer: bool = False  # ZeRO-1 over DP (megatron-core DistributedOptimizer)
 
 
 @dataclass
@@ -58,6 +70,10 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64
+    # colocated vLLM (rollout.engine=vllm): engine TP size, GPU memory share, sleep during training
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.4
+    enable_sleep_mode: bool = True
 
 
 @dataclass
@@ -194,6 +210,12 @@ def validate(cfg) -> None:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: must be >= 1")
     if cfg.video.num_frames <= 0 and cfg.video.fps <= 0:
         raise ConfigError("video.num_frames or video.fps must be > 0")
+    from dvr1.parallel.precision import PrecisionConfigError, validate_precision
+
+    try:  # FP8 / recompute / SP choices and their consistency (TE availability is checked when the model is built)
+        validate_precision(cfg.model, cfg.parallel, te_available=True)
+    except PrecisionConfigError as e:
+        raise ConfigError(str(e)) from e
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None):

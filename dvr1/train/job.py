@@ -110,14 +110,18 @@ def build_policy(cfg, hf_path: str, pinfo, trainable: bool = True):
     from megatron.core.transformer.module import Float16Module  # noqa: F401  (bf16 wrapper when model.dtype=bf16)
 
     from dvr1.models.qwen2_5_vl import Qwen25VLPolicy, load_hf_config, load_hf_weights
+    from dvr1.parallel.precision import check_device, precision_overrides
 
     hf_config = load_hf_config(hf_path)
     dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
     n_layers = hf_config.text_config.num_hidden_layers
     if n_layers % pinfo.pp_size:
         raise ValueError(f"parallel.pp={pinfo.pp_size} does not divide the model's {n_layers} layers")
+    if torch.cuda.is_available():
+        check_device(cfg.model)
     policy = Qwen25VLPolicy(hf_config, tp=pinfo.tp_size, pp=pinfo.pp_size, pre_process=pinfo.is_first_stage,
-                            post_process=pinfo.is_last_stage, params_dtype=dtype, spec=cfg.model.spec)
+                            post_process=pinfo.is_last_stage, params_dtype=dtype, spec=cfg.model.spec,
+                            **precision_overrides(cfg.model, cfg.parallel))
     per_stage = n_layers // pinfo.pp_size
     load_hf_weights(policy, hf_path, pinfo.tp_rank, pinfo.tp_size, layer_offset=pinfo.pp_rank * per_stage)
     if not trainable:
@@ -136,7 +140,8 @@ def optimizer_for(model, lr, weight_decay, clip_grad, warmup, cfg):
     from dvr1.train.optim import build_lr_scheduler, build_optimizer
 
     chunks, opt = build_optimizer(model, lr=lr, weight_decay=weight_decay, clip_grad=clip_grad,
-                                  bf16=cfg.model.dtype == "bfloat16")
+                                  bf16=cfg.model.dtype == "bfloat16",
+                                  use_distributed_optimizer=cfg.parallel.distributed_optimizer)
     return chunks[0], opt, build_lr_scheduler(opt, lr, warmup_steps=warmup, weight_decay=weight_decay)
 
 

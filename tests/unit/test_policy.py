@@ -169,9 +169,8 @@ def test_native_rollout_logprobs_equal_trainer_recompute(checkpoints):
     out = engine.generate([req], SamplingParams(n=4, temperature=1.0, max_new_tokens=12, stop_token_ids=(eos,)))[0]
     assert len(out.token_ids) == 4 and all(1 <= len(t) <= 12 for t in out.token_ids)
     prep = Prepared(None, "", req, grid, 0.5, cfg.video_token_id)
-    batch, vtok = build_batch([(prep, t) for t in out.token_ids], tok.convert_tokens_to_ids("<|endoftext|>"))
-    with torch.no_grad():
-        lp, _ = token_logprobs(policy, batch, vtok)
+    batch = build_batch([(prep, t) for t in out.token_ids], tok.convert_tokens_to_ids("<|endoftext|>"))
+    lp, _ = token_logprobs(policy, batch)
     for i, ref in enumerate(out.logprobs):
         assert torch.allclose(lp[i, :len(ref)], torch.tensor(ref), atol=1e-5)
         assert float(lp[i, len(ref):].abs().sum()) == 0.0
