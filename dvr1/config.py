@@ -28,7 +28,7 @@ class DataConfig:
 
 @dataclass
 class VideoConfig:
-    backend: str = "pyav"  # pyav | dali
+    backend: str = "pyav"  # pyav (dali: planned)
     num_frames: int = 8  # uniform sampling; set 0 to use fps-based sampling
     fps: float = 2.0
     max_frames: int = 16
@@ -65,7 +65,7 @@ class ParallelConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "native"  # native | vllm
+    engine: str = "native"  # native (vllm: planned)
     group_size: int = 8  # G
     temperature: float = 1.0
     top_p: float = 1.0
@@ -180,10 +180,10 @@ class ConfigError(ValueError):
 
 
 _CHOICES = {
-    "video.backend": ("pyav", "dali"),
+    "video.backend": ("pyav",),  # dali: its own issue (not in this version)
     "model.spec": ("local", "te"),
     "model.dtype": ("float32", "bfloat16"),
-    "rollout.engine": ("native", "vllm"),
+    "rollout.engine": ("native",),  # vllm: its own issue (not in this version)
     "algo.name": ("reg_grpo", "grpo"),
     "algo.loss_agg": ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum"),
     "algo.logratio_reduction": ("sum", "mean"),

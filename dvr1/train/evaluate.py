@@ -7,6 +7,8 @@ import logging
 import os
 from collections import defaultdict
 
+from tqdm import tqdm
+
 from dvr1.models.tokenizer import decode_response
 from dvr1.rl.rewards import score_response
 from dvr1.rollout.base import SamplingParams
@@ -16,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(engine, builder, tokenizer, records, max_new_tokens: int = 64, strict: bool = False,
-             out_path: str | None = None, batch: int = 8) -> dict:
+             out_path: str | None = None, batch: int = 8, progress: bool = False) -> dict:
     """Greedy-decode every record and score it (ALGORITHMS §6).
 
     Returns (and writes to `out_path` as JSON): {"n", "skipped", "accuracy", "mean_iou", "format", "per_task":
@@ -27,10 +29,12 @@ def evaluate(engine, builder, tokenizer, records, max_new_tokens: int = 64, stri
     sp = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, stop_token_ids=(eos,))
     per = defaultdict(lambda: {"n": 0, "accuracy": 0.0, "format": 0.0, "iou": 0.0})
     samples, skipped = [], 0
+    bar = tqdm(total=len(records), desc="eval", disable=not progress)
     for s in range(0, len(records), batch):
         prepared = [p for p in (prepare_or_skip(builder, r, strict=strict) for r in records[s:s + batch]) if p]
         skipped += min(batch, len(records) - s) - len(prepared)
-        outs = engine.generate([p.request for p in prepared], sp, desc="eval")
+        outs = engine.generate([p.request for p in prepared], sp)
+        bar.update(min(batch, len(records) - s))
         for p, o in zip(prepared, outs):
             r = p.record
             text = decode_response(tokenizer, o.token_ids[0], (eos,))
@@ -42,6 +46,7 @@ def evaluate(engine, builder, tokenizer, records, max_new_tokens: int = 64, stri
             d["iou"] += sc["iou"]
             if len(samples) < 20:
                 samples.append({"id": r.id, "task": r.task, "answer": r.answer, "response": text})
+    bar.close()
     n = sum(d["n"] for d in per.values())
     per_task = {t: {"n": d["n"], "accuracy": d["accuracy"] / d["n"], "format": d["format"] / d["n"],
                     "mean_iou": d["iou"] / d["n"]} for t, d in sorted(per.items())}

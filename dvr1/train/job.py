@@ -145,17 +145,13 @@ def optimizer_for(model, lr, weight_decay, clip_grad, warmup, cfg):
     return chunks[0], opt, build_lr_scheduler(opt, lr, warmup_steps=warmup, weight_decay=weight_decay)
 
 
-def rollout_engine(cfg, policy, hf_path: str):
-    if cfg.rollout.engine == "native":
-        from dvr1.rollout.native import NativeRolloutEngine
+def rollout_engine(cfg, policy):
+    """The engine named by `rollout.engine` (the config accepts only "native" in this version)."""
+    from dvr1.rollout.native import NativeRolloutEngine
+    from dvr1.train.rl import dp_layout
 
-        from dvr1.train.rl import dp_layout
-
-        # TP/PP ranks of one DP rank must sample identical tokens: same seed; DP ranks get their own stream
-        return NativeRolloutEngine(policy, seed=cfg.seed + 101 + 1000 * dp_layout()[0], progress=False)
-    from dvr1.rollout.vllm import VLLMRolloutEngine  # the colocated vLLM engine (own issue)
-
-    return VLLMRolloutEngine(cfg, policy, hf_path)
+    # TP/PP ranks of one DP rank must sample identical tokens: same seed; DP ranks get their own stream
+    return NativeRolloutEngine(policy, seed=cfg.seed + 101 + 1000 * dp_layout()[0], progress=False)
 
 
 # ---- stages ---------------------------------------------------------------------------------------------------
@@ -227,7 +223,7 @@ def run_rl(cfg, pinfo, init_hf: str) -> str:
     model, opt, sched = optimizer_for(policy, cfg.rl.lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg)
     tok = tokenizer(init_hf)
     builder = InputBuilder(policy, tok, cfg.video)
-    engine = rollout_engine(cfg, policy, init_hf)
+    engine = rollout_engine(cfg, policy)
     trainer = RLTrainer(cfg, model, opt, sched, reference, engine, builder, tok, records(cfg, "train"))
     return _train_loop(cfg, "rl", trainer, model, opt, sched, cfg.rl.steps, cfg.rl.save_every, cfg.rl.keep_last,
                        init_hf)
@@ -244,10 +240,10 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None) -> d
     recs = records(cfg, split or cfg.eval.split)
     if cfg.eval.max_samples:
         recs = recs[: cfg.eval.max_samples]
-    engine = NativeRolloutEngine(policy, seed=cfg.seed, progress=cfg.log.progress)
+    engine = NativeRolloutEngine(policy, seed=cfg.seed)
     out = os.path.join(os.path.abspath(cfg.run_dir), f"eval_{name}.json")
     res = evaluate(engine, InputBuilder(policy, tok, cfg.video), tok, recs, cfg.eval.max_new_tokens,
-                   strict=cfg.data.strict, out_path=out)
+                   strict=cfg.data.strict, out_path=out, progress=cfg.log.progress)
     log.info("eval[%s] %s: accuracy %.3f, mean IoU %.3f, format %.3f (n=%d)", name, split or cfg.eval.split,
              res["accuracy"], res["mean_iou"], res["format"], res["n"])
     return res
