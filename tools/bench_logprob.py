@@ -12,7 +12,9 @@ writing "5" to /proc/self/clear_refs, one forward+backward runs, and the peak is
   peak above inputs   peak RSS minus the resident set just before the step (bytes)
   working memory      peak above inputs minus the bytes of the gradients the step must return (W.grad and
                       hidden.grad, or logits.grad) -- the scratch memory of the method itself
-Time is the median wall time (seconds) of --repeats forward+backward steps, each as above.
+Time is the median wall time (seconds) of --repeats forward+backward steps, each as above; CPU time is the
+process's user+system seconds over the same step (all threads; less sensitive than wall time to other processes
+sharing the cores, though OpenMP spin-waiting still inflates it under contention).
 
 Usage: python tools/bench_logprob.py [--vocab 151936 --tokens 2048 --hidden 2048 --repeats 3 --chunk-size 1024]
 """
@@ -72,23 +74,24 @@ def worker(args):
         return float(lp.detach().double().sum())
 
     leaves = [logits] if logits is not None else [hidden, weight]
-    times, peaks, above, working = [], [], [], []
+    times, cpu, peaks, above, working = [], [], [], [], []
     for _ in range(args.repeats):
         for t in leaves:
             t.grad = None
         gc.collect()
         base = _status_kb("VmRSS")
         _reset_peak()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         checksum = step()
-        dt = time.perf_counter() - t0
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
         peak = _status_kb("VmHWM")
         grad_bytes = sum(t.grad.numel() * t.grad.element_size() for t in leaves)
         times.append(dt)
+        cpu.append(dc)
         peaks.append(peak)
         above.append(peak - base)
         working.append(peak - base - grad_bytes)
-    print(json.dumps({"variant": args.worker, "threads": torch.get_num_threads(), "times": times, "peak": max(peaks), "above": max(above),
+    print(json.dumps({"variant": args.worker, "threads": torch.get_num_threads(), "times": times, "cpu": cpu, "peak": max(peaks), "above": max(above),
                       "working": max(working), "checksum": checksum}))
 
 
@@ -124,15 +127,17 @@ def main():
     print(f"tokens={args.tokens} hidden={args.hidden} vocab={args.vocab} fp32 TP=1 chunk_size={args.chunk_size} "
           f"repeats={args.repeats} torch={torch.__version__} threads={rows[variants[0]]['threads']} (CPU)\n")
     ref = rows.get("naive")
-    print("| variant | median fwd+bwd (s) | time / naive | peak RSS (bytes) | peak above inputs (bytes) "
+    print("| variant | median fwd+bwd (s) | time / naive | median CPU time (s) | CPU / naive | peak RSS (bytes) | peak above inputs (bytes) "
           "| above inputs / naive | working memory (bytes) | working / naive | sum of log-probs |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         med = statistics.median(r["times"])
         tr = f"{med / statistics.median(ref['times']):.2f}" if ref else "-"
+        cmed = statistics.median(r["cpu"])
+        cr = f"{cmed / statistics.median(ref['cpu']):.2f}" if ref else "-"
         ar = f"{r['above'] / ref['above']:.3f}" if ref else "-"
         wr = f"{r['working'] / ref['working']:.3f}" if ref else "-"
-        print(f"| {name} | {med:.2f} | {tr} | {r['peak']:,} | {r['above']:,} | {ar} | {r['working']:,} | {wr} "
+        print(f"| {name} | {med:.2f} | {tr} | {cmed:.2f} | {cr} | {r['peak']:,} | {r['above']:,} | {ar} | {r['working']:,} | {wr} "
               f"| {r['checksum']:.4f} |")
 
 
