@@ -47,6 +47,7 @@ import json
 import os
 import queue
 import shutil
+import struct
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -143,27 +144,77 @@ def _tqdm(progress: bool, **kw):
     return tqdm(disable=not progress, **kw)
 
 
-class _MetaReader:
-    """Shapes and dtypes of a HF checkpoint's tensors (from the safetensors headers; no data is read)."""
+class SafetensorsFiles:
+    """Tensors of safetensors files read with plain file reads into the process's own memory (no mmap).
 
-    def __init__(self, reader):
-        self.reader = reader
-        self._handles = {}
+    safetensors' ``safe_open(...).get_tensor`` returns tensors backed by a memory map of the file, and every page
+    read stays in the process's resident set while the file is open (measured: reading 4 x 500 MB tensors through
+    one handle adds 2 GB of RssFile); a converter streaming a 72B checkpoint through open handles would report a
+    peak RSS of the checkpoint's size. Here each `get` reads one tensor into a fresh buffer, so memory is that
+    tensor. Format per the safetensors spec: 8-byte little-endian header length, JSON header (dtype, shape,
+    data_offsets relative to the end of the header), data.
 
-    def get(self, name: str, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        if name not in self.reader.weight_map:
-            raise KeyError(f"{self.reader.path}: tensor {name!r} not found in the checkpoint")
-        orig, file = self.reader.weight_map[name]
-        if file not in self._handles:
-            from safetensors import safe_open
+    Args:
+        path: directory. files: file names to read (default: those of ``model.safetensors.index.json``, else
+            ``model.safetensors``). Names are accepted in both HF layouts (`canonical_hf_name`).
+    Raises:
+        FileNotFoundError: no safetensors weights in `path`. KeyError (`get`): names the missing tensor.
+        ConversionError: a dtype other than F32/BF16/F16/F64, or a truncated file.
+    """
 
-            self._handles[file] = safe_open(os.path.join(self.reader.path, file), "pt")
-        sl = self._handles[file].get_slice(orig)
-        st = sl.get_dtype()
-        if st not in _ST_DTYPES:
-            raise ConversionError(f"{self.reader.path}/{file}: tensor {orig!r} has dtype {st}, expected one of "
+    def __init__(self, path: str, files: Optional[list[str]] = None):
+        from dvr1.models.hf_mapping import canonical_hf_name
+
+        self.path = path
+        if files is None:
+            index = os.path.join(path, "model.safetensors.index.json")
+            if os.path.isfile(index):
+                with open(index) as f:
+                    files = sorted(set(json.load(f)["weight_map"].values()))
+            elif os.path.isfile(os.path.join(path, "model.safetensors")):
+                files = ["model.safetensors"]
+            else:
+                raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json")
+        self.entries = {}  # canonical name -> (file, data start, info)
+        for fn in files:
+            with open(os.path.join(path, fn), "rb") as f:
+                n = struct.unpack("<Q", f.read(8))[0]
+                header = json.loads(f.read(n))
+            for k, info in header.items():
+                if k != "__metadata__":
+                    self.entries[canonical_hf_name(k)] = (fn, 8 + n, info)
+
+    def keys(self):
+        return self.entries.keys()
+
+    def _entry(self, name: str):
+        if name not in self.entries:
+            raise KeyError(f"{self.path}: tensor {name!r} not found in the checkpoint")
+        fn, base, info = self.entries[name]
+        if info["dtype"] not in _ST_DTYPES:
+            raise ConversionError(f"{self.path}/{fn}: tensor {name!r} has dtype {info['dtype']}, expected one of "
                                   f"{', '.join(_ST_DTYPES)}")
-        return torch.empty(sl.get_shape(), dtype=dtype or _ST_DTYPES[st], device="meta")
+        return fn, base, info, _ST_DTYPES[info["dtype"]]
+
+    def meta(self, name: str, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """A ``meta`` tensor with the shape and dtype (or `dtype`) of `name`; reads nothing."""
+        _, _, info, dt = self._entry(name)
+        return torch.empty(info["shape"], dtype=dtype or dt, device="meta")
+
+    def get(self, name: str) -> torch.Tensor:
+        """`name` as a tensor in freshly allocated memory."""
+        fn, base, info, dt = self._entry(name)
+        start, end = info["data_offsets"]
+        buf = torch.empty(end - start, dtype=torch.uint8)
+        view, got = memoryview(buf.numpy()), 0
+        with open(os.path.join(self.path, fn), "rb", buffering=0) as f:
+            f.seek(base + start)
+            while got < len(view):  # one read() returns at most ~2 GiB on Linux
+                n = f.readinto(view[got:])
+                if not n:
+                    raise ConversionError(f"{self.path}/{fn}: truncated data for tensor {name!r}")
+                got += n
+        return buf.view(dt).reshape(info["shape"])
 
 
 # ---- HF -> megatron ---------------------------------------------------------------------------------------------
@@ -281,6 +332,7 @@ class _StreamingPlanner(DefaultSavePlanner):
         self.objects = {o.fqn: o for o in objects}
         self.gens, self.cache, self.on_tensor, self.dtype = gens, cache, on_tensor, dtype
         self.source, self.rank, self.local = None, None, None
+        self.tp_split = {c.source for c in chunks if c.tp_rank > 0}
 
     def create_local_plan(self):
         items = [WriteItem(index=MetadataIndex(o.fqn), type=WriteItemType.BYTE_IO) for o in self.objects.values()]
@@ -299,8 +351,8 @@ class _StreamingPlanner(DefaultSavePlanner):
             got, t = next(self.gens[r])
             if got == name:
                 return t
-            if r == 0:
-                raise RuntimeError(f"internal: write order expects {name!r} but the mapping yielded {got!r}")
+            if r == 0 or got in self.tp_split:
+                raise RuntimeError(f"internal: TP rank {r} writes {name!r} next but the mapping yielded {got!r}")
 
     def resolve_data(self, write_item):
         if write_item.type == WriteItemType.BYTE_IO:
@@ -364,17 +416,16 @@ def convert_hf_to_megatron(src: str, out: str, tp: int = 1, pp: int = 1, dtype=N
     from safetensors.torch import save_file
     from torch.distributed.checkpoint import save as dcp_save
 
-    from dvr1.models.qwen2_5_vl import SafetensorsReader, lm_shape, load_hf_config
+    from dvr1.models.qwen2_5_vl import lm_shape, load_hf_config
 
     _ensure_single_process()
     dtype = parse_dtype(dtype)
     cfg = load_hf_config(src)
     check_layout(cfg, tp, pp)
     s = lm_shape(cfg)
-    reader = SafetensorsReader(src)
-    meta = _MetaReader(reader)
-    lm_dtype = dtype or meta.get("model.embed_tokens.weight").dtype
-    chunks, objects, common = plan_hf_to_megatron(cfg, lambda n: meta.get(n, dtype), tp, pp, lm_dtype)
+    reader = SafetensorsFiles(src)
+    lm_dtype = dtype or reader.meta("model.embed_tokens.weight").dtype
+    chunks, objects, common = plan_hf_to_megatron(cfg, lambda n: reader.meta(n, dtype), tp, pp, lm_dtype)
 
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -413,7 +464,7 @@ def convert_hf_to_megatron(src: str, out: str, tp: int = 1, pp: int = 1, dtype=N
         raise ConversionError(f"{src}: no vision tower tensors (visual.*) in the checkpoint")
     visual = {}
     for k in _tqdm(progress, iterable=vis, desc="vision tower", unit="tensor"):
-        visual[k] = reader.get(k).contiguous()
+        visual[k] = reader.get(k)
     save_file(visual, os.path.join(tmp, VISUAL_FILE), metadata={"format": "pt"})
     del visual
     copied = _copy_side_files(src, tmp)
@@ -448,19 +499,15 @@ def load_megatron_checkpoint(policy, path: str, hf_dir: Optional[str] = None, st
 
 def _visual_source(path: str):
     """(get, names) of the vision tower tensors: ``path/visual.safetensors`` or the HF checkpoint in `path`."""
-    vf = os.path.join(path, VISUAL_FILE)
-    if os.path.isfile(vf):
-        from safetensors import safe_open
-
-        f = safe_open(vf, "pt")
-        return f.get_tensor, [k for k in f.keys() if k.startswith("visual.")]
-    from dvr1.models.qwen2_5_vl import SafetensorsReader
-
-    try:
-        r = SafetensorsReader(path)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{path}: no {VISUAL_FILE} and no HF weights to take the vision tower from") from e
-    return r.get, [k for k in r.keys() if k.startswith("visual.")]
+    if os.path.isfile(os.path.join(path, VISUAL_FILE)):
+        files = SafetensorsFiles(path, [VISUAL_FILE])
+    else:
+        try:
+            files = SafetensorsFiles(path)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{path}: no {VISUAL_FILE} and no HF weights to take the vision tower from") \
+                from e
+    return files.get, [k for k in files.keys() if k.startswith("visual.")]
 
 
 # ---- megatron -> HF ---------------------------------------------------------------------------------------------
