@@ -3,7 +3,7 @@
 The sampling rule follows Qwen2.5-VL's ``qwen_vl_utils.fetch_video`` (uniform ``linspace`` indices,
 frame count a multiple of the temporal patch size 2) with one difference noted in
 :func:`sample_frame_indices`: clips shorter than the requested count repeat frames instead of failing.
-Other backends (DALI) plug in behind :func:`load_frames` with the same return type.
+The DALI backend (:mod:`dvr1.data.dali`) plugs in behind :func:`load_frames` with the same return type.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BACKENDS = ("pyav",)
+BACKENDS = ("pyav", "dali")
 TEMPORAL_PATCH = 2  # Qwen2.5-VL temporal_patch_size; sampled frame counts are multiples of it
 DEFAULT_FPS = 2.0  # qwen_vl_utils FPS
 
@@ -182,7 +182,8 @@ def load_frames(
     Args:
         path: a video file (any container/codec FFmpeg reads; the builder writes VP9 WebM).
         num_frames, fps, max_frames: see :func:`sample_frame_indices` (neither given: 2 fps).
-        backend: ``"pyav"``.
+        backend: ``"pyav"`` or ``"dali"`` (:func:`dvr1.data.dali.load_frames_dali`: same indices and return type;
+            on CPU, codecs DALI's CPU decoder cannot read fall back to PyAV per file).
 
     Returns:
         :class:`VideoClip` with frames uint8 ``[T, H, W, 3]``, T even.
@@ -193,6 +194,10 @@ def load_frames(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    if backend == "dali":
+        from dvr1.data.dali import load_frames_dali  # lazy: DALI is an optional dependency
+
+        return load_frames_dali(path, num_frames, fps, max_frames)
     path = os.fspath(path)
     total, video_fps = _probe(path)
     if total == 0:
