@@ -120,7 +120,8 @@ class DAAugConfig:
 @dataclass
 class SFTConfig:
     steps: int = 300
-    batch_size: int = 16
+    batch_size: int = 16  # global (split over DP ranks)
+    micro_batch_size: int = 0  # sequences per forward/backward microbatch; 0 = the whole per-rank batch
     lr: float = 2e-3
     warmup: int = 20
     weight_decay: float = 0.0
@@ -129,7 +130,10 @@ class SFTConfig:
 @dataclass
 class RLConfig:
     steps: int = 40
-    prompts_per_step: int = 4  # B; global batch = B * G responses
+    prompts_per_step: int = 4  # B; global batch = B * G responses (split over DP ranks)
+    # whole groups per forward/backward microbatch (the RL loss is decomposed into per-group sums, so the
+    # gradient equals the one-microbatch gradient); 0 = all of a rank's groups in one microbatch
+    micro_batch_groups: int = 0
     lr: float = 2e-5
     weight_decay: float = 0.0
     clip_grad: float = 1.0

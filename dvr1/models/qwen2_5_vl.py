@@ -157,6 +157,11 @@ class Qwen25VLPolicy(torch.nn.Module):
         self.info = vl_info(hf_config)
         self.shape = lm_shape(hf_config)
         self.config = transformer_config(hf_config, tp, pp, params_dtype, **config_overrides)
+        if self.config.sequence_parallel and pre_process:
+            # megatron's embedding reduce-scatters along the sequence before we could place the video features
+            # (LLaVA turns that off and scatters after merging); not built here yet, and untestable on CPU
+            raise NotImplementedError("parallel.sequence_parallel=true is not supported with video inputs yet: the "
+                                      "video features must be merged before the sequence-parallel scatter")
         self.spec = spec
         self.pre_process, self.post_process = pre_process, post_process
         self.visual = None
@@ -229,11 +234,12 @@ class Qwen25VLPolicy(torch.nn.Module):
         if video_embeds is not None:
             if video_mask is None:
                 video_mask = input_ids == self.info.video_token_id
-            mask = video_mask.transpose(0, 1)  # [s, b]
-            n = int(mask.sum())
+            n = int(video_mask.sum())
             if n != video_embeds.shape[0]:
                 raise ValueError(f"{n} <|video_pad|> tokens but {video_embeds.shape[0]} video embeddings")
-            emb = emb.masked_scatter(mask.unsqueeze(-1), video_embeds.to(emb.dtype))
+            # scatter in [b, s, h] order: video_embeds are in batch-row order (row 0's tokens first)
+            emb = emb.transpose(0, 1).masked_scatter(video_mask.unsqueeze(-1), video_embeds.to(emb.dtype))
+            emb = emb.transpose(0, 1).contiguous()
         return emb
 
     def forward(self, input_ids, position_ids, video_embeds=None, pixel_values_videos=None, video_grid_thw=None,

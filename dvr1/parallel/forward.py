@@ -30,47 +30,66 @@ def response_logprobs(logits: torch.Tensor, batch, compute_entropy: bool = False
 
 
 def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_only: bool = True,
-                     compute_entropy: bool = False):
-    """Run the policy on `batch` (a `dvr1.train.inputs.SeqBatch`).
+                     compute_entropy: bool = False, rows_per_microbatch: int = 0):
+    """Run the policy on `batch` (a `dvr1.train.inputs.SeqBatch`), split into microbatches of
+    `rows_per_microbatch` rows (0 = the whole batch is one microbatch).
 
     Args:
         model: the (DDP-wrapped) policy of this PP stage.
-        loss_fn: `(logp [rows, T], entropy or None) -> (scalar loss, metrics dict)`; with `forward_only=False` its
-            loss is back-propagated through every stage.
+        loss_fn: `(logp [rows_k, T], entropy or None, rows: slice) -> (scalar loss_k, metrics)` for microbatch k
+            covering `rows` of the batch; the losses must be weighted so that their SUM is the batch loss (megatron
+            divides each by the number of microbatches; that is undone here). With `forward_only=False` the sum is
+            back-propagated through every stage, gradients accumulating over microbatches.
     Returns:
-        On the last PP stage: `(logp, entropy, loss, metrics)` (loss/metrics None without `loss_fn`); elsewhere None.
+        On the last PP stage: `(logp [N, T], entropy [N, T] or None, loss (sum over microbatches, detached) or None,
+        list of per-microbatch metrics)`; elsewhere None.
     """
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    out: dict = {}
+    micro = batch.split(rows_per_microbatch)
+    if ps.get_pipeline_model_parallel_world_size() > 1 and len({mb.num_rows for mb in micro}) > 1:
+        raise ValueError(f"with pipeline parallelism every microbatch needs the same rows: {batch.num_rows} rows do "
+                         f"not split evenly into microbatches of {rows_per_microbatch}")
+    bounds, start = [], 0
+    for mb in micro:
+        bounds.append(slice(start, start + mb.num_rows))
+        start += mb.num_rows
+    k = len(micro)
+    logps, ents, losses, metrics = [], [], [], []
 
-    def loss_func(output_tensor):
-        logp, ent = response_logprobs(output_tensor, batch, compute_entropy)
-        out["logp"], out["entropy"] = logp, ent
-        if loss_fn is None:
-            return output_tensor.new_zeros(()), {}
-        loss, metrics = loss_fn(logp, ent)
-        out["loss"], out["metrics"] = loss, metrics
-        return loss, {}
+    def make_loss_func(mb, rows):
+        def loss_func(output_tensor):
+            logp, ent = response_logprobs(output_tensor, mb, compute_entropy)
+            logps.append(logp.detach())
+            ents.append(None if ent is None else ent.detach())
+            if loss_fn is None:
+                return output_tensor.new_zeros(()), {}
+            loss, m = loss_fn(logp, ent, rows)
+            losses.append(loss.detach())
+            metrics.append(m)
+            return loss * k, {}  # the schedule divides by k
+
+        return loss_func
 
     def forward_step(data_iterator, m):
-        b = next(data_iterator)
-        logits = m(b.input_ids, b.position_ids, video_embeds=b.video_embeds, video_mask=b.video_mask)
-        return logits, loss_func
+        mb, rows = next(data_iterator)
+        logits = m(mb.input_ids, mb.position_ids, video_embeds=mb.video_embeds, video_mask=mb.video_mask)
+        return logits, make_loss_func(mb, rows)
 
     get_forward_backward_func()(
         forward_step_func=forward_step,
-        data_iterator=iter([batch]),
+        data_iterator=iter(list(zip(micro, bounds))),
         model=[model],
-        num_microbatches=1,
+        num_microbatches=k,
         seq_length=batch.input_ids.shape[1],
-        micro_batch_size=batch.input_ids.shape[0],
+        micro_batch_size=max(mb.num_rows for mb in micro),
         forward_only=forward_only,
     )
     if not ps.is_pipeline_last_stage():
         return None
-    return out["logp"], out.get("entropy"), out.get("loss"), out.get("metrics")
+    return (torch.cat(logps), torch.cat(ents) if compute_entropy else None,
+            torch.stack(losses).sum() if losses else None, metrics)
 
 
 def broadcast_from_last_stage(obj):

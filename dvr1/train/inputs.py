@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -137,10 +137,25 @@ class SeqBatch:
     resp_index: torch.Tensor
     resp_mask: torch.Tensor
     video_mask: torch.Tensor  # bool [N, S]: the prompt's video placeholder positions
+    video_tokens: list[int] = field(default_factory=list)  # per row: how many rows of video_embeds it owns
 
     @property
     def num_rows(self) -> int:
         return self.input_ids.shape[0]
+
+    def split(self, rows_per_microbatch: int) -> list["SeqBatch"]:
+        """Consecutive row blocks of `rows_per_microbatch` rows (0 = one block), same padded length S."""
+        n = self.num_rows
+        step = rows_per_microbatch or n
+        out = []
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            v0, v1 = sum(self.video_tokens[:a]), sum(self.video_tokens[:b])
+            out.append(SeqBatch(self.input_ids[a:b], self.position_ids[:, a:b],
+                                None if self.video_embeds is None else self.video_embeds[v0:v1],
+                                self.resp_index[a:b], self.resp_mask[a:b], self.video_mask[a:b],
+                                self.video_tokens[a:b]))
+        return out
 
 
 def build_batch(items: list[tuple[Prepared, list[int]]], pad_id: int) -> SeqBatch:
@@ -155,7 +170,7 @@ def build_batch(items: list[tuple[Prepared, list[int]]], pad_id: int) -> SeqBatc
     resp_index = torch.zeros(N, T, dtype=torch.long)
     resp_mask = torch.zeros(N, T)
     video_mask = torch.zeros(N, S, dtype=torch.bool)
-    embeds = []
+    embeds, vtok = [], []
     for i, (p, resp) in enumerate(items):
         L = p.request.prompt_ids.numel()
         ids[i, :L] = p.request.prompt_ids
@@ -165,12 +180,13 @@ def build_batch(items: list[tuple[Prepared, list[int]]], pad_id: int) -> SeqBatc
         resp_index[i] = torch.clamp(torch.arange(T) + L - 1, max=S - 2)
         resp_mask[i, :len(resp)] = 1.0
         video_mask[i, :L] = p.request.prompt_ids == p.video_token_id
+        vtok.append(0 if p.request.video_embeds is None else p.request.video_embeds.shape[0])
         if p.request.video_embeds is not None:
             embeds.append(p.request.video_embeds)
-    return SeqBatch(ids, pos, torch.cat(embeds) if embeds else None, resp_index, resp_mask, video_mask)
+    return SeqBatch(ids, pos, torch.cat(embeds) if embeds else None, resp_index, resp_mask, video_mask, vtok)
 
 
-def token_logprobs(model, batch: SeqBatch, compute_entropy: bool = False):
+def token_logprobs(model, batch: SeqBatch, compute_entropy: bool = False, rows_per_microbatch: int = 0):
     """Per-token log-probs of the response tokens under `model`, without gradients (old-policy / reference passes).
 
     Runs through megatron-core's schedule (`dvr1.parallel.forward`), so it works at any TP/PP; the logits stay
@@ -183,5 +199,5 @@ def token_logprobs(model, batch: SeqBatch, compute_entropy: bool = False):
     from dvr1.parallel.forward import forward_backward
 
     with torch.no_grad():
-        res = forward_backward(model, batch, compute_entropy=compute_entropy)
+        res = forward_backward(model, batch, compute_entropy=compute_entropy, rows_per_microbatch=rows_per_microbatch)
     return (None, None) if res is None else (res[0], res[1])

@@ -23,7 +23,7 @@ from dvr1.data.video import VideoError
 from dvr1.rl.advantages import group_advantages
 from dvr1.rl.augment import add_frame_noise, make_hint, mask_frames, select_trace
 from dvr1.rl.difficulty import DifficultyConfig, DifficultyController, RewardHistory
-from dvr1.rl.losses import grpo_loss, reg_grpo_loss
+from dvr1.rl.losses import aggregate, grpo_loss, kl_k3, reg_grpo_loss
 from dvr1.models.tokenizer import decode_response
 from dvr1.rl.rewards import RewardWeights, score_response
 from dvr1.rollout.base import SamplingParams
@@ -216,6 +216,28 @@ class RLTrainer:
         return grpo_loss(logp, old_logp, ref_logp, adv, mask, clip_eps=al.clip_eps, clip=al.clip, beta=al.beta,
                          loss_agg=al.loss_agg)
 
+    def microbatch_loss(self, logp, old_logp, ref_logp, stats, mask, g: slice):
+        """This microbatch's (groups `g`) share of the batch loss, so that the shares sum to `self.loss` on the whole
+        batch: Reg-GRPO's regression term is a mean over valid groups and its KL a mean over sequences; GRPO's
+        aggregation is over sequences or tokens (`algo.loss_agg`). With one microbatch the weights are 1."""
+        al = self.cfg.algo
+        n_seq = float((mask.sum(-1) > 0).sum())
+        mb_seq = float((mask[g].sum(-1) > 0).sum())
+        if al.name == "reg_grpo":
+            reg, _ = reg_grpo_loss(logp, old_logp, None, stats.advantages[g], mask[g], stats.valid[g],
+                                   eps_s=al.eps_s, eps_rho=al.eps_rho, beta=0.0,
+                                   logratio_reduction=al.logratio_reduction, normalize_logratio=al.normalize_logratio,
+                                   ddof=al.ddof)
+            w_reg = float(stats.valid[g].sum()) / max(float(stats.valid.sum()), 1.0)
+            loss = w_reg * reg
+            if al.beta > 0:
+                loss = loss + al.beta * (mb_seq / n_seq) * aggregate(kl_k3(logp, ref_logp), mask[g])
+            return loss, {}
+        loss, _ = grpo_loss(logp, old_logp, ref_logp, stats.advantages[g], mask[g], clip_eps=al.clip_eps,
+                            clip=al.clip, beta=al.beta, loss_agg=al.loss_agg)
+        w = float(mask[g].sum() / mask.sum()) if al.loss_agg == "token-mean" else mb_seq / n_seq
+        return w * loss, {}
+
     def step(self) -> dict:
         """One RL step over this DP rank's B/dp prompts; returns the ALGORITHMS §5 metrics of this rank (the loop
         averages them over DP). Gradients are averaged over DP by megatron DDP, so each rank's loss is the mean over
@@ -254,30 +276,35 @@ class RLTrainer:
         mask = batch.resp_mask.view(Bp, G, T)
 
         # old-policy and reference log-probs: on the last PP stage only (None elsewhere)
+        rows_mb = G * cfg.rl.micro_batch_groups
         t0 = time.perf_counter()
-        old_logp, entropy = token_logprobs(self.model, batch, compute_entropy=True)
-        ref_logp = token_logprobs(self.reference, batch)[0] if cfg.algo.beta > 0 else None
+        old_logp, entropy = token_logprobs(self.model, batch, compute_entropy=True, rows_per_microbatch=rows_mb)
+        ref_logp = token_logprobs(self.reference, batch, rows_per_microbatch=rows_mb)[0] if cfg.algo.beta > 0 else None
         t["logprobs"] = time.perf_counter() - t0
+        shaped = lambda x: None if x is None else x.view(Bp, G, T)  # noqa: E731
 
-        def loss_fn(logp, _entropy):
-            return self.loss(logp.view(Bp, G, T), old_logp.view(Bp, G, T),
-                             None if ref_logp is None else ref_logp.view(Bp, G, T), stats.advantages, mask,
-                             stats.valid)
+        def loss_fn(logp, _entropy, rows):
+            g = slice(rows.start // G, rows.stop // G)
+            return self.microbatch_loss(logp.view(-1, G, T), shaped(old_logp)[g],
+                                        None if ref_logp is None else shaped(ref_logp)[g], stats, mask, g)
 
         t0 = time.perf_counter()
         self.model.train()
         for _ in range(cfg.algo.ppo_epochs):
             self.model.zero_grad_buffer()
             self.optimizer.zero_grad()
-            res = forward_backward(self.model, batch, loss_fn, forward_only=False)  # grads DP-reduced inside
+            res = forward_backward(self.model, batch, loss_fn, forward_only=False,
+                                   rows_per_microbatch=rows_mb)  # grads DP-reduced inside
             ok, grad_norm, _ = self.optimizer.step()
             self.scheduler.step(1)
         t["train"] = time.perf_counter() - t0
         t["weight_sync"] = self.engine.sync_weights(self.model)
         last = None  # metrics only the last PP stage can compute
-        if res is not None:
-            loss, lm = res[2], res[3]
-            last = {"loss": float(loss.detach()),
+        if res is not None:  # the batch loss and its metrics, from the last update's log-probs
+            with torch.no_grad():
+                loss, lm = self.loss(shaped(res[0]), shaped(old_logp), shaped(ref_logp), stats.advantages, mask,
+                                     stats.valid)
+            last = {"loss": float(loss),
                     "entropy": float((entropy * batch.resp_mask).sum() / max(float(mask.sum()), 1.0)),
                     **{f"rl/{k}" if not k.startswith(("kl", "rho", "clip", "regression")) else k: v
                        for k, v in lm.items()}}

@@ -47,14 +47,14 @@ class SFTTrainer:
         batch = build_batch(items, self.pad)
         n_tok = batch.resp_mask.sum()
 
-        def loss_fn(logp, _entropy):
-            loss = -(logp * batch.resp_mask).sum() / n_tok
-            return loss, {}
+        def loss_fn(logp, _entropy, rows):  # this microbatch's share of the batch-mean NLL
+            return -(logp * batch.resp_mask[rows]).sum() / n_tok, {}
 
         self.model.train()
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
-        res = forward_backward(self.model, batch, loss_fn, forward_only=False)  # grads DP-reduced inside
+        res = forward_backward(self.model, batch, loss_fn, forward_only=False,
+                               rows_per_microbatch=self.cfg.sft.micro_batch_size)  # grads DP-reduced inside
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(1)
         loss = broadcast_from_last_stage(None if res is None else float(res[2].detach()))

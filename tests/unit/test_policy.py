@@ -177,3 +177,27 @@ def test_native_rollout_logprobs_equal_trainer_recompute(checkpoints):
     # greedy is deterministic and equals the argmax continuation
     g1 = engine.generate([req], SamplingParams(n=2, temperature=0.0, max_new_tokens=6))[0]
     assert g1.token_ids[0] == g1.token_ids[1]
+
+
+def test_batched_forward_of_different_prompts_equals_row_by_row(checkpoints):
+    """Video features land in their own row (regression: a [seq, batch]-order scatter mixed rows of a batch)."""
+    path = checkpoints["tied_gqa2"]
+    cfg = load_hf_config(path)
+    policy = Qwen25VLPolicy(cfg)
+    load_hf_weights(policy, path)
+    policy.eval()
+    rows, embeds, positions = [], [], []
+    for i in range(3):
+        pv, grid = _video_inputs(i)
+        ids = _ids(cfg, grid, seed=i, pre=2 + 3 * i, post=4)
+        rows.append(ids)
+        embeds.append(policy.encode_video(pv, grid))
+        positions.append(get_rope_index(ids, cfg.video_token_id, grid, [0.5], 2, 2))
+    S = max(r.shape[1] for r in rows)
+    ids = torch.cat([torch.nn.functional.pad(r, (0, S - r.shape[1])) for r in rows])
+    pos = torch.cat([torch.nn.functional.pad(p, (0, S - p.shape[2]), mode="replicate") for p in positions], dim=1)
+    with torch.no_grad():
+        batched = policy(ids, pos, video_embeds=torch.cat(embeds))
+        for i, r in enumerate(rows):
+            single = policy(r, positions[i], video_embeds=embeds[i])
+            assert torch.allclose(batched[i, : r.shape[1]], single[0], atol=1e-5), i

@@ -64,7 +64,7 @@ def main(ckpt, out, tp, pp):
         ref = (logp0 + 0.5 * noise) * batch.resp_mask
         result["logp"] = logp0
 
-        def loss_fn(logp, _):
+        def loss_fn(logp, _, rows):
             return reg_grpo_loss(logp.view(B, G, T), old.view(B, G, T), ref.view(B, G, T), stats.advantages, mask,
                                  stats.valid, beta=0.1)
     else:

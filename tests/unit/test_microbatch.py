@@ -1,0 +1,81 @@
+"""Group-aligned microbatching of the RL step: the per-microbatch loss shares sum to the batch loss, so the gradient
+with one group per microbatch equals the one-microbatch gradient (Reg-GRPO with KL, GRPO with each aggregation)."""
+
+import types
+
+import pytest
+import torch
+
+from dvr1.config import load_config
+from dvr1.models.qwen2_5_vl import Qwen25VLPolicy, load_hf_config, load_hf_weights
+from dvr1.models.rope import get_rope_index
+from dvr1.models.tiny import make_tiny_checkpoint
+from dvr1.parallel.forward import forward_backward
+from dvr1.rl.advantages import group_advantages
+from dvr1.rollout.base import RolloutRequest
+from dvr1.train.inputs import Prepared, build_batch, token_logprobs
+from dvr1.train.rl import RLTrainer
+
+B, G = 3, 3
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, parallel_state_1):
+    path = make_tiny_checkpoint(str(tmp_path_factory.mktemp("mb")), ["a b c d <think>x</think>"] * 10, seed=2,
+                                vocab_size=300, text={"num_hidden_layers": 2})
+    cfg = load_hf_config(path)
+    policy = Qwen25VLPolicy(cfg)
+    load_hf_weights(policy, path)
+    g = torch.Generator().manual_seed(0)
+    grid = torch.tensor([[2, 4, 4]])
+    items = []
+    for b in range(B):
+        ids = torch.cat([torch.randint(10, 250, (3 + b,), generator=g), torch.tensor([cfg.video_token_id] * 8),
+                         torch.randint(10, 250, (4,), generator=g)])
+        pos = get_rope_index(ids.view(1, -1), cfg.video_token_id, grid, [1.0], 2, 2)[:, 0]
+        embeds = torch.randn(8, cfg.text_config.hidden_size, generator=g)
+        p = Prepared(None, "", RolloutRequest(ids, pos, embeds), grid, 1.0, cfg.video_token_id)
+        for _ in range(G):
+            n = int(torch.randint(2, 7, (1,), generator=g))
+            items.append((p, torch.randint(10, 250, (n,), generator=g).tolist()))
+    batch = build_batch(items, 0)
+    logp, _ = token_logprobs(policy, batch)
+    noise = torch.randn(logp.shape, generator=g) * 0.2 * batch.resp_mask
+    rewards = torch.tensor([[1.0, 0.0, 2.0], [1.0, 1.0, 1.0], [0.5, 1.5, 0.0]])  # group 2 has sigma_r = 0
+    return policy, batch, logp - noise, logp + 0.5 * noise, group_advantages(rewards)
+
+
+def _grads(policy, batch, old, ref, stats, overrides, groups_per_mb):
+    cfg = load_config(None, overrides)
+    trainer = types.SimpleNamespace(cfg=cfg)
+    T = batch.resp_mask.shape[1]
+    mask = batch.resp_mask.view(B, G, T)
+
+    def loss_fn(logp, _e, rows):
+        g = slice(rows.start // G, rows.stop // G)
+        return RLTrainer.microbatch_loss(trainer, logp.view(-1, G, T), old.view(B, G, T)[g],
+                                         ref.view(B, G, T)[g], stats, mask, g)
+
+    policy.zero_grad()
+    res = forward_backward(policy, batch, loss_fn, forward_only=False, rows_per_microbatch=G * groups_per_mb)
+    full = RLTrainer.loss(trainer, res[0].view(B, G, T), old.view(B, G, T), ref.view(B, G, T), stats.advantages,
+                          mask, stats.valid)[0]
+    grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+    return res[2], full, grads
+
+
+@pytest.mark.parametrize("overrides", [
+    ["algo.name=reg_grpo", "algo.beta=0.1"],
+    ["algo.name=grpo", "algo.clip=true", "algo.beta=0.05", "algo.loss_agg=seq-mean-token-mean"],
+    ["algo.name=grpo", "algo.beta=0.05", "algo.loss_agg=token-mean"],
+    ["algo.name=grpo", "algo.beta=0.05", "algo.loss_agg=seq-mean-token-sum"],
+])
+def test_one_group_per_microbatch_equals_one_microbatch(setup, overrides):
+    policy, batch, old, ref, stats = setup
+    loss1, full1, g1 = _grads(policy, batch, old, ref, stats, overrides, 0)
+    loss3, full3, g3 = _grads(policy, batch, old, ref, stats, overrides, 1)
+    assert torch.allclose(loss1, full1, atol=1e-6)  # one microbatch: the share is the batch loss
+    assert torch.allclose(loss3, full1, atol=1e-6)  # three shares sum to the batch loss
+    assert g1.keys() == g3.keys() and len(g1) > 5
+    for k in g1:
+        assert torch.allclose(g1[k], g3[k], rtol=1e-4, atol=1e-6), k
