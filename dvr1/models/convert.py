@@ -761,6 +761,8 @@ def main(argv=None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*(Apex|apex|Transformer Engine|TransformerEngine).*")
+    # megatron-core 0.16.1 loads through torch DCP's deprecated ShardedTensor / load_state_dict API
+    warnings.filterwarnings("ignore", message=".*(Please use DTensor instead|`load_state_dict` is deprecated).*")
     args = _parser().parse_args(argv)
     if args.direction == "hf-to-megatron":
         print(convert_hf_to_megatron(args.src, args.out, args.tp, args.pp, args.dtype, not args.no_progress))

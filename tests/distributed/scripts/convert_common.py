@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-TEXTS = ["Is this video played forward or in reverse? A. forward B. reversed <think>I look.</think><answer>A</answer>"] * 20
+TEXTS = ["Is this video played forward or in reverse? A. forward B. reversed "
+         "<think>I look.</think><answer>A</answer>"] * 20
 
 VARIANTS = {
     # name: (tie_word_embeddings, text overrides)
