@@ -18,8 +18,10 @@ and the ``_extra_state`` objects come from megatron-core itself: ``Qwen25VLPolic
 built on the ``meta`` device at TP=1. The TP cut of each tensor is the dimension along which ``hf_to_megatron``
 shards it. Chunk data is produced lazily: for each megatron tensor, one generator per TP rank
 (``hf_to_megatron(get, shape, tp_rank, tp)``) yields that rank's shard, reading the Hugging Face tensor once (cached
-until the next tensor), so peak memory is about the largest HF tensor plus one TP shard. DCP validates that the
-chunks tile every tensor exactly. Tests compare the written ``.metadata`` with megatron's own save at TP=1 and
+until the next tensor), so peak memory is about the largest HF tensor plus one TP shard (plus the previous tensor,
+which TP-rank generators that have not advanced yet still reference; tools/bench_convert.py measured 1.6 x the
+largest tensor on a 72B-shaped checkpoint at TP=8). HF tensors are read with plain file reads
+(`SafetensorsFiles`), not safetensors' mmap. DCP validates that the chunks tile every tensor exactly. Tests compare the written ``.metadata`` with megatron's own save at TP=1 and
 TP=2/PP=2, and load the result with ``dist_checkpointing.load`` at other layouts.
 
 Output directory of HF -> megatron (also a valid ``run_dir`` for :func:`dvr1.train.checkpoint.load_checkpoint`)::
