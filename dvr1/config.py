@@ -28,7 +28,7 @@ class DataConfig:
 
 @dataclass
 class VideoConfig:
-    backend: str = "pyav"  # pyav (dali: planned)
+    backend: str = "pyav"  # pyav | dali (DALI decoding; CPU operators here, mixed/GPU on clusters)
     num_frames: int = 8  # uniform sampling; set 0 to use fps-based sampling
     fps: float = 2.0
     max_frames: int = 16
@@ -184,7 +184,7 @@ class ConfigError(ValueError):
 
 
 _CHOICES = {
-    "video.backend": ("pyav",),  # dali: its own issue (not in this version)
+    "video.backend": ("pyav", "dali"),
     "model.spec": ("local", "te"),
     "model.dtype": ("float32", "bfloat16"),
     "rollout.engine": ("native",),  # vllm: its own issue (not in this version)

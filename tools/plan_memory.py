@@ -405,7 +405,9 @@ def setup_from_config(cfg, hf_config, nodes: int, gpus_per_node: int, **kw) -> S
     world = nodes * gpus_per_node
     tp, pp = int(_sel(cfg, "parallel.tp", 1)), int(_sel(cfg, "parallel.pp", 1))
     seqs = int(_sel(cfg, "rl.prompts_per_step", 4)) * int(_sel(cfg, "rollout.group_size", 8))
-    mb = int(_sel(cfg, "rl.micro_batch_size", 1))
+    # sequences per microbatch: whole groups (rl.micro_batch_groups; 0 = the rank's whole batch in one microbatch)
+    groups_mb = int(_sel(cfg, "rl.micro_batch_groups", 0))
+    mb = groups_mb * int(_sel(cfg, "rollout.group_size", 8)) if groups_mb else max(1, seqs // dp)
     dp = max(1, world // (tp * pp))
     st = dict(
         shape=lm_shape(hf_config), vision_params=vision_param_count(hf_config.vision_config), tp=tp, pp=pp,

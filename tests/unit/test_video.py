@@ -110,5 +110,5 @@ def test_load_frames_errors(tmp_path, gray_video):
     with pytest.raises(VideoError, match=rf"^{empty}: "):
         load_frames(str(empty))
     with pytest.raises(ValueError) as ei:
-        load_frames(gray_video, backend="dali")
-    assert str(ei.value) == "unknown video backend 'dali'; valid: pyav"
+        load_frames(gray_video, backend="decord")
+    assert str(ei.value) == "unknown video backend 'decord'; valid: pyav, dali"
