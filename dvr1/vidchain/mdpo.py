@@ -153,13 +153,15 @@ class MDPOTrainer:
     def step(self) -> dict:
         o = self.opts
         recs = [self.records[self.rng.randrange(len(self.records))] for _ in range(o.records_per_step)]
-        pairs, stats = build_pairs(self.engine, self.inputs, self.tok, recs, o.chains, o.k_samples, o.temperature,
+        pairs, stats = build_pairs(self.engine, self.inputs, self.tok, recs, o.mdpo_chains, o.k_samples, o.temperature,
                                    o.max_new_tokens, o.pair_threshold, self.meteor, self.rng)
         if len(pairs) > o.max_pairs_per_step:
             pairs = self.rng.sample(pairs, o.max_pairs_per_step)
         metrics = dict(stats, pairs_used=float(len(pairs)))
         if not pairs:
-            return dict(metrics, loss=0.0, lr=self.optimizer.param_groups[0]["lr"])
+            zeros = dict.fromkeys(("loss", "reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy",
+                                   "grad_norm"), 0.0)  # same keys every step (DP metric reduction)
+            return dict(metrics, **zeros, lr=self.optimizer.param_groups[0]["lr"])
         batch = pair_batch(pairs, self.pad)
         ref_lp, _ = token_logprobs(self.reference, batch)
         ref_seq = ref_lp.sum(-1) if ref_lp is not None else torch.zeros(batch.num_rows)

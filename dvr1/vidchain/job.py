@@ -1,0 +1,266 @@
+"""The VidChain job (ALGORITHMS §7): dense-captioning data -> tiny checkpoint -> CoTasks SFT -> eval -> M-DPO -> eval.
+
+    python -m dvr1.vidchain.job -c examples/vidchain_tiny.yaml [key=value ...]   (later: dvr1 vidchain ...)
+
+The YAML holds dvr1's run config (run_dir, model, video, parallel, log, ...; `dvr1.config.RunConfig`) plus a
+``vidchain:`` section (:class:`VidChainOptions`); ``vidchain.*`` overrides go to the latter. Stages reuse
+`dvr1.train.job` (policy building, optimizer, checkpoint/resume/export loop) and write ``<run_dir>/vidchain_sft`` and
+``<run_dir>/vidchain_mdpo`` (each with ``hf/``), ``eval_vidchain_{sft,mdpo}.json`` and ``vidchain_results.md``.
+
+Evaluation (:func:`evaluate_vidchain`): greedy decoding of the ``count_seg_cap`` chain where each turn sees the
+model's own earlier answers; DVC METEOR/CIDEr at tIoU {0.3, 0.5, 0.7, 0.9} and SODA_c; grounding (``"ground"`` chain,
+one query per event) mIoU and R1@{0.3, 0.5, 0.7}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+log = logging.getLogger("dvr1.vidchain")
+
+
+@dataclass
+class VidChainOptions:
+    """Options of the VidChain job (the ``vidchain:`` YAML section; the lead may move them into dvr1.config)."""
+
+    data_root: str = "data/vidchain"  # built by dvr1.vidchain.data.build_dense_dataset unless manifest.json exists
+    data_seed: int = 0
+    n_train: int = 120
+    n_val: int = 12
+    n_test: int = 24
+    fps: float = 8.0
+    size: int = 64
+    max_events: int = 3
+    sft_chains: list = field(default_factory=lambda: ["count_seg_cap", "cap_seg", "ground"])
+    sft_steps: int = 200
+    sft_batch_size: int = 4  # records per step; every turn of the record's chain is a row
+    sft_lr: float = 2e-3
+    sft_warmup: int = 20
+    mdpo_chains: list = field(default_factory=lambda: ["count_seg_cap", "cap_seg"])
+    mdpo_steps: int = 30
+    records_per_step: int = 2
+    k_samples: int = 3  # samples per chain step (ALGORITHMS §7)
+    temperature: float = 0.8
+    pair_threshold: float = 10.0  # min metric gap, 0-100 scale
+    max_pairs_per_step: int = 16
+    beta: float = 0.5
+    mdpo_lr: float = 1e-5
+    max_new_tokens: int = 48
+    eval_max_samples: int = 0  # 0 = the whole test split
+    meteor: bool = True  # METEOR via pycocoevalcap's jar (needs java); False: CIDEr only and CIDEr for M-DPO captions
+
+
+def load(path: str | None, overrides: list[str] | None = None):
+    """(RunConfig, VidChainOptions) from a YAML with an optional ``vidchain:`` section and ``key=value`` overrides
+    (``vidchain.*`` ones for the options). Raises `dvr1.config.ConfigError` / omegaconf errors naming the key."""
+    from dvr1.config import RunConfig, validate
+
+    raw = OmegaConf.load(path) if path else OmegaConf.create({})
+    vc_raw = raw.pop("vidchain", None) or {}
+    main_ov = [o for o in overrides or [] if not o.startswith("vidchain.")]
+    vc_ov = [o[len("vidchain."):] for o in overrides or [] if o.startswith("vidchain.")]
+    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), raw, OmegaConf.from_dotlist(main_ov))
+    validate(cfg)
+    opts = OmegaConf.merge(OmegaConf.structured(VidChainOptions), vc_raw, OmegaConf.from_dotlist(vc_ov))
+    return cfg, opts
+
+
+def records(opts, split: str):
+    from dvr1.vidchain.data import read_dense_records
+
+    return read_dense_records(os.path.join(os.path.abspath(opts.data_root), f"{split}.jsonl"))
+
+
+def ensure_data(opts) -> str:
+    root = os.path.abspath(opts.data_root)
+    if not os.path.exists(os.path.join(root, "manifest.json")):
+        from dvr1.vidchain.data import build_dense_dataset
+
+        log.info("building the dense-captioning set at %s", root)
+        build_dense_dataset(root, seed=opts.data_seed, n_train=opts.n_train, n_val=opts.n_val, n_test=opts.n_test,
+                            fps=opts.fps, size=opts.size, max_events=opts.max_events)
+    return root
+
+
+def ensure_model(cfg, opts) -> str:
+    """``model.path`` or ``<run_dir>/vidchain_tiny_init`` (tokenizer trained on the CoTasks texts of train/val)."""
+    from dvr1.models.tiny import make_tiny_checkpoint
+    from dvr1.vidchain.cotasks import CHAINS, chain_texts
+
+    if cfg.model.path:
+        return os.path.abspath(cfg.model.path)
+    path = os.path.join(os.path.abspath(cfg.run_dir), "vidchain_tiny_init")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        texts = []
+        for split in ("train", "val"):
+            for r in records(opts, split):
+                for chain in CHAINS[:2]:
+                    texts += chain_texts(chain, r.events, r.captions, r.duration)
+                for ev, cap in zip(r.events, r.captions):
+                    texts += chain_texts("ground", [ev], [cap], r.duration)
+        log.info("making the tiny checkpoint at %s (tokenizer on %d texts)", path, len(texts))
+        make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab)
+    return path
+
+
+def _greedy(engine, inputs, tok, rec, turns, max_new_tokens):
+    """Decode every turn greedily, each seeing the model's own earlier answers; returns the answers."""
+    from dvr1.models.tokenizer import decode_response
+    from dvr1.rollout.base import SamplingParams
+    from dvr1.vidchain.cotasks import Turn
+
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    sp = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, stop_token_ids=(eos,))
+    turns = list(turns)
+    for k, t in enumerate(turns):
+        out = engine.generate([inputs.prepare(rec, turns, k).request], sp)[0]
+        turns[k] = Turn(t.kind, t.user, decode_response(tok, out.token_ids[0], (eos,)))
+    return [t.answer for t in turns]
+
+
+def evaluate_vidchain(engine, inputs, tok, recs, scorers: dict, max_new_tokens: int = 48, progress: bool = False,
+                      out_path: str | None = None) -> dict:
+    """DVC + grounding metrics of greedy chains on ``recs`` (module docstring). Scores are on a 0-100 scale.
+
+    Returns: ``{"n", "dvc": {METEOR@t, CIDEr@t, METEOR, CIDEr, Precision*, Recall*}, "SODA_c", "count_acc",
+    "parse_rate", "grounding": {mIoU, R1@t}, "samples"}``; also written to ``out_path`` as JSON.
+    """
+    from dvr1.vidchain.cotasks import from_percent, parse_captions, parse_count, parse_segments
+    from dvr1.vidchain.metrics import dvc_metrics, grounding_metrics, soda_c
+
+    preds, gts, soda, count_ok, parsed, samples = {}, {}, [], 0, 0, []
+    g_pred, g_gt = [], []
+    meteor = scorers.get("METEOR")
+    for rec in tqdm(recs, desc="eval vidchain", disable=not progress):
+        count_a, seg_a, cap_a = _greedy(engine, inputs, tok, rec, inputs.turns(rec, "count_seg_cap"), max_new_tokens)
+        segs, caps = parse_segments(seg_a), parse_captions(cap_a)
+        count_ok += parse_count(count_a) == len(rec.events)
+        pairs = []
+        if segs and caps:
+            parsed += 1
+            pairs = [((from_percent(s, rec.duration), from_percent(e, rec.duration)), c) for (s, e), c in zip(segs, caps)]
+        preds[rec.id] = pairs
+        gts[rec.id] = ([tuple(e) for e in rec.events], list(rec.captions))
+        if meteor is not None:
+            soda.append(soda_c([p[0] for p in pairs], [p[1] for p in pairs], gts[rec.id][0], rec.captions, meteor))
+        if len(samples) < 10:
+            samples.append({"id": rec.id, "gt": {"events": rec.events, "captions": rec.captions},
+                            "answers": [count_a, seg_a, cap_a]})
+        for e in range(len(rec.events)):
+            (a,) = _greedy(engine, inputs, tok, rec, inputs.turns(rec, "ground", e), max_new_tokens)
+            s = parse_segments(a)
+            g_pred.append(None if not s else (from_percent(s[0][0], rec.duration), from_percent(s[0][1], rec.duration)))
+            g_gt.append(tuple(rec.events[e]))
+    dvc = {k: 100.0 * v for k, v in dvc_metrics(preds, gts, scorers).items()}
+    res = {"n": len(recs), "dvc": dvc, "SODA_c": 100.0 * sum(soda) / len(soda) if soda else None,
+           "count_acc": 100.0 * count_ok / max(len(recs), 1), "parse_rate": 100.0 * parsed / max(len(recs), 1),
+           "grounding": {k: 100.0 * v for k, v in grounding_metrics(g_pred, g_gt).items()}, "samples": samples}
+    if out_path:
+        with open(out_path, "w") as f:
+            json.dump(res, f, indent=1)
+    return res
+
+
+def format_results(results: dict) -> str:
+    """Markdown table, one row per stage: SODA_c, METEOR/CIDEr (mean over tIoUs), METEOR@0.5, count accuracy, parse
+    rate, grounding mIoU and R1@{0.3,0.5,0.7} (0-100)."""
+    cols = ["SODA_c", "METEOR", "CIDEr", "METEOR@0.5", "count acc", "parsed", "mIoU", "R1@0.3", "R1@0.5", "R1@0.7"]
+    lines = ["| stage | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in results.items():
+        vals = [r["SODA_c"], r["dvc"].get("METEOR"), r["dvc"]["CIDEr"], r["dvc"].get("METEOR@0.5"), r["count_acc"],
+                r["parse_rate"], *(r["grounding"][k] for k in ("mIoU", "R1@0.3", "R1@0.5", "R1@0.7"))]
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.2f}" for v in vals) + " |")
+    return "\n".join(lines)
+
+
+def run(cfg, opts) -> dict:
+    """The whole VidChain job (module docstring); returns ``{"sft": eval, "mdpo": eval}``."""
+    from dvr1.train import job
+    from dvr1.train.inputs import InputBuilder
+    from dvr1.vidchain.metrics import default_scorers
+    from dvr1.vidchain.mdpo import MDPOTrainer
+    from dvr1.vidchain.sft import ChainInputs, CoTasksSFTTrainer
+
+    t0 = time.time()
+    run_dir = os.path.abspath(cfg.run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    pinfo = job.init(cfg)
+    job.setup_logging(run_dir)
+    with open(os.path.join(run_dir, "vidchain_config.yaml"), "w") as f:
+        f.write(OmegaConf.to_yaml(cfg) + "vidchain:\n" + "".join(
+            f"  {line}\n" for line in OmegaConf.to_yaml(opts).splitlines()))
+    ensure_data(opts)
+    init_hf = ensure_model(cfg, opts)
+    scorers = default_scorers(meteor=opts.meteor)
+    caption_scorer = scorers.get("METEOR", scorers["CIDEr"])
+    train = records(opts, "train")
+    test = records(opts, "test")
+    if opts.eval_max_samples:
+        test = test[: opts.eval_max_samples]
+
+    # CoTasks SFT
+    sft_hf = os.path.join(run_dir, "vidchain_sft", "hf")
+    if not os.path.exists(os.path.join(sft_hf, "model.safetensors")):
+        policy = job.build_policy(cfg, init_hf, pinfo)
+        model, opt, sched = job.optimizer_for(policy, opts.sft_lr, cfg.sft.weight_decay, 1.0, opts.sft_warmup, cfg)
+        tok = job.tokenizer(init_hf)
+        inputs = ChainInputs(InputBuilder(policy, tok, cfg.video))
+        trainer = CoTasksSFTTrainer(model, opt, sched, inputs, train, opts.sft_chains, opts.sft_batch_size, cfg.seed)
+        sft_hf = job._train_loop(cfg, "vidchain_sft", trainer, model, opt, sched, opts.sft_steps,
+                                 max(opts.sft_steps // 3, 1), 1, init_hf)
+
+    def evaluate(hf, name):
+        from dvr1.rollout.native import NativeRolloutEngine
+
+        pol = job.build_policy(cfg, hf, pinfo, trainable=False)
+        tk = job.tokenizer(hf)
+        res = evaluate_vidchain(NativeRolloutEngine(pol, seed=cfg.seed), ChainInputs(InputBuilder(pol, tk, cfg.video)),
+                                tk, test, scorers, opts.max_new_tokens, cfg.log.progress,
+                                os.path.join(run_dir, f"eval_vidchain_{name}.json"))
+        log.info("eval[%s]: %s", name, format_results({name: res}).splitlines()[-1])
+        return res
+
+    results = {"sft": evaluate(sft_hf, "sft")}
+
+    # M-DPO from the SFT model; π_ref = the frozen SFT model
+    mdpo_hf = os.path.join(run_dir, "vidchain_mdpo", "hf")
+    if not os.path.exists(os.path.join(mdpo_hf, "model.safetensors")):
+        policy = job.build_policy(cfg, sft_hf, pinfo)
+        reference = job.build_policy(cfg, sft_hf, pinfo, trainable=False)
+        model, opt, sched = job.optimizer_for(policy, opts.mdpo_lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg)
+        tok = job.tokenizer(sft_hf)
+        inputs = ChainInputs(InputBuilder(policy, tok, cfg.video))
+        trainer = MDPOTrainer(model, opt, sched, reference, job.rollout_engine(cfg, policy), inputs, tok, train, opts,
+                              caption_scorer, seed=cfg.seed + 17)
+        mdpo_hf = job._train_loop(cfg, "vidchain_mdpo", trainer, model, opt, sched, opts.mdpo_steps,
+                                  max(opts.mdpo_steps // 3, 1), 1, sft_hf)
+    results["mdpo"] = evaluate(mdpo_hf, "mdpo")
+
+    table = format_results({"CoTasks SFT": results["sft"], "+ M-DPO": results["mdpo"]})
+    with open(os.path.join(run_dir, "vidchain_results.md"), "w") as f:
+        f.write(table + "\n")
+    print("\n" + table + "\n", flush=True)
+    print(f"run directory: {run_dir}  ({(time.time() - t0) / 60:.1f} min)", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """``dvr1 vidchain -c CONFIG [key=value ...]`` (``vidchain.*`` keys for :class:`VidChainOptions`)."""
+    p = argparse.ArgumentParser(prog="dvr1 vidchain", description=__doc__.split("\n")[0])
+    p.add_argument("-c", "--config", default=None, help="YAML (dvr1 run config + a vidchain: section)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. vidchain.mdpo_steps=10")
+    a = p.parse_args(argv)
+    cfg, opts = load(a.config, a.overrides)
+    return run(cfg, opts)
+
+
+if __name__ == "__main__":
+    main()
