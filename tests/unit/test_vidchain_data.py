@@ -1,0 +1,82 @@
+"""Dense-captioning records: readers of ActivityNet Captions / YouCook2 / Charades-STA annotation formats, exact
+error messages, JSONL round trip, and the verifiable builder's events/captions against its construction metadata."""
+
+import json
+
+import av
+import pytest
+
+from dvr1.vidchain.data import (DenseCaptionRecord, DenseRecordError, build_dense_dataset, read_activitynet,
+                                read_charades_sta, read_dense_records, read_youcook2, write_dense_records)
+
+
+def test_activitynet_youcook2_charades(tmp_path):
+    anet = tmp_path / "val_1.json"
+    anet.write_text(json.dumps({"v_a": {"duration": 20.0, "timestamps": [[8, 12], [0, 5.5]],
+                                        "sentences": ["B  happens.", "A happens."]}}))
+    (r,) = read_activitynet(str(anet), "/vids", "val")
+    assert r.events == [[0.0, 5.5], [8.0, 12.0]] and r.captions == ["A happens.", "B happens."]
+    assert r.video == "/vids/v_a.mp4" and r.duration == 20.0 and r.split == "val"
+
+    yc = tmp_path / "yc.json"
+    yc.write_text(json.dumps({"database": {
+        "x1": {"duration": 100, "subset": "validation", "annotations": [{"segment": [10, 20], "sentence": "cut"},
+                                                                        {"segment": [30, 120], "sentence": "fry"}]},
+        "x2": {"duration": 50, "subset": "training", "annotations": [{"segment": [1, 2], "sentence": "boil"}]}}}))
+    (y,) = read_youcook2(str(yc), "/v", "validation")
+    assert y.id == "x1" and y.events == [[10.0, 20.0], [30.0, 100.0]] and y.captions == ["cut", "fry"]
+
+    sta = tmp_path / "sta.txt"
+    sta.write_text("AO8RW 0.0 6.9##a person is putting a book on a shelf.\n\nY6R7T 2.5 9##person opens the door\n")
+    recs = read_charades_sta(str(sta), "/c", {"AO8RW": 33.0, "Y6R7T": 8.0}, "test")
+    assert [(r.id, r.events, r.captions[0]) for r in recs] == [
+        ("AO8RW#1", [[0.0, 6.9]], "a person is putting a book on a shelf."),
+        ("Y6R7T#3", [[2.5, 8.0]], "person opens the door")]
+    sta.write_text("AO8RW 0.0 6.9 a person\n")
+    with pytest.raises(DenseRecordError, match=r"sta.txt:1: line: expected 'vid start end##sentence', got "):
+        read_charades_sta(str(sta), "/c", {"AO8RW": 33.0}, "test")
+    sta.write_text("ZZ 0.0 6.9##x\n")
+    with pytest.raises(DenseRecordError, match=r"sta.txt:1: duration: no duration for video 'ZZ'$"):
+        read_charades_sta(str(sta), "/c", {}, "test")
+
+
+def test_record_validation_and_round_trip(tmp_path):
+    base = {"id": "a", "video": "v.webm", "duration": 4.0, "events": [[0, 1], [2, 3]], "captions": ["x", "y"],
+            "split": "train"}
+    (tmp_path / "v.webm").write_bytes(b"")
+    p = tmp_path / "d.jsonl"
+    lines = [base, dict(base, id="b", events=[[2, 3], [0, 1]]), dict(base, id="c", captions=["x"]),
+             dict(base, id="d", events=[[0, 5]]), dict(base, id="e", extra=1)]
+    errors = {"b": "events: events must be sorted by start time",
+              "c": "captions: 1 captions for 2 events",
+              "d": "events: [0] needs 0 <= start < end <= duration (4.0), got [0, 5]",
+              "e": "extra: unknown field"}
+    for rec in lines[1:]:
+        p.write_text(json.dumps(base) + "\n" + json.dumps(rec) + "\n")
+        with pytest.raises(DenseRecordError) as e:
+            read_dense_records(p)
+        assert str(e.value) == f"{p}:2: {errors[rec['id']]}"
+    p.write_text(json.dumps(base) + "\n")
+    (r,) = read_dense_records(p)
+    out = tmp_path / "o.jsonl"
+    write_dense_records(out, [r])
+    assert json.loads(out.read_text()) == dict(base, events=[[0.0, 1.0], [2.0, 3.0]], duration=4.0, source="",
+                                                fps=0.0, meta={})
+
+
+def test_builder_events_from_construction(tmp_path):
+    m = build_dense_dataset(str(tmp_path), seed=3, n_train=3, n_val=1, n_test=1, max_events=3)
+    recs = read_dense_records(tmp_path / "train.jsonl")
+    assert sorted(len(r.events) for r in recs) == [1, 2, 3]  # balanced event counts
+    for r in recs:
+        assert r.captions == [f"a {e['color']} {e['shape']} moves {e['direction']}" for e in r.meta["events"]]
+        assert r.events == [e["segment"] for e in r.meta["events"]]
+        assert all(a[1] <= b[0] for a, b in zip(r.events, r.events[1:]))  # non-overlapping, time-ordered
+        assert all(abs(x * 2 - round(x * 2)) < 1e-9 for ev in r.events for x in ev)  # 0.5 s grid
+        with av.open(r.video) as c:
+            n = sum(1 for _ in c.decode(video=0))
+        assert n == round(r.duration * 8)
+    assert set(m["splits"]["test"]["real_sources"]).isdisjoint(m["splits"]["train"]["real_sources"])
+    again = tmp_path / "again"
+    build_dense_dataset(str(again), seed=3, n_train=3, n_val=1, n_test=1, max_events=3)
+    assert (again / "train.jsonl").read_text() == (tmp_path / "train.jsonl").read_text()
