@@ -155,8 +155,9 @@ def chain_turns(chain: str, events: list[tuple[float, float]], captions: list[st
 def multiturn_prompt(turns: list[Turn], k: int, num_video_tokens: int) -> str:
     """The chat prompt for generating turn ``k`` (0-based), earlier turns fixed to their ``answer``.
 
-    ``chat_prompt(turns[0].user, num_video_tokens)`` then, for j < k: ``{turns[j].answer}<|im_end|>\\n<|im_start|>user\\n
-    {turns[j+1].user}<|im_end|>\\n<|im_start|>assistant\\n`` (Qwen2.5-VL chat format, video in the first turn only).
+    ``chat_prompt(turns[0].user, num_video_tokens)`` then, for j < k:
+    ``{turns[j].answer}<|im_end|>\\n<|im_start|>user\\n{turns[j+1].user}<|im_end|>\\n<|im_start|>assistant\\n``
+    (Qwen2.5-VL chat format, video in the first turn only).
     """
     if not 0 <= k < len(turns):
         raise CoTasksError(f"turn index {k} out of range for a chain of {len(turns)} turns")

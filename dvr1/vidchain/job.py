@@ -146,7 +146,8 @@ def evaluate_vidchain(engine, inputs, tok, recs, scorers: dict, max_new_tokens: 
         pairs = []
         if segs and caps:
             parsed += 1
-            pairs = [((from_percent(s, rec.duration), from_percent(e, rec.duration)), c) for (s, e), c in zip(segs, caps)]
+            pairs = [((from_percent(s, rec.duration), from_percent(e, rec.duration)), c)
+                     for (s, e), c in zip(segs, caps)]
         preds[rec.id] = pairs
         gts[rec.id] = ([tuple(e) for e in rec.events], list(rec.captions))
         if meteor is not None:
