@@ -42,6 +42,9 @@ ENV PIP_NO_CACHE_DIR=1 \
     WANDB_MODE=offline
 
 # The image's own versions, recorded once; every later step is checked against them.
+# Java runtime for METEOR (pycocoevalcap runs its jar) in the VidChain metrics
+RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless && rm -rf /var/lib/apt/lists/*
+
 RUN python - <<'PY'
 import torch, transformer_engine
 open("/opt/dvr1-base-versions.txt", "w").write(f"torch=={torch.__version__}\ntransformer_engine=={transformer_engine.__version__}\n")

@@ -27,6 +27,8 @@ setup(
         "matplotlib",
         "einops",
         "pyyaml",
+        # VidChain metrics: CIDEr and METEOR (METEOR runs its jar on a Java runtime)
+        "pycocoevalcap>=1.2",
     ],
     extras_require={
         "dali": ["nvidia-dali-cuda120==2.4.0"],  # runs on CPU (device_id=None) and on CUDA 12 GPUs

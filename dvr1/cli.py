@@ -10,6 +10,7 @@ Commands:
   plot       PNG plots from a run directory's metrics
   convert    HF <-> megatron-core checkpoint conversion at any TP/PP (`dvr1 convert --help`)
   ablate     run a grid of RL ablations x seeds and write the report (`dvr1 ablate --help`)
+  vidchain   VidChain dense captioning: CoTasks SFT -> eval -> M-DPO -> eval (`dvr1 vidchain --help`)
 
 Examples:
   dvr1 main -c examples/tiny_cpu.yaml
@@ -46,11 +47,15 @@ def main(argv=None) -> int:
     # megatron-core warns at import that TransformerEngine/apex are absent; on CPU that is expected.
     warnings.filterwarnings("ignore", message=".*(Apex|apex|Transformer Engine|TransformerEngine).*")
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in ("convert", "ablate"):  # commands with their own argument parsers
+    if argv and argv[0] in ("convert", "ablate", "vidchain"):  # commands with their own argument parsers
         if argv[0] == "convert":
             from dvr1.models.convert import main as convert_main
 
             return convert_main(argv[1:])
+        if argv[0] == "vidchain":
+            from dvr1.vidchain.job import main as vidchain_main
+
+            return vidchain_main(argv[1:])
         from dvr1.ablate import main as ablate_main
 
         return ablate_main(argv[1:])
