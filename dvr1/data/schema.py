@@ -191,11 +191,23 @@ def read_records(
     Raises:
         RecordError: ``"{path}:{lineno}: {field}: {msg}"`` (strict only); ``"{path}: file not found"`` always.
     """
+    return read_jsonl(path, VideoQARecord.from_json, RecordError, strict=strict, log=log, check_video=check_video)
+
+
+def read_jsonl(path, from_json, error_cls=RecordError, strict: bool = False, log: logging.Logger = _log,
+               check_video: bool = True) -> list:
+    """The JSONL reading loop shared by every record type (video QA, dense captions).
+
+    `from_json(obj, where)` builds one record (raising `error_cls("{where}: {field}: {msg}")`); records with a
+    `video` attribute get it resolved against the JSONL's directory and, with `check_video`, checked to exist. A bad
+    line is logged as ``"{path}:{lineno}: skipped: {field}: {msg}"`` and skipped, or raised when `strict`.
+    Raises `error_cls("{path}: file not found")` always.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise RecordError(f"{path}: file not found")
+        raise error_cls(f"{path}: file not found")
     base = os.path.dirname(os.path.abspath(path))
-    out: list[VideoQARecord] = []
+    out = []
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -205,12 +217,12 @@ def read_records(
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise RecordError(f"{where}: json: {exc}") from None
-                rec = VideoQARecord.from_json(obj, where)
+                    raise error_cls(f"{where}: json: {exc}") from None
+                rec = from_json(obj, where)
                 rec.video = os.path.normpath(os.path.join(base, rec.video))
                 if check_video and not os.path.isfile(rec.video):
-                    raise RecordError(f"{where}: video: file not found: {rec.video}")
-            except RecordError as exc:
+                    raise error_cls(f"{where}: video: file not found: {rec.video}")
+            except error_cls as exc:
                 if strict:
                     raise
                 reason = str(exc)[len(where) + 2 :]

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from dvr1.data.schema import read_jsonl
+
 
 class DenseRecordError(ValueError):
     """A malformed record or annotation. Message: ``"{where}: {field}: {msg}"``."""
@@ -120,31 +122,16 @@ def check_events(events, duration: float, err) -> list[list[float]]:
     return out
 
 
-def read_dense_records(path: str | os.PathLike, check_video: bool = True) -> list[DenseCaptionRecord]:
-    """Read a JSONL file of :class:`DenseCaptionRecord` (strict: the first bad line raises).
+def read_dense_records(path: str | os.PathLike, check_video: bool = True,
+                       strict: bool = False) -> list[DenseCaptionRecord]:
+    """Read a JSONL file of :class:`DenseCaptionRecord`.
 
-    Raises: DenseRecordError ``"{path}:{line}: {field}: {msg}"``, or ``"{path}: file not found"``.
+    A malformed line is logged (``"{path}:{line}: skipped: {field}: {msg}"``) and skipped, as for the video-QA
+    records (`dvr1.data.schema.read_jsonl`); ``strict=True`` raises instead.
+
+    Raises: DenseRecordError ``"{path}:{line}: {field}: {msg}"`` (strict only), or ``"{path}: file not found"``.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DenseRecordError(f"{path}: file not found")
-    base = os.path.dirname(os.path.abspath(path))
-    out = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DenseRecordError(f"{where}: json: {exc}") from None
-            rec = DenseCaptionRecord.from_json(obj, where)
-            rec.video = os.path.normpath(os.path.join(base, rec.video))
-            if check_video and not os.path.isfile(rec.video):
-                raise DenseRecordError(f"{where}: video: file not found: {rec.video}")
-            out.append(rec)
-    return out
+    return read_jsonl(path, DenseCaptionRecord.from_json, DenseRecordError, strict=strict, check_video=check_video)
 
 
 def write_dense_records(path: str | os.PathLike, records: list[DenseCaptionRecord]) -> None:

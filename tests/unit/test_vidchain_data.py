@@ -54,8 +54,9 @@ def test_record_validation_and_round_trip(tmp_path):
     for rec in lines[1:]:
         p.write_text(json.dumps(base) + "\n" + json.dumps(rec) + "\n")
         with pytest.raises(DenseRecordError) as e:
-            read_dense_records(p)
+            read_dense_records(p, strict=True)
         assert str(e.value) == f"{p}:2: {errors[rec['id']]}"
+        assert [r.id for r in read_dense_records(p)] == [base["id"]]  # reported and skipped
     p.write_text(json.dumps(base) + "\n")
     (r,) = read_dense_records(p)
     out = tmp_path / "o.jsonl"
