@@ -407,8 +407,8 @@ def setup_from_config(cfg, hf_config, nodes: int, gpus_per_node: int, **kw) -> S
     seqs = int(_sel(cfg, "rl.prompts_per_step", 4)) * int(_sel(cfg, "rollout.group_size", 8))
     # sequences per microbatch: whole groups (rl.micro_batch_groups; 0 = the rank's whole batch in one microbatch)
     groups_mb = int(_sel(cfg, "rl.micro_batch_groups", 0))
-    mb = groups_mb * int(_sel(cfg, "rollout.group_size", 8)) if groups_mb else max(1, seqs // dp)
     dp = max(1, world // (tp * pp))
+    mb = groups_mb * int(_sel(cfg, "rollout.group_size", 8)) if groups_mb else max(1, seqs // dp)
     st = dict(
         shape=lm_shape(hf_config), vision_params=vision_param_count(hf_config.vision_config), tp=tp, pp=pp,
         world=world, dtype=_sel(cfg, "model.dtype", "float32"), fp8=fp8 not in (None, "", "none", False),

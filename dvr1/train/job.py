@@ -107,8 +107,6 @@ def ensure_model(cfg) -> str:
 
 def build_policy(cfg, hf_path: str, pinfo, trainable: bool = True):
     """The megatron-core policy of this rank, with weights from a HF checkpoint directory."""
-    from megatron.core.transformer.module import Float16Module  # noqa: F401  (bf16 wrapper when model.dtype=bf16)
-
     from dvr1.models.qwen2_5_vl import Qwen25VLPolicy, load_hf_config, load_hf_weights
     from dvr1.parallel.precision import check_device, precision_overrides
 
@@ -160,6 +158,7 @@ def _train_loop(cfg, stage: str, trainer, model, optimizer, scheduler, steps: in
                 keep_last: int, src_hf: str):
     """Shared loop: resume, step with a progress bar, log, checkpoint, export the final model to HF."""
     from dvr1.models.export import export_hf
+    from dvr1.train.inputs import unwrap
     from dvr1.train.checkpoint import latest_step, load_checkpoint, save_checkpoint
     from dvr1.train.metrics import MetricsLogger, reduce_metrics
 
@@ -181,15 +180,9 @@ def _train_loop(cfg, stage: str, trainer, model, optimizer, scheduler, steps: in
                             {"step": step, "trainer": trainer.state_dict()}, keep_last=keep_last)
     logger.close()
     out = os.path.join(stage_dir, "hf")
-    export_hf(trainer_policy(model), src_hf, out)
+    export_hf(unwrap(model), src_hf, out)
     log.info("%s: exported the final policy to %s", stage, out)
     return out
-
-
-def trainer_policy(model):
-    from dvr1.train.inputs import unwrap
-
-    return unwrap(model)
 
 
 def run_sft(cfg, pinfo, init_hf: str) -> str:

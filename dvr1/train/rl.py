@@ -20,14 +20,14 @@ from dataclasses import dataclass
 import torch
 
 from dvr1.data.video import VideoError
+from dvr1.models.tokenizer import decode_response
+from dvr1.parallel.forward import broadcast_from_last_stage, forward_backward
 from dvr1.rl.advantages import group_advantages
 from dvr1.rl.augment import add_frame_noise, make_hint, mask_frames, select_trace
 from dvr1.rl.difficulty import DifficultyConfig, DifficultyController, RewardHistory
 from dvr1.rl.losses import aggregate, grpo_loss, kl_k3, reg_grpo_loss
-from dvr1.models.tokenizer import decode_response
 from dvr1.rl.rewards import RewardWeights, score_response
 from dvr1.rollout.base import SamplingParams
-from dvr1.parallel.forward import broadcast_from_last_stage, forward_backward
 from dvr1.train.inputs import build_batch, token_logprobs
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 
 from dvr1.data.prompts import sft_response
 from dvr1.parallel.forward import broadcast_from_last_stage, forward_backward

@@ -6,7 +6,7 @@ import json
 import av
 import pytest
 
-from dvr1.vidchain.data import (DenseCaptionRecord, DenseRecordError, build_dense_dataset, read_activitynet,
+from dvr1.vidchain.data import (DenseRecordError, build_dense_dataset, read_activitynet,
                                 read_charades_sta, read_dense_records, read_youcook2, write_dense_records)
 
 
