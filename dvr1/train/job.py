@@ -191,7 +191,7 @@ def run_sft(cfg, pinfo, init_hf: str) -> str:
     from dvr1.train.sft import SFTTrainer
 
     out = os.path.join(os.path.abspath(cfg.run_dir), "sft", "hf")
-    if os.path.exists(os.path.join(out, "model.safetensors")):
+    if os.path.exists(os.path.join(out, "config.json")):  # export renames the finished dir into place
         log.info("sft: found %s, skipping", out)
         return out
     policy = build_policy(cfg, init_hf, pinfo)
@@ -208,7 +208,7 @@ def run_rl(cfg, pinfo, init_hf: str) -> str:
     from dvr1.train.rl import RLTrainer
 
     out = os.path.join(os.path.abspath(cfg.run_dir), "rl", "hf")
-    if os.path.exists(os.path.join(out, "model.safetensors")):
+    if os.path.exists(os.path.join(out, "config.json")):  # export renames the finished dir into place
         log.info("rl: found %s, skipping", out)
         return out
     policy = build_policy(cfg, init_hf, pinfo)
