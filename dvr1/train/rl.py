@@ -23,7 +23,7 @@ from dvr1.data.video import VideoError
 from dvr1.models.tokenizer import decode_response
 from dvr1.parallel.forward import broadcast_from_last_stage, forward_backward
 from dvr1.rl.advantages import group_advantages
-from dvr1.rl.augment import add_frame_noise, make_hint, mask_frames, select_trace
+from dvr1.rl.augment import make_hint, select_trace
 from dvr1.rl.difficulty import DifficultyConfig, DifficultyController, RewardHistory
 from dvr1.rl.losses import aggregate, grpo_loss, kl_k3, reg_grpo_loss
 from dvr1.rl.rewards import RewardWeights, score_response
@@ -194,9 +194,7 @@ class RLTrainer:
                 stats["n_hint"] += 1
                 stats["guide_level"].append(d.guide_level)
             elif d.direction == "increase":
-                video = add_frame_noise(self.builder.video(rec).video, a.sigma0, d.perturb_level, self.noise_gen)
-                if a.mask_fraction > 0:
-                    video, _ = mask_frames(video, a.mask_fraction, self.noise_gen)
+                video = self.builder.noisy_video(rec, a.sigma0, d.perturb_level, a.mask_fraction, self.noise_gen)
                 todo.append((self.builder.prepare(rec, video=video), "noise"))
                 stats["n_noise"] += 1
                 stats["perturb_level"].append(d.perturb_level)
