@@ -42,6 +42,12 @@ class ModelConfig:
     spec: str = "local"  # local (CPU) | te (TransformerEngine, GPU image)
     dtype: str = "float32"  # float32 | bfloat16
     tokenizer_vocab: int = 2048  # tiny checkpoint only
+    # apply the output layer inside the log-prob reduction (dvr1/parallel/logprobs.py fused_linear_logprobs), so the
+    # logits shard [rows, seq, vocab/tp] is never materialised in the training and log-prob passes. Off by default:
+    # it trades ~1.1-1.3x output-layer time for memory (docs/BENCHMARKS.md), which pays at a 152k vocabulary, not
+    # for the tiny model; the 7B/72B examples turn it on.
+    fused_logprobs: bool = False
+    logprob_chunk: int = 1024  # tokens per chunk of the fused reduction
     # TransformerEngine FP8 and activation recompute (dvr1/parallel/precision.py; GPU image only for FP8)
     fp8: Optional[str] = None  # None | e4m3 | hybrid
     fp8_recipe: str = "delayed"  # delayed | tensorwise | blockwise | mxfp8
@@ -201,6 +207,9 @@ _CHOICES = {
 
 def validate(cfg) -> None:
     """Checks beyond types. Raises ConfigError naming the field and the allowed values."""
+    if cfg.rollout.engine == "vllm":
+        raise ConfigError("rollout.engine='vllm': the colocated vLLM engine is not in this version yet; use "
+                          "rollout.engine=native (the examples keep their vLLM sizes for tools/plan_memory.py)")
     for key, allowed in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:

@@ -244,8 +244,9 @@ class Qwen25VLPolicy(torch.nn.Module):
 
     def forward(self, input_ids, position_ids, video_embeds=None, pixel_values_videos=None, video_grid_thw=None,
                 attention_mask=None, inference_context=None, labels=None, runtime_gather_output=None,
-                video_mask=None):
-        """Logits `[batch, seq, vocab/tp]` (or megatron's output on non-last PP stages / with `labels`).
+                video_mask=None, return_hidden: bool = False):
+        """Logits `[batch, seq, vocab/tp]` (or megatron's output on non-last PP stages / with `labels`);
+        with `return_hidden` the last stage returns the final hidden states `[seq, batch, hidden]` instead.
 
         `video_embeds` `[num_video_tokens, hidden]` (precomputed by `encode_video`, in batch-row order) or
         `pixel_values_videos` + `video_grid_thw` to run the vision tower here. `position_ids` must cover
@@ -256,15 +257,25 @@ class Qwen25VLPolicy(torch.nn.Module):
             if video_embeds is None and pixel_values_videos is not None:
                 video_embeds = self.encode_video(pixel_values_videos, video_grid_thw)
             decoder_input = self.embed(input_ids, video_embeds, video_mask)
-        return self.lm(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-            decoder_input=decoder_input,
-            labels=labels,
-            inference_context=inference_context,
-            runtime_gather_output=runtime_gather_output,
-        )
+        if not return_hidden:
+            return self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                           decoder_input=decoder_input, labels=labels, inference_context=inference_context,
+                           runtime_gather_output=runtime_gather_output)
+        # the final-norm hidden states instead of logits: GPTModel returns them when post_process is off (its decoder
+        # was built with the final norm, which stays); the output layer is then applied by the caller, fused with
+        # the log-prob reduction (`output_weight`, `dvr1.parallel.logprobs.fused_linear_logprobs`)
+        post, self.lm.post_process = self.lm.post_process, False
+        try:
+            return self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                           decoder_input=decoder_input, inference_context=inference_context)
+        finally:
+            self.lm.post_process = post
+
+    def output_weight(self) -> torch.Tensor:
+        """The output layer's weight shard `[vocab/tp, hidden]` (the word embeddings when tied)."""
+        if self.lm.share_embeddings_and_output_weights:
+            return self.lm.shared_embedding_or_output_weight()
+        return self.lm.output_layer.weight
 
 
 # ---- loading -------------------------------------------------------------------------------------------------

@@ -14,15 +14,24 @@ from typing import Callable, Optional
 
 import torch
 
-from dvr1.parallel.logprobs import vocab_parallel_logprobs
+from dvr1.parallel.logprobs import fused_linear_logprobs, vocab_parallel_logprobs
 
 
-def response_logprobs(logits: torch.Tensor, batch, compute_entropy: bool = False):
-    """Logits `[rows, S, vocab/tp]` -> response-token log-probs `[rows, T]` (and entropy), zero on padding.
+def response_logprobs(output: torch.Tensor, batch, compute_entropy: bool = False, output_weight=None,
+                      chunk_size: int = 1024):
+    """The last stage's output -> response-token log-probs `[rows, T]` (and entropy), zero on padding.
 
-    Uses the vocab-parallel log-prob function: only the max, sum-exp and target logit are all-reduced over TP.
+    `output` is either logits `[rows, S, vocab/tp]` (reduced by `vocab_parallel_logprobs`: only max, sum-exp and
+    target logit are all-reduced over TP) or, with `output_weight` `[vocab/tp, hidden]`, the final hidden states
+    `[S, rows, hidden]`, for `fused_linear_logprobs`: the output-layer GEMM runs chunk by chunk inside the log-prob
+    reduction, so no logits tensor is ever materialised (forward or backward).
     """
-    lp, ent = vocab_parallel_logprobs(logits[:, :-1], batch.input_ids[:, 1:], compute_entropy=compute_entropy)
+    if output_weight is not None:
+        lp, ent = fused_linear_logprobs(output[:-1], output_weight, batch.input_ids[:, 1:].t(),
+                                        chunk_size=chunk_size, compute_entropy=compute_entropy)
+        lp, ent = lp.t(), (ent.t() if ent is not None else None)
+    else:
+        lp, ent = vocab_parallel_logprobs(output[:, :-1], batch.input_ids[:, 1:], compute_entropy=compute_entropy)
     lp = lp.gather(1, batch.resp_index) * batch.resp_mask
     if compute_entropy:
         ent = ent.gather(1, batch.resp_index) * batch.resp_mask
@@ -30,7 +39,8 @@ def response_logprobs(logits: torch.Tensor, batch, compute_entropy: bool = False
 
 
 def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_only: bool = True,
-                     compute_entropy: bool = False, rows_per_microbatch: int = 0):
+                     compute_entropy: bool = False, rows_per_microbatch: int = 0, fused: bool = False,
+                     chunk_size: int = 1024):
     """Run the policy on `batch` (a `dvr1.train.inputs.SeqBatch`), split into microbatches of
     `rows_per_microbatch` rows (0 = the whole batch is one microbatch).
 
@@ -43,6 +53,8 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
     Returns:
         On the last PP stage: `(logp [N, T], entropy [N, T] or None, loss (sum over microbatches, detached) or None,
         list of per-microbatch metrics)`; elsewhere None.
+        fused: apply the output layer inside the log-prob reduction (`fused_linear_logprobs`): the logits shard
+            `[rows, S, vocab/tp]` is never materialised (see docs/BENCHMARKS.md for its memory/time trade-off).
     """
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -60,7 +72,9 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
 
     def make_loss_func(mb, rows):
         def loss_func(output_tensor):
-            logp, ent = response_logprobs(output_tensor, mb, compute_entropy)
+            weight = unwrap(model).output_weight() if fused else None
+            logp, ent = response_logprobs(output_tensor, mb, compute_entropy, output_weight=weight,
+                                          chunk_size=chunk_size)
             logps.append(logp.detach())
             ents.append(None if ent is None else ent.detach())
             if loss_fn is None:
@@ -74,8 +88,9 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
 
     def forward_step(data_iterator, m):
         mb, rows = next(data_iterator)
-        logits = m(mb.input_ids, mb.position_ids, video_embeds=mb.video_embeds, video_mask=mb.video_mask)
-        return logits, make_loss_func(mb, rows)
+        out = m(mb.input_ids, mb.position_ids, video_embeds=mb.video_embeds, video_mask=mb.video_mask,
+                return_hidden=fused)
+        return out, make_loss_func(mb, rows)
 
     get_forward_backward_func()(
         forward_step_func=forward_step,
@@ -90,6 +105,13 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
         return None
     return (torch.cat(logps), torch.cat(ents) if compute_entropy else None,
             torch.stack(losses).sum() if losses else None, metrics)
+
+
+def unwrap(model):
+    """The `Qwen25VLPolicy` inside megatron DDP / Float16Module wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
 
 
 def broadcast_from_last_stage(obj):

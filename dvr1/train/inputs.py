@@ -21,6 +21,7 @@ from dvr1.data.video import load_frames
 from dvr1.rl.augment import add_frame_noise, mask_frames
 from dvr1.models.rope import continue_positions, get_rope_index
 from dvr1.models.tokenizer import chat_prompt
+from dvr1.parallel.forward import unwrap  # noqa: F401  (re-exported: callers take it from here)
 from dvr1.rollout.base import RolloutRequest
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,6 @@ class Prepared:
     video_grid_thw: torch.Tensor  # [1, 3]
     second_per_grid: float
     video_token_id: int
-
-
-def unwrap(model):
-    """The `Qwen25VLPolicy` inside megatron DDP / Float16Module wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 class InputBuilder:
@@ -220,7 +214,8 @@ def build_batch(items: list[tuple[Prepared, list[int]]], pad_id: int) -> SeqBatc
     return SeqBatch(ids, pos, torch.cat(embeds) if embeds else None, resp_index, resp_mask, video_mask, vtok)
 
 
-def token_logprobs(model, batch: SeqBatch, compute_entropy: bool = False, rows_per_microbatch: int = 0):
+def token_logprobs(model, batch: SeqBatch, compute_entropy: bool = False, rows_per_microbatch: int = 0,
+                   fused: bool = False, chunk_size: int = 1024):
     """Per-token log-probs of the response tokens under `model`, without gradients (old-policy / reference passes).
 
     Runs through megatron-core's schedule (`dvr1.parallel.forward`), so it works at any TP/PP; the logits stay
@@ -233,5 +228,6 @@ def token_logprobs(model, batch: SeqBatch, compute_entropy: bool = False, rows_p
     from dvr1.parallel.forward import forward_backward
 
     with torch.no_grad():
-        res = forward_backward(model, batch, compute_entropy=compute_entropy, rows_per_microbatch=rows_per_microbatch)
+        res = forward_backward(model, batch, compute_entropy=compute_entropy, rows_per_microbatch=rows_per_microbatch,
+                               fused=fused, chunk_size=chunk_size)
     return (None, None) if res is None else (res[0], res[1])

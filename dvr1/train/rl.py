@@ -276,8 +276,9 @@ class RLTrainer:
         # old-policy and reference log-probs: on the last PP stage only (None elsewhere)
         rows_mb = G * cfg.rl.micro_batch_groups
         t0 = time.perf_counter()
-        old_logp, entropy = token_logprobs(self.model, batch, compute_entropy=True, rows_per_microbatch=rows_mb)
-        ref_logp = token_logprobs(self.reference, batch, rows_per_microbatch=rows_mb)[0] if cfg.algo.beta > 0 else None
+        lp_kw = dict(rows_per_microbatch=rows_mb, fused=cfg.model.fused_logprobs, chunk_size=cfg.model.logprob_chunk)
+        old_logp, entropy = token_logprobs(self.model, batch, compute_entropy=True, **lp_kw)
+        ref_logp = token_logprobs(self.reference, batch, **lp_kw)[0] if cfg.algo.beta > 0 else None
         t["logprobs"] = time.perf_counter() - t0
         shaped = lambda x: None if x is None else x.view(Bp, G, T)  # noqa: E731
 
@@ -291,8 +292,7 @@ class RLTrainer:
         for _ in range(cfg.algo.ppo_epochs):
             self.model.zero_grad_buffer()
             self.optimizer.zero_grad()
-            res = forward_backward(self.model, batch, loss_fn, forward_only=False,
-                                   rows_per_microbatch=rows_mb)  # grads DP-reduced inside
+            res = forward_backward(self.model, batch, loss_fn, forward_only=False, **lp_kw)  # grads DP-reduced inside
             ok, grad_norm, _ = self.optimizer.step()
             self.scheduler.step(1)
         t["train"] = time.perf_counter() - t0

@@ -52,7 +52,9 @@ class SFTTrainer:
         self.model.train()
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
-        res = forward_backward(self.model, batch, loss_fn, forward_only=False,
+        m = self.cfg.model
+        res = forward_backward(self.model, batch, loss_fn, forward_only=False, fused=m.fused_logprobs,
+                               chunk_size=m.logprob_chunk,
                                rows_per_microbatch=self.cfg.sft.micro_batch_size)  # grads DP-reduced inside
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(1)

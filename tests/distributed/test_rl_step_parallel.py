@@ -19,10 +19,10 @@ def ckpt(tmp_path_factory):
                                 seed=1, vocab_size=320)
 
 
-def _run(tmp_path, ckpt, nproc, tp, pp):
-    out = tmp_path / f"tp{tp}pp{pp}"
+def _run(tmp_path, ckpt, nproc, tp, pp, fused=False):
+    out = tmp_path / f"tp{tp}pp{pp}{'fused' if fused else ''}"
     out.mkdir()
-    run_torchrun(SCRIPT, ckpt, out, tp, pp, nproc=nproc, timeout=400)
+    run_torchrun(SCRIPT, ckpt, out, tp, pp, *(["fused"] if fused else []), nproc=nproc, timeout=400)
     stages = [torch.load(out / f"pp{i}.pt") for i in range(pp)]
     merged = {"grads": {}}
     for s in stages:
@@ -46,9 +46,10 @@ def _close(a, b, name, rel=1e-5):
     assert err <= rel, f"{name}: relative error {err:.3g} (max abs diff {(a - b).abs().max():.3g})"
 
 
-@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)])
-def test_rl_step_equals_single_process(tmp_path, ckpt, reference, tp, pp):
-    got = _run(tmp_path, ckpt, 2, tp, pp)
+@pytest.mark.parametrize("tp,pp,fused", [(2, 1, False), (1, 2, False), (2, 1, True), (1, 2, True)])
+def test_rl_step_equals_single_process(tmp_path, ckpt, reference, tp, pp, fused):
+    """The reference is the plain logits path at TP=1/PP=1; `fused` trains through fused_linear_logprobs."""
+    got = _run(tmp_path, ckpt, 2, tp, pp, fused)
     _close(got["logp"], reference["logp"], "logp")
     _close(got["loss"], reference["loss"], "loss")
     assert float(reference["loss"]) > 0

@@ -45,7 +45,7 @@ def setup(tmp_path_factory, parallel_state_1):
     return policy, batch, logp - noise, logp + 0.5 * noise, group_advantages(rewards)
 
 
-def _grads(policy, batch, old, ref, stats, overrides, groups_per_mb):
+def _grads(policy, batch, old, ref, stats, overrides, groups_per_mb, fused=False):
     cfg = load_config(None, overrides)
     trainer = types.SimpleNamespace(cfg=cfg)
     T = batch.resp_mask.shape[1]
@@ -57,7 +57,8 @@ def _grads(policy, batch, old, ref, stats, overrides, groups_per_mb):
                                          ref.view(B, G, T)[g], stats, mask, g)
 
     policy.zero_grad()
-    res = forward_backward(policy, batch, loss_fn, forward_only=False, rows_per_microbatch=G * groups_per_mb)
+    res = forward_backward(policy, batch, loss_fn, forward_only=False, rows_per_microbatch=G * groups_per_mb,
+                           fused=fused)
     full = RLTrainer.loss(trainer, res[0].view(B, G, T), old.view(B, G, T), ref.view(B, G, T), stats.advantages,
                           mask, stats.valid)[0]
     grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
@@ -79,3 +80,16 @@ def test_one_group_per_microbatch_equals_one_microbatch(setup, overrides):
     assert g1.keys() == g3.keys() and len(g1) > 5
     for k in g1:
         assert torch.allclose(g1[k], g3[k], rtol=1e-4, atol=1e-6), k
+
+
+@pytest.mark.parametrize("groups_per_mb", [0, 1])
+def test_fused_output_layer_equals_logits_path(setup, groups_per_mb):
+    """fused_linear_logprobs inside the schedule (logits never materialised) == the logits path: loss and grads."""
+    policy, batch, old, ref, stats = setup
+    overrides = ["algo.name=reg_grpo", "algo.beta=0.1"]
+    loss_a, _, ga = _grads(policy, batch, old, ref, stats, overrides, 0)
+    loss_b, _, gb = _grads(policy, batch, old, ref, stats, overrides, groups_per_mb, fused=True)
+    assert torch.allclose(loss_a, loss_b, atol=1e-6)
+    assert ga.keys() == gb.keys()
+    for k in ga:
+        assert torch.allclose(ga[k], gb[k], rtol=1e-4, atol=1e-6), k

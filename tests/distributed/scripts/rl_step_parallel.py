@@ -1,6 +1,6 @@
 """One Reg-GRPO step of the policy at a given TP/PP; saves loss, log-probs, HF-named full gradients, greedy rollout.
 
-    torchrun --nproc-per-node N rl_step_parallel.py CKPT OUT TP PP
+    torchrun --nproc-per-node N rl_step_parallel.py CKPT OUT TP PP [fused]
 
 The batch is fixed (seeded) and identical for every layout; old/reference log-probs are the policy's own log-probs
 shifted by fixed noise so that rho != 0. Run at TP=1/PP=1 for the reference and compare (tests/distributed).
@@ -12,7 +12,7 @@ import sys
 import torch
 
 
-def main(ckpt, out, tp, pp):
+def main(ckpt, out, tp, pp, fused=False):
     from dvr1.config import load_config
     from dvr1.data.processing import normalize_frames, num_video_tokens, patchify
     from dvr1.models.export import gather_tp
@@ -72,7 +72,7 @@ def main(ckpt, out, tp, pp):
 
     model.zero_grad_buffer()
     opt.zero_grad()
-    res = forward_backward(model, batch, loss_fn, forward_only=False)
+    res = forward_backward(model, batch, loss_fn, forward_only=False, fused=fused)
     if res is not None:
         result["loss"] = res[2].detach()
     grads = {n: gather_tp(p, n, p.main_grad.view_as(p)) for n, p in policy.lm.named_parameters()}
@@ -90,4 +90,4 @@ def main(ckpt, out, tp, pp):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), len(sys.argv) > 5 and sys.argv[5] == "fused")

@@ -1,0 +1,37 @@
+"""Config: every example loads, overrides apply, and bad values fail with the field named."""
+
+from pathlib import Path
+
+import pytest
+
+from dvr1.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["tiny_cpu.yaml", "smoke.yaml", "qwen2_5_vl_7b.yaml", "qwen2_5_vl_72b.yaml"])
+def test_examples_load(name):
+    cfg = load_config(str(REPO / "examples" / name), ["rollout.engine=native"])
+    assert cfg.rollout.group_size >= 2 and cfg.parallel.tp >= 1
+
+
+def test_overrides_and_types():
+    cfg = load_config(str(REPO / "examples/tiny_cpu.yaml"), ["rl.steps=7", "algo.name=grpo", "algo.clip=true"])
+    assert (cfg.rl.steps, cfg.algo.name, cfg.algo.clip) == (7, "grpo", True)
+    with pytest.raises(Exception, match="Key 'stepz' not in 'RLConfig'"):
+        load_config(None, ["rl.stepz=3"])
+    with pytest.raises(Exception, match="rl.steps"):
+        load_config(None, ["rl.steps=many"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("algo.name=ppo", "algo.name='ppo': must be one of reg_grpo, grpo"),
+    ("rollout.group_size=1", "rollout.group_size=1: a group needs at least 2 responses"),
+    ("parallel.tp=0", "parallel.tp=0: must be >= 1"),
+    ("rollout.engine=vllm", "rollout.engine='vllm': the colocated vLLM engine is not in this version yet"),
+    ("model.fp8=e5m2", "model.fp8='e5m2': must be one of e4m3, hybrid"),
+])
+def test_bad_values_name_the_field(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value).startswith(message)
