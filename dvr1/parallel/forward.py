@@ -58,6 +58,7 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
     """
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.utils import unwrap_model
 
     micro = batch.split(rows_per_microbatch)
     if ps.get_pipeline_model_parallel_world_size() > 1 and len({mb.num_rows for mb in micro}) > 1:
@@ -72,7 +73,7 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
 
     def make_loss_func(mb, rows):
         def loss_func(output_tensor):
-            weight = unwrap(model).output_weight() if fused else None
+            weight = unwrap_model(model).output_weight() if fused else None
             logp, ent = response_logprobs(output_tensor, mb, compute_entropy, output_weight=weight,
                                           chunk_size=chunk_size)
             logps.append(logp.detach())
@@ -105,13 +106,6 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
         return None
     return (torch.cat(logps), torch.cat(ents) if compute_entropy else None,
             torch.stack(losses).sum() if losses else None, metrics)
-
-
-def unwrap(model):
-    """The `Qwen25VLPolicy` inside megatron DDP / Float16Module wrappers."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
 
 
 def broadcast_from_last_stage(obj):

@@ -21,7 +21,6 @@ from dvr1.data.video import load_frames
 from dvr1.rl.augment import add_frame_noise, mask_frames
 from dvr1.models.rope import continue_positions, get_rope_index
 from dvr1.models.tokenizer import chat_prompt
-from dvr1.parallel.forward import unwrap  # noqa: F401  (re-exported: callers take it from here)
 from dvr1.rollout.base import RolloutRequest
 
 log = logging.getLogger(__name__)
@@ -60,7 +59,9 @@ class InputBuilder:
     """
 
     def __init__(self, policy, tokenizer, video_cfg, cache_size: int = 4096):
-        self.policy = unwrap(policy)
+        from megatron.core.utils import unwrap_model  # the policy inside megatron's DDP / Float16Module wrappers
+
+        self.policy = unwrap_model(policy)
         self.tokenizer = tokenizer
         self.vcfg = video_cfg
         self.info = self.policy.info

@@ -158,7 +158,7 @@ def _train_loop(cfg, stage: str, trainer, model, optimizer, scheduler, steps: in
                 keep_last: int, src_hf: str):
     """Shared loop: resume, step with a progress bar, log, checkpoint, export the final model to HF."""
     from dvr1.models.export import export_hf
-    from dvr1.train.inputs import unwrap
+    from megatron.core.utils import unwrap_model
     from dvr1.train.checkpoint import latest_step, load_checkpoint, save_checkpoint
     from dvr1.train.metrics import MetricsLogger, reduce_metrics
 
@@ -180,7 +180,7 @@ def _train_loop(cfg, stage: str, trainer, model, optimizer, scheduler, steps: in
                             {"step": step, "trainer": trainer.state_dict()}, keep_last=keep_last)
     logger.close()
     out = os.path.join(stage_dir, "hf")
-    export_hf(unwrap(model), src_hf, out)
+    export_hf(unwrap_model(model), src_hf, out)
     log.info("%s: exported the final policy to %s", stage, out)
     return out
 
