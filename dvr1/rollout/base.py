@@ -52,8 +52,9 @@ class RolloutOutput:
 
 
 class RolloutEngine(Protocol):
-    def generate(self, requests: list[RolloutRequest], sampling: SamplingParams) -> list[RolloutOutput]:
-        ...
+    def generate(self, requests: list[RolloutRequest], sampling: SamplingParams,
+                 desc: str = "rollout") -> list[RolloutOutput]:
+        """One `RolloutOutput` per request, in order (`desc` labels the progress bar)."""
 
     def sync_weights(self, policy) -> float:
         """Refit the engine with the policy's current weights; returns seconds spent (0 for the native engine)."""

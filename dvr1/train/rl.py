@@ -98,7 +98,6 @@ class Group:
     token_ids: list
     texts: list
     scores: list  # per response: {"format", "accuracy", "iou", "total"}
-    kind: str = "original"  # original | hint | noise
 
     @property
     def rewards(self) -> torch.Tensor:
@@ -163,7 +162,7 @@ class RLTrainer:
             texts = [decode_response(self.tok, ids, (self.eos,)) for ids in o.token_ids]
             r = p.record
             scores = [score_response(t, r.task, r.answer, r.segment, self.weights) for t in texts]
-            groups.append(Group(p, o.token_ids, texts, scores, kind))
+            groups.append(Group(p, o.token_ids, texts, scores))
         return groups
 
     def augment(self, groups: list[Group], decisions) -> tuple[list[Group], dict]:
@@ -190,20 +189,15 @@ class RLTrainer:
                 if not hint:
                     stats["n_hint_failed"] += 1
                     continue
-                todo.append((self.builder.prepare(rec, hint=hint), "hint"))
+                todo.append(self.builder.prepare(rec, hint=hint))
                 stats["n_hint"] += 1
                 stats["guide_level"].append(d.guide_level)
             elif d.direction == "increase":
                 video = self.builder.noisy_video(rec, a.sigma0, d.perturb_level, a.mask_fraction, self.noise_gen)
-                todo.append((self.builder.prepare(rec, video=video), "noise"))
+                todo.append(self.builder.prepare(rec, video=video))
                 stats["n_noise"] += 1
                 stats["perturb_level"].append(d.perturb_level)
-        if not todo:
-            return [], stats
-        rolled = self.rollout([p for p, _ in todo], "aug")
-        for g, (_, kind) in zip(rolled, todo):
-            g.kind = kind
-        return rolled, stats
+        return (self.rollout(todo, "aug") if todo else []), stats
 
     def loss(self, logp, old_logp, ref_logp, adv, mask, valid):
         al = self.cfg.algo
