@@ -164,6 +164,53 @@ class LogConfig:
 
 
 @dataclass
+class VidChainOptions:
+    """The VidChain job's options (``vidchain:`` section; `dvr1.vidchain.job`, ALGORITHMS §7). Dense-captioning data
+    (built unless ``data_root/manifest.json`` exists), CoTasks SFT, M-DPO sampling/pairs/loss, evaluation."""
+
+    data_root: str = "data/vidchain"  # built by dvr1.vidchain.data.build_dense_dataset unless manifest.json exists
+    data_seed: int = 0
+    n_train: int = 120
+    n_val: int = 12
+    n_test: int = 24
+    fps: float = 8.0
+    size: int = 64  # frame side, pixels
+    max_events: int = 3
+    sft_chains: list[str] = field(default_factory=lambda: ["count_seg_cap", "cap_seg", "ground"])
+    sft_steps: int = 200
+    sft_batch_size: int = 4  # records per step; every turn of the record's chain is a row
+    sft_lr: float = 2e-3
+    sft_warmup: int = 20
+    mdpo_chains: list[str] = field(default_factory=lambda: ["count_seg_cap", "cap_seg"])
+    mdpo_steps: int = 30
+    records_per_step: int = 2  # global (split over DP ranks)
+    k_samples: int = 3  # samples per chain step (ALGORITHMS §7)
+    temperature: float = 0.8
+    pair_threshold: float = 10.0  # min metric gap, 0-100 scale
+    max_pairs_per_step: int = 16  # global (split over DP ranks)
+    beta: float = 0.5
+    mdpo_lr: float = 1e-5
+    max_new_tokens: int = 48
+    eval_max_samples: int = 0  # 0 = the whole test split
+    meteor: bool = True  # METEOR via pycocoevalcap's jar (needs java); False: CIDEr only and CIDEr for M-DPO captions
+
+
+def validate_vidchain(vc) -> None:
+    """Checks of the ``vidchain:`` section; raises ConfigError naming the field (chain names, counts)."""
+    from dvr1.vidchain.cotasks import CHAINS
+
+    for key in ("sft_chains", "mdpo_chains"):
+        for chain in vc[key]:
+            if chain not in CHAINS:
+                raise ConfigError(f"vidchain.{key}: unknown chain {chain!r}; must be one of {', '.join(CHAINS)}")
+    if vc.k_samples < 2:
+        raise ConfigError(f"vidchain.k_samples={vc.k_samples}: M-DPO pairs need at least 2 samples per chain step")
+    for key in ("records_per_step", "sft_batch_size", "max_events", "max_pairs_per_step"):
+        if vc[key] < 1:
+            raise ConfigError(f"vidchain.{key}={vc[key]}: must be >= 1")
+
+
+@dataclass
 class RunConfig:
     run_dir: str = "runs/tiny"
     seed: int = 0
@@ -182,6 +229,7 @@ class RunConfig:
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    vidchain: VidChainOptions = field(default_factory=VidChainOptions)  # `dvr1 vidchain` only
     resume: bool = True
 
 
@@ -229,6 +277,7 @@ def validate(cfg) -> None:
         validate_precision(cfg.model, cfg.parallel, te_available=True)
     except PrecisionConfigError as e:
         raise ConfigError(str(e)) from e
+    validate_vidchain(cfg.vidchain)
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None):

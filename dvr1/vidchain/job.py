@@ -1,9 +1,10 @@
 """The VidChain job (ALGORITHMS §7): dense-captioning data -> tiny checkpoint -> CoTasks SFT -> eval -> M-DPO -> eval.
 
-    python -m dvr1.vidchain.job -c examples/vidchain_tiny.yaml [key=value ...]   (later: dvr1 vidchain ...)
+    dvr1 vidchain -c examples/vidchain_tiny.yaml [key=value ...]      (= python -m dvr1.vidchain.job ...)
+    dvr1 eval --task dvc --model HF_DIR -c examples/vidchain_tiny.yaml [--name NAME] [--split test]
 
-The YAML holds dvr1's run config (run_dir, model, video, parallel, log, ...; `dvr1.config.RunConfig`) plus a
-``vidchain:`` section (:class:`VidChainOptions`); ``vidchain.*`` overrides go to the latter. Stages reuse
+The YAML is dvr1's run config (`dvr1.config.RunConfig`: run_dir, model, video, parallel, log, ...) whose
+``vidchain:`` section (`dvr1.config.VidChainOptions`) holds the job's options (``vidchain.*`` overrides). Stages reuse
 `dvr1.train.job` (policy building, optimizer, checkpoint/resume/export loop) and write ``<run_dir>/vidchain_sft`` and
 ``<run_dir>/vidchain_mdpo`` (each with ``hf/``), ``eval_vidchain_{sft,mdpo}.json`` and ``vidchain_results.md``.
 
@@ -19,58 +20,21 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from dvr1.config import VidChainOptions, load_config  # noqa: F401  (VidChainOptions: re-exported)
+
 log = logging.getLogger("dvr1.vidchain")
 
 
-@dataclass
-class VidChainOptions:
-    """Options of the VidChain job (the ``vidchain:`` YAML section; the lead may move them into dvr1.config)."""
-
-    data_root: str = "data/vidchain"  # built by dvr1.vidchain.data.build_dense_dataset unless manifest.json exists
-    data_seed: int = 0
-    n_train: int = 120
-    n_val: int = 12
-    n_test: int = 24
-    fps: float = 8.0
-    size: int = 64
-    max_events: int = 3
-    sft_chains: list = field(default_factory=lambda: ["count_seg_cap", "cap_seg", "ground"])
-    sft_steps: int = 200
-    sft_batch_size: int = 4  # records per step; every turn of the record's chain is a row
-    sft_lr: float = 2e-3
-    sft_warmup: int = 20
-    mdpo_chains: list = field(default_factory=lambda: ["count_seg_cap", "cap_seg"])
-    mdpo_steps: int = 30
-    records_per_step: int = 2
-    k_samples: int = 3  # samples per chain step (ALGORITHMS §7)
-    temperature: float = 0.8
-    pair_threshold: float = 10.0  # min metric gap, 0-100 scale
-    max_pairs_per_step: int = 16
-    beta: float = 0.5
-    mdpo_lr: float = 1e-5
-    max_new_tokens: int = 48
-    eval_max_samples: int = 0  # 0 = the whole test split
-    meteor: bool = True  # METEOR via pycocoevalcap's jar (needs java); False: CIDEr only and CIDEr for M-DPO captions
-
-
 def load(path: str | None, overrides: list[str] | None = None):
-    """(RunConfig, VidChainOptions) from a YAML with an optional ``vidchain:`` section and ``key=value`` overrides
-    (``vidchain.*`` ones for the options). Raises `dvr1.config.ConfigError` / omegaconf errors naming the key."""
-    from dvr1.config import RunConfig, validate
-
-    raw = OmegaConf.load(path) if path else OmegaConf.create({})
-    vc_raw = raw.pop("vidchain", None) or {}
-    main_ov = [o for o in overrides or [] if not o.startswith("vidchain.")]
-    vc_ov = [o[len("vidchain."):] for o in overrides or [] if o.startswith("vidchain.")]
-    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), raw, OmegaConf.from_dotlist(main_ov))
-    validate(cfg)
-    opts = OmegaConf.merge(OmegaConf.structured(VidChainOptions), vc_raw, OmegaConf.from_dotlist(vc_ov))
-    return cfg, opts
+    """(RunConfig, its ``vidchain`` section) from `dvr1.config.load_config` (YAML with a ``vidchain:`` section and
+    ``key=value`` overrides, ``vidchain.*`` ones for the options). Raises `dvr1.config.ConfigError` / omegaconf
+    errors naming the key."""
+    cfg = load_config(path, overrides)
+    return cfg, cfg.vidchain
 
 
 def records(opts, split: str):
@@ -196,8 +160,7 @@ def run(cfg, opts) -> dict:
     pinfo = job.init(cfg)
     job.setup_logging(run_dir)
     with open(os.path.join(run_dir, "vidchain_config.yaml"), "w") as f:
-        f.write(OmegaConf.to_yaml(cfg) + "vidchain:\n" + "".join(
-            f"  {line}\n" for line in OmegaConf.to_yaml(opts).splitlines()))
+        f.write(OmegaConf.to_yaml(cfg))
     ensure_data(opts)
     init_hf = ensure_model(cfg, opts)
     scorers = default_scorers(meteor=opts.meteor)

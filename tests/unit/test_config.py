@@ -35,3 +35,16 @@ def test_bad_values_name_the_field(override, message):
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
     assert str(e.value).startswith(message)
+
+
+def test_vidchain_section():
+    """`vidchain.*` keys are part of RunConfig: YAML section, overrides, unknown keys and bad chains named."""
+    cfg = load_config(str(REPO / "examples/vidchain_tiny.yaml"), ["vidchain.mdpo_steps=7", "vidchain.beta=0.25"])
+    assert (cfg.vidchain.mdpo_steps, cfg.vidchain.beta, cfg.vidchain.sft_steps) == (7, 0.25, 300)  # 300: the YAML
+    assert load_config(None).vidchain.mdpo_chains == ["count_seg_cap", "cap_seg"]
+    with pytest.raises(Exception, match="Key 'mdpo_stepz' not in 'VidChainOptions'"):
+        load_config(None, ["vidchain.mdpo_stepz=3"])
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["vidchain.mdpo_chains=[cap_seg,caption]"])
+    assert str(e.value) == ("vidchain.mdpo_chains: unknown chain 'caption'; must be one of count_seg_cap, cap_seg, "
+                            "ground")
