@@ -9,6 +9,13 @@ threshold (10) is kept (:func:`select_pairs`).
 Loss (:func:`mdpo_loss_fn`): the sigmoid DPO loss of `dvr1.rl.losses.dpo_loss` (β = 0.5) on sequence log-probs
 summed over the generated assistant turn, computed through the same per-token vocab-parallel log-prob path as the RL
 losses (`dvr1.parallel.forward.forward_backward`); reference log-probs come from a frozen copy of the initial policy.
+
+Parallelism (:class:`MDPOTrainer`): TP/PP ranks of one DP rank sample the same tokens (same engine seed), so they
+build the same pairs. DP ranks take disjoint shares of each step's records; the loss is the mean over the pairs of
+ALL DP ranks (each rank weights its pair-sum by ``dp / n_pairs_global``, and megatron DDP averages gradients over
+DP), so a step equals one process on all the pairs whatever their split; a DP rank without a pair joins the
+collective backward with a zero-weight pair. The trainer state in a checkpoint holds the record/event RNG, this
+rank's pair-subsample RNG and the rollout engine's generator, so a resumed stage samples what it would have.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dvr1.parallel.forward import broadcast_from_last_stage, forward_backward
 from dvr1.rl.losses import dpo_loss
 from dvr1.rollout.base import SamplingParams
 from dvr1.train.inputs import build_batch, token_logprobs
+from dvr1.train.rl import dp_layout, per_rank
 from dvr1.vidchain.cotasks import events_percent, parse_captions, parse_count, parse_segments
 from dvr1.vidchain.metrics import captions_score, count_score, segments_score
 
@@ -69,12 +77,15 @@ def select_pairs(scores: list[float], threshold: float = 10.0) -> list[tuple[int
 
 
 def build_pairs(engine, inputs, tokenizer, records, chains, k_samples: int = 3, temperature: float = 0.8,
-                max_new_tokens: int = 48, threshold: float = 10.0, meteor=None, rng: random.Random | None = None):
+                max_new_tokens: int = 48, threshold: float = 10.0, meteor=None, rng: random.Random | None = None,
+                score_fn=score_step):
     """Sample and score every turn of every chain for ``records``; return (pairs, stats).
 
     Args:
         engine: rollout engine (`generate([request], SamplingParams)`); inputs: `ChainInputs`.
-        records: `DenseCaptionRecord` list; chains: chain names (for "ground" one random event per record).
+        records: `DenseCaptionRecord` list; chains: chain names (for "ground" one random event per record, drawn
+            from ``rng``: one draw per record and chain).
+        score_fn: the step metric, :func:`score_step`'s signature (another metric can be plugged in).
     Returns:
         (list of :class:`PreferencePair`, ``{"pairs", "samples", "score/<kind>", "gap"}``) where ``score/<kind>`` is
         the mean sampled score of that step and ``gap`` the mean winner - loser score.
@@ -93,7 +104,7 @@ def build_pairs(engine, inputs, tokenizer, records, chains, k_samples: int = 3, 
                 prepared = inputs.prepare(rec, turns, k)
                 out = engine.generate([prepared.request], sp)[0]
                 texts = [decode_response(tokenizer, ids, (eos,)) for ids in out.token_ids]
-                scores = [score_step(turn.kind, t, events, caps, rec.duration, meteor) for t in texts]
+                scores = [score_fn(turn.kind, t, events, caps, rec.duration, meteor) for t in texts]
                 by_kind.setdefault(turn.kind, []).extend(scores)
                 n_samples += len(scores)
                 for w, lo in select_pairs(scores, threshold):
@@ -111,64 +122,116 @@ def pair_batch(pairs: list[PreferencePair], pad_id: int):
                        pad_id)
 
 
-def mdpo_loss_fn(n_pairs: int, ref_seq_logp: torch.Tensor, beta: float = 0.5):
+def mdpo_loss_fn(n_pairs: int, ref_seq_logp: torch.Tensor, beta: float = 0.5, scale: float = 1.0):
     """A `forward_backward` loss function for a :func:`pair_batch` of ``n_pairs`` pairs.
 
     Args:
         ref_seq_logp: float ``[2N]`` reference sequence log-probs (summed over each row's response tokens).
+        scale: multiplies the loss and its metrics: ``n_local * dp / n_global`` makes the DP-average of the ranks'
+            losses the mean over all pairs (:class:`MDPOTrainer`); 0 for a zero-weight pair.
     Returns: ``loss_fn(logp [2N, T], entropy, *rows) -> (loss, metrics)``; the per-token log-probs (already 0 on
         padding) are summed per row and passed to `dpo_loss` (ALGORITHMS §7).
     """
 
     def loss_fn(logp, _entropy=None, *_rows):
         seq = logp.sum(-1)
-        return dpo_loss(seq[:n_pairs], seq[n_pairs:], ref_seq_logp[:n_pairs], ref_seq_logp[n_pairs:], beta=beta)
+        loss, m = dpo_loss(seq[:n_pairs], seq[n_pairs:], ref_seq_logp[:n_pairs], ref_seq_logp[n_pairs:], beta=beta)
+        if scale == 1.0:
+            return loss, m
+        return scale * loss, {k: scale * v for k, v in m.items()}
 
     return loss_fn
 
 
+_DPO_KEYS = ("loss", "reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy")
+
+
+def _dp_sum(x: int) -> int:
+    """Sum of an int over the data-parallel group (itself without DP)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    if dp_layout()[1] == 1:
+        return x
+    t = torch.tensor([float(x)], dtype=torch.float64)
+    dist.all_reduce(t, group=ps.get_data_parallel_group())
+    return int(t.item())
+
+
 class MDPOTrainer:
-    """One `step()`: draw ``records_per_step`` records, build pairs with the current policy, one DPO update.
+    """One `step()`: draw ``records_per_step`` records (global; each DP rank takes its share), build pairs with the
+    current policy, one DPO update over the pairs of all DP ranks (module docstring).
 
     Args: model/optimizer/scheduler from `optimizer_for`; reference: frozen policy (π_ref); engine: rollout engine
-    on the trained policy; inputs: `ChainInputs`; opts: :class:`dvr1.vidchain.job.VidChainOptions`; meteor: caption
-    scorer. A step without any pair makes no update and reports ``pairs = 0``.
+    on the trained policy (a different seed per DP rank, the same within a DP rank: `dvr1.train.job.rollout_engine`);
+    inputs: `ChainInputs`; opts: :class:`dvr1.config.VidChainOptions`; meteor: caption scorer; seed: the record /
+    event RNG (equal on every rank); score_fn: step metric (:func:`score_step`).
+    A step in which no DP rank has a pair makes no update and reports ``pairs_used = 0`` and zero DPO metrics.
+    Raises ValueError when ``records_per_step`` / ``max_pairs_per_step`` do not divide by the DP size.
     """
 
     def __init__(self, model, optimizer, scheduler, reference, engine, inputs, tokenizer, records, opts, meteor,
-                 seed: int = 0):
+                 seed: int = 0, score_fn=score_step):
         self.model, self.optimizer, self.scheduler, self.reference = model, optimizer, scheduler, reference
         self.engine, self.inputs, self.tok, self.records, self.opts = engine, inputs, tokenizer, list(records), opts
-        self.meteor = meteor
-        self.rng = random.Random(seed)
+        self.meteor, self.score_fn = meteor, score_fn
+        self.dp_rank, self.dp_size = dp_layout()
+        self.records_per_rank = per_rank(opts.records_per_step, "vidchain.records_per_step")
+        self.pairs_per_rank = per_rank(opts.max_pairs_per_step, "vidchain.max_pairs_per_step")
+        self.rng = random.Random(seed)  # the same stream on every rank: record and event draws
+        self.pair_rng = random.Random(seed + 7919 * (self.dp_rank + 1))  # this DP rank's pair subsample
         self.pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.getstate(), "engine": self.engine.state_dict()}
+        return {"rng": self.rng.getstate(), "pair_rng": self.pair_rng.getstate(), "engine": self.engine.state_dict()}
 
     def load_state_dict(self, s: dict) -> None:
         self.rng.setstate(s["rng"])
+        if "pair_rng" in s:  # checkpoints written before the DP split have none
+            self.pair_rng.setstate(s["pair_rng"])
         self.engine.load_state_dict(s["engine"])
 
     def step(self) -> dict:
         o = self.opts
-        recs = [self.records[self.rng.randrange(len(self.records))] for _ in range(o.records_per_step)]
+        draw = [self.records[self.rng.randrange(len(self.records))] for _ in range(o.records_per_step)]
+        recs = draw[self.dp_rank::self.dp_size]
         pairs, stats = build_pairs(self.engine, self.inputs, self.tok, recs, o.mdpo_chains, o.k_samples, o.temperature,
-                                   o.max_new_tokens, o.pair_threshold, self.meteor, self.rng)
-        if len(pairs) > o.max_pairs_per_step:
-            pairs = self.rng.sample(pairs, o.max_pairs_per_step)
-        metrics = dict(stats, pairs_used=float(len(pairs)))
-        if not pairs:
-            zeros = dict.fromkeys(("loss", "reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy",
-                                   "grad_norm"), 0.0)  # same keys every step (DP metric reduction)
-            return dict(metrics, **zeros, lr=self.optimizer.param_groups[0]["lr"])
+                                   o.max_new_tokens, o.pair_threshold, self.meteor, self.rng, self.score_fn)
+        if len(pairs) > self.pairs_per_rank:
+            pairs = self.pair_rng.sample(pairs, self.pairs_per_rank)
+        rec = recs[0]
+        null_prompt = lambda: self.inputs.prepare(rec, self.inputs.turns(rec, o.mdpo_chains[0]), 0)  # noqa: E731
+        return dict(stats, **self.update(pairs, null_prompt))
+
+    def update(self, pairs: list[PreferencePair], null_prompt=None) -> dict:
+        """One DPO optimizer step on this DP rank's ``pairs`` (collective over all ranks; every rank calls it).
+
+        The loss is the mean DPO loss over the pairs of all DP ranks (module docstring). ``null_prompt``: a callable
+        returning a `Prepared` prompt, used for a zero-weight pair when this rank has none but another rank has.
+        Returns float metrics: ``pairs_used`` (this rank's), the DPO metrics of `dpo_loss` as this rank's share of
+        the global mean (their DP average, as `reduce_metrics` takes, is the mean over all pairs), ``grad_norm``,
+        ``lr``. Raises ValueError when this rank has no pair, another has, and ``null_prompt`` is None.
+        """
+        n_global = _dp_sum(len(pairs))
+        metrics = {"pairs_used": float(len(pairs))}
+        if n_global == 0:
+            return dict(metrics, **dict.fromkeys(_DPO_KEYS, 0.0), grad_norm=0.0,
+                        lr=self.optimizer.param_groups[0]["lr"])  # same keys every step (DP metric reduction)
+        if pairs:
+            scale = len(pairs) * self.dp_size / n_global
+        else:
+            if null_prompt is None:
+                raise ValueError("MDPOTrainer.update: this DP rank has no pair while others have; pass null_prompt")
+            pairs, scale = [PreferencePair(null_prompt(), [self.eos], [self.eos], 0.0, 0.0, "null")], 0.0
         batch = pair_batch(pairs, self.pad)
         ref_lp, _ = token_logprobs(self.reference, batch)
         ref_seq = ref_lp.sum(-1) if ref_lp is not None else torch.zeros(batch.num_rows)
         self.model.train()
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
-        res = forward_backward(self.model, batch, mdpo_loss_fn(len(pairs), ref_seq, o.beta), forward_only=False)
+        res = forward_backward(self.model, batch, mdpo_loss_fn(len(pairs), ref_seq, self.opts.beta, scale),
+                               forward_only=False)  # gradients DP-averaged inside
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(1)
         dm = None
