@@ -6,7 +6,8 @@ Commands:
   make-tiny  make the tiny random-init Qwen2.5-VL checkpoint (tokenizer trained on the dataset)
   sft        SFT cold start from model.path (or the tiny checkpoint)
   train      RL (algo.name=reg_grpo|grpo, da_aug.enabled=...) from --init (default <run_dir>/sft/hf)
-  eval       greedy eval of --model on eval.split
+  eval       greedy eval of --model: video QA on eval.split (--task qa), or dense captioning + grounding on the
+             VidChain set (--task dvc: METEOR/CIDEr@tIoU, SODA_c, mIoU, R1; writes <run_dir>/eval_vidchain_<name>.json)
   plot       PNG plots from a run directory's metrics
   convert    HF <-> megatron-core checkpoint conversion at any TP/PP (`dvr1 convert --help`)
   ablate     run a grid of RL ablations x seeds and write the report (`dvr1 ablate --help`)
@@ -15,6 +16,7 @@ Commands:
 Examples:
   dvr1 main -c examples/tiny_cpu.yaml
   dvr1 train -c examples/tiny_cpu.yaml algo.name=grpo da_aug.enabled=false run_dir=runs/grpo
+  dvr1 eval --task dvc --model runs/vidchain_tiny/vidchain_sft/hf -c examples/vidchain_tiny.yaml --name sft
   torchrun --nproc-per-node 2 -m dvr1.cli main -c examples/tiny_cpu_tp2.yaml
 """
 
@@ -36,8 +38,11 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--init", default=None, help="HF checkpoint to start from (default <run_dir>/sft/hf)")
         if name == "eval":
             s.add_argument("--model", required=True, help="HF checkpoint directory to evaluate")
-            s.add_argument("--name", default="model", help="writes <run_dir>/eval_<name>.json")
-            s.add_argument("--split", default=None)
+            s.add_argument("--task", choices=("qa", "dvc"), default="qa",
+                           help="qa: video QA/grounding (dvr1.train.evaluate); dvc: VidChain dense captioning")
+            s.add_argument("--name", default="model",
+                           help="writes <run_dir>/eval_<name>.json (qa) or <run_dir>/eval_vidchain_<name>.json (dvc)")
+            s.add_argument("--split", default=None, help="default: eval.split (qa), test (dvc)")
     return p
 
 
@@ -89,6 +94,12 @@ def main(argv=None) -> int:
                       file=sys.stderr)
                 return 2
             print(job.run_rl(cfg, pinfo, init_hf))
+        elif args.command == "eval" and args.task == "dvc":
+            from dvr1.vidchain.job import format_results, run_eval
+
+            res = run_eval(cfg, pinfo, os.path.abspath(args.model), args.name, args.split)
+            if pinfo.rank == 0:
+                print(format_results({args.name: res}), flush=True)
         elif args.command == "eval":
             job.run_eval(cfg, pinfo, os.path.abspath(args.model), args.name, args.split)
     return 0

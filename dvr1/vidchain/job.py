@@ -43,14 +43,28 @@ def records(opts, split: str):
     return read_dense_records(os.path.join(os.path.abspath(opts.data_root), f"{split}.jsonl"))
 
 
-def ensure_data(opts) -> str:
-    root = os.path.abspath(opts.data_root)
-    if not os.path.exists(os.path.join(root, "manifest.json")):
-        from dvr1.vidchain.data import build_dense_dataset
+def _rank0_builds(path_done: str, build) -> None:
+    """Run ``build()`` on global rank 0 unless ``path_done`` exists; every rank waits for it (torchrun)."""
+    import torch.distributed as dist
 
+    if not os.path.exists(path_done) and (not dist.is_initialized() or dist.get_rank() == 0):
+        build()
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def ensure_data(opts) -> str:
+    """Build the dense-captioning set at ``vidchain.data_root`` unless its manifest exists. Returns the root."""
+    from dvr1.vidchain.data import build_dense_dataset
+
+    root = os.path.abspath(opts.data_root)
+
+    def build():
         log.info("building the dense-captioning set at %s", root)
         build_dense_dataset(root, seed=opts.data_seed, n_train=opts.n_train, n_val=opts.n_val, n_test=opts.n_test,
                             fps=opts.fps, size=opts.size, max_events=opts.max_events)
+
+    _rank0_builds(os.path.join(root, "manifest.json"), build)
     return root
 
 
@@ -62,7 +76,8 @@ def ensure_model(cfg, opts) -> str:
     if cfg.model.path:
         return os.path.abspath(cfg.model.path)
     path = os.path.join(os.path.abspath(cfg.run_dir), "vidchain_tiny_init")
-    if not os.path.exists(os.path.join(path, "config.json")):
+
+    def build():
         texts = []
         for split in ("train", "val"):
             for r in records(opts, split):
@@ -72,6 +87,8 @@ def ensure_model(cfg, opts) -> str:
                     texts += chain_texts("ground", [ev], [cap], r.duration)
         log.info("making the tiny checkpoint at %s (tokenizer on %d texts)", path, len(texts))
         make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab)
+
+    _rank0_builds(os.path.join(path, "config.json"), build)
     return path
 
 
@@ -146,6 +163,45 @@ def format_results(results: dict) -> str:
     return "\n".join(lines)
 
 
+def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None, scorers: dict | None = None) -> dict:
+    """Greedy DVC + grounding evaluation (:func:`evaluate_vidchain`) of the HF checkpoint ``hf_path`` on ``split``.
+
+    ``dvr1 eval --task dvc --model HF_DIR -c CONFIG [--name NAME] [--split test]`` runs this. Records: the
+    ``vidchain.data_root`` split (built first if the set is missing), the first ``vidchain.eval_max_samples`` if
+    > 0; decoding up to ``vidchain.max_new_tokens``; scorers :func:`dvr1.vidchain.metrics.default_scorers` with
+    ``vidchain.meteor`` unless given. Writes ``<run_dir>/eval_vidchain_<name>.json`` (global rank 0) and returns the
+    result dict of :func:`evaluate_vidchain`. Every rank of a TP/PP layout must call it (the decode is collective).
+    Raises FileNotFoundError when ``hf_path`` has no ``config.json``.
+    """
+    import torch.distributed as dist
+
+    from dvr1.rollout.native import NativeRolloutEngine
+    from dvr1.train import job
+    from dvr1.train.inputs import InputBuilder
+    from dvr1.vidchain.metrics import default_scorers
+    from dvr1.vidchain.sft import ChainInputs
+
+    opts = cfg.vidchain
+    if not os.path.exists(os.path.join(hf_path, "config.json")):
+        raise FileNotFoundError(f"{hf_path}: not a HF checkpoint directory (no config.json)")
+    ensure_data(opts)
+    recs = records(opts, split or "test")
+    if opts.eval_max_samples:
+        recs = recs[: opts.eval_max_samples]
+    scorers = scorers if scorers is not None else default_scorers(meteor=opts.meteor)
+    run_dir = os.path.abspath(cfg.run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    out = os.path.join(run_dir, f"eval_vidchain_{name}.json")
+    writer = not dist.is_initialized() or dist.get_rank() == 0
+    policy = job.build_policy(cfg, hf_path, pinfo, trainable=False)
+    tok = job.tokenizer(hf_path)
+    inputs = ChainInputs(InputBuilder(policy, tok, cfg.video))
+    res = evaluate_vidchain(NativeRolloutEngine(policy, seed=cfg.seed), inputs, tok, recs, scorers,
+                            opts.max_new_tokens, cfg.log.progress, out if writer else None)
+    log.info("eval[%s]: %s", name, format_results({name: res}).splitlines()[-1])
+    return res
+
+
 def run(cfg, opts) -> dict:
     """The whole VidChain job (module docstring); returns ``{"sft": eval, "mdpo": eval}``."""
     from dvr1.train import job
@@ -159,20 +215,18 @@ def run(cfg, opts) -> dict:
     os.makedirs(run_dir, exist_ok=True)
     pinfo = job.init(cfg)
     job.setup_logging(run_dir)
-    with open(os.path.join(run_dir, "vidchain_config.yaml"), "w") as f:
-        f.write(OmegaConf.to_yaml(cfg))
+    if pinfo.rank == 0:
+        with open(os.path.join(run_dir, "vidchain_config.yaml"), "w") as f:
+            f.write(OmegaConf.to_yaml(cfg))
     ensure_data(opts)
     init_hf = ensure_model(cfg, opts)
     scorers = default_scorers(meteor=opts.meteor)
     caption_scorer = scorers.get("METEOR", scorers["CIDEr"])
     train = records(opts, "train")
-    test = records(opts, "test")
-    if opts.eval_max_samples:
-        test = test[: opts.eval_max_samples]
 
     # CoTasks SFT
     sft_hf = os.path.join(run_dir, "vidchain_sft", "hf")
-    if not os.path.exists(os.path.join(sft_hf, "model.safetensors")):
+    if not os.path.exists(os.path.join(sft_hf, "config.json")):  # export renames the finished dir into place
         policy = job.build_policy(cfg, init_hf, pinfo)
         model, opt, sched = job.optimizer_for(policy, opts.sft_lr, cfg.sft.weight_decay, 1.0, opts.sft_warmup, cfg)
         tok = job.tokenizer(init_hf)
@@ -181,22 +235,11 @@ def run(cfg, opts) -> dict:
         sft_hf = job._train_loop(cfg, "vidchain_sft", trainer, model, opt, sched, opts.sft_steps,
                                  max(opts.sft_steps // 3, 1), 1, init_hf)
 
-    def evaluate(hf, name):
-        from dvr1.rollout.native import NativeRolloutEngine
-
-        pol = job.build_policy(cfg, hf, pinfo, trainable=False)
-        tk = job.tokenizer(hf)
-        res = evaluate_vidchain(NativeRolloutEngine(pol, seed=cfg.seed), ChainInputs(InputBuilder(pol, tk, cfg.video)),
-                                tk, test, scorers, opts.max_new_tokens, cfg.log.progress,
-                                os.path.join(run_dir, f"eval_vidchain_{name}.json"))
-        log.info("eval[%s]: %s", name, format_results({name: res}).splitlines()[-1])
-        return res
-
-    results = {"sft": evaluate(sft_hf, "sft")}
+    results = {"sft": run_eval(cfg, pinfo, sft_hf, "sft", "test", scorers)}
 
     # M-DPO from the SFT model; π_ref = the frozen SFT model
     mdpo_hf = os.path.join(run_dir, "vidchain_mdpo", "hf")
-    if not os.path.exists(os.path.join(mdpo_hf, "model.safetensors")):
+    if not os.path.exists(os.path.join(mdpo_hf, "config.json")):
         policy = job.build_policy(cfg, sft_hf, pinfo)
         reference = job.build_policy(cfg, sft_hf, pinfo, trainable=False)
         model, opt, sched = job.optimizer_for(policy, opts.mdpo_lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg)
@@ -206,11 +249,12 @@ def run(cfg, opts) -> dict:
                               caption_scorer, seed=cfg.seed + 17)
         mdpo_hf = job._train_loop(cfg, "vidchain_mdpo", trainer, model, opt, sched, opts.mdpo_steps,
                                   max(opts.mdpo_steps // 3, 1), 1, sft_hf)
-    results["mdpo"] = evaluate(mdpo_hf, "mdpo")
+    results["mdpo"] = run_eval(cfg, pinfo, mdpo_hf, "mdpo", "test", scorers)
 
     table = format_results({"CoTasks SFT": results["sft"], "+ M-DPO": results["mdpo"]})
-    with open(os.path.join(run_dir, "vidchain_results.md"), "w") as f:
-        f.write(table + "\n")
+    if pinfo.rank == 0:
+        with open(os.path.join(run_dir, "vidchain_results.md"), "w") as f:
+            f.write(table + "\n")
     print("\n" + table + "\n", flush=True)
     print(f"run directory: {run_dir}  ({(time.time() - t0) / 60:.1f} min)", flush=True)
     return results
