@@ -71,15 +71,18 @@ class ParallelConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = "native"  # native (vllm: planned)
+    engine: str = "native"  # native (megatron-core KV-cache sampler) | vllm (colocated vLLM, dvr1/rollout/vllm.py)
     group_size: int = 8  # G
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64
-    # colocated vLLM (rollout.engine=vllm): engine TP size, GPU memory share, sleep during training
+    # colocated vLLM (rollout.engine=vllm): engine TP size (1, or parallel.tp), GPU memory share, sleep during
+    # training (GPU only), KV cache in whole GiB on CPU, longest prompt+response in tokens (0: the model's maximum)
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.4
     enable_sleep_mode: bool = True
+    cpu_kv_cache_gb: int = 1
+    max_model_len: int = 0
 
 
 @dataclass
@@ -241,7 +244,7 @@ _CHOICES = {
     "video.backend": ("pyav", "dali"),
     "model.spec": ("local", "te"),
     "model.dtype": ("float32", "bfloat16"),
-    "rollout.engine": ("native",),  # vllm: its own issue (not in this version)
+    "rollout.engine": ("native", "vllm"),
     "algo.name": ("reg_grpo", "grpo"),
     "algo.loss_agg": ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum"),
     "algo.logratio_reduction": ("sum", "mean"),
@@ -255,13 +258,14 @@ _CHOICES = {
 
 def validate(cfg) -> None:
     """Checks beyond types. Raises ConfigError naming the field and the allowed values."""
-    if cfg.rollout.engine == "vllm":
-        raise ConfigError("rollout.engine='vllm': the colocated vLLM engine is not in this version yet; use "
-                          "rollout.engine=native (the examples keep their vLLM sizes for tools/plan_memory.py)")
     for key, allowed in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: must be one of {', '.join(allowed)}")
+    if cfg.rollout.engine == "vllm":
+        if cfg.rollout.tensor_parallel_size not in (1, cfg.parallel.tp):
+            raise ConfigError(f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size}: must be 1 or "
+                              f"parallel.tp={cfg.parallel.tp} (vLLM shares the trainer's ranks)")
     if cfg.rollout.group_size < 2:
         raise ConfigError(f"rollout.group_size={cfg.rollout.group_size}: a group needs at least 2 responses")
     if cfg.rollout.group_size > 1 and cfg.rollout.temperature <= 0:

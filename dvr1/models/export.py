@@ -60,6 +60,31 @@ def state_for_hf(policy) -> dict[str, torch.Tensor]:
     return out
 
 
+def iter_full_state_for_hf(policy):
+    """Yield ``(HF name, full tensor)`` for the WHOLE model on every rank: TP shards gathered (`state_for_hf`), and
+    under PP each stage's tensors broadcast to the other stages over the PP group, stage by stage, one tensor at a
+    time (peak extra memory: one full tensor). Every rank must consume the iterator to the end in order (the
+    broadcasts are collective). This is the weights iterator of the colocated vLLM refit (`dvr1.rollout.vllm`)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    local = state_for_hf(policy)
+    pp_rank, pp = _pp()
+    if pp == 1:
+        yield from local.items()
+        return
+    group = ps.get_pipeline_model_parallel_group()
+    ranks = dist.get_process_group_ranks(group)
+    device = next(iter(local.values())).device
+    for stage in range(pp):
+        meta = [[(k, tuple(v.shape), v.dtype) for k, v in local.items()] if stage == pp_rank else None]
+        dist.broadcast_object_list(meta, src=ranks[stage], group=group)
+        for name, shape, dtype in meta[0]:
+            t = local[name].contiguous() if stage == pp_rank else torch.empty(shape, dtype=dtype, device=device)
+            dist.broadcast(t, src=ranks[stage], group=group)
+            yield name, t
+
+
 def export_hf(policy, src_dir: str, out_dir: str) -> str:
     """Write the HF checkpoint (`model.safetensors`, or one shard per PP stage + index) and the config/tokenizer
     files of `src_dir` to `out_dir`. Every rank must call it (TP gathers are collective); TP/DP rank 0 of each stage

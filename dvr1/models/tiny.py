@@ -71,6 +71,28 @@ def tiny_config(ids: dict[str, int], vocab_size: int, tie_word_embeddings: bool 
     )
 
 
+def write_processor_config(out_dir: str, vision_config=None, min_pixels: int = 3136, max_pixels: int = 12845056) -> str:
+    """Write `preprocessor_config.json` as released Qwen2.5-VL checkpoints have it (patch 14, temporal patch 2,
+    merge 2, CLIP mean/std, pixel bounds in pixels), so `AutoProcessor` -- and vLLM, which builds its multi-modal
+    processor from it -- load the checkpoint. Plain JSON: no image-processor class (and no torchvision) is needed
+    to write it. `vision_config` defaults to the one in `out_dir/config.json`. Returns the file's path."""
+    if vision_config is None:
+        from transformers import AutoConfig
+
+        vision_config = AutoConfig.from_pretrained(out_dir).vision_config
+    from dvr1.data.processing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    path = os.path.join(out_dir, "preprocessor_config.json")
+    with open(path, "w") as f:
+        json.dump({"image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2_5_VLProcessor",
+                   "patch_size": vision_config.patch_size, "temporal_patch_size": vision_config.temporal_patch_size,
+                   "merge_size": vision_config.spatial_merge_size, "min_pixels": min_pixels,
+                   "max_pixels": max_pixels, "image_mean": list(OPENAI_CLIP_MEAN), "image_std": list(OPENAI_CLIP_STD),
+                   "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+                   "do_convert_rgb": True}, f, indent=1)
+    return path
+
+
 def make_tiny_checkpoint(
     out_dir: str,
     texts: Iterable[str],
@@ -93,6 +115,7 @@ def make_tiny_checkpoint(
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(cfg).float()
     model.save_pretrained(out_dir)
+    write_processor_config(out_dir, cfg.vision_config)
     with open(os.path.join(out_dir, "dvr1_tiny.json"), "w") as f:
         json.dump({"seed": seed, "tokenizer_vocab": len(tok), "model_vocab": cfg.text_config.vocab_size}, f)
     return out_dir

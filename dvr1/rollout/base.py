@@ -31,14 +31,16 @@ class SamplingParams:
 @dataclass
 class RolloutRequest:
     """prompt_ids: int64 `[prompt_len]`; position_ids: int64 `[3, prompt_len]` (mrope, `dvr1.models.rope`);
-    video_embeds: `[num_video_tokens, hidden]` from the frozen vision tower (native engine) and/or the raw video for
-    engines that encode it themselves (`pixel_values_videos` `[patches, 1176]`, `video_grid_thw` `[1, 3]`)."""
+    video_embeds: `[num_video_tokens, hidden]` from the frozen vision tower; video_grid_thw: int64 `[1, 3]` patch
+    grid and second_per_grid: seconds per temporal grid step (engines that compute mrope positions themselves,
+    vLLM, need both); pixel_values_videos `[patches, 1176]` for engines that encode the video themselves."""
 
     prompt_ids: torch.Tensor
     position_ids: torch.Tensor
     video_embeds: Optional[torch.Tensor] = None
     pixel_values_videos: Optional[torch.Tensor] = None
     video_grid_thw: Optional[torch.Tensor] = None
+    second_per_grid: Optional[float] = None
 
 
 @dataclass
@@ -58,6 +60,10 @@ class RolloutEngine(Protocol):
 
     def sync_weights(self, policy) -> float:
         """Refit the engine with the policy's current weights; returns seconds spent (0 for the native engine)."""
+        ...
+
+    def sleep(self) -> None:
+        """Release accelerator memory until the next `generate` (vLLM on GPUs); a no-op where nothing is held."""
         ...
 
     def state_dict(self) -> dict:

@@ -31,6 +31,9 @@ class NativeRolloutEngine:
     def sync_weights(self, policy) -> float:
         return 0.0  # the native engine samples from the trained module itself
 
+    def sleep(self) -> None:
+        return None  # nothing to release: the native engine is the policy itself
+
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
 

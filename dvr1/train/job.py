@@ -143,13 +143,28 @@ def optimizer_for(model, lr, weight_decay, clip_grad, warmup, cfg):
     return chunks[0], opt, build_lr_scheduler(opt, lr, warmup_steps=warmup, weight_decay=weight_decay)
 
 
-def rollout_engine(cfg, policy):
-    """The engine named by `rollout.engine` (the config accepts only "native" in this version)."""
-    from dvr1.rollout.native import NativeRolloutEngine
+def rollout_engine(cfg, policy, hf_dir: str | None = None):
+    """The engine named by `rollout.engine`: "native" samples from `policy` itself; "vllm" starts a colocated vLLM
+    engine from `hf_dir` (the HF checkpoint `policy` was loaded from). Raises ValueError if vllm has no `hf_dir`."""
     from dvr1.train.rl import dp_layout
 
-    # TP/PP ranks of one DP rank must sample identical tokens: same seed; DP ranks get their own stream
-    return NativeRolloutEngine(policy, seed=cfg.seed + 101 + 1000 * dp_layout()[0], progress=False)
+    # TP/PP ranks of one DP replica must sample identical tokens: same seed; DP replicas get their own stream
+    seed = cfg.seed + 101 + 1000 * dp_layout()[0]
+    if cfg.rollout.engine == "vllm":
+        from dvr1.models.qwen2_5_vl import load_hf_config
+        from dvr1.rollout.vllm import VLLMRolloutEngine
+
+        if hf_dir is None:
+            raise ValueError("rollout.engine=vllm: rollout_engine() needs the policy's HF checkpoint directory")
+        r = cfg.rollout
+        max_len = r.max_model_len or load_hf_config(hf_dir).text_config.max_position_embeddings
+        return VLLMRolloutEngine(hf_dir, seed=seed, tensor_parallel_size=r.tensor_parallel_size,
+                                 dtype=cfg.model.dtype, max_model_len=max_len,
+                                 gpu_memory_utilization=r.gpu_memory_utilization,
+                                 enable_sleep_mode=r.enable_sleep_mode, cpu_kv_cache_gb=r.cpu_kv_cache_gb)
+    from dvr1.rollout.native import NativeRolloutEngine
+
+    return NativeRolloutEngine(policy, seed=seed, progress=False)
 
 
 # ---- stages ---------------------------------------------------------------------------------------------------
@@ -216,7 +231,7 @@ def run_rl(cfg, pinfo, init_hf: str) -> str:
     model, opt, sched = optimizer_for(policy, cfg.rl.lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg)
     tok = tokenizer(init_hf)
     builder = InputBuilder(policy, tok, cfg.video)
-    engine = rollout_engine(cfg, policy)
+    engine = rollout_engine(cfg, policy, init_hf)
     trainer = RLTrainer(cfg, model, opt, sched, reference, engine, builder, tok, records(cfg, "train"))
     return _train_loop(cfg, "rl", trainer, model, opt, sched, cfg.rl.steps, cfg.rl.save_every, cfg.rl.keep_last,
                        init_hf)

@@ -148,6 +148,7 @@ class RLTrainer:
         self.history.load_state_dict(s["history"])
         self.noise_gen.set_state(s["noise_gen"])
         self.engine.load_state_dict(s["engine"])
+        self.engine.sync_weights(self.model)  # the resumed policy, not the checkpoint the engine started from
 
     # ---- stages --------------------------------------------------------------------------------------------
     def sampling(self, n=None) -> SamplingParams:
@@ -260,6 +261,7 @@ class RLTrainer:
         else:
             self.history.push(orig_stats.mean.tolist())
         t["rollout"] = time.perf_counter() - t0
+        self.engine.sleep()  # vLLM on GPUs frees its memory while the trainer runs (no-op otherwise)
 
         rewards = torch.stack([g.rewards for g in groups])  # [B', G]
         stats = group_advantages(rewards, cfg.algo.adv_eps, cfg.algo.ddof)

@@ -28,7 +28,7 @@ def test_overrides_and_types():
     ("algo.name=ppo", "algo.name='ppo': must be one of reg_grpo, grpo"),
     ("rollout.group_size=1", "rollout.group_size=1: a group needs at least 2 responses"),
     ("parallel.tp=0", "parallel.tp=0: must be >= 1"),
-    ("rollout.engine=vllm", "rollout.engine='vllm': the colocated vLLM engine is not in this version yet"),
+    ("rollout.engine=sglang", "rollout.engine='sglang': must be one of native, vllm"),
     ("model.fp8=e5m2", "model.fp8='e5m2': must be one of e4m3, hybrid"),
 ])
 def test_bad_values_name_the_field(override, message):
@@ -48,3 +48,13 @@ def test_vidchain_section():
         load_config(None, ["vidchain.mdpo_chains=[cap_seg,caption]"])
     assert str(e.value) == ("vidchain.mdpo_chains: unknown chain 'caption'; must be one of count_seg_cap, cap_seg, "
                             "ground")
+
+
+def test_vllm_engine_sizes():
+    """vLLM shares the trainer's ranks: its TP size is 1 or the trainer's."""
+    cfg = load_config(None, ["rollout.engine=vllm", "parallel.tp=2", "rollout.tensor_parallel_size=2"])
+    assert (cfg.rollout.engine, cfg.rollout.tensor_parallel_size) == ("vllm", 2)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["rollout.engine=vllm", "parallel.tp=2", "rollout.tensor_parallel_size=4"])
+    assert str(e.value) == ("rollout.tensor_parallel_size=4: must be 1 or parallel.tp=2 (vLLM shares the trainer's "
+                            "ranks)")
