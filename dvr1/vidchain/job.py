@@ -260,15 +260,17 @@ def run(cfg, opts) -> dict:
     return results
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """``dvr1 vidchain -c CONFIG [key=value ...]`` (``vidchain.*`` keys for :class:`VidChainOptions`)."""
+def main(argv: list[str] | None = None) -> int:
+    """``dvr1 vidchain -c CONFIG [key=value ...]`` (``vidchain.*`` keys for `dvr1.config.VidChainOptions`).
+    Returns the exit status 0 (the results are printed and written under ``run_dir``; :func:`run` returns them)."""
     p = argparse.ArgumentParser(prog="dvr1 vidchain", description=__doc__.split("\n")[0])
-    p.add_argument("-c", "--config", default=None, help="YAML (dvr1 run config + a vidchain: section)")
+    p.add_argument("-c", "--config", default=None, help="YAML (dvr1 run config with a vidchain: section)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. vidchain.mdpo_steps=10")
     a = p.parse_args(argv)
     cfg, opts = load(a.config, a.overrides)
-    return run(cfg, opts)
+    run(cfg, opts)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
