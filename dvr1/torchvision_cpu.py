@@ -8,8 +8,8 @@ code) and vLLM's Qwen2.5-VL model module imports that processor, so neither load
 
 `ensure_importable()` runs before torchvision's first import: if `_C.so` loads, nothing changes; if it does not,
 it declares the schemas of the two ops that torchvision registers fake kernels for unconditionally (`nms`, `qnms`),
-so the import succeeds. Those ops then have no kernel: calling `torchvision.ops.nms` raises torch's "could not run
-'torchvision::nms' with arguments from the 'CPU' backend" error. Nothing in dvr1 uses torchvision ops; the
+so the import succeeds. Those ops have no kernel: `torchvision.ops.nms` raises torchvision's own "Couldn't load custom
+C++ ops" RuntimeError (tests/unit/test_vllm_engine.py). Nothing in dvr1 uses torchvision ops; the
 transforms (resize, normalize) are plain torch and work. On a GPU image with a matching torchvision this is a
 no-op.
 """

@@ -4,7 +4,7 @@ Created once per trainer process from the policy's HF checkpoint directory; afte
 calls :meth:`VLLMRolloutEngine.sync_weights`, which gathers the policy's TP shards (and, under PP, every stage's
 tensors) into HF-named full tensors (`dvr1.models.export.iter_full_state_for_hf`, the same mapping table as
 conversion and export) and reloads them into vLLM in place (``LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": ...})``, vLLM 0.32
-``v1/worker/gpu_model_runner.py:5287``), then drops vLLM's prefix cache (its KV blocks belong to the old weights).
+``v1/worker/gpu_model_runner.py:5287``), then resets vLLM's encoder, multi-modal and prefix caches.
 
 Video goes in as vLLM multi-modal *embeddings*: the request's ``video_embeds`` ``[num_video_tokens, hidden]`` come
 from the policy's own frozen vision tower (`dvr1.train.inputs.InputBuilder`, PyAV or DALI, DA-Aug noise included), with
@@ -108,6 +108,26 @@ def register_qwen2_5_vl() -> None:
     _REGISTERED = True
 
 
+def refresh_cpu_lm_head(model) -> int:
+    """Rebuild the oneDNN GEMM handle of every vocabulary-parallel embedding / LM head of a vLLM ``model`` from its
+    current weight; returns how many. Needed after an in-place weight reload on CPU: vLLM 0.32's CPU path gives the
+    (tied) LM head a GEMM handle built from the weight (``model_executor/layers/utils.py``
+    ``dispatch_cpu_unquantized_gemm(..., remove_weight=False)``); the reload rebuilds it from a temporary copy of
+    the layer and then copies the values back into the original parameter
+    (``model_loader/reload/layerwise.py`` ``_copy_and_restore_kernel_tensors``), after which the handle no longer
+    computes with the new weights (measured here: the output logits kept the old embedding while the lookup used
+    the new one; tests/distributed/test_vllm_sync.py catches it). Linear layers are not affected."""
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, VocabParallelEmbedding) and hasattr(m, "cpu_linear"):
+            dispatch_cpu_unquantized_gemm(m, remove_weight=False)
+            n += 1
+    return n
+
+
 def request_seed(base: int, call: int, index: int) -> int:
     """The vLLM seed of request ``index`` in generate call ``call``: a 31-bit CRC of the three, so it is the same on
     every rank of a DP replica, differs across calls, and survives a resume (the engine's state is ``call``).
@@ -151,7 +171,10 @@ class VLLMRolloutEngine:
         from transformers import AutoConfig
         from vllm import LLM
 
-        self.video_token_id = AutoConfig.from_pretrained(hf_dir).video_token_id
+        hf_config = AutoConfig.from_pretrained(hf_dir)
+        self.video_token_id = hf_config.video_token_id
+        self.hidden_size = hf_config.text_config.hidden_size
+        self.merge_size = hf_config.vision_config.spatial_merge_size
         self.seed = seed
         self.calls = 0
         self.progress = progress
@@ -170,9 +193,7 @@ class VLLMRolloutEngine:
         if dist.is_initialized() and dist.get_world_size() > 1:  # torchrun: join the trainer's world
             kwargs["distributed_executor_backend"] = "external_launcher"
         t0 = time.perf_counter()
-        threads = torch.get_num_threads()
-        self.llm = LLM(**kwargs)
-        torch.set_num_threads(threads)  # vLLM's CPU worker lowers torch's thread count for serving
+        self.llm = LLM(**kwargs)  # on CPU vLLM binds torch's threads (and may lower their number) for the process
         self.start_seconds = time.perf_counter() - t0
         self.awake = True
         log.info("vllm: engine up in %.1f s (tp=%d, %s)", self.start_seconds, tensor_parallel_size,
@@ -191,8 +212,8 @@ class VLLMRolloutEngine:
             raise ValueError(f"vllm rollout: n={sampling.n} responses need temperature > 0 (greedy gives one)")
         self.wake_up()
         prompts, params = [], []
-        for i, r in enumerate(requests):
-            prompts.append(TokensPrompt(prompt_token_ids=self._prompt_ids(r), **self._mm(r)))
+        for i, (r, e) in enumerate(zip(requests, self._video_embeds(requests))):
+            prompts.append(TokensPrompt(prompt_token_ids=self._prompt_ids(r, e), **self._mm(r, e)))
             params.append(VSamplingParams(
                 n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                 max_tokens=sampling.max_new_tokens, stop_token_ids=list(sampling.stop_token_ids), ignore_eos=True,
@@ -223,7 +244,13 @@ class VLLMRolloutEngine:
         # a generator: one full tensor at a time (the engine runs in this process, so nothing is serialised)
         weights = iter_full_state_for_hf(unwrap_model(policy))
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        # the worker cleared its encoder/multi-modal caches; clear the scheduler's and the front end's records of
+        # them too (else: "Encoder cache miss"), and the prefix cache, whose KV blocks belong to the old weights
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.reset_mm_cache()
         self.llm.reset_prefix_cache()
+        if not self.on_gpu:
+            self.llm.apply_model(refresh_cpu_lm_head)
         return time.perf_counter() - t0
 
     def state_dict(self) -> dict:
@@ -244,24 +271,48 @@ class VLLMRolloutEngine:
             self.llm.wake_up()
             self.awake = True
 
-    def _prompt_ids(self, r: RolloutRequest) -> list[int]:
-        """The prompt with its ``<|video_pad|>`` run collapsed to one token (vLLM expands it from the grid)."""
+    def _video_embeds(self, requests: list[RolloutRequest]) -> list:
+        """Each request's ``video_embeds`` ``[t*h*w/merge^2, hidden]`` (or None). Under PP only the first stage has
+        the vision tower: its embeddings are broadcast over the PP group (collective: every stage passes the same
+        requests); the requests themselves are not changed."""
+        import torch.distributed as dist
+        from megatron.core import parallel_state as ps
+
+        embeds = [r.video_embeds for r in requests]
+        if not ps.model_parallel_is_initialized() or ps.get_pipeline_model_parallel_world_size() == 1:
+            return embeds
+        group = ps.get_pipeline_model_parallel_group()
+        src = dist.get_process_group_ranks(group)[0]
+        meta = [[None if e is None else (tuple(e.shape), e.dtype, str(e.device)) for e in embeds]]
+        dist.broadcast_object_list(meta, src=src, group=group)
+        for i, m in enumerate(meta[0]):
+            if m is None:
+                continue
+            if ps.get_pipeline_model_parallel_rank() != 0:
+                embeds[i] = torch.empty(m[0], dtype=m[1], device="cuda" if self.on_gpu else "cpu")
+            dist.broadcast(embeds[i].contiguous(), src=src, group=group)
+        return embeds
+
+    def _prompt_ids(self, r: RolloutRequest, video_embeds=None) -> list[int]:
+        """The prompt with its ``<|video_pad|>`` run collapsed to one token (vLLM expands it from the grid).
+        Raises ValueError if the prompt's video tokens are not one run of ``len(video_embeds)`` tokens."""
         ids = r.prompt_ids.tolist()
-        if r.video_embeds is None:
+        if video_embeds is None:
             return ids
         pads = [i for i, t in enumerate(ids) if t == self.video_token_id]
-        if not pads or pads[-1] - pads[0] + 1 != len(pads) or len(pads) != r.video_embeds.shape[0]:
-            raise ValueError(f"vllm rollout: expected one run of {r.video_embeds.shape[0]} video tokens "
+        if not pads or pads[-1] - pads[0] + 1 != len(pads) or len(pads) != video_embeds.shape[0]:
+            raise ValueError(f"vllm rollout: expected one run of {video_embeds.shape[0]} video tokens "
                              f"(id {self.video_token_id}) in the prompt, found {len(pads)}")
         return ids[: pads[0] + 1] + ids[pads[-1] + 1:]
 
     @staticmethod
-    def _mm(r: RolloutRequest) -> dict:
-        if r.video_embeds is None:
+    def _mm(r: RolloutRequest, video_embeds=None) -> dict:
+        """vLLM's ``multi_modal_data`` for the request: the embeddings, the grid and the seconds per grid step."""
+        if video_embeds is None:
             return {}
         if r.video_grid_thw is None:
             raise ValueError("vllm rollout: a request with video_embeds needs video_grid_thw")
-        video = {"video_embeds": r.video_embeds, "video_grid_thw": r.video_grid_thw.view(1, 3)}
+        video = {"video_embeds": video_embeds, "video_grid_thw": r.video_grid_thw.view(1, 3)}
         if r.second_per_grid is not None:
             video["second_per_grid_ts"] = torch.tensor([float(r.second_per_grid)])
         return {"multi_modal_data": {"video": video}}

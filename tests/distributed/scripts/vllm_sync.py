@@ -1,0 +1,109 @@
+"""Colocated vLLM engine after optimizer steps and a weight sync, at a given TP/PP; saves what the test compares.
+
+    torchrun --nproc-per-node N vllm_sync.py CKPT OUT TP PP
+
+Per rank (OUT/rank{r}.pt): greedy tokens of vLLM and of the native sampler on 3 video prompts, vLLM's sampled-token
+log-probs before and after the sync, the trainer's recomputed log-probs of vLLM's responses (last stage), vLLM's
+prompt log-probs and the trainer's (positions after the video depend on second_per_grid_ts), the seconds the sync
+took, and the HF names a sync sends next to the checkpoint's tensor names.
+"""
+
+import os
+import sys
+
+import torch
+
+
+def main(ckpt, out, tp, pp):
+    import torch.distributed as dist
+
+    from dvr1.config import load_config
+    from dvr1.data.processing import normalize_frames, num_video_tokens, patchify
+    from dvr1.models.qwen2_5_vl import load_hf_config
+    from dvr1.models.rope import get_rope_index
+    from dvr1.models.tokenizer import chat_prompt
+    from dvr1.parallel.forward import forward_backward
+    from dvr1.rollout.base import RolloutRequest, SamplingParams
+    from dvr1.rollout.native import NativeRolloutEngine
+    from dvr1.train import job
+    from dvr1.train.inputs import Prepared, build_batch, token_logprobs
+    from transformers import AutoTokenizer
+
+    cfg = load_config(None, [f"parallel.tp={tp}", f"parallel.pp={pp}", "log.wandb=false", "rollout.engine=vllm",
+                             "rollout.max_model_len=1024"])
+    info = job.init(cfg)
+    policy = job.build_policy(cfg, ckpt, info)
+    model, opt, sched = job.optimizer_for(policy, 2e-2, 0.0, 0.0, 0, cfg)
+    hf_cfg = load_hf_config(ckpt)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    pad = tok.convert_tokens_to_ids("<|endoftext|>")
+
+    g = torch.Generator().manual_seed(0)
+    prepared = []
+    for b in range(3):  # 4 frames of 56x84 -> grid (2, 4, 6): temporal positions 0, 1 at 0.5 s per grid step
+        frames = torch.randint(0, 256, (4, 56, 84, 3), generator=g, dtype=torch.uint8)
+        pv, grid = patchify(normalize_frames(frames))
+        grid = grid.view(1, 3)
+        ids = torch.tensor(tok(chat_prompt(f"question {b}? describe the motion", num_video_tokens(grid[0])))["input_ids"])
+        pos = get_rope_index(ids.view(1, -1), hf_cfg.video_token_id, grid, [0.25], 2, 2)[:, 0]
+        embeds = policy.encode_video(pv, grid) if policy.visual is not None else None
+        prepared.append(Prepared(None, "", RolloutRequest(ids, pos, embeds, video_grid_thw=grid, second_per_grid=0.25),
+                                 grid, 0.25, hf_cfg.video_token_id))
+    engine = job.rollout_engine(cfg, policy, ckpt)
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=12, stop_token_ids=(eos,))
+    before = engine.generate([p.request for p in prepared], greedy)
+
+    # two optimizer steps that raise the log-likelihood of fixed responses (a plain SFT loss)
+    items = [(p, torch.randint(10, 300, (6,), generator=g).tolist()) for p in prepared]
+    batch = build_batch(items, pad)
+    for _ in range(2):
+        model.zero_grad_buffer()
+        opt.zero_grad()
+        forward_backward(model, batch, lambda logp, _e, rows: (-(logp * batch.resp_mask[rows]).sum()
+                                                               / batch.resp_mask.sum(), {}), forward_only=False)
+        opt.step()
+    seconds = engine.sync_weights(model)
+    after = engine.generate([p.request for p in prepared], greedy)
+    native = NativeRolloutEngine(policy).generate([p.request for p in prepared], greedy)
+    check = build_batch([(p, o.token_ids[0]) for p, o in zip(prepared, after)], pad)
+    trainer_logp, _ = token_logprobs(model, check)
+
+    result = {"vllm": [o.token_ids[0] for o in after], "native": [o.token_ids[0] for o in native],
+              "vllm_logp": [o.logprobs[0] for o in after], "vllm_logp_before": [o.logprobs[0] for o in before],
+              "sync_seconds": seconds, "resp_mask": check.resp_mask}
+    if trainer_logp is not None:
+        result["trainer_logp"] = trainer_logp
+
+    # prompt log-probs: every position after the video depends on second_per_grid_ts reaching vLLM's mrope
+    from vllm import SamplingParams as VSP
+    from vllm.inputs import TokensPrompt
+
+    r = prepared[0].request
+    e = engine._video_embeds([r])[0]
+    o = engine.llm.generate([TokensPrompt(prompt_token_ids=engine._prompt_ids(r, e), **engine._mm(r, e))],
+                            VSP(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False), use_tqdm=False)[0]
+    ids = r.prompt_ids.tolist()
+    result["vllm_prompt_logp"] = [d[t].logprob for d, t in zip(o.prompt_logprobs[1:], ids[1:])]
+    whole = build_batch([(prepared[0], ids[-1:])], pad)  # the prompt's tokens are targets of the shifted logits
+    whole.resp_index = torch.arange(len(ids) - 1).view(1, -1)
+    whole.resp_mask = torch.ones(1, len(ids) - 1)
+    plogp, _ = token_logprobs(model, whole)
+    if plogp is not None:
+        result["trainer_prompt_logp"] = plogp[0]
+
+    # completeness: the names a sync sends are exactly the checkpoint's tensor names (vLLM raises on an unknown name)
+    from megatron.core.utils import unwrap_model
+    from safetensors import safe_open
+
+    from dvr1.models.export import iter_full_state_for_hf
+
+    result["sent_names"] = sorted(n for n, _ in iter_full_state_for_hf(unwrap_model(model)))
+    with safe_open(os.path.join(ckpt, "model.safetensors"), "pt") as f:
+        result["checkpoint_names"] = sorted(f.keys())
+    torch.save(result, os.path.join(out, f"rank{dist.get_rank()}.pt"))
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
