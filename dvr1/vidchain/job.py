@@ -245,8 +245,9 @@ def run(cfg, opts) -> dict:
         model, opt, sched = job.optimizer_for(policy, opts.mdpo_lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg)
         tok = job.tokenizer(sft_hf)
         inputs = ChainInputs(InputBuilder(policy, tok, cfg.video))
-        trainer = MDPOTrainer(model, opt, sched, reference, job.rollout_engine(cfg, policy), inputs, tok, train, opts,
-                              caption_scorer, seed=cfg.seed + 17)
+        engine = job.rollout_engine(cfg, policy, sft_hf)
+        trainer = MDPOTrainer(model, opt, sched, reference, engine, inputs, tok, train, opts, caption_scorer,
+                              seed=cfg.seed + 17)
         mdpo_hf = job._train_loop(cfg, "vidchain_mdpo", trainer, model, opt, sched, opts.mdpo_steps,
                                   max(opts.mdpo_steps // 3, 1), 1, sft_hf)
     results["mdpo"] = run_eval(cfg, pinfo, mdpo_hf, "mdpo", "test", scorers)

@@ -191,6 +191,7 @@ class MDPOTrainer:
         if "pair_rng" in s:  # checkpoints written before the DP split have none
             self.pair_rng.setstate(s["pair_rng"])
         self.engine.load_state_dict(s["engine"])
+        self.engine.sync_weights(self.model)  # a vLLM engine must sample from the resumed policy (native: no-op)
 
     def step(self) -> dict:
         o = self.opts
@@ -198,6 +199,7 @@ class MDPOTrainer:
         recs = draw[self.dp_rank::self.dp_size]
         pairs, stats = build_pairs(self.engine, self.inputs, self.tok, recs, o.mdpo_chains, o.k_samples, o.temperature,
                                    o.max_new_tokens, o.pair_threshold, self.meteor, self.rng, self.score_fn)
+        self.engine.sleep()  # vLLM on GPUs frees its memory during the update (no-op otherwise)
         if len(pairs) > self.pairs_per_rank:
             pairs = self.pair_rng.sample(pairs, self.pairs_per_rank)
         rec = recs[0]
@@ -217,7 +219,7 @@ class MDPOTrainer:
         metrics = {"pairs_used": float(len(pairs))}
         if n_global == 0:
             return dict(metrics, **dict.fromkeys(_DPO_KEYS, 0.0), grad_norm=0.0,
-                        lr=self.optimizer.param_groups[0]["lr"])  # same keys every step (DP metric reduction)
+                        lr=self.optimizer.param_groups[0]["lr"], weight_sync_s=0.0)  # same keys every step (DP metric reduction)
         if pairs:
             scale = len(pairs) * self.dp_size / n_global
         else:
@@ -238,4 +240,6 @@ class MDPOTrainer:
         if res is not None:
             dm = res[3][0] if isinstance(res[3], list) else res[3]
         dm = broadcast_from_last_stage(dm)
-        return dict(metrics, **dm, grad_norm=float(grad_norm or 0.0), lr=self.optimizer.param_groups[0]["lr"])
+        sync = self.engine.sync_weights(self.model)  # refit a colocated vLLM engine (native: 0)
+        return dict(metrics, **dm, grad_norm=float(grad_norm or 0.0), lr=self.optimizer.param_groups[0]["lr"],
+                    weight_sync_s=sync)

@@ -65,8 +65,9 @@ class ChainInputs:
         ids = torch.tensor(self.tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
         pos = get_rope_index(ids.view(1, -1), self.info.video_token_id, grid, [spg], self.info.merge_size,
                              self.info.tokens_per_second)[:, 0]
-        return Prepared(record, text, RolloutRequest(prompt_ids=ids, position_ids=pos, video_embeds=embeds), grid, spg,
-                        self.info.video_token_id)
+        req = RolloutRequest(prompt_ids=ids, position_ids=pos, video_embeds=embeds, video_grid_thw=grid,
+                             second_per_grid=spg)
+        return Prepared(record, text, req, grid, spg, self.info.video_token_id)
 
     def answer_ids(self, text: str, eos: int) -> list[int]:
         return self.tok(text, add_special_tokens=False)["input_ids"] + [eos]
