@@ -20,7 +20,7 @@ Position convention: vLLM starts the text after a video at (largest position so 
 code does; transformers 5.19 starts it at start + max(H, W)/merge (`dvr1.models.rope`). The two agree whenever the
 video's temporal positions do not run past its spatial ones, ``(t - 1) * tokens_per_second * second_per_grid <
 max(H, W)/merge`` (true for the tiny config: 4 grid steps at 1 position each, 4x4 merged grid); otherwise vLLM's
-log-probs differ from the trainer's on the text after the video. The loss never uses the engine's log-probs
+log-probs differ from the trainer's on the text after the video, and the engine logs a warning (once). The loss never uses the engine's log-probs
 (ALGORITHMS §3): the trainer recomputes old-policy log-probs itself.
 
 Parallel layout: every trainer rank builds an engine with ``distributed_executor_backend="external_launcher"`` (vLLM
@@ -212,6 +212,8 @@ class VLLMRolloutEngine:
             raise ValueError(f"vllm rollout: n={sampling.n} responses need temperature > 0 (greedy gives one)")
         self.wake_up()
         prompts, params = [], []
+        for r in requests:
+            self._check_positions(r)
         for i, (r, e) in enumerate(zip(requests, self._video_embeds(requests))):
             prompts.append(TokensPrompt(prompt_token_ids=self._prompt_ids(r, e), **self._mm(r, e)))
             params.append(VSamplingParams(
@@ -292,6 +294,23 @@ class VLLMRolloutEngine:
                 embeds[i] = torch.empty(m[0], dtype=m[1], device="cuda" if self.on_gpu else "cpu")
             dist.broadcast(embeds[i].contiguous(), src=src, group=group)
         return embeds
+
+    def _check_positions(self, r: RolloutRequest) -> None:
+        """Warn once if vLLM's mrope rule (text after a video at max position + 1) gives this prompt other positions
+        than the trainer's (`r.position_ids`, transformers 5.19's rule); module docstring."""
+        if getattr(self, "_warned_positions", False) or r.video_grid_thw is None:
+            return
+        ids = r.prompt_ids
+        pads = (ids == self.video_token_id).nonzero().flatten()
+        if len(pads) == 0 or int(pads[-1]) + 1 >= len(ids):
+            return
+        v0, v1 = int(pads[0]), int(pads[-1]) + 1
+        ours, theirs = int(r.position_ids[0, v1]), int(r.position_ids[:, v0:v1].max()) + 1
+        if ours != theirs:
+            self._warned_positions = True
+            log.warning("vllm: the text after this prompt's video starts at mrope position %d in the trainer "
+                        "(transformers 5.19) but %d in vLLM (max + 1): the engine's log-probs of that text differ "
+                        "from the trainer's (docs/ROLLOUT.md); logged once", ours, theirs)
 
     def _prompt_ids(self, r: RolloutRequest, video_embeds=None) -> list[int]:
         """The prompt with its ``<|video_pad|>`` run collapsed to one token (vLLM expands it from the grid).

@@ -34,6 +34,23 @@ def test_prompt_video_run_collapsed_to_one_token():
         _engine()._prompt_ids(split, torch.zeros(4, 8))
 
 
+def test_position_convention_warning(caplog):
+    """Warn (once) when the trainer's text-after-video position differs from vLLM's max + 1."""
+    from dvr1.models.rope import get_rope_index
+
+    ids = torch.tensor([1] + [6] * 8 + [2, 3])  # 8 video tokens, then text
+    # grid (2, 4, 4), 0.5 s/step: temporal 0, 1, spatial 2 x 2 -> both rules resume at 1 + 2 = 3
+    # grid (4, 4, 2), 2 s/step: temporal 0, 4, 8, 12, spatial 2 x 1 -> trainer 1 + 2 = 3, vLLM 1 + 12 + 1 = 14
+    for grid, spg, expected in (([2, 4, 4], 0.5, ""), ([4, 4, 2], 2.0, "position 3 in the trainer (transformers "
+                                                                         "5.19) but 14 in vLLM")):
+        caplog.clear()
+        pos = get_rope_index(ids.view(1, -1), 6, torch.tensor([grid]), [spg], 2, 2)[:, 0]
+        r = RolloutRequest(ids, pos, video_grid_thw=torch.tensor([grid]), second_per_grid=spg)
+        with caplog.at_level("WARNING", logger="dvr1.rollout.vllm"):
+            _engine()._check_positions(r)
+        assert (expected in caplog.text) and (bool(caplog.text) == bool(expected))
+
+
 def test_request_seeds_differ_per_call_and_request_and_are_reproducible():
     seeds = {request_seed(7, c, i) for c in range(20) for i in range(20)}
     assert len(seeds) == 400 and all(0 <= s < 2**31 for s in seeds)
