@@ -48,6 +48,10 @@ class ModelConfig:
     # for the tiny model; the 7B/72B examples turn it on.
     fused_logprobs: bool = False
     logprob_chunk: int = 1024  # tokens per chunk of the fused reduction
+    # where the text after a video resumes in mrope (dvr1/models/rope.py): transformers (5.19's rule, equal to HF's
+    # model) | qwen (Qwen2.5-VL's original rule, which vLLM samples with) | auto (qwen with rollout.engine=vllm,
+    # else transformers): the trainer must see the positions the rollout engine sampled with
+    mrope_after_video: str = "auto"
     # TransformerEngine FP8 and activation recompute (dvr1/parallel/precision.py; GPU image only for FP8)
     fp8: Optional[str] = None  # None | e4m3 | hybrid
     fp8_recipe: str = "delayed"  # delayed | tensorwise | blockwise | mxfp8
@@ -244,6 +248,7 @@ _CHOICES = {
     "video.backend": ("pyav", "dali"),
     "model.spec": ("local", "te"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.mrope_after_video": ("auto", "transformers", "qwen"),
     "rollout.engine": ("native", "vllm"),
     "algo.name": ("reg_grpo", "grpo"),
     "algo.loss_agg": ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum"),
@@ -254,6 +259,14 @@ _CHOICES = {
     "da_aug.mode": ("replace", "append"),
     "log.wandb_mode": ("offline", "online", "disabled"),
 }
+
+
+def mrope_after_video(cfg) -> str:
+    """`model.mrope_after_video` with "auto" resolved: "qwen" when rollout.engine=vllm, else "transformers"."""
+    rule = cfg.model.mrope_after_video
+    if rule == "auto":
+        return "qwen" if cfg.rollout.engine == "vllm" else "transformers"
+    return rule
 
 
 def validate(cfg) -> None:

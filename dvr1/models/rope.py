@@ -3,8 +3,16 @@
 Reproduces `transformers` 5.19 `Qwen2_5_VLModel.get_rope_index` / `get_vision_position_ids`
 (models/qwen2_5_vl/modeling_qwen2_5_vl.py) for text and video tokens, so the megatron-core policy sees the
 positions Hugging Face's model sees (tested against it). Text tokens get (p, p, p); video tokens get
-(start + floor(t * tokens_per_second * second_per_grid), start + h, start + w) on the merged grid; the text after a
-video resumes at start + max(H, W) // merge_size.
+(start + floor(t * tokens_per_second * second_per_grid), start + h, start + w) on the merged grid. Where the text after
+a video resumes is a choice (``after_video``):
+
+- ``"transformers"``: at start + max(H, W) // merge_size (transformers 5.19's rule; dvr1's default, so the policy's
+  logits equal Hugging Face's model, tested);
+- ``"qwen"``: at the largest position of the video + 1 (Qwen2.5-VL's original code, and vLLM 0.32's
+  ``get_mrope_input_positions``): a colocated vLLM engine samples with these positions, so the trainer must use them
+  too (``model.mrope_after_video=auto`` picks this with ``rollout.engine=vllm``).
+
+The two agree unless the video's temporal positions run past its spatial ones.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ def get_rope_index(
     second_per_grid_ts: torch.Tensor | list[float] | None,
     merge_size: int,
     tokens_per_second: float,
+    after_video: str = "transformers",
 ) -> torch.Tensor:
     """3-D positions for a right-padded batch.
 
@@ -45,8 +54,10 @@ def get_rope_index(
         out of every loss).
 
     Raises:
-        ValueError: if a row's count of video tokens does not match its grid.
+        ValueError: if a row's count of video tokens does not match its grid, or an unknown `after_video`.
     """
+    if after_video not in ("transformers", "qwen"):
+        raise ValueError(f"get_rope_index: after_video={after_video!r}: must be 'transformers' or 'qwen'")
     b, s = input_ids.shape
     out = torch.empty(3, b, s, dtype=torch.long)
     vid = 0
@@ -62,8 +73,12 @@ def get_rope_index(
             raise ValueError(f"row {i}: {len(is_video)} video tokens in [{v0}, {v1}) but grid {grid.tolist()} needs {n}")
         spg = float(second_per_grid_ts[vid]) if second_per_grid_ts is not None else 1.0
         out[:, i, :v0] = torch.arange(v0).expand(3, v0)
-        out[:, i, v0:v1] = video_position_ids(v0, grid, merge_size, tokens_per_second * spg)
-        nxt = v0 + max(int(grid[1]), int(grid[2])) // merge_size
+        vpos = video_position_ids(v0, grid, merge_size, tokens_per_second * spg)
+        out[:, i, v0:v1] = vpos
+        if after_video == "transformers":
+            nxt = v0 + max(int(grid[1]), int(grid[2])) // merge_size
+        else:
+            nxt = int(vpos.max()) + 1
         out[:, i, v1:] = (torch.arange(s - v1) + nxt).expand(3, s - v1)
         vid += 1
     return out

@@ -17,11 +17,10 @@ vLLM 0.32's Qwen2-VL embedding parser drops ``second_per_grid_ts`` (its field fa
 keeps the field.
 
 Position convention: vLLM starts the text after a video at (largest position so far) + 1, as Qwen2.5-VL's original
-code does; transformers 5.19 starts it at start + max(H, W)/merge (`dvr1.models.rope`). The two agree whenever the
-video's temporal positions do not run past its spatial ones, ``(t - 1) * tokens_per_second * second_per_grid <
-max(H, W)/merge`` (true for the tiny config: 4 grid steps at 1 position each, 4x4 merged grid); otherwise vLLM's
-log-probs differ from the trainer's on the text after the video, and the engine logs a warning (once). The loss never uses the engine's log-probs
-(ALGORITHMS §3): the trainer recomputes old-policy log-probs itself.
+code does; transformers 5.19 starts it at start + max(H, W)/merge. ``model.mrope_after_video=auto`` makes the trainer
+use vLLM's rule whenever ``rollout.engine=vllm`` (`dvr1.models.rope`), so the loss sees the positions the rollout was
+sampled with; if a user forces the transformers rule, the engine logs a warning (once) on the first prompt where the
+two differ. The loss never uses the engine's log-probs (ALGORITHMS §3): the trainer recomputes them itself.
 
 Parallel layout: every trainer rank builds an engine with ``distributed_executor_backend="external_launcher"`` (vLLM
 joins the trainer's ``torch.distributed`` world; verl's colocated mode). ``rollout.tensor_parallel_size`` = 1: each
@@ -66,7 +65,9 @@ def register_qwen2_5_vl() -> None:
     if _REGISTERED:
         return
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # dvr1 logs the engine's start; vLLM's INFO is per call
+    # vLLM warns on every call here (the renderer sets torch threads, which the CPU worker refuses) and on every
+    # refit (layers with nothing to load: rotary embeddings, the tied LM head); dvr1 logs what matters itself
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     try:
         from vllm import ModelRegistry
         from vllm.model_executor.models import qwen2_5_vl as q

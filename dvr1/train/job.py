@@ -120,6 +120,9 @@ def build_policy(cfg, hf_path: str, pinfo, trainable: bool = True):
     policy = Qwen25VLPolicy(hf_config, tp=pinfo.tp_size, pp=pinfo.pp_size, pre_process=pinfo.is_first_stage,
                             post_process=pinfo.is_last_stage, params_dtype=dtype, spec=cfg.model.spec,
                             **precision_overrides(cfg.model, cfg.parallel))
+    from dvr1.config import mrope_after_video
+
+    policy.info.mrope_after_video = mrope_after_video(cfg)  # the positions the rollout engine samples with
     per_stage = n_layers // pinfo.pp_size
     load_hf_weights(policy, hf_path, pinfo.tp_rank, pinfo.tp_size, layer_offset=pinfo.pp_rank * per_stage)
     if not trainable:

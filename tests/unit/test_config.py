@@ -58,3 +58,16 @@ def test_vllm_engine_sizes():
         load_config(None, ["rollout.engine=vllm", "parallel.tp=2", "rollout.tensor_parallel_size=4"])
     assert str(e.value) == ("rollout.tensor_parallel_size=4: must be 1 or parallel.tp=2 (vLLM shares the trainer's "
                             "ranks)")
+
+
+def test_mrope_rule_follows_the_rollout_engine():
+    """model.mrope_after_video=auto: the trainer uses the positions the rollout engine samples with."""
+    from dvr1.config import mrope_after_video
+
+    assert mrope_after_video(load_config(None)) == "transformers"
+    assert mrope_after_video(load_config(None, ["rollout.engine=vllm"])) == "qwen"
+    assert mrope_after_video(load_config(None, ["rollout.engine=vllm", "model.mrope_after_video=transformers"])) \
+        == "transformers"
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.mrope_after_video=max"])
+    assert str(e.value) == "model.mrope_after_video='max': must be one of auto, transformers, qwen"

@@ -94,6 +94,24 @@ def test_rope_index_equals_hugging_face(checkpoints):
         assert torch.equal(pos, ref), (frames, h, w, spg)
 
 
+def test_rope_index_qwen_rule_resumes_after_the_largest_position():
+    """after_video="qwen" (Qwen2.5-VL's original code, vLLM): text after the video starts at max + 1; equal to the
+    transformers rule (start + max(H, W)/merge) while the temporal positions stay within the spatial extent."""
+    ids = torch.tensor([[9, 9] + [6] * 24 + [9, 9, 9]])  # grid (4, 4, 6): 4 steps x (2 x 3) merged = 24 tokens
+    grid = torch.tensor([[4, 4, 6]])
+    # 0.25 s/step at 2 tokens/s: temporal 0, 0, 1, 1 -> max position 2 + 2 = 4 (width): both resume at 5
+    # 0.75 s/step: temporal 0, 1, 3, 4 -> max position 6: qwen resumes at 7, transformers at 2 + 6/2 = 5
+    for spg, resume_tf, resume_qwen in ((0.25, 5, 5), (0.75, 5, 7)):
+        tf = get_rope_index(ids, 6, grid, [spg], 2, 2, "transformers")[:, 0]
+        qw = get_rope_index(ids, 6, grid, [spg], 2, 2, "qwen")[:, 0]
+        assert torch.equal(tf[:, :26], qw[:, :26])  # identical up to the end of the video
+        assert tf[:, 26:].tolist() == [[resume_tf, resume_tf + 1, resume_tf + 2]] * 3
+        assert qw[:, 26:].tolist() == [[resume_qwen, resume_qwen + 1, resume_qwen + 2]] * 3
+        assert int(qw[:, 2:26].max()) + 1 == resume_qwen
+    with pytest.raises(ValueError, match="after_video='vllm': must be 'transformers' or 'qwen'"):
+        get_rope_index(ids, 6, grid, [1.0], 2, 2, "vllm")
+
+
 def test_rope_index_rejects_mismatched_grid(checkpoints):
     cfg = load_hf_config(checkpoints["tied_gqa2"])
     pv, grid = _video_inputs()

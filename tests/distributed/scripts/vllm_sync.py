@@ -17,7 +17,7 @@ import torch
 def main(ckpt, out, tp, pp):
     import torch.distributed as dist
 
-    from dvr1.config import load_config
+    from dvr1.config import load_config, mrope_after_video
     from dvr1.data.processing import normalize_frames, num_video_tokens, patchify
     from dvr1.models.qwen2_5_vl import load_hf_config
     from dvr1.models.rope import get_rope_index
@@ -41,15 +41,19 @@ def main(ckpt, out, tp, pp):
 
     g = torch.Generator().manual_seed(0)
     prepared = []
-    for b in range(3):  # 4 frames of 56x84 -> grid (2, 4, 6): temporal positions 0, 1 at 0.5 s per grid step
-        frames = torch.randint(0, 256, (4, 56, 84, 3), generator=g, dtype=torch.uint8)
+    # 8 frames of 56x84 -> grid (4, 4, 6), 0.75 s per grid step: temporal positions 0, 1, 3, 4 (vLLM's default of
+    # 1 s would give 0, 2, 4, 6), spatial 2 x 3, so the text after the video resumes at +5 under the "qwen" rule that
+    # model.mrope_after_video=auto picks with rollout.engine=vllm (+3 under transformers 5.19's rule)
+    rule = mrope_after_video(cfg)
+    for b in range(3):
+        frames = torch.randint(0, 256, (8, 56, 84, 3), generator=g, dtype=torch.uint8)
         pv, grid = patchify(normalize_frames(frames))
         grid = grid.view(1, 3)
         ids = torch.tensor(tok(chat_prompt(f"question {b}? describe the motion", num_video_tokens(grid[0])))["input_ids"])
-        pos = get_rope_index(ids.view(1, -1), hf_cfg.video_token_id, grid, [0.25], 2, 2)[:, 0]
+        pos = get_rope_index(ids.view(1, -1), hf_cfg.video_token_id, grid, [0.75], 2, 2, rule)[:, 0]
         embeds = policy.encode_video(pv, grid) if policy.visual is not None else None
-        prepared.append(Prepared(None, "", RolloutRequest(ids, pos, embeds, video_grid_thw=grid, second_per_grid=0.25),
-                                 grid, 0.25, hf_cfg.video_token_id))
+        prepared.append(Prepared(None, "", RolloutRequest(ids, pos, embeds, video_grid_thw=grid, second_per_grid=0.75),
+                                 grid, 0.75, hf_cfg.video_token_id))
     engine = job.rollout_engine(cfg, policy, ckpt)
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=12, stop_token_ids=(eos,))
     before = engine.generate([p.request for p in prepared], greedy)
@@ -69,7 +73,7 @@ def main(ckpt, out, tp, pp):
     check = build_batch([(p, o.token_ids[0]) for p, o in zip(prepared, after)], pad)
     trainer_logp, _ = token_logprobs(model, check)
 
-    result = {"vllm": [o.token_ids[0] for o in after], "native": [o.token_ids[0] for o in native],
+    result = {"rule": rule, "vllm": [o.token_ids[0] for o in after], "native": [o.token_ids[0] for o in native],
               "vllm_logp": [o.logprobs[0] for o in after], "vllm_logp_before": [o.logprobs[0] for o in before],
               "sync_seconds": seconds, "resp_mask": check.resp_mask}
     if trainer_logp is not None:
@@ -85,12 +89,19 @@ def main(ckpt, out, tp, pp):
                             VSP(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False), use_tqdm=False)[0]
     ids = r.prompt_ids.tolist()
     result["vllm_prompt_logp"] = [d[t].logprob for d, t in zip(o.prompt_logprobs[1:], ids[1:])]
-    whole = build_batch([(prepared[0], ids[-1:])], pad)  # the prompt's tokens are targets of the shifted logits
-    whole.resp_index = torch.arange(len(ids) - 1).view(1, -1)
-    whole.resp_mask = torch.ones(1, len(ids) - 1)
-    plogp, _ = token_logprobs(model, whole)
-    if plogp is not None:
-        result["trainer_prompt_logp"] = plogp[0]
+    p0 = prepared[0]
+    other = "transformers" if rule == "qwen" else "qwen"  # the other rule: its log-probs must NOT match vLLM's
+    pos_other = get_rope_index(r.prompt_ids.view(1, -1), hf_cfg.video_token_id, p0.video_grid_thw, [0.75], 2, 2,
+                               other)[:, 0]
+    p_other = Prepared(None, "", RolloutRequest(r.prompt_ids, pos_other, r.video_embeds, p0.video_grid_thw, 0.75),
+                       p0.video_grid_thw, 0.75, hf_cfg.video_token_id)
+    for key, p in (("trainer_prompt_logp", p0), ("trainer_prompt_logp_other_rule", p_other)):
+        whole = build_batch([(p, ids[-1:])], pad)  # the prompt's tokens are targets of the shifted logits
+        whole.resp_index = torch.arange(len(ids) - 1).view(1, -1)
+        whole.resp_mask = torch.ones(1, len(ids) - 1)
+        plogp, _ = token_logprobs(model, whole)
+        if plogp is not None:
+            result[key] = plogp[0]
 
     # completeness: the names a sync sends are exactly the checkpoint's tensor names (vLLM raises on an unknown name)
     from megatron.core.utils import unwrap_model
