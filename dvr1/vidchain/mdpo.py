@@ -204,7 +204,9 @@ class MDPOTrainer:
             pairs = self.pair_rng.sample(pairs, self.pairs_per_rank)
         rec = recs[0]
         null_prompt = lambda: self.inputs.prepare(rec, self.inputs.turns(rec, o.mdpo_chains[0]), 0)  # noqa: E731
-        return dict(stats, **self.update(pairs, null_prompt))
+        metrics = self.update(pairs, null_prompt)
+        # refit a colocated vLLM engine with the updated policy (native engine: a no-op returning 0)
+        return dict(stats, **metrics, weight_sync_s=self.engine.sync_weights(self.model))
 
     def update(self, pairs: list[PreferencePair], null_prompt=None) -> dict:
         """One DPO optimizer step on this DP rank's ``pairs`` (collective over all ranks; every rank calls it).
@@ -219,7 +221,7 @@ class MDPOTrainer:
         metrics = {"pairs_used": float(len(pairs))}
         if n_global == 0:
             return dict(metrics, **dict.fromkeys(_DPO_KEYS, 0.0), grad_norm=0.0,
-                        lr=self.optimizer.param_groups[0]["lr"], weight_sync_s=0.0)  # same keys every step (DP metric reduction)
+                        lr=self.optimizer.param_groups[0]["lr"])  # same keys every step (DP metric reduction)
         if pairs:
             scale = len(pairs) * self.dp_size / n_global
         else:
@@ -240,6 +242,4 @@ class MDPOTrainer:
         if res is not None:
             dm = res[3][0] if isinstance(res[3], list) else res[3]
         dm = broadcast_from_last_stage(dm)
-        sync = self.engine.sync_weights(self.model)  # refit a colocated vLLM engine (native: 0)
-        return dict(metrics, **dm, grad_norm=float(grad_norm or 0.0), lr=self.optimizer.param_groups[0]["lr"],
-                    weight_sync_s=sync)
+        return dict(metrics, **dm, grad_norm=float(grad_norm or 0.0), lr=self.optimizer.param_groups[0]["lr"])
