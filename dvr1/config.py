@@ -147,6 +147,10 @@ class RLConfig:
     # whole groups per forward/backward microbatch (the RL loss is decomposed into per-group sums, so the
     # gradient equals the one-microbatch gradient); 0 = all of a rank's groups in one microbatch
     micro_batch_groups: int = 0
+    # with algo.ppo_epochs=1 the old policy IS the policy during its only update: take the old-policy log-probs
+    # (and the entropy) from the training pass, detached, instead of a separate forward pass. Same values (dropout is
+    # off), one forward pass fewer per step; with ppo_epochs > 1 the separate pass always runs.
+    reuse_old_logprobs: bool = True
     lr: float = 2e-5
     weight_decay: float = 0.0
     clip_grad: float = 1.0

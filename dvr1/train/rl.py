@@ -6,8 +6,9 @@ One `RLTrainer.step()`:
   3. score them (ALGORITHMS §6) and form group advantages (§2);
   4. DA-Aug (§4): difficulty from the reward history; hard samples get a hint from a successful trace, easy ones get
      frame noise; the augmented sample is rolled out again and its group replaces (or joins) the original;
-  5. old-policy and reference log-probs (no grad), then `algo.ppo_epochs` optimizer updates of GRPO (§2) or
-     Reg-GRPO (§3) through the vocab-parallel log-prob path;
+  5. reference and old-policy log-probs (no grad; the old-policy ones come from the training pass when there is one
+     update per rollout, rl.reuse_old_logprobs), then `algo.ppo_epochs` optimizer updates of GRPO (§2) or Reg-GRPO
+     (§3) through the vocab-parallel log-prob path;
   6. the §5 metrics.
 """
 
@@ -269,29 +270,36 @@ class RLTrainer:
         Bp, T = len(groups), batch.resp_mask.shape[1]
         mask = batch.resp_mask.view(Bp, G, T)
 
-        # old-policy and reference log-probs: on the last PP stage only (None elsewhere)
+        # old-policy and reference log-probs: on the last PP stage only (None elsewhere). On-policy (one update per
+        # rollout, rl.reuse_old_logprobs) the old-policy log-probs come from the training pass itself, detached.
         rows_mb = G * cfg.rl.micro_batch_groups
+        on_policy = cfg.algo.ppo_epochs == 1 and cfg.rl.reuse_old_logprobs
         t0 = time.perf_counter()
         lp_kw = dict(rows_per_microbatch=rows_mb, fused=cfg.model.fused_logprobs, chunk_size=cfg.model.logprob_chunk)
-        old_logp, entropy = token_logprobs(self.model, batch, compute_entropy=True, **lp_kw)
+        old_logp, entropy = (None, None) if on_policy else token_logprobs(self.model, batch, compute_entropy=True,
+                                                                           **lp_kw)
         ref_logp = token_logprobs(self.reference, batch, **lp_kw)[0] if cfg.algo.beta > 0 else None
         t["logprobs"] = time.perf_counter() - t0
         shaped = lambda x: None if x is None else x.view(Bp, G, T)  # noqa: E731
 
         def loss_fn(logp, _entropy, rows):
             g = slice(rows.start // G, rows.stop // G)
-            return self.microbatch_loss(logp.view(-1, G, T), shaped(old_logp)[g],
-                                        None if ref_logp is None else shaped(ref_logp)[g], stats, mask, g)
+            old = logp.detach().view(-1, G, T) if on_policy else shaped(old_logp)[g]
+            return self.microbatch_loss(logp.view(-1, G, T), old, None if ref_logp is None else shaped(ref_logp)[g],
+                                        stats, mask, g)
 
         t0 = time.perf_counter()
         self.model.train()
         for _ in range(cfg.algo.ppo_epochs):
             self.model.zero_grad_buffer()
             self.optimizer.zero_grad()
-            res = forward_backward(self.model, batch, loss_fn, forward_only=False, **lp_kw)  # grads DP-reduced inside
+            res = forward_backward(self.model, batch, loss_fn, forward_only=False, compute_entropy=on_policy,
+                                   **lp_kw)  # grads DP-reduced inside
             ok, grad_norm, _ = self.optimizer.step()
             self.scheduler.step(1)
         t["train"] = time.perf_counter() - t0
+        if on_policy and res is not None:
+            old_logp, entropy = res[0].detach(), res[1]
         t["weight_sync"] = self.engine.sync_weights(self.model)
         last = None  # metrics only the last PP stage can compute
         if res is not None:  # the batch loss and its metrics, from the last update's log-probs

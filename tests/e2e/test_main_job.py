@@ -3,7 +3,9 @@
 - `dvr1 main` finishes with a corrupt video, a missing video and a malformed JSONL line in the training set, reports
   each with its path (and line), and leaves metrics, plots, evals, checkpoints and HF exports in one run directory;
 - a killed RL stage resumes exactly: 2 steps + resume to 3 gives the same step-3 metrics and final weights as 3
-  uninterrupted steps.
+  uninterrupted steps;
+- taking the old-policy log-probs from the training pass (rl.reuse_old_logprobs, the default) gives the same metrics
+  and weights as the separate old-policy forward pass.
 """
 
 import json
@@ -105,3 +107,13 @@ def test_rl_resume_continues_exactly(smoke_data):
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+
+    # the separate old-policy pass (rl.reuse_old_logprobs=false) computes the same log-probs: same run
+    sep = root / "separate"
+    dvr1("train", *common, f"run_dir={sep}", "rl.steps=3", "rl.reuse_old_logprobs=false", "--init", init)
+    c = [json.loads(l) for l in (sep / "metrics/rl.jsonl").read_text().splitlines()]
+    for key in ("loss", "entropy", "reward/mean", "kl", "rho_mean", "grad_norm"):
+        assert [r[key] for r in c] == pytest.approx([r[key] for r in a], rel=1e-5, abs=1e-7), key
+    wc = _final_weights(sep)
+    for k in wa:
+        assert torch.allclose(wa[k], wc[k], atol=1e-6), k
