@@ -83,12 +83,18 @@ def _final_weights(run):
     return load_file(str(run / "rl" / "hf" / "model.safetensors"))
 
 
-def test_rl_resume_continues_exactly(smoke_data):
+@pytest.fixture(scope="module")
+def sft_init(smoke_data):
+    """An SFT model made once in the module's prep run (which has the tiny checkpoint)."""
     root, data = smoke_data
-    base = root / "prep"  # has the tiny checkpoint; make an SFT model once
+    dvr1("sft", "-c", SMOKE, f"data.root={data}", f"run_dir={root / 'prep'}")
+    return str(root / "prep" / "sft" / "hf")
+
+
+def test_rl_resume_continues_exactly(smoke_data, sft_init):
+    root, data = smoke_data
     common = ["-c", SMOKE, f"data.root={data}", "rl.save_every=1", "da_aug.enabled=true"]
-    dvr1("sft", *common, f"run_dir={base}")
-    init = str(base / "sft" / "hf")
+    init = sft_init
 
     full = root / "full"
     dvr1("train", *common, f"run_dir={full}", "rl.steps=3", "--init", init)
@@ -117,3 +123,24 @@ def test_rl_resume_continues_exactly(smoke_data):
     wc = _final_weights(sep)
     for k in wa:
         assert torch.allclose(wa[k], wc[k], atol=1e-6), k
+
+
+def test_rl_resume_with_vllm_continues_exactly(smoke_data, sft_init):
+    """rollout.engine=vllm: the resumed stage refits vLLM with the checkpointed policy and continues its per-request
+    seed stream, so 2 steps + resume to 3 equal 3 uninterrupted steps."""
+    root, data = smoke_data
+    common = ["-c", SMOKE, f"data.root={data}", "rl.save_every=1", "rollout.engine=vllm"]
+    full, part = root / "vllm_full", root / "vllm_part"
+    dvr1("train", *common, f"run_dir={full}", "rl.steps=3", "--init", sft_init)
+    dvr1("train", *common, f"run_dir={part}", "rl.steps=2", "--init", sft_init)
+    shutil.rmtree(part / "rl" / "hf")  # as if killed after the step-2 checkpoint
+    p = dvr1("train", *common, f"run_dir={part}", "rl.steps=3", "--init", sft_init)
+    assert "resumed from step 2" in p.stderr and "vllm: engine up" in p.stderr
+    a = [json.loads(l) for l in (full / "metrics/rl.jsonl").read_text().splitlines()]
+    b = [json.loads(l) for l in (part / "metrics/rl.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in b] == [1, 2, 3]
+    for key in ("loss", "reward/mean", "response_length", "kl", "grad_norm"):
+        assert a[2][key] == pytest.approx(b[2][key], rel=1e-6, abs=1e-7), key
+    wa, wb = _final_weights(full), _final_weights(part)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
