@@ -16,7 +16,14 @@ Time is the median wall time (seconds) of --repeats forward+backward steps, each
 process's user+system seconds over the same step (all threads; less sensitive than wall time to other processes
 sharing the cores, though OpenMP spin-waiting still inflates it under contention).
 
+With --ddp the output weight is set up as megatron DDP holds it in training: a pre-allocated fp32 `main_grad`
+(part of the inputs) and the `grad_added_to_main_grad` flag. naive's autograd weight gradient is then added into
+main_grad and dropped, as DDP's backward hook does; fused adds straight into main_grad
+(`weight_grad_to_main_grad=True`, megatron's gradient-accumulation-fusion contract), so no weight-gradient tensor
+exists. "working memory" then subtracts only hidden.grad.
+
 Usage: python tools/bench_logprob.py [--vocab 151936 --tokens 2048 --hidden 2048 --repeats 3 --chunk-size 1024]
+       [--ddp]
 """
 
 import argparse
@@ -59,6 +66,9 @@ def worker(args):
     target = torch.randint(0, v, (n,))
     wts = torch.rand(n) + 0.5  # a per-token upstream gradient, as an RL loss gives
     logits = None
+    if args.ddp:
+        weight.main_grad = torch.zeros_like(weight)  # resident before measuring, like DDP's grad buffer
+        weight.grad_added_to_main_grad = False
     if args.worker == "vocab_parallel":
         with torch.no_grad():
             logits = (hidden @ weight.t()).requires_grad_(True)
@@ -69,8 +79,13 @@ def worker(args):
         elif args.worker == "vocab_parallel":
             lp, _ = vocab_parallel_logprobs(logits, target, chunk_size=args.chunk_size)
         else:
-            lp, _ = fused_linear_logprobs(hidden, weight, target, chunk_size=args.chunk_size)
+            lp, _ = fused_linear_logprobs(hidden, weight, target, chunk_size=args.chunk_size,
+                                          weight_grad_to_main_grad=args.ddp)
         (lp * wts).sum().backward()
+        if args.ddp:  # megatron DDP's backward hook (distributed_data_parallel.py:437)
+            if weight.grad is not None and not weight.grad_added_to_main_grad:
+                weight.main_grad.add_(weight.grad)
+            weight.grad, weight.grad_added_to_main_grad = None, False
         return float(lp.detach().double().sum())
 
     leaves = [logits] if logits is not None else [hidden, weight]
@@ -85,7 +100,7 @@ def worker(args):
         checksum = step()
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         peak = _status_kb("VmHWM")
-        grad_bytes = sum(t.grad.numel() * t.grad.element_size() for t in leaves)
+        grad_bytes = sum(t.grad.numel() * t.grad.element_size() for t in leaves if t.grad is not None)
         times.append(dt)
         cpu.append(dc)
         peaks.append(peak)
@@ -104,6 +119,7 @@ def main():
     p.add_argument("--chunk-size", type=int, default=1024)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads per variant (0: torch's default)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    p.add_argument("--ddp", action="store_true", help="output weight with a megatron-DDP main_grad (see above)")
     p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -116,7 +132,7 @@ def main():
     for name in variants:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--vocab", str(args.vocab),
                "--tokens", str(args.tokens), "--hidden", str(args.hidden), "--repeats", str(args.repeats),
-               "--chunk-size", str(args.chunk_size), "--threads", str(args.threads)]
+               "--chunk-size", str(args.chunk_size), "--threads", str(args.threads)] + (["--ddp"] if args.ddp else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"bench_logprob: variant {name} failed ({out.returncode}):\n{out.stderr[-3000:]}")
@@ -125,7 +141,8 @@ def main():
     import torch
 
     print(f"tokens={args.tokens} hidden={args.hidden} vocab={args.vocab} fp32 TP=1 chunk_size={args.chunk_size} "
-          f"repeats={args.repeats} torch={torch.__version__} threads={rows[variants[0]]['threads']} (CPU)\n")
+          f"repeats={args.repeats} ddp={args.ddp} torch={torch.__version__} threads={rows[variants[0]]['threads']} "
+          f"(CPU)\n")
     ref = rows.get("naive")
     print("| variant | median fwd+bwd (s) | time / naive | median CPU time (s) | CPU / naive | peak RSS (bytes) | peak above inputs (bytes) "
           "| above inputs / naive | working memory (bytes) | working / naive | sum of log-probs |")

@@ -18,17 +18,19 @@ from dvr1.parallel.logprobs import fused_linear_logprobs, vocab_parallel_logprob
 
 
 def response_logprobs(output: torch.Tensor, batch, compute_entropy: bool = False, output_weight=None,
-                      chunk_size: int = 1024):
+                      chunk_size: int = 1024, weight_grad_to_main_grad: bool = False):
     """The last stage's output -> response-token log-probs `[rows, T]` (and entropy), zero on padding.
 
     `output` is either logits `[rows, S, vocab/tp]` (reduced by `vocab_parallel_logprobs`: only max, sum-exp and
     target logit are all-reduced over TP) or, with `output_weight` `[vocab/tp, hidden]`, the final hidden states
     `[S, rows, hidden]`, for `fused_linear_logprobs`: the output-layer GEMM runs chunk by chunk inside the log-prob
-    reduction, so no logits tensor is ever materialised (forward or backward).
+    reduction, so no logits tensor is ever materialised (forward or backward); `weight_grad_to_main_grad` (an
+    untied output layer under megatron DDP) adds its weight gradient straight into `main_grad`.
     """
     if output_weight is not None:
         lp, ent = fused_linear_logprobs(output[:-1], output_weight, batch.input_ids[:, 1:].t(),
-                                        chunk_size=chunk_size, compute_entropy=compute_entropy)
+                                        chunk_size=chunk_size, compute_entropy=compute_entropy,
+                                        weight_grad_to_main_grad=weight_grad_to_main_grad)
         lp, ent = lp.t(), (ent.t() if ent is not None else None)
     else:
         lp, ent = vocab_parallel_logprobs(output[:, :-1], batch.input_ids[:, 1:], compute_entropy=compute_entropy)
@@ -73,9 +75,11 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
 
     def make_loss_func(mb, rows):
         def loss_func(output_tensor):
-            weight = unwrap_model(model).output_weight() if fused else None
+            policy = unwrap_model(model)
+            weight = policy.output_weight() if fused else None
+            untied = not policy.lm.share_embeddings_and_output_weights  # the output layer is the weight's only user
             logp, ent = response_logprobs(output_tensor, mb, compute_entropy, output_weight=weight,
-                                          chunk_size=chunk_size)
+                                          chunk_size=chunk_size, weight_grad_to_main_grad=untied)
             logps.append(logp.detach())
             ents.append(None if ent is None else ent.detach())
             if loss_fn is None:

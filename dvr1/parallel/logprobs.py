@@ -294,7 +294,7 @@ class _FusedLinearLogprobs(torch.autograd.Function):
     """Autograd Function for `logprob(hidden @ weight.T)` chunked over tokens; see `fused_linear_logprobs`."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, target, group, vocab_start, compute_entropy, chunk_size):
+    def forward(ctx, hidden, weight, target, group, vocab_start, compute_entropy, chunk_size, to_main_grad):
         n = hidden.shape[0]
         v = weight.shape[0]
         acc = _acc_dtype(hidden.dtype)
@@ -315,7 +315,7 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         del scratch
         logprob, lse, entropy = _combine(m, s, zt, w, group)
         ctx.save_for_backward(hidden, weight, local_t, in_shard, lse)
-        ctx.chunk_size = chunk_size
+        ctx.chunk_size, ctx.to_main_grad = chunk_size, to_main_grad
         if entropy is None:
             return logprob
         ctx.mark_non_differentiable(entropy)
@@ -327,7 +327,8 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         g = grad_logprob.to(lse.dtype)
         grad_h = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
+        into_main = need_w and ctx.to_main_grad and has_main_grad(weight)
+        grad_w = (weight.main_grad if into_main else torch.zeros_like(weight)) if need_w else None
         chunks = _chunks(hidden.shape[0], ctx.chunk_size)
         scratch = _Scratch(max((b - a for a, b in chunks), default=0), weight.shape[0], hidden.device)
         for a, b in chunks:
@@ -335,13 +336,26 @@ class _FusedLinearLogprobs(torch.autograd.Function):
             z = torch.matmul(h, weight.t(), out=scratch.get("z", b - a, hidden.dtype))  # recompute the logits
             p = z if z.dtype == lse.dtype else scratch.get("p", b - a, lse.dtype)
             _dlogits(z, lse[a:b], local_t[a:b], in_shard[a:b], g[a:b], p)
+            if need_w and grad_w.dtype != z.dtype:  # fp32 main_grad of bf16 weights: accumulate the fp32 dz
+                grad_w.addmm_(p.t(), h.to(grad_w.dtype))
             if p.data_ptr() != z.data_ptr():
                 z.copy_(p)  # dz in the GEMM dtype (bf16/fp16), reusing the logits buffer
             if need_h:
                 torch.matmul(z, weight, out=grad_h[a:b])
-            if need_w:
+            if need_w and grad_w.dtype == z.dtype:
                 grad_w.addmm_(z.t(), h)
-        return grad_h, grad_w, None, None, None, None, None
+        if into_main:
+            # megatron's gradient-accumulation-fusion contract (tensor_parallel/layers.py:581): the gradient is in
+            # main_grad already; a dummy (never written, so on CPU never resident) keeps DDP's hook on this thread
+            weight.grad_added_to_main_grad = True
+            grad_w = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+        return grad_h, grad_w, None, None, None, None, None, None
+
+
+def has_main_grad(weight) -> bool:
+    """Whether ``weight`` is wrapped by megatron DDP: it has the fp32 ``main_grad`` buffer and the
+    ``grad_added_to_main_grad`` flag (``distributed/distributed_data_parallel.py:119, 437``)."""
+    return getattr(weight, "main_grad", None) is not None and hasattr(weight, "grad_added_to_main_grad")
 
 
 def fused_linear_logprobs(
@@ -352,6 +366,7 @@ def fused_linear_logprobs(
     chunk_size: Optional[int] = 1024,
     compute_entropy: bool = False,
     vocab_start: Optional[int] = None,
+    weight_grad_to_main_grad: bool = False,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Per-token log-probs of `target` under `softmax(hidden @ weight.T)` without materialising the logits.
 
@@ -374,7 +389,12 @@ def fused_linear_logprobs(
         `(logprobs, entropy)`: fp32 `hidden.shape[:-1]` (fp64 for fp64 inputs), and the same or None.
 
     Gradients: both `hidden` and `weight` (each only if it requires grad). `grad_weight` is accumulated over chunks
-    in the weight's dtype (fp32 weights: exact fp32 accumulation; bf16: one rounding per chunk). Under TP (group
+    in the weight's dtype (fp32 weights: exact fp32 accumulation; bf16: one rounding per chunk) -- or, with
+    `weight_grad_to_main_grad` and a weight wrapped by megatron DDP (`has_main_grad`), added straight into its
+    ``main_grad`` as megatron's gradient-accumulation fusion does (``tensor_parallel/layers.py:561-610``), so no
+    weight-gradient tensor is allocated; autograd then gets an unwritten dummy. Only for a weight this call is the
+    sole user of in the step (an untied output layer): a tied embedding's lookup gradient would be summed with
+    the dummy and then skipped by DDP's hook. Under TP (group
     size > 1) the hidden is first passed through megatron's `copy_to_tensor_model_parallel_region`
     (`tensor_parallel/mappings.py:197-214, 469`): identity in forward, all-reduce(SUM) of `grad_hidden` across TP in
     backward, exactly as in ColumnParallelLinear; the weight gradient needs no communication.
@@ -382,9 +402,10 @@ def fused_linear_logprobs(
     Communication: as `vocab_parallel_logprobs` in forward (MAX + one SUM of per-token scalars), plus the one
     all-reduce of `grad_hidden` `[n, h]` in backward under TP.
 
-    Memory: on top of inputs, outputs, `grad_hidden` and `grad_weight`, one `[chunk, V_local]` buffer for the
-    GEMM output reused by every chunk (fp32 inputs: reduced in place, nothing else); bf16/fp16 inputs add one fp32
-    `[chunk, V_local]` scratch; `compute_entropy` adds one more fp32 scratch in forward.
+    Memory: on top of inputs, outputs, `grad_hidden` and `grad_weight` (none under DDP: it goes to `main_grad`), one
+    `[chunk, V_local]` buffer for the GEMM output reused by every chunk (fp32 inputs: reduced in place, nothing
+    else); bf16/fp16 inputs add one fp32 `[chunk, V_local]` scratch; `compute_entropy` adds one more fp32 scratch in
+    forward.
 
     Raises:
         ValueError: hidden not 2-D/3-D, weight not `[V_local, h]` with hidden's h and dtype, target shape !=
@@ -411,7 +432,7 @@ def fused_linear_logprobs(
         hidden2d = copy_to_tensor_model_parallel_region(hidden2d, group=group)
     out = _FusedLinearLogprobs.apply(
         hidden2d, weight, target.reshape(-1).long(), group if world > 1 else None, vocab_start, compute_entropy,
-        chunk_size,
+        chunk_size, weight_grad_to_main_grad,
     )
     logprob, entropy = (out if compute_entropy else (out, None))
     shape = target.shape

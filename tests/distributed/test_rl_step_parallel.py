@@ -31,6 +31,7 @@ def _run(tmp_path, ckpt, nproc, tp, pp, fused=False):
             if k in s:
                 merged[k] = s[k]
         merged["greedy"], merged["sampled"] = s["greedy"], s["sampled"]
+        merged["output_grad_in_main_grad"] = s.get("output_grad_in_main_grad", merged.get("output_grad_in_main_grad"))
     return merged
 
 
@@ -61,3 +62,25 @@ def test_rl_step_equals_single_process(tmp_path, ckpt, reference, tp, pp, fused)
     assert nonzero >= len(reference["grads"]) - 1  # every weight gets gradient (a tied head counts once)
     assert got["greedy"] == reference["greedy"]
     assert got["sampled"] == reference["sampled"]
+    assert not got["output_grad_in_main_grad"]  # a tied head keeps the ordinary gradient path
+
+
+@pytest.fixture(scope="module")
+def untied(tmp_path_factory):
+    """An untied checkpoint (separate output layer, as 7B/72B) and its TP=1 logits-path reference."""
+    path = make_tiny_checkpoint(str(tmp_path_factory.mktemp("untied")),
+                                ["question 0? question 1? <think>x</think><answer>A</answer>"] * 20, seed=1,
+                                vocab_size=320, tie_word_embeddings=False)
+    return path, _run(tmp_path_factory.mktemp("ref_untied"), path, 1, 1, 1)
+
+
+def test_fused_untied_output_layer_grads_go_to_main_grad(tmp_path, untied):
+    """Untied output layer under megatron DDP at TP=2: the fused backward adds its weight gradient straight into
+    main_grad (dvr1.parallel.logprobs.accumulates_into_main_grad); every gradient still equals the reference."""
+    path, ref = untied
+    got = _run(tmp_path, path, 2, 2, 1, True)
+    assert got["output_grad_in_main_grad"] and not ref["output_grad_in_main_grad"]  # fused path vs logits path
+    _close(got["loss"], ref["loss"], "loss")
+    assert "lm_head.weight" in ref["grads"] and float(ref["grads"]["lm_head.weight"].abs().sum()) > 0
+    for k, g in ref["grads"].items():
+        _close(got["grads"][k], g, k)

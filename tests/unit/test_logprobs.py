@@ -175,6 +175,39 @@ def test_fused_linear_bf16():
     torch.testing.assert_close(got[2], ref[2], rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_linear_accumulates_into_megatron_main_grad(dtype):
+    """weight_grad_to_main_grad with a megatron-DDP weight (main_grad + grad_added_to_main_grad): the weight gradient
+    is ADDED into the fp32 main_grad across calls (two microbatches) and flagged for DDP's hook; autograd gets a
+    dummy. Without the flag (a tied embedding) the gradient takes the ordinary .grad path."""
+    from dvr1.parallel.logprobs import has_main_grad
+
+    hidden, weight, target, wts = fused_case(dtype=dtype)
+    ref_w = weight.float().clone().requires_grad_(True)
+    (ref_logprobs(hidden.float() @ ref_w.t(), target) * wts).sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+
+    def ddp_weight():
+        w = torch.nn.Parameter(weight.clone())
+        w.main_grad = torch.full(weight.shape, 0.25)  # fp32, as DDP's buffer, with something already accumulated
+        w.grad_added_to_main_grad = False
+        return w
+
+    w = ddp_weight()
+    assert has_main_grad(w) and not has_main_grad(torch.nn.Parameter(weight.clone()))
+    for _ in range(2):  # two microbatches accumulate
+        (fused_linear_logprobs(hidden, w, target, chunk_size=3, weight_grad_to_main_grad=True)[0] * wts).sum() \
+            .backward()
+        assert w.grad_added_to_main_grad and w.grad is not None and w.grad.shape == weight.shape
+        w.grad = None  # what DDP's hook does when grad_added_to_main_grad is set
+    torch.testing.assert_close(w.main_grad, 0.25 + 2 * ref_w.grad, rtol=tol, atol=tol)
+
+    tied = ddp_weight()
+    (fused_linear_logprobs(hidden, tied, target, chunk_size=3)[0] * wts).sum().backward()
+    assert not tied.grad_added_to_main_grad and bool((tied.main_grad == 0.25).all())
+    torch.testing.assert_close(tied.grad.float(), ref_w.grad, rtol=tol, atol=tol)
+
+
 def test_fused_linear_gradcheck_fp64():
     hidden, weight, target, _ = fused_case(n_shape=(5,), h=4, vocab=7, dtype=torch.float64)
     hh, ww = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)

@@ -78,6 +78,8 @@ def main(ckpt, out, tp, pp, fused=False):
     grads = {n: gather_tp(p, n, p.main_grad.view_as(p)) for n, p in policy.lm.named_parameters()}
     offset = ps.get_pipeline_model_parallel_rank() * (policy.shape.num_layers // pp)
     result["grads"] = dict(megatron_to_hf(grads, policy.shape, layer_offset=offset))
+    if policy.lm.post_process:  # did the output layer's weight gradient go straight into DDP's main_grad?
+        result["output_grad_in_main_grad"] = bool(getattr(policy.output_weight(), "grad_added_to_main_grad", False))
 
     engine = NativeRolloutEngine(policy, seed=0)
     outs = engine.generate([p.request for p in prepared], SamplingParams(n=2, temperature=0.0, max_new_tokens=5))
