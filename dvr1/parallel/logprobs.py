@@ -392,9 +392,11 @@ def fused_linear_logprobs(
     in the weight's dtype (fp32 weights: exact fp32 accumulation; bf16: one rounding per chunk) -- or, with
     `weight_grad_to_main_grad` and a weight wrapped by megatron DDP (`has_main_grad`), added straight into its
     ``main_grad`` as megatron's gradient-accumulation fusion does (``tensor_parallel/layers.py:561-610``), so no
-    weight-gradient tensor is allocated; autograd then gets an unwritten dummy. Only for a weight this call is the
-    sole user of in the step (an untied output layer): a tied embedding's lookup gradient would be summed with
-    the dummy and then skipped by DDP's hook. Under TP (group
+    weight-gradient tensor is written; autograd gets an unwritten dummy of the weight's shape (megatron does the
+    same; on CPU its pages are never touched, so it costs no memory; on a GPU the allocator still reserves it, so
+    there the gain is fp32 accumulation of bf16 gradients and one add pass less, not memory). Only for a weight
+    this call is the sole user of in the step (an untied output layer): a tied embedding's lookup gradient would be
+    summed with the dummy and then skipped by DDP's hook. Under TP (group
     size > 1) the hidden is first passed through megatron's `copy_to_tensor_model_parallel_region`
     (`tensor_parallel/mappings.py:197-214, 469`): identity in forward, all-reduce(SUM) of `grad_hidden` across TP in
     backward, exactly as in ColumnParallelLinear; the weight gradient needs no communication.
