@@ -294,7 +294,8 @@ class _FusedLinearLogprobs(torch.autograd.Function):
     """Autograd Function for `logprob(hidden @ weight.T)` chunked over tokens; see `fused_linear_logprobs`."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, target, group, vocab_start, compute_entropy, chunk_size, to_main_grad):
+    def forward(ctx, hidden, weight, target, group, vocab_start, compute_entropy, chunk_size, to_main_grad,
+                keep_last):
         n = hidden.shape[0]
         v = weight.shape[0]
         acc = _acc_dtype(hidden.dtype)
@@ -304,8 +305,22 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         w = torch.empty_like(m) if compute_entropy else None
         chunks = _chunks(n, chunk_size)
         scratch = _Scratch(max((b - a for a, b in chunks), default=0), v, hidden.device)
-        for a, b in chunks:
+        ctx.kept = None
+        for i, (a, b) in enumerate(chunks):
             z = torch.matmul(hidden[a:b], weight.t(), out=scratch.get("z", b - a, hidden.dtype))  # fp32-acc GEMM
+            if keep_last and i == len(chunks) - 1:
+                # the last chunk's logits stay in z for backward: reduce them in row blocks with small scratch
+                sub = _Scratch(_KEEP_ROWS, v, hidden.device)
+                for r0 in range(0, b - a, _KEEP_ROWS):
+                    r1 = min(r0 + _KEEP_ROWS, b - a)
+                    e = sub.get("e", r1 - r0, acc) if compute_entropy else None
+                    cm, cs, czt, cw = _chunk_stats(z[r0:r1], local_t[a + r0:a + r1], in_shard[a + r0:a + r1],
+                                                   sub.get("d", r1 - r0, acc), e)
+                    m[a + r0:a + r1], s[a + r0:a + r1], zt[a + r0:a + r1] = cm, cs, czt
+                    if compute_entropy:
+                        w[a + r0:a + r1] = cw
+                ctx.kept = scratch.bufs["z"]
+                continue
             d = z if z.dtype == acc else scratch.get("d", b - a, acc)
             e = scratch.get("e", b - a, acc) if compute_entropy else None
             cm, cs, czt, cw = _chunk_stats(z, local_t[a:b], in_shard[a:b], d, e)
@@ -331,9 +346,15 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         grad_w = (weight.main_grad if into_main else torch.zeros_like(weight)) if need_w else None
         chunks = _chunks(hidden.shape[0], ctx.chunk_size)
         scratch = _Scratch(max((b - a for a, b in chunks), default=0), weight.shape[0], hidden.device)
-        for a, b in chunks:
+        kept, ctx.kept = ctx.kept, None
+        if kept is not None:
+            scratch.bufs["z"] = kept  # holds the last chunk's logits; reused as the GEMM buffer afterwards
+        for i, (a, b) in enumerate(reversed(chunks)):  # last chunk first: its logits were kept by forward
             h = hidden[a:b]
-            z = torch.matmul(h, weight.t(), out=scratch.get("z", b - a, hidden.dtype))  # recompute the logits
+            if i == 0 and kept is not None:
+                z = kept[: b - a]
+            else:
+                z = torch.matmul(h, weight.t(), out=scratch.get("z", b - a, hidden.dtype))  # recompute the logits
             p = z if z.dtype == lse.dtype else scratch.get("p", b - a, lse.dtype)
             _dlogits(z, lse[a:b], local_t[a:b], in_shard[a:b], g[a:b], p)
             if need_w and grad_w.dtype != z.dtype:  # fp32 main_grad of bf16 weights: accumulate the fp32 dz
@@ -349,7 +370,10 @@ class _FusedLinearLogprobs(torch.autograd.Function):
             # main_grad already; a dummy (never written, so on CPU never resident) keeps DDP's hook on this thread
             weight.grad_added_to_main_grad = True
             grad_w = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
-        return grad_h, grad_w, None, None, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None, None, None
+
+
+_KEEP_ROWS = 64  # row block for reducing the kept last chunk in forward (scratch [64, V_local] fp32)
 
 
 def has_main_grad(weight) -> bool:
@@ -374,8 +398,10 @@ def fused_linear_logprobs(
     `z = hidden_c @ weight.T` (`[c, V_local]`, computed in the input dtype by a GEMM that accumulates in fp32, then
     reduced in fp32), only the per-token log-prob and log-sum-exp are kept; backward recomputes `z` per chunk and
     accumulates `grad_hidden = dz @ weight` and `grad_weight += dz.T @ hidden_c`, `dz = g (onehot - softmax(z))`.
-    Full logits `[n, V_local]` exist neither in forward nor in backward. Cost: the logits GEMM runs twice (forward
-    and backward recompute), i.e. 4 GEMMs of the output layer's size instead of 3.
+    Full logits `[n, V_local]` exist neither in forward nor in backward. When a backward will follow, forward keeps
+    the last chunk's logits (reduced in 64-row blocks) and backward walks the chunks in reverse, so only the other
+    chunks are recomputed: with k chunks, 3 + (k - 1)/k GEMMs of the output layer's size instead of 3 (k = 1: no
+    recompute, but the whole logits are kept -- that is the chunk_size trade-off).
 
     Args:
         hidden: `[n, h]` or `[s, b, h]` final hidden states (after the final norm), float dtype. Under TP this must
@@ -406,7 +432,8 @@ def fused_linear_logprobs(
 
     Memory: on top of inputs, outputs, `grad_hidden` and `grad_weight` (none under DDP: it goes to `main_grad`), one
     `[chunk, V_local]` buffer for the GEMM output reused by every chunk (fp32 inputs: reduced in place, nothing
-    else); bf16/fp16 inputs add one fp32 `[chunk, V_local]` scratch; `compute_entropy` adds one more fp32 scratch in
+    else), which with a backward to come lives from forward to backward (it holds the last chunk's logits);
+    bf16/fp16 inputs add one fp32 `[chunk, V_local]` scratch; `compute_entropy` adds one more fp32 scratch in
     forward.
 
     Raises:
@@ -435,6 +462,7 @@ def fused_linear_logprobs(
     out = _FusedLinearLogprobs.apply(
         hidden2d, weight, target.reshape(-1).long(), group if world > 1 else None, vocab_start, compute_entropy,
         chunk_size, weight_grad_to_main_grad,
+        torch.is_grad_enabled() and (hidden2d.requires_grad or weight.requires_grad),  # keep the last chunk's logits
     )
     logprob, entropy = (out if compute_entropy else (out, None))
     shape = target.shape

@@ -142,6 +142,26 @@ def test_fused_linear_matches_reference(chunk_size):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_linear_kept_last_chunk(dtype):
+    """With a backward to come, forward keeps the last chunk's logits (reduced in 64-row blocks: 100 rows -> 64 + 36)
+    and backward starts from them: values, entropy and both gradients equal the reference and the no-grad forward."""
+    hidden, weight, target, wts = fused_case(n_shape=(200,), h=24, vocab=97, dtype=dtype)
+    hh, ww = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    lp, ent = fused_linear_logprobs(hh, ww, target, chunk_size=100, compute_entropy=True)
+    (lp * wts).sum().backward()
+    with torch.no_grad():
+        lp0, ent0 = fused_linear_logprobs(hidden, weight, target, chunk_size=100, compute_entropy=True)
+    assert torch.equal(lp.detach(), lp0) and torch.equal(ent, ent0)  # same reduction with or without keeping
+    ref = run_fused(lambda a, b: ref_logprobs(a.float() @ b.float().t(), target), hidden, weight, wts)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(lp.detach(), ref[0], rtol=tol, atol=tol)
+    torch.testing.assert_close(ent, ref_entropy(hidden.float() @ weight.float().t()), rtol=tol, atol=tol)
+    gtol = tol if dtype == torch.float32 else 5e-2  # bf16 weight gradient: bf16 accumulation of 2 chunks vs fp32
+    torch.testing.assert_close(hh.grad.float(), ref[1].float(), rtol=gtol, atol=gtol)
+    torch.testing.assert_close(ww.grad.float(), ref[2].float(), rtol=gtol, atol=gtol)
+
+
 def test_fused_linear_2d_hidden_and_entropy():
     hidden, weight, target, _ = fused_case(n_shape=(13,))
     lp, ent = fused_linear_logprobs(hidden, weight, target, chunk_size=4, compute_entropy=True)
