@@ -43,9 +43,9 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16
     tokenizer_vocab: int = 2048  # tiny checkpoint only
     # apply the output layer inside the log-prob reduction (dvr1/parallel/logprobs.py fused_linear_logprobs), so the
-    # logits shard [rows, seq, vocab/tp] is never materialised in the training and log-prob passes. Off by default:
-    # it trades ~1.1-1.3x output-layer time for memory (docs/BENCHMARKS.md), which pays at a 152k vocabulary, not
-    # for the tiny model; the 7B/72B examples turn it on.
+    # logits shard [rows, seq, vocab/tp] is never materialised in the training and log-prob passes. At a 152k
+    # vocabulary it takes ~0.2x the memory in ~0.9-1.0x the time of the logits path (docs/BENCHMARKS.md); off by
+    # default because the tiny CPU model's logits are small; the 7B/72B examples turn it on.
     fused_logprobs: bool = False
     logprob_chunk: int = 1024  # tokens per chunk of the fused reduction
     # where the text after a video resumes in mrope (dvr1/models/rope.py): transformers (5.19's rule, equal to HF's
