@@ -3,7 +3,8 @@
 Created once per trainer process from the policy's HF checkpoint directory; after every optimizer step the trainer
 calls :meth:`VLLMRolloutEngine.sync_weights`, which gathers the policy's TP shards (and, under PP, every stage's
 tensors) into HF-named full tensors (`dvr1.models.export.iter_full_state_for_hf`, the same mapping table as
-conversion and export) and reloads them into vLLM in place (``LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": ...})``, vLLM 0.32
+conversion and export) and reloads them into vLLM in place
+(``LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": ...})``, vLLM 0.32
 ``v1/worker/gpu_model_runner.py:5287``), then resets vLLM's encoder, multi-modal and prefix caches.
 
 Video goes in as vLLM multi-modal *embeddings*: the request's ``video_embeds`` ``[num_video_tokens, hidden]`` come
@@ -237,7 +238,8 @@ class VLLMRolloutEngine:
 
     def sync_weights(self, policy) -> float:
         """Refit vLLM with ``policy``'s current weights (every rank calls it: the TP gather is collective).
-        Returns wall seconds (gather + reload). Raises RuntimeError if vLLM rejects a name."""
+        Returns wall seconds (gather + reload + cache resets). A name vLLM's Qwen2.5-VL does not know raises vLLM's
+        own error (a KeyError from its load_weights)."""
         from megatron.core.utils import unwrap_model
 
         from dvr1.models.export import iter_full_state_for_hf

@@ -49,7 +49,8 @@ def main(ckpt, out, tp, pp):
         frames = torch.randint(0, 256, (8, 56, 84, 3), generator=g, dtype=torch.uint8)
         pv, grid = patchify(normalize_frames(frames))
         grid = grid.view(1, 3)
-        ids = torch.tensor(tok(chat_prompt(f"question {b}? describe the motion", num_video_tokens(grid[0])))["input_ids"])
+        prompt = chat_prompt(f"question {b}? describe the motion", num_video_tokens(grid[0]))
+        ids = torch.tensor(tok(prompt)["input_ids"])
         pos = get_rope_index(ids.view(1, -1), hf_cfg.video_token_id, grid, [0.75], 2, 2, rule)[:, 0]
         embeds = policy.encode_video(pv, grid) if policy.visual is not None else None
         prepared.append(Prepared(None, "", RolloutRequest(ids, pos, embeds, video_grid_thw=grid, second_per_grid=0.75),
