@@ -91,32 +91,36 @@ def sft_init(smoke_data):
     return str(root / "prep" / "sft" / "hf")
 
 
-def test_rl_resume_continues_exactly(smoke_data, sft_init):
-    root, data = smoke_data
-    common = ["-c", SMOKE, f"data.root={data}", "rl.save_every=1", "da_aug.enabled=true"]
-    init = sft_init
-
-    full = root / "full"
+def _full_and_resumed(root, name, common, init):
+    """3 uninterrupted RL steps, and 2 steps + a resume to 3 (the step-2 run's HF export removed, as if killed after
+    its checkpoint). Asserts the resume happened and that step 3's metrics and the final weights agree; returns
+    (the full run's metrics rows, its final weights, the resumed run's stderr)."""
+    full, part = root / f"{name}_full", root / f"{name}_part"
     dvr1("train", *common, f"run_dir={full}", "rl.steps=3", "--init", init)
-    part = root / "part"
     dvr1("train", *common, f"run_dir={part}", "rl.steps=2", "--init", init)
-    shutil.rmtree(part / "rl" / "hf")  # as if killed after the step-2 checkpoint
+    shutil.rmtree(part / "rl" / "hf")
     p = dvr1("train", *common, f"run_dir={part}", "rl.steps=3", "--init", init)
     assert "resumed from step 2" in p.stderr
-
     a = [json.loads(l) for l in (full / "metrics/rl.jsonl").read_text().splitlines()]
     b = [json.loads(l) for l in (part / "metrics/rl.jsonl").read_text().splitlines()]
     assert [r["step"] for r in b] == [1, 2, 3]
-    for key in ("loss", "reward/mean", "response_length", "kl", "rho_mean"):
+    for key in ("loss", "reward/mean", "response_length", "kl", "rho_mean", "grad_norm"):
         assert a[2][key] == pytest.approx(b[2][key], rel=1e-6, abs=1e-7), key
     wa, wb = _final_weights(full), _final_weights(part)
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+    return a, wa, p.stderr
+
+
+def test_rl_resume_continues_exactly(smoke_data, sft_init):
+    root, data = smoke_data
+    common = ["-c", SMOKE, f"data.root={data}", "rl.save_every=1", "da_aug.enabled=true"]
+    a, wa, _ = _full_and_resumed(root, "native", common, sft_init)
 
     # the separate old-policy pass (rl.reuse_old_logprobs=false) computes the same log-probs: same run
     sep = root / "separate"
-    dvr1("train", *common, f"run_dir={sep}", "rl.steps=3", "rl.reuse_old_logprobs=false", "--init", init)
+    dvr1("train", *common, f"run_dir={sep}", "rl.steps=3", "rl.reuse_old_logprobs=false", "--init", sft_init)
     c = [json.loads(l) for l in (sep / "metrics/rl.jsonl").read_text().splitlines()]
     for key in ("loss", "entropy", "reward/mean", "kl", "rho_mean", "grad_norm"):
         assert [r[key] for r in c] == pytest.approx([r[key] for r in a], rel=1e-5, abs=1e-7), key
@@ -130,17 +134,5 @@ def test_rl_resume_with_vllm_continues_exactly(smoke_data, sft_init):
     seed stream, so 2 steps + resume to 3 equal 3 uninterrupted steps."""
     root, data = smoke_data
     common = ["-c", SMOKE, f"data.root={data}", "rl.save_every=1", "rollout.engine=vllm"]
-    full, part = root / "vllm_full", root / "vllm_part"
-    dvr1("train", *common, f"run_dir={full}", "rl.steps=3", "--init", sft_init)
-    dvr1("train", *common, f"run_dir={part}", "rl.steps=2", "--init", sft_init)
-    shutil.rmtree(part / "rl" / "hf")  # as if killed after the step-2 checkpoint
-    p = dvr1("train", *common, f"run_dir={part}", "rl.steps=3", "--init", sft_init)
-    assert "resumed from step 2" in p.stderr and "vllm: engine up" in p.stderr
-    a = [json.loads(l) for l in (full / "metrics/rl.jsonl").read_text().splitlines()]
-    b = [json.loads(l) for l in (part / "metrics/rl.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in b] == [1, 2, 3]
-    for key in ("loss", "reward/mean", "response_length", "kl", "grad_norm"):
-        assert a[2][key] == pytest.approx(b[2][key], rel=1e-6, abs=1e-7), key
-    wa, wb = _final_weights(full), _final_weights(part)
-    for k in wa:
-        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+    _, _, stderr = _full_and_resumed(root, "vllm", common, sft_init)
+    assert "vllm: engine up" in stderr
