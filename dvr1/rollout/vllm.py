@@ -272,7 +272,10 @@ class VLLMRolloutEngine:
             self.awake = False
 
     def wake_up(self) -> None:
+        """Give the trainer's cached CUDA blocks back, then restore vLLM's weights and KV cache (GPU + sleep mode;
+        else no-op). tools/plan_memory.py assumes exactly this order."""
         if self.sleep_mode and not self.awake:
+            torch.cuda.empty_cache()
             self.llm.wake_up()
             self.awake = True
 
