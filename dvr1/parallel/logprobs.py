@@ -152,6 +152,26 @@ def _combine(m, s, zt, w, group):
     return logprob, lse, entropy
 
 
+class _TokenStats:
+    """Per-token statistics of a chunked reduction (fp32 `[n]` each: m, s, zt, and w when the entropy is wanted),
+    filled row range by row range with `_chunk_stats`, then combined across TP by `_combine`."""
+
+    def __init__(self, n: int, acc: torch.dtype, device, compute_entropy: bool):
+        self.m = torch.empty(n, dtype=acc, device=device)
+        self.s, self.zt = torch.empty_like(self.m), torch.empty_like(self.m)
+        self.w = torch.empty_like(self.m) if compute_entropy else None
+
+    def add(self, a: int, b: int, z: torch.Tensor, local_t, in_shard, d: torch.Tensor, e: Optional[torch.Tensor]):
+        """Reduce `z` (the logits of rows a:b) with scratch `d` (and `e`), as `_chunk_stats`."""
+        m, s, zt, w = _chunk_stats(z, local_t[a:b], in_shard[a:b], d, e)
+        self.m[a:b], self.s[a:b], self.zt[a:b] = m, s, zt
+        if self.w is not None:
+            self.w[a:b] = w
+
+    def combine(self, group):
+        return _combine(self.m, self.s, self.zt, self.w, group)
+
+
 def _dlogits(z: torch.Tensor, lse: torch.Tensor, local_t, in_shard, g: torch.Tensor, p: torch.Tensor):
     """g * d logprob / d logits for one chunk, written into p (fp32 [c, V_local], may be z itself):
     p = g * (onehot(target) - softmax(z)) = g * onehot - g * exp(z - lse)."""
@@ -191,20 +211,14 @@ class _VocabParallelLogprobs(torch.autograd.Function):
         n, v = logits.shape
         acc = _acc_dtype(logits.dtype)
         local_t, in_shard = _local_target(target, vocab_start, v)
-        m = torch.empty(n, dtype=acc, device=logits.device)
-        s, zt = torch.empty_like(m), torch.empty_like(m)
-        w = torch.empty_like(m) if compute_entropy else None
+        stats = _TokenStats(n, acc, logits.device, compute_entropy)
         chunks = _chunks(n, chunk_size)
         scratch = _Scratch(max((b - a for a, b in chunks), default=0), v, logits.device)
         for a, b in chunks:
-            d = scratch.get("d", b - a, acc)
             e = scratch.get("e", b - a, acc) if compute_entropy else None
-            cm, cs, czt, cw = _chunk_stats(logits[a:b], local_t[a:b], in_shard[a:b], d, e)
-            m[a:b], s[a:b], zt[a:b] = cm, cs, czt
-            if compute_entropy:
-                w[a:b] = cw
+            stats.add(a, b, logits[a:b], local_t, in_shard, scratch.get("d", b - a, acc), e)
         del scratch
-        logprob, lse, entropy = _combine(m, s, zt, w, group)
+        logprob, lse, entropy = stats.combine(group)
         ctx.save_for_backward(logits, local_t, in_shard, lse)
         ctx.chunk_size = chunk_size
         if entropy is None:
@@ -300,9 +314,7 @@ class _FusedLinearLogprobs(torch.autograd.Function):
         v = weight.shape[0]
         acc = _acc_dtype(hidden.dtype)
         local_t, in_shard = _local_target(target, vocab_start, v)
-        m = torch.empty(n, dtype=acc, device=hidden.device)
-        s, zt = torch.empty_like(m), torch.empty_like(m)
-        w = torch.empty_like(m) if compute_entropy else None
+        stats = _TokenStats(n, acc, hidden.device, compute_entropy)
         chunks = _chunks(n, chunk_size)
         scratch = _Scratch(max((b - a for a, b in chunks), default=0), v, hidden.device)
         ctx.kept = None
@@ -314,21 +326,13 @@ class _FusedLinearLogprobs(torch.autograd.Function):
                 for r0 in range(0, b - a, _KEEP_ROWS):
                     r1 = min(r0 + _KEEP_ROWS, b - a)
                     e = sub.get("e", r1 - r0, acc) if compute_entropy else None
-                    cm, cs, czt, cw = _chunk_stats(z[r0:r1], local_t[a + r0:a + r1], in_shard[a + r0:a + r1],
-                                                   sub.get("d", r1 - r0, acc), e)
-                    m[a + r0:a + r1], s[a + r0:a + r1], zt[a + r0:a + r1] = cm, cs, czt
-                    if compute_entropy:
-                        w[a + r0:a + r1] = cw
+                    stats.add(a + r0, a + r1, z[r0:r1], local_t, in_shard, sub.get("d", r1 - r0, acc), e)
                 ctx.kept = scratch.bufs["z"]
                 continue
-            d = z if z.dtype == acc else scratch.get("d", b - a, acc)
             e = scratch.get("e", b - a, acc) if compute_entropy else None
-            cm, cs, czt, cw = _chunk_stats(z, local_t[a:b], in_shard[a:b], d, e)
-            m[a:b], s[a:b], zt[a:b] = cm, cs, czt
-            if compute_entropy:
-                w[a:b] = cw
+            stats.add(a, b, z, local_t, in_shard, z if z.dtype == acc else scratch.get("d", b - a, acc), e)
         del scratch
-        logprob, lse, entropy = _combine(m, s, zt, w, group)
+        logprob, lse, entropy = stats.combine(group)
         ctx.save_for_backward(hidden, weight, local_t, in_shard, lse)
         ctx.chunk_size, ctx.to_main_grad = chunk_size, to_main_grad
         if entropy is None:
