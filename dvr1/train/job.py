@@ -203,13 +203,20 @@ def _train_loop(cfg, stage: str, trainer, model, optimizer, scheduler, steps: in
     return out
 
 
+def finished_stage(cfg, stage: str) -> tuple[str, bool]:
+    """(`<run_dir>/<stage>/hf`, whether that stage already finished). `_train_loop`'s export renames the finished
+    directory into place, so its config.json exists only once the whole stage is done."""
+    out = os.path.join(os.path.abspath(cfg.run_dir), stage, "hf")
+    return out, os.path.exists(os.path.join(out, "config.json"))
+
+
 def run_sft(cfg, pinfo, init_hf: str) -> str:
     """SFT cold start from `init_hf`; returns the HF directory of the SFT model (skips if already there)."""
     from dvr1.train.inputs import InputBuilder
     from dvr1.train.sft import SFTTrainer
 
-    out = os.path.join(os.path.abspath(cfg.run_dir), "sft", "hf")
-    if os.path.exists(os.path.join(out, "config.json")):  # export renames the finished dir into place
+    out, done = finished_stage(cfg, "sft")
+    if done:
         log.info("sft: found %s, skipping", out)
         return out
     policy = build_policy(cfg, init_hf, pinfo)
@@ -225,8 +232,8 @@ def run_rl(cfg, pinfo, init_hf: str) -> str:
     from dvr1.train.inputs import InputBuilder
     from dvr1.train.rl import RLTrainer
 
-    out = os.path.join(os.path.abspath(cfg.run_dir), "rl", "hf")
-    if os.path.exists(os.path.join(out, "config.json")):  # export renames the finished dir into place
+    out, done = finished_stage(cfg, "rl")
+    if done:
         log.info("rl: found %s, skipping", out)
         return out
     policy = build_policy(cfg, init_hf, pinfo)

@@ -225,8 +225,8 @@ def run(cfg, opts) -> dict:
     train = records(opts, "train")
 
     # CoTasks SFT
-    sft_hf = os.path.join(run_dir, "vidchain_sft", "hf")
-    if not os.path.exists(os.path.join(sft_hf, "config.json")):  # export renames the finished dir into place
+    sft_hf, sft_done = job.finished_stage(cfg, "vidchain_sft")
+    if not sft_done:
         policy = job.build_policy(cfg, init_hf, pinfo)
         model, opt, sched = job.optimizer_for(policy, opts.sft_lr, cfg.sft.weight_decay, 1.0, opts.sft_warmup, cfg)
         tok = job.tokenizer(init_hf)
@@ -238,8 +238,8 @@ def run(cfg, opts) -> dict:
     results = {"sft": run_eval(cfg, pinfo, sft_hf, "sft", "test", scorers)}
 
     # M-DPO from the SFT model; π_ref = the frozen SFT model
-    mdpo_hf = os.path.join(run_dir, "vidchain_mdpo", "hf")
-    if not os.path.exists(os.path.join(mdpo_hf, "config.json")):
+    mdpo_hf, mdpo_done = job.finished_stage(cfg, "vidchain_mdpo")
+    if not mdpo_done:
         policy = job.build_policy(cfg, sft_hf, pinfo)
         reference = job.build_policy(cfg, sft_hf, pinfo, trainable=False)
         model, opt, sched = job.optimizer_for(policy, opts.mdpo_lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg)
