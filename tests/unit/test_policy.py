@@ -112,6 +112,15 @@ def test_rope_index_qwen_rule_resumes_after_the_largest_position():
         get_rope_index(ids, 6, grid, [1.0], 2, 2, "vllm")
 
 
+def test_sequence_parallel_with_video_is_refused(checkpoints):
+    """SP needs the video features merged before megatron's sequence scatter, which the policy does not do: refuse."""
+    cfg = load_hf_config(checkpoints["tied_gqa2"])
+    with pytest.raises(NotImplementedError) as e:
+        Qwen25VLPolicy(cfg, tp=2, sequence_parallel=True)
+    assert str(e.value) == ("parallel.sequence_parallel=true is not supported with video inputs yet: the video "
+                            "features must be merged before the sequence-parallel scatter")
+
+
 def test_rope_index_rejects_mismatched_grid(checkpoints):
     cfg = load_hf_config(checkpoints["tied_gqa2"])
     pv, grid = _video_inputs()
