@@ -8,10 +8,13 @@ Unknown keys and wrongly-typed values fail with OmegaConf's message naming the k
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 from omegaconf import OmegaConf
+
+from dvr1.rl.losses import ALGORITHMS, LOSS_AGG_MODES
 
 
 @dataclass
@@ -109,6 +112,9 @@ class AlgoConfig:
 
 @dataclass
 class RewardConfig:
+    """Weights of the total reward ``w_f·format + w_a·accuracy + w_i·iou`` (docs/ALGORITHMS.md §6;
+    `dvr1.rl.rewards.score_response` takes this section as its ``weights``)."""
+
     format: float = 1.0
     accuracy: float = 1.0
     iou: float = 1.0
@@ -116,6 +122,9 @@ class RewardConfig:
 
 @dataclass
 class DAAugConfig:
+    """DA-Aug (docs/ALGORITHMS.md §4). `dvr1.rl.difficulty.DifficultyController` reads reference, r_ref, margin,
+    max_level, scale and directions from this section; the trainer the rest."""
+
     enabled: bool = True
     reference: str = "relative"  # relative | absolute
     r_ref: float = 1.0  # used when reference=absolute
@@ -254,14 +263,46 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.mrope_after_video": ("auto", "transformers", "qwen"),
     "rollout.engine": ("native", "vllm"),
-    "algo.name": ("reg_grpo", "grpo"),
-    "algo.loss_agg": ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum"),
+    "algo.name": ALGORITHMS,
+    "algo.loss_agg": LOSS_AGG_MODES,
     "algo.logratio_reduction": ("sum", "mean"),
     "da_aug.reference": ("relative", "absolute"),
     "da_aug.scale": ("adaptive", "fixed"),
     "da_aug.directions": ("both", "up", "down"),
     "da_aug.mode": ("replace", "append"),
     "log.wandb_mode": ("offline", "online", "disabled"),
+}
+
+
+# key -> (lowest, highest allowed or None, what the message says); checked when the config loads
+_AT_LEAST_1, _AT_LEAST_0, _POSITIVE = (1, None, "must be >= 1"), (0, None, "must be >= 0"), (1e-300, None, "must be > 0")
+_RANGES = {
+    "threads": _AT_LEAST_0,
+    "data.n_train": _AT_LEAST_1, "data.n_val": _AT_LEAST_0, "data.n_test": _AT_LEAST_0, "data.fps": _POSITIVE,
+    "data.size": (16, None, "must be >= 16 (pixels)"),
+    "video.num_frames": _AT_LEAST_0, "video.fps": _AT_LEAST_0,
+    "video.max_frames": (2, None, "must be >= 2 (frames go in pairs, the temporal patch)"),
+    "video.min_pixels": _AT_LEAST_1,
+    "model.logprob_chunk": _AT_LEAST_1, "model.fp8_amax_history_len": _AT_LEAST_1,
+    "model.recompute_num_layers": _AT_LEAST_1,
+    "parallel.tp": _AT_LEAST_1, "parallel.pp": _AT_LEAST_1,
+    "rollout.top_p": (1e-300, 1.0, "must be in (0, 1]"), "rollout.max_new_tokens": _AT_LEAST_1,
+    "rollout.tensor_parallel_size": _AT_LEAST_1,
+    "rollout.gpu_memory_utilization": (1e-300, 1.0, "must be in (0, 1]"),
+    "rollout.cpu_kv_cache_gb": _AT_LEAST_1, "rollout.max_model_len": _AT_LEAST_0,
+    "algo.beta": _AT_LEAST_0, "algo.adv_eps": _AT_LEAST_0, "algo.ddof": _AT_LEAST_0, "algo.clip_eps": _POSITIVE,
+    "algo.eps_s": _POSITIVE, "algo.eps_rho": _AT_LEAST_0, "algo.ppo_epochs": _AT_LEAST_1,
+    "reward.format": _AT_LEAST_0, "reward.accuracy": _AT_LEAST_0, "reward.iou": _AT_LEAST_0,
+    "da_aug.r_ref": (None, None, ""), "da_aug.window": _AT_LEAST_1, "da_aug.margin": _AT_LEAST_0,
+    "da_aug.max_level": _AT_LEAST_1, "da_aug.sigma0": _AT_LEAST_0,
+    "da_aug.mask_fraction": (0.0, 0.99, "must be in [0, 0.99] (a fraction of the frames)"),
+    "da_aug.answer_traces": _AT_LEAST_0,
+    "sft.steps": _AT_LEAST_0, "sft.batch_size": _AT_LEAST_1, "sft.micro_batch_size": _AT_LEAST_0,
+    "sft.lr": _AT_LEAST_0, "sft.warmup": _AT_LEAST_0, "sft.weight_decay": _AT_LEAST_0,
+    "rl.steps": _AT_LEAST_0, "rl.prompts_per_step": _AT_LEAST_1, "rl.micro_batch_groups": _AT_LEAST_0,
+    "rl.lr": _AT_LEAST_0, "rl.weight_decay": _AT_LEAST_0, "rl.clip_grad": _AT_LEAST_0, "rl.save_every": _AT_LEAST_1,
+    "rl.keep_last": _AT_LEAST_1,
+    "eval.max_samples": _AT_LEAST_0, "eval.max_new_tokens": _AT_LEAST_1,
 }
 
 
@@ -287,11 +328,25 @@ def validate(cfg) -> None:
         raise ConfigError(f"rollout.group_size={cfg.rollout.group_size}: a group needs at least 2 responses")
     if cfg.rollout.group_size > 1 and cfg.rollout.temperature <= 0:
         raise ConfigError("rollout.temperature must be > 0 to sample a group of different responses")
-    for key in ("parallel.tp", "parallel.pp", "rl.prompts_per_step", "sft.batch_size", "algo.ppo_epochs"):
-        if OmegaConf.select(cfg, key) < 1:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: must be >= 1")
+    for key, (low, high, what) in _RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r}: must be a finite number")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(f"{key}={value!r}: {what}")
     if cfg.video.num_frames <= 0 and cfg.video.fps <= 0:
         raise ConfigError("video.num_frames or video.fps must be > 0")
+    if cfg.video.num_frames == 1:
+        raise ConfigError("video.num_frames=1: must be 0 (fps sampling) or >= 2 (frames go in pairs, the temporal "
+                          "patch)")
+    if cfg.video.max_pixels < cfg.video.min_pixels:
+        raise ConfigError(f"video.max_pixels={cfg.video.max_pixels}: must be >= video.min_pixels="
+                          f"{cfg.video.min_pixels}")
+    if cfg.algo.ddof >= cfg.rollout.group_size:
+        raise ConfigError(f"algo.ddof={cfg.algo.ddof}: must be < rollout.group_size={cfg.rollout.group_size}")
+    if cfg.algo.name == "reg_grpo" and cfg.algo.normalize_logratio and cfg.algo.eps_rho <= 0:
+        raise ConfigError(f"algo.eps_rho={cfg.algo.eps_rho!r}: must be > 0 with algo.normalize_logratio=true (the "
+                          "on-policy log-ratio is 0 in every group: 0/sqrt(0) is NaN)")
     from dvr1.parallel.precision import PrecisionConfigError, validate_precision
 
     try:  # FP8 / recompute / SP choices and their consistency (TE availability is checked when the model is built)

@@ -98,9 +98,9 @@ def _ensure_single_process():
     if dist.is_initialized() and dist.get_world_size() > 1:
         raise ConversionError(f"checkpoint conversion runs in a single process; torch.distributed has world size "
                               f"{dist.get_world_size()} (run the converter without torchrun)")
-    from megatron.core import parallel_state as ps
+    from dvr1.parallel import grid
 
-    if not ps.model_parallel_is_initialized():
+    if not grid.initialized():
         init_parallel(tp=1, pp=1, seed=0)
 
 

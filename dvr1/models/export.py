@@ -13,6 +13,7 @@ import shutil
 import torch
 
 from dvr1.models.hf_mapping import megatron_to_hf
+from dvr1.parallel import grid
 
 _COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
          "special_tokens_map.json", "preprocessor_config.json", "video_preprocessor_config.json", "vocab.json",
@@ -22,27 +23,13 @@ _COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_c
 def gather_tp(p: torch.nn.Parameter, name: str, value: torch.Tensor | None = None) -> torch.Tensor:
     """The full tensor of a (possibly) TP-sharded megatron parameter `p` (or of `value`, a tensor laid out like `p`,
     e.g. its `main_grad`)."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
-
-    if not getattr(p, "tensor_model_parallel", False) or not ps.model_parallel_is_initialized() \
-            or ps.get_tensor_model_parallel_world_size() == 1:
+    if not getattr(p, "tensor_model_parallel", False) or grid.tp_layout()[1] == 1:
         return (p if value is None else value).detach()
-    group = ps.get_tensor_model_parallel_group()
-    parts = [torch.empty_like(p) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(parts, (p if value is None else value).detach().contiguous(), group=group)
+    parts = grid.tp_all_gather((p if value is None else value).detach())
     if name.endswith("mlp.linear_fc1.weight"):
         gates, ups = zip(*(torch.chunk(x, 2, dim=0) for x in parts))
         return torch.cat(list(gates) + list(ups), dim=0)
     return torch.cat(parts, dim=p.partition_dim)
-
-
-def _pp() -> tuple[int, int]:
-    from megatron.core import parallel_state as ps
-
-    if not ps.model_parallel_is_initialized():
-        return 0, 1
-    return ps.get_pipeline_model_parallel_rank(), ps.get_pipeline_model_parallel_world_size()
 
 
 def state_for_hf(policy) -> dict[str, torch.Tensor]:
@@ -51,7 +38,7 @@ def state_for_hf(policy) -> dict[str, torch.Tensor]:
     Layers are split evenly over PP stages (as `dvr1.train.job.build_policy` builds them). A tied output layer on
     the last stage (megatron's copy of the embedding) is not exported: HF ties it to `model.embed_tokens`.
     """
-    pp_rank, pp = _pp()
+    pp_rank, pp = grid.pp_layout()
     full = {n: gather_tp(p, n) for n, p in policy.lm.named_parameters()}
     offset = pp_rank * (policy.shape.num_layers // pp)
     out = dict(megatron_to_hf(full, policy.shape, layer_offset=offset, te=policy.spec == "te"))
@@ -65,24 +52,18 @@ def iter_full_state_for_hf(policy):
     under PP each stage's tensors broadcast to the other stages over the PP group, stage by stage, one tensor at a
     time (peak extra memory: one full tensor). Every rank must consume the iterator to the end in order (the
     broadcasts are collective). This is the weights iterator of the colocated vLLM refit (`dvr1.rollout.vllm`)."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
-
     local = state_for_hf(policy)
-    pp_rank, pp = _pp()
+    pp_rank, pp = grid.pp_layout()
     if pp == 1:
         yield from local.items()
         return
-    group = ps.get_pipeline_model_parallel_group()
-    ranks = dist.get_process_group_ranks(group)
     device = next(iter(local.values())).device
     for stage in range(pp):
-        meta = [[(k, tuple(v.shape), v.dtype) for k, v in local.items()] if stage == pp_rank else None]
-        dist.broadcast_object_list(meta, src=ranks[stage], group=group)
-        for name, shape, dtype in meta[0]:
+        meta = grid.pp_broadcast_object(
+            [(k, tuple(v.shape), v.dtype) for k, v in local.items()] if stage == pp_rank else None, stage)
+        for name, shape, dtype in meta:
             t = local[name].contiguous() if stage == pp_rank else torch.empty(shape, dtype=dtype, device=device)
-            dist.broadcast(t, src=ranks[stage], group=group)
-            yield name, t
+            yield name, grid.pp_broadcast(t, stage)
 
 
 def export_hf(policy, src_dir: str, out_dir: str) -> str:
@@ -92,15 +73,13 @@ def export_hf(policy, src_dir: str, out_dir: str) -> str:
     import json
 
     import torch.distributed as dist
-    from megatron.core import parallel_state as ps
     from safetensors.torch import save_file
 
     state = state_for_hf(policy)  # collective under TP: every rank calls it
-    pp_rank, pp = _pp()
+    pp_rank, pp = grid.pp_layout()
     distributed = dist.is_initialized()
-    rank = dist.get_rank() if distributed else 0
-    writer = not ps.model_parallel_is_initialized() or (
-        ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0)
+    rank = grid.global_rank()
+    writer = grid.is_stage_writer()
     tmp = out_dir.rstrip("/") + ".tmp"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,19 +2,41 @@
 
 One code path for every layout: `megatron.core.pipeline_parallel.get_forward_backward_func()` picks the
 no-pipelining schedule at PP=1 and 1F1B across stages at PP>1 (p2p of `[seq, rows, hidden]` activations over the PP
-group). The whole batch is one microbatch, because GRPO/Reg-GRPO normalise within groups and the RL loss needs every
-group's log-probs at once; `loss_fn` runs on the last stage only. After a training pass the schedule calls
-`config.finalize_model_grads_func` (DP all-reduce, tied-embedding sync across stages; set by
-`dvr1.train.optim.build_optimizer`).
+group). The batch is split into microbatches of whole rows (`rows_per_microbatch`; the RL trainer makes them whole
+groups, since GRPO/Reg-GRPO normalise within groups); `loss_fn` runs on the last stage only, once per microbatch,
+and returns that microbatch's share of the batch loss (the losses take the batch's normalisers, dvr1.rl.losses). After
+a training pass the schedule calls `config.finalize_model_grads_func` (DP all-reduce, tied-embedding sync across
+stages; set by `dvr1.train.optim.build_optimizer`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
 
+from dvr1.parallel import grid
 from dvr1.parallel.logprobs import fused_linear_logprobs, vocab_parallel_logprobs
+
+broadcast_from_last_stage = grid.broadcast_from_last_stage  # re-exported: the trainers' one import for it
+
+
+@dataclass
+class ForwardResult:
+    """What `forward_backward` returns on the last PP stage.
+
+    Attributes:
+        logp: ``[N, T]`` response-token log-probs (detached), zero on padding.
+        entropy: ``[N, T]`` per-token entropy (detached) or None when not computed.
+        loss: the sum of the microbatch losses (detached 0-dim tensor), or None without a ``loss_fn``.
+        metrics: the per-microbatch metrics dicts ``loss_fn`` returned, in order.
+    """
+
+    logp: torch.Tensor
+    entropy: Optional[torch.Tensor]
+    loss: Optional[torch.Tensor]
+    metrics: list = field(default_factory=list)
 
 
 def response_logprobs(output: torch.Tensor, batch, compute_entropy: bool = False, output_weight=None,
@@ -53,17 +75,15 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
             divides each by the number of microbatches; that is undone here). With `forward_only=False` the sum is
             back-propagated through every stage, gradients accumulating over microbatches.
     Returns:
-        On the last PP stage: `(logp [N, T], entropy [N, T] or None, loss (sum over microbatches, detached) or None,
-        list of per-microbatch metrics)`; elsewhere None.
+        On the last PP stage a :class:`ForwardResult`; elsewhere None.
         fused: apply the output layer inside the log-prob reduction (`fused_linear_logprobs`): the logits shard
             `[rows, S, vocab/tp]` is never materialised (see docs/BENCHMARKS.md for its memory/time trade-off).
     """
-    from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.utils import unwrap_model
 
     micro = batch.split(rows_per_microbatch)
-    if ps.get_pipeline_model_parallel_world_size() > 1 and len({mb.num_rows for mb in micro}) > 1:
+    if grid.pp_layout()[1] > 1 and len({mb.num_rows for mb in micro}) > 1:
         raise ValueError(f"with pipeline parallelism every microbatch needs the same rows: {batch.num_rows} rows do "
                          f"not split evenly into microbatches of {rows_per_microbatch}")
     bounds, start = [], 0
@@ -106,20 +126,8 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
         micro_batch_size=max(mb.num_rows for mb in micro),
         forward_only=forward_only,
     )
-    if not ps.is_pipeline_last_stage():
+    if not grid.is_last_stage():
         return None
-    return (torch.cat(logps), torch.cat(ents) if compute_entropy else None,
-            torch.stack(losses).sum() if losses else None, metrics)
+    return ForwardResult(torch.cat(logps), torch.cat(ents) if compute_entropy else None,
+                         torch.stack(losses).sum() if losses else None, metrics)
 
-
-def broadcast_from_last_stage(obj):
-    """Send a picklable object from the last PP stage to every stage of this PP group (identity at PP=1)."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
-
-    if not ps.model_parallel_is_initialized() or ps.get_pipeline_model_parallel_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=ps.get_pipeline_model_parallel_last_rank(),
-                               group=ps.get_pipeline_model_parallel_group())
-    return box[0]

@@ -8,23 +8,22 @@ parallel, distributed optimizer; and the config-selected layer spec.
 Every check runs at start-up (before any model is built) and raises :class:`PrecisionConfigError` naming the config
 field, or :class:`MissingPackageError` naming the missing package (``transformer-engine``).
 
-The config objects are duck-typed: anything with the attributes below works (the OmegaConf ``RunConfig`` sections,
-a ``types.SimpleNamespace``); an absent attribute takes the default in brackets, so configs written before these
-fields existed keep their meaning (FP8 off, no recompute, no SP, no distributed optimizer).
+The config objects are the run config's ``model`` and ``parallel`` sections (``dvr1.config.ModelConfig`` /
+``ParallelConfig``, which own the defaults); the fields read here:
 
 model:
-    spec ["local"]: "local" | "te".  dtype ["float32"]: "float32" | "bfloat16".
-    fp8 [None]: None | "e4m3" | "hybrid" (TransformerConfig.fp8; "hybrid" = E4M3 forward, E5M2 gradients).
-    fp8_recipe ["delayed"]: "delayed" | "tensorwise" | "blockwise" | "mxfp8" (TransformerConfig.fp8_recipe;
+    spec: "local" | "te".  dtype: "float32" | "bfloat16".
+    fp8: None | "e4m3" | "hybrid" (TransformerConfig.fp8; "hybrid" = E4M3 forward, E5M2 gradients).
+    fp8_recipe: "delayed" | "tensorwise" | "blockwise" | "mxfp8" (TransformerConfig.fp8_recipe;
         megatron-core's "custom" needs a quantizer factory and is not exposed).
-    fp8_amax_history_len [1], fp8_amax_compute_algo ["most_recent"]: "most_recent" | "max" (delayed scaling).
-    fp8_param [False]: keep GEMM weights in FP8 (TransformerConfig.fp8_param; DDP ``fp8_param_gather``).
-    recompute [None]: None | "selective" | "full" (TransformerConfig.recompute_granularity).
-    recompute_method ["uniform"]: "uniform" | "block" (full recompute only).
-    recompute_num_layers [1]: layers per recompute unit (uniform) or per PP stage (block), full recompute only.
-    recompute_modules [None]: selective recompute modules (megatron-core default ["core_attn"]).
+    fp8_amax_history_len, fp8_amax_compute_algo: "most_recent" | "max" (delayed scaling).
+    fp8_param: keep GEMM weights in FP8 (TransformerConfig.fp8_param; DDP ``fp8_param_gather``).
+    recompute: None | "selective" | "full" (TransformerConfig.recompute_granularity).
+    recompute_method: "uniform" | "block" (full recompute only).
+    recompute_num_layers: layers per recompute unit (uniform) or per PP stage (block), full recompute only.
+    recompute_modules: selective recompute modules (None: megatron-core's default ["core_attn"]).
 parallel:
-    tp [1], pp [1].  sequence_parallel [False].  distributed_optimizer [False].
+    tp, pp, sequence_parallel, distributed_optimizer.
 
 Upstream (megatron-core 0.16.1): ``transformer/transformer_config.py:383-420`` (recompute fields),
 ``:427-495`` (fp8 fields), ``:988-1028`` (fp8 checks), ``:1154-1191`` (recompute checks);
@@ -62,18 +61,13 @@ class MissingPackageError(RuntimeError):
 _OFF = (None, "", "none", "null", False)
 
 
-def _get(obj, name: str, default):
-    value = getattr(obj, name, default)
-    return default if value is None and default is not None else value
-
-
 def _fp8(model_cfg) -> Optional[str]:
-    value = getattr(model_cfg, "fp8", None)
+    value = model_cfg.fp8
     return None if value in _OFF else value
 
 
 def _recompute(model_cfg) -> Optional[str]:
-    value = getattr(model_cfg, "recompute", None)
+    value = model_cfg.recompute
     return None if value in _OFF else value
 
 
@@ -122,23 +116,23 @@ def validate_precision(model_cfg, parallel_cfg, te_available: Optional[bool] = N
             full recompute without a valid ``recompute_method``/``recompute_num_layers``.
         MissingPackageError: ``model.fp8`` or ``model.spec=te`` set and ``transformer_engine`` not importable.
     """
-    spec = _get(model_cfg, "spec", "local")
-    dtype = _get(model_cfg, "dtype", "float32")
+    spec = model_cfg.spec
+    dtype = model_cfg.dtype
     fp8 = _fp8(model_cfg)
-    tp = int(_get(parallel_cfg, "tp", 1))
+    tp = int(parallel_cfg.tp)
     if spec not in ("local", "te"):
         raise PrecisionConfigError(f"model.spec={spec!r}: must be one of local, te")
     if fp8 is not None:
         if fp8 not in FP8_FORMATS:
             raise PrecisionConfigError(f"model.fp8={fp8!r}: must be one of {', '.join(FP8_FORMATS)} (or null = off)")
-        recipe = _get(model_cfg, "fp8_recipe", "delayed")
+        recipe = model_cfg.fp8_recipe
         if recipe not in FP8_RECIPES:
             raise PrecisionConfigError(f"model.fp8_recipe={recipe!r}: must be one of {', '.join(FP8_RECIPES)}")
-        algo = _get(model_cfg, "fp8_amax_compute_algo", "most_recent")
+        algo = model_cfg.fp8_amax_compute_algo
         if algo not in FP8_AMAX_ALGOS:
             raise PrecisionConfigError(
                 f"model.fp8_amax_compute_algo={algo!r}: must be one of {', '.join(FP8_AMAX_ALGOS)}")
-        hist = int(_get(model_cfg, "fp8_amax_history_len", 1))
+        hist = int(model_cfg.fp8_amax_history_len)
         if hist < 1:
             raise PrecisionConfigError(f"model.fp8_amax_history_len={hist}: must be >= 1")
         if spec != "te":
@@ -149,14 +143,14 @@ def validate_precision(model_cfg, parallel_cfg, te_available: Optional[bool] = N
             raise PrecisionConfigError(
                 f"model.fp8={fp8!r} needs model.dtype=bfloat16 (FP8 runs inside BF16 mixed precision); got "
                 f"model.dtype={dtype!r}")
-    if bool(_get(model_cfg, "fp8_param", False)):
+    if bool(model_cfg.fp8_param):
         if fp8 is None:
             raise PrecisionConfigError("model.fp8_param=true needs model.fp8 (e4m3 or hybrid)")
-        if not bool(_get(parallel_cfg, "distributed_optimizer", False)):
+        if not bool(parallel_cfg.distributed_optimizer):
             raise PrecisionConfigError(
                 "model.fp8_param=true needs parallel.distributed_optimizer=true (the FP32 main weights live in "
                 "the distributed optimizer; Megatron-LM --fp8-param-gather)")
-    if bool(_get(parallel_cfg, "sequence_parallel", False)):
+    if bool(parallel_cfg.sequence_parallel):
         if tp < 2:
             raise PrecisionConfigError(
                 f"parallel.sequence_parallel=true needs parallel.tp >= 2 (got tp={tp}); it splits the sequence over "
@@ -170,15 +164,15 @@ def validate_precision(model_cfg, parallel_cfg, te_available: Optional[bool] = N
         if rec not in RECOMPUTE:
             raise PrecisionConfigError(f"model.recompute={rec!r}: must be one of {', '.join(RECOMPUTE)} (or null)")
         if rec == "full":
-            method = _get(model_cfg, "recompute_method", "uniform")
+            method = model_cfg.recompute_method
             if method not in RECOMPUTE_METHODS:
                 raise PrecisionConfigError(
                     f"model.recompute_method={method!r}: must be one of {', '.join(RECOMPUTE_METHODS)}")
-            n = int(_get(model_cfg, "recompute_num_layers", 1))
+            n = int(model_cfg.recompute_num_layers)
             if n < 1:
                 raise PrecisionConfigError(f"model.recompute_num_layers={n}: must be >= 1")
         else:
-            mods = getattr(model_cfg, "recompute_modules", None)
+            mods = model_cfg.recompute_modules
             bad = [m for m in (mods or []) if m not in RECOMPUTE_MODULES]
             if bad:
                 raise PrecisionConfigError(
@@ -204,24 +198,24 @@ def precision_overrides(model_cfg, parallel_cfg, te_available: Optional[bool] = 
     Raises: as :func:`validate_precision`.
     """
     validate_precision(model_cfg, parallel_cfg, te_available)
-    kw: dict = {"sequence_parallel": bool(_get(parallel_cfg, "sequence_parallel", False))}
+    kw: dict = {"sequence_parallel": bool(parallel_cfg.sequence_parallel)}
     rec = _recompute(model_cfg)
     kw["recompute_granularity"] = rec
     if rec == "full":
-        kw["recompute_method"] = _get(model_cfg, "recompute_method", "uniform")
-        kw["recompute_num_layers"] = int(_get(model_cfg, "recompute_num_layers", 1))
-    elif rec == "selective" and getattr(model_cfg, "recompute_modules", None):
+        kw["recompute_method"] = model_cfg.recompute_method
+        kw["recompute_num_layers"] = int(model_cfg.recompute_num_layers)
+    elif rec == "selective" and model_cfg.recompute_modules:
         kw["recompute_modules"] = list(model_cfg.recompute_modules)
     fp8 = _fp8(model_cfg)
     if fp8 is not None:
         kw.update(
             fp8=fp8,
-            fp8_recipe=_get(model_cfg, "fp8_recipe", "delayed"),
-            fp8_amax_history_len=int(_get(model_cfg, "fp8_amax_history_len", 1)),
-            fp8_amax_compute_algo=_get(model_cfg, "fp8_amax_compute_algo", "most_recent"),
-            fp8_param=bool(_get(model_cfg, "fp8_param", False)),
+            fp8_recipe=model_cfg.fp8_recipe,
+            fp8_amax_history_len=int(model_cfg.fp8_amax_history_len),
+            fp8_amax_compute_algo=model_cfg.fp8_amax_compute_algo,
+            fp8_param=bool(model_cfg.fp8_param),
         )
-    if _get(model_cfg, "spec", "local") == "te":
+    if model_cfg.spec == "te":
         kw.update(bias_activation_fusion=True, gradient_accumulation_fusion=True)
     return kw
 
@@ -233,8 +227,8 @@ def distributed_overrides(model_cfg, parallel_cfg) -> dict:
     ``dvr1.train.optim.build_optimizer``. Call :func:`validate_precision` first (it rejects ``fp8_param`` without
     the distributed optimizer)."""
     return {
-        "use_distributed_optimizer": bool(_get(parallel_cfg, "distributed_optimizer", False)),
-        "fp8_param_gather": bool(_get(model_cfg, "fp8_param", False)) and _fp8(model_cfg) is not None,
+        "use_distributed_optimizer": bool(parallel_cfg.distributed_optimizer),
+        "fp8_param_gather": bool(model_cfg.fp8_param) and _fp8(model_cfg) is not None,
     }
 
 
@@ -245,20 +239,22 @@ def _version(v: str):
 
 
 def check_runtime_support(fp8: Optional[str], recipe: str, capability: Optional[Tuple[int, int]],
-                          te_version: Optional[str]) -> None:
+                          te_version: Optional[str]) -> Optional[Tuple[Tuple[int, int], str]]:
     """GPU / TransformerEngine-version checks for FP8, with the values passed in (so they are testable off-GPU).
 
     Args:
         fp8: ``model.fp8`` (None = off: nothing to check). recipe: ``model.fp8_recipe``.
         capability: CUDA compute capability ``(major, minor)`` of the device, or None when there is no GPU.
-        te_version: ``transformer_engine.__version__``.
+        te_version: ``transformer_engine.__version__`` (None: not checked).
 
+    Returns: the requirement that was met, ``(min compute capability, min transformer-engine version)``; None when
+        FP8 is off.
     Raises:
         PrecisionConfigError: no GPU, capability < 8.9 (FP8) or < 10.0 (``mxfp8``), or a TE older than the
             recipe needs (``FP8_RECIPES``, megatron-core 0.16.1 ``fp8_utils.py:554-590``).
     """
     if fp8 in _OFF:
-        return
+        return None
     if capability is None:
         raise PrecisionConfigError(f"model.fp8={fp8!r} needs a CUDA GPU (compute capability >= 8.9); none found")
     need = MIN_CAPABILITY_MXFP8 if recipe == "mxfp8" else MIN_CAPABILITY_FP8
@@ -269,6 +265,7 @@ def check_runtime_support(fp8: Optional[str], recipe: str, capability: Optional[
     if te_version is not None and _version(te_version) < _version(FP8_RECIPES[recipe]):
         raise PrecisionConfigError(
             f"model.fp8_recipe={recipe!r} needs transformer-engine >= {FP8_RECIPES[recipe]}; found {te_version}")
+    return need, FP8_RECIPES[recipe]
 
 
 def check_device(model_cfg) -> None:
@@ -281,7 +278,7 @@ def check_device(model_cfg) -> None:
         return
     cap = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
     ok, version = transformer_engine_status()
-    check_runtime_support(fp8, _get(model_cfg, "fp8_recipe", "delayed"), cap,
+    check_runtime_support(fp8, model_cfg.fp8_recipe, cap,
                           version if ok and version != "unknown" else None)
 
 
@@ -294,4 +291,4 @@ def layer_spec_for(model_cfg, parallel_cfg, te_available: Optional[bool] = None)
     from dvr1.models.qwen2_5_vl import layer_spec
 
     validate_precision(model_cfg, parallel_cfg, te_available)
-    return layer_spec(_get(model_cfg, "spec", "local"))
+    return layer_spec(model_cfg.spec)

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable
 
-__all__ = ["Decision", "DifficultyConfig", "DifficultyController", "RewardHistory"]
+__all__ = ["Decision", "DifficultyController", "RewardHistory"]
 
 
 def _finite_floats(fn: str, values: Iterable[float]) -> list[float]:
@@ -77,41 +77,6 @@ class RewardHistory:
 
 
 @dataclass
-class DifficultyConfig:
-    """DA-Aug difficulty settings (ALGORITHMS §4).
-
-    Attributes:
-        reference: ``"relative"`` (r_ref = reward-history mean, default) | ``"absolute"`` (r_ref fixed below).
-        r_ref: the fixed reference reward for ``"absolute"`` (required there; ignored for ``"relative"``).
-        margin: m >= 0; |Δ_R| <= m is "unchanged" (paper: 0, sign only).
-        max_level: L >= 1, the cap of the guidance level (3 for rewards in [0, 2]).
-        scale: ``"adaptive"`` (levels from |Δ_R|) | ``"fixed"`` (every level 1, paper Table 8).
-        directions: ``"both"`` | ``"up"`` (only difficulty increase) | ``"down"`` (only difficulty decrease).
-    """
-
-    reference: str = "relative"
-    r_ref: float | None = None
-    margin: float = 0.0
-    max_level: int = 3
-    scale: str = "adaptive"
-    directions: str = "both"
-
-    def __post_init__(self):
-        if self.reference not in ("relative", "absolute"):
-            raise ValueError(f"DifficultyConfig.reference must be 'relative' or 'absolute', got {self.reference!r}")
-        if self.reference == "absolute" and (self.r_ref is None or not math.isfinite(float(self.r_ref))):
-            raise ValueError(f"DifficultyConfig.r_ref must be a finite number when reference='absolute', got {self.r_ref!r}")
-        if not math.isfinite(float(self.margin)) or self.margin < 0:
-            raise ValueError(f"DifficultyConfig.margin must be >= 0, got {self.margin!r}")
-        if not isinstance(self.max_level, int) or self.max_level < 1:
-            raise ValueError(f"DifficultyConfig.max_level must be an int >= 1, got {self.max_level!r}")
-        if self.scale not in ("adaptive", "fixed"):
-            raise ValueError(f"DifficultyConfig.scale must be 'adaptive' or 'fixed', got {self.scale!r}")
-        if self.directions not in ("both", "up", "down"):
-            raise ValueError(f"DifficultyConfig.directions must be 'both', 'up' or 'down', got {self.directions!r}")
-
-
-@dataclass
 class Decision:
     """DA-Aug decision for one sample (ALGORITHMS §4).
 
@@ -139,7 +104,12 @@ class DifficultyController:
     decision is ``"none"`` (delta 0). Push only the groups of ORIGINAL samples, not of augmented rollouts.
     """
 
-    def __init__(self, cfg: DifficultyConfig, history: RewardHistory):
+    def __init__(self, cfg, history: RewardHistory):
+        """Args: cfg: the run config's ``da_aug`` section (``dvr1.config.DAAugConfig``, validated when it loaded):
+        ``reference`` ("relative": r_ref = history mean | "absolute": the fixed ``r_ref``), ``margin`` m >= 0
+        (|Δ_R| <= m is "unchanged"; paper: 0), ``max_level`` L >= 1 (guidance-level cap), ``scale`` ("adaptive":
+        levels from |Δ_R| | "fixed": every level 1, paper Table 8), ``directions`` ("both" | "up" | "down");
+        history: the reward-history buffer."""
         self.cfg = cfg
         self.history = history
 

@@ -1,19 +1,89 @@
-"""Policy losses: GRPO, Reg-GRPO, the k3 KL estimator and sigmoid DPO (ALGORITHMS §2, §3, §7).
+"""Policy losses: GRPO, Reg-GRPO, the k3 KL estimator and sigmoid DPO (docs/ALGORITHMS.md §2, §3, §7).
 
 Pure functions of tensors. Token-level inputs are ``[batch, group, seq]`` (B prompts × G responses × T response
 tokens) floating tensors of per-token log-probabilities of the sampled tokens, with ``mask`` ``[B, G, T]``
 (1 = response token, 0 = padding / prompt / vision). Only ``logp`` (the policy π_θ) carries gradients; ``old_logp``
 (π_old, the rollout policy) and ``ref_logp`` (π_ref) are detached here. Losses are to be MINIMISED.
+
+Microbatching (torchtitan's rule: the loss takes its global normaliser). Every loss takes an optional
+:class:`Normalizers` of the WHOLE batch (valid groups, rows, sequences, response tokens). With it, a call on a
+microbatch (whole groups) returns that microbatch's share: every mean is a sum over the microbatch divided by the
+batch's count, so the shares of all microbatches sum to the batch loss by construction and the training step only
+sums. Without it the normalisers are the inputs' own (the call is the batch). Metrics are shares in the same sense;
+:func:`combine_metrics` turns the per-microbatch metrics into the batch's (sums, min/max, and population std from
+the ``*_sqmean`` second moments). :func:`objective` is the one entry point the trainer calls for ``algo.name``.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["LOSS_AGG_MODES", "aggregate", "dpo_loss", "grpo_loss", "kl_k3", "reg_grpo_loss"]
+__all__ = ["ALGORITHMS", "LOSS_AGG_MODES", "Normalizers", "aggregate", "combine_metrics", "dpo_loss", "grpo_loss",
+           "kl_k3", "objective", "reg_grpo_loss"]
 
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum")
+ALGORITHMS = ("reg_grpo", "grpo")
+
+
+@dataclass(frozen=True)
+class Normalizers:
+    """The batch's global counts, by which every loss share is divided (floats, counts of things).
+
+    Attributes:
+        groups: groups with σ_r > 0 (``GroupStats.valid``): Reg-GRPO's regression mean runs over their members.
+        rows: all B·G sequences (Reg-GRPO's ρ statistics).
+        seqs: sequences with at least one response token (``seq-mean-*`` aggregations).
+        tokens: response tokens (``token-mean`` aggregation, token-level metrics).
+    """
+
+    groups: float
+    rows: float
+    seqs: float
+    tokens: float
+
+    @classmethod
+    def of(cls, mask: torch.Tensor, valid: torch.Tensor | None = None) -> "Normalizers":
+        """Counts of a ``[B, G, T]`` mask (and ``[B]`` valid flags; None counts no valid group)."""
+        return cls(groups=float(valid.sum()) if valid is not None else 0.0,
+                   rows=float(mask.shape[0] * mask.shape[1]),
+                   seqs=float((mask.sum(dim=-1) > 0).sum()),
+                   tokens=float(mask.sum()))
+
+
+def combine_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
+    """The batch's metrics from its microbatches' shares (each computed with the batch's :class:`Normalizers`).
+
+    Keys ending in ``_min`` / ``_max`` take the min / max over parts (±inf = the part had no token: reported as 1.0,
+    the ratio of no token); every other key is summed; a ``X_sqmean`` share (second moment) next to ``X_mean`` is
+    replaced by ``X_std = sqrt(max(E[X²] − E[X]², 0))`` (population std). ``[]`` gives ``{}``.
+    """
+    out: dict[str, float] = {}
+    for part in parts:
+        for k, v in part.items():
+            if k not in out:
+                out[k] = v
+            elif k.endswith("_min"):
+                out[k] = min(out[k], v)
+            elif k.endswith("_max"):
+                out[k] = max(out[k], v)
+            else:
+                out[k] += v
+    for k in [k for k in out if k.endswith("_sqmean")]:
+        base = k[: -len("_sqmean")]
+        out[f"{base}_std"] = math.sqrt(max(out.pop(k) - out.get(f"{base}_mean", 0.0) ** 2, 0.0))
+    for k, v in out.items():
+        if (k.endswith("_min") or k.endswith("_max")) and math.isinf(v):
+            out[k] = 1.0
+    return out
+
+
+def _share(x: torch.Tensor, count: float) -> float:
+    """``Σ x / count`` as a Python float (0 when the batch has none); metrics only."""
+    return float(x.sum() / count) if count > 0 else 0.0
 
 
 def _check_tokens(fn: str, mask: torch.Tensor, **tensors: torch.Tensor | None) -> None:
@@ -36,14 +106,8 @@ def _check_adv(fn: str, advantages: torch.Tensor, mask: torch.Tensor) -> None:
         )
 
 
-def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
-    """Token-mean of ``x`` over ``mask`` as a Python float (metrics only)."""
-    n = mask.sum()
-    return float((x * mask).sum() / n) if n > 0 else 0.0
-
-
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token k3 estimator of KL(π_θ ‖ π_ref) (ALGORITHMS §2): ``exp(l_ref − l_θ) − (l_ref − l_θ) − 1`` >= 0.
+    """Per-token k3 estimator of KL(π_θ ‖ π_ref) (docs/ALGORITHMS.md §2): ``exp(l_ref − l_θ) − (l_ref − l_θ) − 1`` >= 0.
 
     Args:
         logp: ``[B, G, T]`` policy token log-probs l_θ (differentiable).
@@ -57,8 +121,9 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1.0
 
 
-def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str = "seq-mean-token-mean") -> torch.Tensor:
-    """Reduce a per-token quantity to a scalar (ALGORITHMS §2 ``loss_agg``).
+def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str = "seq-mean-token-mean",
+              norm: Normalizers | None = None) -> torch.Tensor:
+    """Reduce a per-token quantity to a scalar (docs/ALGORITHMS.md §2 ``loss_agg``).
 
     Args:
         x: ``[B, G, T]`` per-token values; mask: ``[B, G, T]`` 1 = response token.
@@ -68,6 +133,8 @@ def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str = "seq-mean-token-m
             ``"seq-mean-token-sum"`` (Dr.GRPO): ``mean_s [ Σ_t m x ]``.
             The sequence means run over sequences with at least one response token (fully padded rows are
             ignored); with no token at all the result is ``0 · Σx`` (exactly 0, graph still connected).
+        norm: the batch's :class:`Normalizers` when ``x`` is one microbatch of it: the outer mean divides by the
+            batch's ``seqs`` (or ``tokens``), so the microbatches' results sum to the batch's. None: ``x`` is the batch.
     Returns: 0-dim tensor.
     Raises: ValueError on an unknown mode or shape mismatch.
     """
@@ -78,15 +145,16 @@ def aggregate(x: torch.Tensor, mask: torch.Tensor, mode: str = "seq-mean-token-m
     m = mask.to(x.dtype)
     if m.sum() == 0:
         return (x * 0.0).sum()
+    norm = norm or Normalizers.of(mask)
     xm = x * m
     if mode == "token-mean":
-        return xm.sum() / m.sum()
+        return xm.sum() / norm.tokens
     lengths = m.sum(dim=-1)
     nonempty = lengths > 0
     seq = xm.sum(dim=-1)
     if mode == "seq-mean-token-mean":
         seq = seq / lengths.clamp(min=1.0)
-    return seq[nonempty].mean()
+    return seq[nonempty].sum() / norm.seqs
 
 
 def grpo_loss(
@@ -99,8 +167,9 @@ def grpo_loss(
     clip: bool = True,
     beta: float = 0.0,
     loss_agg: str = "seq-mean-token-mean",
+    norm: Normalizers | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """GRPO loss (ALGORITHMS §2, DVR1 Eq. 2), to minimise::
+    """GRPO loss (docs/ALGORITHMS.md §2, DVR1 Eq. 2), to minimise::
 
         L = agg_{i,t} −[ min(r_{i,t} Â_i, clip(r_{i,t}, 1−ε, 1+ε) Â_i) − β k3_{i,t} ],   r = exp(l_θ − l_old)
 
@@ -110,18 +179,21 @@ def grpo_loss(
         logp, old_logp: ``[B, G, T]`` token log-probs under π_θ and π_old; ref_logp: ``[B, G, T]`` under π_ref, or
             ``None`` when ``beta == 0``; advantages: ``[B, G]``; mask: ``[B, G, T]``.
         clip_eps: ε of the ratio clip; beta: KL coefficient; loss_agg: see ``aggregate``.
+        norm: the whole batch's :class:`Normalizers` when this is a microbatch (module docstring); None = the batch.
     Returns:
         (loss 0-dim tensor, metrics) with float metrics: ``loss``, ``pg_loss`` (the policy term alone, same
         aggregation), ``kl`` (token-mean k3 to π_ref; 0 without ``ref_logp``), ``clip_frac`` (token fraction where
         the clipped branch is the min and differs from the unclipped one; 0 when ``clip=False``),
         ``ratio_mean``/``ratio_min``/``ratio_max`` (over response tokens), ``approx_kl_old`` (token-mean
-        ``l_old − l_θ``).
+        ``l_old − l_θ``). With ``norm`` they are this microbatch's shares (:func:`combine_metrics`).
     Raises: ValueError on shape mismatch, or ``beta > 0`` with ``ref_logp=None``.
     """
     _check_tokens("grpo_loss", mask, logp=logp, old_logp=old_logp, ref_logp=ref_logp)
     _check_adv("grpo_loss", advantages, mask)
     if beta != 0 and ref_logp is None:
         raise ValueError(f"grpo_loss: beta={beta} needs ref_logp, got None")
+    batch = norm is None
+    norm = norm or Normalizers.of(mask)
     m = mask.to(logp.dtype)
     log_ratio = logp - old_logp.detach()
     ratio = torch.exp(log_ratio)
@@ -137,20 +209,20 @@ def grpo_loss(
     kl = kl_k3(logp, ref_logp) if ref_logp is not None else None
     if beta != 0:
         tokens = pg_tokens + beta * kl
-    loss = aggregate(tokens, mask, loss_agg)
+    loss = aggregate(tokens, mask, loss_agg, norm)
     with torch.no_grad():
         sel = m > 0
         metrics = {
             "loss": float(loss),
-            "pg_loss": float(aggregate(pg_tokens, mask, loss_agg)),
-            "kl": _masked_mean(kl, m) if kl is not None else 0.0,
-            "clip_frac": _masked_mean((surr_clipped < surr).to(m.dtype), m) if clip else 0.0,
-            "ratio_mean": _masked_mean(ratio, m),
-            "ratio_min": float(ratio[sel].min()) if sel.any() else 1.0,
-            "ratio_max": float(ratio[sel].max()) if sel.any() else 1.0,
-            "approx_kl_old": _masked_mean(-log_ratio, m),
+            "pg_loss": float(aggregate(pg_tokens, mask, loss_agg, norm)),
+            "kl": _share(kl * m, norm.tokens) if kl is not None else 0.0,
+            "clip_frac": _share((surr_clipped < surr).to(m.dtype) * m, norm.tokens) if clip else 0.0,
+            "ratio_mean": _share(ratio * m, norm.tokens),
+            "ratio_min": float(ratio[sel].min()) if sel.any() else math.inf,
+            "ratio_max": float(ratio[sel].max()) if sel.any() else -math.inf,
+            "approx_kl_old": _share(-log_ratio * m, norm.tokens),
         }
-    return loss, metrics
+    return loss, combine_metrics([metrics]) if batch else metrics
 
 
 def reg_grpo_loss(
@@ -166,34 +238,40 @@ def reg_grpo_loss(
     logratio_reduction: str = "sum",
     normalize_logratio: bool = True,
     ddof: int = 1,
+    norm: Normalizers | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Reg-GRPO loss (ALGORITHMS §3, DVR1 Eqs. 3–8), to minimise::
+    """Reg-GRPO loss (docs/ALGORITHMS.md §3, DVR1 Eqs. 3–8), to minimise::
 
         ρ_i    = Σ_t m_{i,t} (l_θ − l_old)            (``logratio_reduction="mean"``: divided by |y_i|)
         Â_θ,i  = ε_s (ρ_i − mean_G ρ) / sqrt(var_G ρ + ε_ρ)      (``normalize_logratio=False``: ε_s (ρ_i − mean_G ρ))
         L      = (1 / (n_valid · G)) Σ_{b valid} Σ_i (Â_{b,i} − Â_θ,{b,i})²  +  β · agg_smtm(k3(l_θ, l_ref))
 
     ``var_G`` uses ``ddof`` (same as the reward std). The regression term averages over the G members of VALID
-    groups only (σ_r = 0 groups are masked out, ALGORITHMS §3); with no valid group it is exactly 0 (``0 · Σ``, the
-    graph stays connected). The KL term (added, not subtracted) is aggregated seq-mean-token-mean over ALL sequences.
-    No ratio clipping, no min.
+    groups only (σ_r = 0 groups are masked out, docs/ALGORITHMS.md §3); with no valid group it is exactly 0
+    (``0 · Σ``, the graph stays connected). The KL term (added, not subtracted) is aggregated seq-mean-token-mean
+    over ALL sequences. No ratio clipping, no min. With ``norm`` (a microbatch of whole groups) ``n_valid`` and the
+    KL's sequence count are the batch's, so the microbatch losses sum to the batch loss.
 
     Gradient at ρ ≡ 0 (``logp == old_logp``, the on-policy step): for member j of a valid group b,
     ``∂L/∂ρ_{b,j} = −2 ε_s (Â_{b,j} − mean_i Â_{b,i}) / (n_valid · G · sqrt(ε_ρ))`` (``normalize_logratio=False``: no
-    ``sqrt(ε_ρ)``), i.e. ALGORITHMS §3's ``−2 ε_s Â_j / (G sqrt(ε_ρ))`` divided by ``n_valid`` (our mean over valid
-    groups) — the policy-gradient direction since group-normalised Â has mean 0.
+    ``sqrt(ε_ρ)``), i.e. docs/ALGORITHMS.md §3's ``−2 ε_s Â_j / (G sqrt(ε_ρ))`` divided by ``n_valid`` (our mean over
+    valid groups) — the policy-gradient direction since group-normalised Â has mean 0.
 
     Args:
         logp, old_logp, ref_logp: ``[B, G, T]`` token log-probs (π_θ, π_old, π_ref; ``ref_logp`` may be ``None``
             when ``beta == 0``); advantages: ``[B, G]`` Â (``group_advantages``); mask: ``[B, G, T]``;
         valid: ``[B]`` bool, groups with σ_r > 0 (``GroupStats.valid``).
-        eps_s: scale ε_s; eps_rho: ε_ρ inside the square root; beta: KL coefficient;
+        eps_s: scale ε_s; eps_rho: ε_ρ inside the square root (ε_ρ = 0 divides 0 by 0 where ρ ≡ 0, the on-policy
+            step: the run config requires ε_ρ > 0); beta: KL coefficient;
         logratio_reduction: ``"sum"`` (default) | ``"mean"``; normalize_logratio: z-score ρ (default) or only
-        centre it; ddof: of ``var_G ρ``.
+            centre it; ddof: of ``var_G ρ``.
+        norm: the whole batch's :class:`Normalizers` when this is a microbatch (module docstring); None = the batch.
     Returns:
         (loss 0-dim tensor, metrics) with float metrics: ``loss``, ``regression``, ``kl`` (the seq-mean-token-mean
         k3 term before β; 0 without ``ref_logp``), ``rho_mean``/``rho_std`` (over all B·G sequences, population std),
-        ``pred_adv_std`` (population std of Â_θ over members of valid groups; 0 if none), ``n_valid_groups``.
+        ``pred_adv_mean``/``pred_adv_std`` (population, over members of valid groups; 0 if none),
+        ``n_valid_groups``. With ``norm`` they are shares, with ``*_sqmean`` second moments in place of the stds
+        (:func:`combine_metrics`).
     Raises: ValueError on shapes, an unknown reduction, ``group <= ddof``, ``eps_rho < 0``, or ``beta > 0`` without
         ``ref_logp``.
     """
@@ -212,6 +290,9 @@ def reg_grpo_loss(
         raise ValueError(f"{fn}: eps_rho must be >= 0, got {eps_rho}")
     if beta != 0 and ref_logp is None:
         raise ValueError(f"{fn}: beta={beta} needs ref_logp, got None")
+    batch = norm is None
+    vmask = valid.to(torch.bool)
+    norm = norm or Normalizers.of(mask, vmask)
 
     m = mask.to(logp.dtype)
     rho = ((logp - old_logp.detach()) * m).sum(dim=-1)  # [B, G]
@@ -223,27 +304,48 @@ def reg_grpo_loss(
     else:
         pred_adv = eps_s * centred
     sq = (advantages.detach().to(logp.dtype) - pred_adv) ** 2  # [B, G]
-    vmask = valid.to(torch.bool)
     n_valid = int(vmask.sum())
     if n_valid > 0:
-        regression = sq[vmask].sum() / (n_valid * G)
+        regression = sq[vmask].sum() / (norm.groups * G)
     else:
         regression = (sq * 0.0).sum()
     loss = regression
-    kl_term = aggregate(kl_k3(logp, ref_logp), mask, "seq-mean-token-mean") if ref_logp is not None else None
+    kl_term = aggregate(kl_k3(logp, ref_logp), mask, "seq-mean-token-mean", norm) if ref_logp is not None else None
     if beta != 0:
         loss = loss + beta * kl_term
     with torch.no_grad():
+        n_pred = norm.groups * G
+        pv = pred_adv[vmask]
         metrics = {
             "loss": float(loss),
             "regression": float(regression),
             "kl": float(kl_term) if kl_term is not None else 0.0,
-            "rho_mean": float(rho.mean()) if rho.numel() else 0.0,
-            "rho_std": float(rho.std(correction=0)) if rho.numel() else 0.0,
-            "pred_adv_std": float(pred_adv[vmask].std(correction=0)) if n_valid > 0 else 0.0,
+            "rho_mean": _share(rho, norm.rows),
+            "rho_sqmean": _share(rho ** 2, norm.rows),
+            "pred_adv_mean": _share(pv, n_pred),
+            "pred_adv_sqmean": _share(pv ** 2, n_pred),
             "n_valid_groups": float(n_valid),
         }
-    return loss, metrics
+    return loss, combine_metrics([metrics]) if batch else metrics
+
+
+def objective(algo, logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
+              advantages: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor,
+              norm: Normalizers | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The RL objective ``algo.name`` selects, with its ``algo.*`` settings (``dvr1.config.AlgoConfig``): the one
+    call the trainer makes per microbatch (with the batch's ``norm``) — the shares sum to the batch loss.
+
+    Args: as :func:`reg_grpo_loss` (``valid`` is ignored by GRPO). Returns: (loss, metrics) of that loss.
+    Raises: ValueError for an unknown ``algo.name`` (and the loss's own errors).
+    """
+    if algo.name == "reg_grpo":
+        return reg_grpo_loss(logp, old_logp, ref_logp, advantages, mask, valid, eps_s=algo.eps_s,
+                             eps_rho=algo.eps_rho, beta=algo.beta, logratio_reduction=algo.logratio_reduction,
+                             normalize_logratio=algo.normalize_logratio, ddof=algo.ddof, norm=norm)
+    if algo.name == "grpo":
+        return grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=algo.clip_eps, clip=algo.clip,
+                         beta=algo.beta, loss_agg=algo.loss_agg, norm=norm)
+    raise ValueError(f"objective: algo.name must be one of {ALGORITHMS}, got {algo.name!r}")
 
 
 def dpo_loss(
@@ -253,7 +355,7 @@ def dpo_loss(
     ref_rejected_logp: torch.Tensor,
     beta: float = 0.5,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Sigmoid DPO loss (ALGORITHMS §7, VidChain M-DPO), mean over N pairs::
+    """Sigmoid DPO loss (docs/ALGORITHMS.md §7, VidChain M-DPO), mean over N pairs::
 
         L = mean_n −log σ( β [ (l_θ(y_w) − l_ref(y_w)) − (l_θ(y_l) − l_ref(y_l)) ] )
 

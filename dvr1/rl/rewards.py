@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 
 __all__ = [
-    "RewardWeights",
     "accuracy_reward",
     "format_reward",
     "parse_answer",
@@ -285,21 +283,12 @@ def temporal_iou(pred, gt) -> float:
     return inter / union if union > 0 else 0.0
 
 
-@dataclass
-class RewardWeights:
-    """Weights of the total reward ``format·w_f + accuracy·w_a + iou·w_i`` (ALGORITHMS §6, defaults 1)."""
-
-    format: float = 1.0
-    accuracy: float = 1.0
-    iou: float = 1.0
-
-
 def score_response(
     text: str,
     task: str,
     answer: str,
     segment: list[float] | None = None,
-    weights: RewardWeights | None = None,
+    weights=None,
 ) -> dict[str, float]:
     """Score one response (ALGORITHMS §6). Never raises on a malformed response.
 
@@ -315,11 +304,13 @@ def score_response(
     Args:
         text: full response; answer: ground-truth key (ignored for grounding); segment: ground-truth
             ``[start, end]`` in seconds (required for ``"grounding"``).
+        weights: ``w_f``, ``w_a``, ``w_i`` as the run config's ``reward`` section (``dvr1.config.RewardConfig``:
+            attributes ``format``, ``accuracy``, ``iou``); None = all 1.
     Returns: ``{"format", "accuracy", "iou", "total"}`` floats. Format and accuracy are scored independently.
     Raises:
         ValueError: bad ground truth (missing/invalid ``segment`` for grounding, answer key that does not parse).
     """
-    w = weights if weights is not None else RewardWeights()
+    wf, wa, wi = (1.0, 1.0, 1.0) if weights is None else (weights.format, weights.accuracy, weights.iou)
     gt_segments = None
     if segment is not None:
         if len(segment) != 2:
@@ -332,16 +323,16 @@ def score_response(
         pred = parse_segment(parse_answer(text))
         iou = temporal_iou([pred], gt_segments) if pred is not None else 0.0
         acc = 1.0 if iou >= 0.5 else 0.0
-        total = w.format * fmt + w.iou * iou
+        total = wf * fmt + wi * iou
     elif task == "grounded_qa":
         fmt = format_reward(text, grounded=True)
         acc = accuracy_reward(text, answer, "choice")
         pred_segments = parse_glue(text)
         iou = temporal_iou(pred_segments, gt_segments) if pred_segments and gt_segments else 0.0
-        total = w.format * fmt + w.accuracy * acc + w.iou * iou
+        total = wf * fmt + wa * acc + wi * iou
     else:
         fmt = format_reward(text)
         acc = accuracy_reward(text, answer, task if task in ("numeric", "text") else "choice")
         iou = 0.0
-        total = w.format * fmt + w.accuracy * acc
+        total = wf * fmt + wa * acc
     return {"format": float(fmt), "accuracy": float(acc), "iou": float(iou), "total": float(total)}

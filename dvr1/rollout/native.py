@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from dvr1.models.rope import continue_positions
+from dvr1.parallel import grid
 from dvr1.rollout.base import RolloutOutput, RolloutRequest, SamplingParams, sample_next
 
 
@@ -52,40 +53,26 @@ class NativeRolloutEngine:
 
     # ---- pipeline parallel plumbing (no-ops at PP=1) -----------------------------------------------------------
     def _pp(self):
-        from megatron.core import parallel_state as ps
-
-        return ps.get_pipeline_model_parallel_world_size() if ps.model_parallel_is_initialized() else 1
+        return grid.pp_layout()[1]
 
     def _stage_forward(self, ids, pos, video, ctx):
         """This stage's layers on `ids` (the new tokens); returns logits `[G, 1, vocab]` on the last stage, else None."""
-        import torch.distributed as dist
-        from megatron.core import parallel_state as ps
-
         if self._pp() == 1:
             return self.policy(ids, pos, video_embeds=video, inference_context=ctx, runtime_gather_output=True)
         p = self.policy
         if not p.pre_process:
             hidden = torch.empty(ids.shape[1], ids.shape[0], p.config.hidden_size, dtype=p.config.params_dtype)
-            dist.recv(hidden, src=ps.get_pipeline_model_parallel_prev_rank(), group=ps.get_pipeline_model_parallel_group())
-            p.set_input_tensor(hidden)
+            p.set_input_tensor(grid.recv_from_prev_stage(hidden))
         out = p(ids, pos, video_embeds=video, inference_context=ctx, runtime_gather_output=True)
         if not p.post_process:
-            dist.send(out.contiguous(), dst=ps.get_pipeline_model_parallel_next_rank(),
-                      group=ps.get_pipeline_model_parallel_group())
+            grid.send_to_next_stage(out)
             return None
         return out
 
     def _from_last_stage(self, tok, lp):
         """Broadcast the last stage's sampled tokens `[G]` and log-probs `[G]` to every PP stage."""
-        import torch.distributed as dist
-        from megatron.core import parallel_state as ps
-
-        if self._pp() == 1:
-            return tok, lp
-        src, group = ps.get_pipeline_model_parallel_last_rank(), ps.get_pipeline_model_parallel_group()
-        dist.broadcast(tok, src=src, group=group)
-        dist.broadcast(lp, src=src, group=group)
-        return tok, lp
+        last = self._pp() - 1
+        return grid.pp_broadcast(tok, last), grid.pp_broadcast(lp, last)
 
     def _generate_one(self, req: RolloutRequest, sp: SamplingParams) -> RolloutOutput:
         from megatron.core.inference.contexts import StaticInferenceContext

@@ -46,6 +46,7 @@ import zlib
 
 import torch
 
+from dvr1.parallel import grid
 from dvr1.rollout.base import RolloutOutput, RolloutRequest, SamplingParams
 
 log = logging.getLogger("dvr1.rollout.vllm")
@@ -283,22 +284,18 @@ class VLLMRolloutEngine:
         """Each request's ``video_embeds`` ``[t*h*w/merge^2, hidden]`` (or None). Under PP only the first stage has
         the vision tower: its embeddings are broadcast over the PP group (collective: every stage passes the same
         requests); the requests themselves are not changed."""
-        import torch.distributed as dist
-        from megatron.core import parallel_state as ps
-
         embeds = [r.video_embeds for r in requests]
-        if not ps.model_parallel_is_initialized() or ps.get_pipeline_model_parallel_world_size() == 1:
+        pp_rank, pp = grid.pp_layout()
+        if pp == 1:
             return embeds
-        group = ps.get_pipeline_model_parallel_group()
-        src = dist.get_process_group_ranks(group)[0]
-        meta = [[None if e is None else (tuple(e.shape), e.dtype, str(e.device)) for e in embeds]]
-        dist.broadcast_object_list(meta, src=src, group=group)
-        for i, m in enumerate(meta[0]):
+        meta = grid.pp_broadcast_object([None if e is None else (tuple(e.shape), e.dtype, str(e.device))
+                                         for e in embeds], 0)
+        for i, m in enumerate(meta):
             if m is None:
                 continue
-            if ps.get_pipeline_model_parallel_rank() != 0:
+            if pp_rank != 0:
                 embeds[i] = torch.empty(m[0], dtype=m[1], device="cuda" if self.on_gpu else "cpu")
-            dist.broadcast(embeds[i].contiguous(), src=src, group=group)
+            embeds[i] = grid.pp_broadcast(embeds[i].contiguous(), 0)
         return embeds
 
     def _check_positions(self, r: RolloutRequest) -> None:

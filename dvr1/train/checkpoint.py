@@ -14,9 +14,11 @@ A save writes everything into ``step_{N}.tmp``, then rank 0 renames it to ``step
 ``latest``; so ``latest`` always names a complete checkpoint. Upstream: megatron-core 0.16.1
 ``dist_checkpointing/serialization.py:314`` (save), ``:61`` (load); sharded state dicts from
 ``MegatronModule.sharded_state_dict`` and ``MegatronOptimizer.sharded_state_dict`` (``optimizer/optimizer.py:307``);
-the DistributedOptimizer uses the ``dp_reshardable`` format (the only DistOpt format that works on CPU, see
-``/work/shared/docs/CPU_STACK.md``). Because the model and optimizer are sharded checkpoints, a TP/PP/DP layout
-change on resume is allowed (megatron reshards); per-rank RNG states are then not restored (logged).
+the DistributedOptimizer uses the ``dp_reshardable`` format, the only DistOpt format that works on CPU in megatron-core
+0.16.1 (``fully_reshardable`` calls ``.cuda()`` at ``distrib_optimizer.py:1089``; ``fully_sharded_model_space``
+fails with "ShardedTensor.flattened_range is not supported"). Because the model and optimizer are sharded
+checkpoints, a TP/PP/DP layout change on resume is allowed (megatron reshards); per-rank RNG states are then not
+restored (logged).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from dvr1.parallel import grid
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +56,11 @@ def _step_dir(run_dir: Union[str, Path], step: int) -> Path:
     return _ckpt_root(run_dir) / f"step_{step}"
 
 
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
+_rank = grid.global_rank
 
 
 def _world() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
+    return grid.layout()["world_size"]
 
 
 def _barrier() -> None:
@@ -70,19 +73,6 @@ def _chunks(model_chunks) -> List[torch.nn.Module]:
 
     chunks = [model_chunks] if isinstance(model_chunks, torch.nn.Module) else list(model_chunks)
     return unwrap_model(chunks)
-
-
-def _layout() -> Dict[str, int]:
-    from megatron.core import parallel_state as ps
-
-    if not ps.model_parallel_is_initialized():
-        return {"world_size": _world()}
-    return {
-        "world_size": _world(),
-        "tp_size": ps.get_tensor_model_parallel_world_size(),
-        "pp_size": ps.get_pipeline_model_parallel_world_size(),
-        "dp_size": ps.get_data_parallel_world_size(),
-    }
 
 
 def _sharded_state_dict(chunks: List[torch.nn.Module], optimizer, scheduler, is_loading: bool) -> Dict[str, Any]:
@@ -253,7 +243,7 @@ def save_checkpoint(
     _barrier()
 
     if _rank() == 0:
-        (tmp / "meta.json").write_text(json.dumps({"step": step, "optimizer": optimizer_kind, **_layout()}, indent=1))
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "optimizer": optimizer_kind, **grid.layout()}, indent=1))
         if final.exists():  # re-saving a step (e.g. after resuming from an older one): replace it
             old = root / f"step_{step}.old.tmp"
             if old.exists():
@@ -310,7 +300,7 @@ def load_checkpoint(
     if load_optimizer:
         _materialize_adam_state(optimizer)
     sharded = _sharded_state_dict(chunks, optimizer if load_optimizer else None, scheduler, is_loading=True)
-    # no_grad: the dp_reshardable DistributedOptimizer load copies into leaf params (CPU_STACK.md).
+    # no_grad: the dp_reshardable DistributedOptimizer load copies into leaf params (module docstring).
     with torch.no_grad():
         loaded = dist_checkpointing.load(sharded, str(path / "dist"))
         if len(chunks) == 1:

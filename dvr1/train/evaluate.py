@@ -10,9 +10,10 @@ from collections import defaultdict
 from tqdm import tqdm
 
 from dvr1.models.tokenizer import decode_response
+from dvr1.parallel import grid
 from dvr1.rl.rewards import score_response
 from dvr1.rollout.base import SamplingParams
-from dvr1.train.rl import prepare_or_skip
+from dvr1.train.inputs import prepare_or_skip
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +61,7 @@ def evaluate(engine, builder, tokenizer, records, max_new_tokens: int = 64, stri
         "per_task": per_task,
         "samples": samples,
     }
-    import torch.distributed as dist
-
-    if out_path and (not dist.is_initialized() or dist.get_rank() == 0):
+    if out_path and grid.is_writer():
         os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
         with open(out_path, "w") as f:
             json.dump(result, f, indent=1)

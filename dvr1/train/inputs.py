@@ -17,7 +17,7 @@ import torch
 from dvr1.data.processing import normalize_frames, num_video_tokens, patchify
 from dvr1.data.prompts import format_question
 from dvr1.data.schema import VideoQARecord
-from dvr1.data.video import load_frames
+from dvr1.data.video import VideoError, load_frames
 from dvr1.rl.augment import add_frame_noise, mask_frames
 from dvr1.models.rope import continue_positions, get_rope_index
 from dvr1.models.tokenizer import chat_prompt
@@ -232,4 +232,18 @@ def token_logprobs(model, batch: SeqBatch, compute_entropy: bool = False, rows_p
     with torch.no_grad():
         res = forward_backward(model, batch, compute_entropy=compute_entropy, rows_per_microbatch=rows_per_microbatch,
                                fused=fused, chunk_size=chunk_size)
-    return (None, None) if res is None else (res[0], res[1])
+    return (None, None) if res is None else (res.logp, res.entropy)
+
+
+def prepare_or_skip(builder, record, sampler=None, strict: bool = False, **kw):
+    """`builder.prepare(record, **kw)`, reporting (and with a `PromptSampler`, dropping for the rest of the run) a
+    record whose video cannot be read; returns None for it. ``strict``: re-raise the `VideoError` instead."""
+    try:
+        return builder.prepare(record, **kw)
+    except VideoError as e:
+        if strict:
+            raise
+        log.warning("skipped record %s: %s", record.id, e)
+        if sampler is not None:
+            sampler.bad.add(record.id)
+        return None

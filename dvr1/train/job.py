@@ -18,6 +18,8 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from dvr1.parallel import grid
+
 log = logging.getLogger("dvr1")
 
 
@@ -61,7 +63,7 @@ def ensure_data(cfg) -> str:
 
     root = data_root(cfg)
     if not os.path.exists(os.path.join(root, "manifest.json")):
-        if not dist.is_initialized() or dist.get_rank() == 0:
+        if grid.is_writer():
             from dvr1.data.build import build_dataset
 
             log.info("building the dataset at %s", root)
@@ -90,7 +92,7 @@ def ensure_model(cfg) -> str:
         return os.path.abspath(cfg.model.path)
     path = tiny_path(cfg)
     if not os.path.exists(os.path.join(path, "config.json")):
-        if not dist.is_initialized() or dist.get_rank() == 0:
+        if grid.is_writer():
             from dvr1.data.prompts import format_question, sft_response
             from dvr1.models.tiny import make_tiny_checkpoint
 
@@ -149,10 +151,9 @@ def optimizer_for(model, lr, weight_decay, clip_grad, warmup, cfg):
 def rollout_engine(cfg, policy, hf_dir: str | None = None):
     """The engine named by `rollout.engine`: "native" samples from `policy` itself; "vllm" starts a colocated vLLM
     engine from `hf_dir` (the HF checkpoint `policy` was loaded from). Raises ValueError if vllm has no `hf_dir`."""
-    from dvr1.train.rl import dp_layout
 
     # TP/PP ranks of one DP replica must sample identical tokens: same seed; DP replicas get their own stream
-    seed = cfg.seed + 101 + 1000 * dp_layout()[0]
+    seed = cfg.seed + 101 + 1000 * grid.dp_layout()[0]
     if cfg.rollout.engine == "vllm":
         from dvr1.models.qwen2_5_vl import load_hf_config
         from dvr1.rollout.vllm import VLLMRolloutEngine

@@ -12,13 +12,9 @@ import logging
 import os
 from typing import Optional
 
+from dvr1.parallel import grid
+
 log = logging.getLogger(__name__)
-
-
-def _is_writer() -> bool:
-    import torch.distributed as dist
-
-    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 class MetricsLogger:
@@ -27,7 +23,7 @@ class MetricsLogger:
 
     def __init__(self, run_dir: str, stage: str, log_cfg=None, config: Optional[dict] = None,
                  resume_step: int = 0):
-        self.writer = _is_writer()
+        self.writer = grid.is_writer()
         self.path = os.path.join(run_dir, "metrics", f"{stage}.jsonl")
         self.stage = stage
         self._wandb = None
@@ -78,15 +74,13 @@ def reduce_metrics(metrics: dict) -> dict:
 
     Every DP rank must call it with the same keys (they run the same code path)."""
     import torch
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
 
-    if not dist.is_initialized() or not ps.model_parallel_is_initialized() or ps.get_data_parallel_world_size() == 1:
+    _, dp = grid.dp_layout()
+    if dp == 1:
         return metrics
     keys = [k for k, v in metrics.items() if isinstance(v, (int, float))]
-    t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
-    dist.all_reduce(t, group=ps.get_data_parallel_group())
-    t /= ps.get_data_parallel_world_size()
+    t = grid.dp_all_reduce(torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64))
+    t /= dp
     return {**metrics, **dict(zip(keys, t.tolist()))}
 
 

@@ -7,9 +7,12 @@ One `RLTrainer.step()`:
   4. DA-Aug (§4): difficulty from the reward history; hard samples get a hint from a successful trace, easy ones get
      frame noise; the augmented sample is rolled out again and its group replaces (or joins) the original;
   5. reference and old-policy log-probs (no grad; the old-policy ones come from the training pass when there is one
-     update per rollout, rl.reuse_old_logprobs), then `algo.ppo_epochs` optimizer updates of GRPO (§2) or Reg-GRPO
-     (§3) through the vocab-parallel log-prob path;
-  6. the §5 metrics.
+     update per rollout, rl.reuse_old_logprobs), then `algo.ppo_epochs` optimizer updates of the objective
+     `algo.name` selects (`dvr1.rl.losses.objective`: GRPO §2, Reg-GRPO §3) through the vocab-parallel log-prob path,
+     one share of the batch loss per microbatch of whole groups (the loss divides by the batch's normalisers);
+  6. the §5 metrics; the loss metrics are those of the (last) training pass.
+
+Sections cite docs/ALGORITHMS.md.
 """
 
 from __future__ import annotations
@@ -20,75 +23,19 @@ from dataclasses import dataclass
 
 import torch
 
-from dvr1.data.video import VideoError
+from dvr1.data.sampler import PromptSampler
 from dvr1.models.tokenizer import decode_response
+from dvr1.parallel import grid
 from dvr1.parallel.forward import broadcast_from_last_stage, forward_backward
 from dvr1.rl.advantages import group_advantages
 from dvr1.rl.augment import make_hint, select_trace
-from dvr1.rl.difficulty import DifficultyConfig, DifficultyController, RewardHistory
-from dvr1.rl.losses import aggregate, grpo_loss, kl_k3, reg_grpo_loss
-from dvr1.rl.rewards import RewardWeights, score_response
+from dvr1.rl.difficulty import DifficultyController, RewardHistory
+from dvr1.rl.losses import Normalizers, combine_metrics, objective
+from dvr1.rl.rewards import score_response
 from dvr1.rollout.base import SamplingParams
-from dvr1.train.inputs import build_batch, token_logprobs
+from dvr1.train.inputs import build_batch, prepare_or_skip, token_logprobs
 
 log = logging.getLogger(__name__)
-
-
-class PromptSampler:
-    """Epoch-wise random order over records, resumable, sharded over data-parallel ranks.
-
-    Every rank draws the same permutation (same seed); DP rank r takes positions r, r + dp, r + 2dp, ... so the DP
-    ranks see disjoint prompts and TP/PP ranks of one DP rank see the same ones. State = (epoch, position, order,
-    generator). Records whose video fails to load are reported once and dropped for the rest of the run.
-    """
-
-    def __init__(self, records, seed: int, dp_rank: int = 0, dp_size: int = 1):
-        self.records = list(records)
-        if len(self.records) < dp_size:
-            raise ValueError(f"PromptSampler: {len(self.records)} records cannot be sharded over {dp_size} DP ranks")
-        self.dp_rank, self.dp_size = dp_rank, dp_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.epoch, self.pos = 0, 0
-        self.order = torch.randperm(len(self.records), generator=self.generator).tolist()
-        self.bad: set[str] = set()
-
-    def next(self):
-        for _ in range(2 * len(self.records) + 2 * self.dp_size):
-            if self.pos + self.dp_size > len(self.order):
-                self.epoch += 1
-                self.pos = 0
-                self.order = torch.randperm(len(self.records), generator=self.generator).tolist()
-            r = self.records[self.order[self.pos + self.dp_rank]]
-            self.pos += self.dp_size
-            if r.id not in self.bad:
-                return r
-        raise RuntimeError("PromptSampler: every training record of this rank failed to load")
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos, "order": self.order, "generator": self.generator.get_state(),
-                "bad": sorted(self.bad)}
-
-    def load_state_dict(self, s: dict) -> None:
-        self.epoch, self.pos, self.order = s["epoch"], s["pos"], list(s["order"])
-        self.generator.set_state(s["generator"])
-        self.bad = set(s["bad"])
-
-
-def dp_layout() -> tuple[int, int]:
-    """(dp_rank, dp_size) from megatron's parallel state, (0, 1) when it is not initialised."""
-    from megatron.core import parallel_state as ps
-
-    if not ps.model_parallel_is_initialized():
-        return 0, 1
-    return ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
-
-
-def per_rank(global_size: int, what: str) -> int:
-    """`global_size` split over DP ranks; ValueError naming the field if it does not divide."""
-    _, dp = dp_layout()
-    if global_size % dp:
-        raise ValueError(f"{what}={global_size} is a global batch and must be divisible by the DP size {dp}")
-    return global_size // dp
 
 
 @dataclass
@@ -105,19 +52,6 @@ class Group:
         return torch.tensor([s["total"] for s in self.scores])
 
 
-def prepare_or_skip(builder, record, sampler=None, strict: bool = False, **kw):
-    """`builder.prepare`, reporting (and with a sampler, dropping) a record whose video cannot be read."""
-    try:
-        return builder.prepare(record, **kw)
-    except VideoError as e:
-        if strict:
-            raise
-        log.warning("skipped record %s: %s", record.id, e)
-        if sampler is not None:
-            sampler.bad.add(record.id)
-        return None
-
-
 class RLTrainer:
     """Holds the models and state of the RL stage. `model` is the (DDP-wrapped) policy being trained, `reference` the
     frozen π_ref, `engine` a `RolloutEngine`, `builder` an `InputBuilder`."""
@@ -126,16 +60,11 @@ class RLTrainer:
         self.cfg = cfg
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.reference, self.engine, self.builder, self.tok = reference, engine, builder, tokenizer
-        self.sampler = PromptSampler(records, cfg.seed + 17, *dp_layout())
-        self.prompts_per_rank = per_rank(cfg.rl.prompts_per_step, "rl.prompts_per_step")
-        a = cfg.da_aug
-        self.history = RewardHistory(a.window)
-        self.controller = DifficultyController(
-            DifficultyConfig(reference=a.reference, r_ref=a.r_ref if a.reference == "absolute" else None,
-                             margin=a.margin, max_level=a.max_level, scale=a.scale, directions=a.directions),
-            self.history)
+        self.sampler = PromptSampler(records, cfg.seed + 17, *grid.dp_layout())
+        self.prompts_per_rank = grid.per_rank(cfg.rl.prompts_per_step, "rl.prompts_per_step")
+        self.history = RewardHistory(cfg.da_aug.window)
+        self.controller = DifficultyController(cfg.da_aug, self.history)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed + 29)
-        self.weights = RewardWeights(cfg.reward.format, cfg.reward.accuracy, cfg.reward.iou)
         self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
@@ -163,7 +92,7 @@ class RLTrainer:
         for p, o in zip(prepared, outs):
             texts = [decode_response(self.tok, ids, (self.eos,)) for ids in o.token_ids]
             r = p.record
-            scores = [score_response(t, r.task, r.answer, r.segment, self.weights) for t in texts]
+            scores = [score_response(t, r.task, r.answer, r.segment, self.cfg.reward) for t in texts]
             groups.append(Group(p, o.token_ids, texts, scores))
         return groups
 
@@ -200,37 +129,6 @@ class RLTrainer:
                 stats["n_noise"] += 1
                 stats["perturb_level"].append(d.perturb_level)
         return (self.rollout(todo, "aug") if todo else []), stats
-
-    def loss(self, logp, old_logp, ref_logp, adv, mask, valid):
-        al = self.cfg.algo
-        if al.name == "reg_grpo":
-            return reg_grpo_loss(logp, old_logp, ref_logp, adv, mask, valid, eps_s=al.eps_s, eps_rho=al.eps_rho,
-                                 beta=al.beta, logratio_reduction=al.logratio_reduction,
-                                 normalize_logratio=al.normalize_logratio, ddof=al.ddof)
-        return grpo_loss(logp, old_logp, ref_logp, adv, mask, clip_eps=al.clip_eps, clip=al.clip, beta=al.beta,
-                         loss_agg=al.loss_agg)
-
-    def microbatch_loss(self, logp, old_logp, ref_logp, stats, mask, g: slice):
-        """This microbatch's (groups `g`) share of the batch loss, so that the shares sum to `self.loss` on the whole
-        batch: Reg-GRPO's regression term is a mean over valid groups and its KL a mean over sequences; GRPO's
-        aggregation is over sequences or tokens (`algo.loss_agg`). With one microbatch the weights are 1."""
-        al = self.cfg.algo
-        n_seq = float((mask.sum(-1) > 0).sum())
-        mb_seq = float((mask[g].sum(-1) > 0).sum())
-        if al.name == "reg_grpo":
-            reg, _ = reg_grpo_loss(logp, old_logp, None, stats.advantages[g], mask[g], stats.valid[g],
-                                   eps_s=al.eps_s, eps_rho=al.eps_rho, beta=0.0,
-                                   logratio_reduction=al.logratio_reduction, normalize_logratio=al.normalize_logratio,
-                                   ddof=al.ddof)
-            w_reg = float(stats.valid[g].sum()) / max(float(stats.valid.sum()), 1.0)
-            loss = w_reg * reg
-            if al.beta > 0:
-                loss = loss + al.beta * (mb_seq / n_seq) * aggregate(kl_k3(logp, ref_logp), mask[g])
-            return loss, {}
-        loss, _ = grpo_loss(logp, old_logp, ref_logp, stats.advantages[g], mask[g], clip_eps=al.clip_eps,
-                            clip=al.clip, beta=al.beta, loss_agg=al.loss_agg)
-        w = float(mask[g].sum() / mask.sum()) if al.loss_agg == "token-mean" else mb_seq / n_seq
-        return w * loss, {}
 
     def step(self) -> dict:
         """One RL step over this DP rank's B/dp prompts; returns the ALGORITHMS §5 metrics of this rank (the loop
@@ -281,12 +179,13 @@ class RLTrainer:
         ref_logp = token_logprobs(self.reference, batch, **lp_kw)[0] if cfg.algo.beta > 0 else None
         t["logprobs"] = time.perf_counter() - t0
         shaped = lambda x: None if x is None else x.view(Bp, G, T)  # noqa: E731
+        norm = Normalizers.of(mask, stats.valid)  # this rank's batch: each microbatch's loss is its share
 
         def loss_fn(logp, _entropy, rows):
             g = slice(rows.start // G, rows.stop // G)
             old = logp.detach().view(-1, G, T) if on_policy else shaped(old_logp)[g]
-            return self.microbatch_loss(logp.view(-1, G, T), old, None if ref_logp is None else shaped(ref_logp)[g],
-                                        stats, mask, g)
+            return objective(cfg.algo, logp.view(-1, G, T), old, None if ref_logp is None else shaped(ref_logp)[g],
+                             stats.advantages[g], mask[g], stats.valid[g], norm)
 
         t0 = time.perf_counter()
         self.model.train()
@@ -299,14 +198,12 @@ class RLTrainer:
             self.scheduler.step(1)
         t["train"] = time.perf_counter() - t0
         if on_policy and res is not None:
-            old_logp, entropy = res[0].detach(), res[1]
+            entropy = res.entropy
         t["weight_sync"] = self.engine.sync_weights(self.model)
         last = None  # metrics only the last PP stage can compute
-        if res is not None:  # the batch loss and its metrics, from the last update's log-probs
-            with torch.no_grad():
-                loss, lm = self.loss(shaped(res[0]), shaped(old_logp), shaped(ref_logp), stats.advantages, mask,
-                                     stats.valid)
-            last = {"loss": float(loss),
+        if res is not None:  # the batch loss and its metrics, from the (last) training pass
+            lm = combine_metrics(res.metrics)
+            last = {"loss": float(res.loss),
                     "entropy": float((entropy * batch.resp_mask).sum() / max(float(mask.sum()), 1.0)),
                     **{f"rl/{k}" if not k.startswith(("kl", "rho", "clip", "regression")) else k: v
                        for k, v in lm.items()}}

@@ -11,9 +11,10 @@ import logging
 
 
 from dvr1.data.prompts import sft_response
+from dvr1.data.sampler import PromptSampler
+from dvr1.parallel import grid
 from dvr1.parallel.forward import broadcast_from_last_stage, forward_backward
-from dvr1.train.inputs import build_batch
-from dvr1.train.rl import PromptSampler, dp_layout, per_rank, prepare_or_skip
+from dvr1.train.inputs import build_batch, prepare_or_skip
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,8 @@ class SFTTrainer:
     def __init__(self, cfg, model, optimizer, scheduler, builder, tokenizer, records):
         self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
         self.builder, self.tok = builder, tokenizer
-        self.sampler = PromptSampler(records, cfg.seed + 5, *dp_layout())
-        self.batch_per_rank = per_rank(cfg.sft.batch_size, "sft.batch_size")
+        self.sampler = PromptSampler(records, cfg.seed + 5, *grid.dp_layout())
+        self.batch_per_rank = grid.per_rank(cfg.sft.batch_size, "sft.batch_size")
         self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
 
@@ -58,6 +59,6 @@ class SFTTrainer:
                                rows_per_microbatch=self.cfg.sft.micro_batch_size)  # grads DP-reduced inside
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(1)
-        loss = broadcast_from_last_stage(None if res is None else float(res[2].detach()))
+        loss = broadcast_from_last_stage(None if res is None else float(res.loss))
         return {"loss": loss, "grad_norm": float(grad_norm or 0.0),
                 "lr": self.optimizer.param_groups[0]["lr"], "tokens": float(n_tok)}

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from dvr1.config import VidChainOptions, load_config  # noqa: F401  (VidChainOptions: re-exported)
+from dvr1.parallel import grid
 
 log = logging.getLogger("dvr1.vidchain")
 
@@ -47,7 +48,7 @@ def _rank0_builds(path_done: str, build) -> None:
     """Run ``build()`` on global rank 0 unless ``path_done`` exists; every rank waits for it (torchrun)."""
     import torch.distributed as dist
 
-    if not os.path.exists(path_done) and (not dist.is_initialized() or dist.get_rank() == 0):
+    if not os.path.exists(path_done) and grid.is_writer():
         build()
     if dist.is_initialized():
         dist.barrier()
@@ -173,8 +174,6 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None, scor
     result dict of :func:`evaluate_vidchain`. Every rank of a TP/PP layout must call it (the decode is collective).
     Raises FileNotFoundError when ``hf_path`` has no ``config.json``.
     """
-    import torch.distributed as dist
-
     from dvr1.rollout.native import NativeRolloutEngine
     from dvr1.train import job
     from dvr1.train.inputs import InputBuilder
@@ -192,7 +191,7 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None, scor
     run_dir = os.path.abspath(cfg.run_dir)
     os.makedirs(run_dir, exist_ok=True)
     out = os.path.join(run_dir, f"eval_vidchain_{name}.json")
-    writer = not dist.is_initialized() or dist.get_rank() == 0
+    writer = grid.is_writer()
     policy = job.build_policy(cfg, hf_path, pinfo, trainable=False)
     tok = job.tokenizer(hf_path)
     inputs = ChainInputs(InputBuilder(policy, tok, cfg.video))

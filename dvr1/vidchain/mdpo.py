@@ -27,11 +27,11 @@ from dataclasses import dataclass
 import torch
 
 from dvr1.models.tokenizer import decode_response
+from dvr1.parallel import grid
 from dvr1.parallel.forward import broadcast_from_last_stage, forward_backward
 from dvr1.rl.losses import dpo_loss
 from dvr1.rollout.base import SamplingParams
 from dvr1.train.inputs import build_batch, token_logprobs
-from dvr1.train.rl import dp_layout, per_rank
 from dvr1.vidchain.cotasks import events_percent, parse_captions, parse_count, parse_segments
 from dvr1.vidchain.metrics import captions_score, count_score, segments_score
 
@@ -148,14 +148,7 @@ _DPO_KEYS = ("loss", "reward_chosen", "reward_rejected", "reward_margin", "rewar
 
 def _dp_sum(x: int) -> int:
     """Sum of an int over the data-parallel group (itself without DP)."""
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
-
-    if dp_layout()[1] == 1:
-        return x
-    t = torch.tensor([float(x)], dtype=torch.float64)
-    dist.all_reduce(t, group=ps.get_data_parallel_group())
-    return int(t.item())
+    return int(grid.dp_all_reduce(torch.tensor([float(x)], dtype=torch.float64)).item())
 
 
 class MDPOTrainer:
@@ -175,9 +168,9 @@ class MDPOTrainer:
         self.model, self.optimizer, self.scheduler, self.reference = model, optimizer, scheduler, reference
         self.engine, self.inputs, self.tok, self.records, self.opts = engine, inputs, tokenizer, list(records), opts
         self.meteor, self.score_fn = meteor, score_fn
-        self.dp_rank, self.dp_size = dp_layout()
-        self.records_per_rank = per_rank(opts.records_per_step, "vidchain.records_per_step")
-        self.pairs_per_rank = per_rank(opts.max_pairs_per_step, "vidchain.max_pairs_per_step")
+        self.dp_rank, self.dp_size = grid.dp_layout()
+        self.records_per_rank = grid.per_rank(opts.records_per_step, "vidchain.records_per_step")
+        self.pairs_per_rank = grid.per_rank(opts.max_pairs_per_step, "vidchain.max_pairs_per_step")
         self.rng = random.Random(seed)  # the same stream on every rank: record and event draws
         self.pair_rng = random.Random(seed + 7919 * (self.dp_rank + 1))  # this DP rank's pair subsample
         self.pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -238,8 +231,5 @@ class MDPOTrainer:
                                forward_only=False)  # gradients DP-averaged inside
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(1)
-        dm = None
-        if res is not None:
-            dm = res[3][0] if isinstance(res[3], list) else res[3]
-        dm = broadcast_from_last_stage(dm)
+        dm = broadcast_from_last_stage(None if res is None else res.metrics[0])
         return dict(metrics, **dm, grad_norm=float(grad_norm or 0.0), lr=self.optimizer.param_groups[0]["lr"])

@@ -117,6 +117,6 @@ class CoTasksSFTTrainer:
         res = forward_backward(self.model, batch, loss_fn, forward_only=False)
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(1)
-        loss = broadcast_from_last_stage(None if res is None else float(res[2]))
+        loss = broadcast_from_last_stage(None if res is None else float(res.loss))
         return {"loss": loss, "grad_norm": float(grad_norm or 0.0), "lr": self.optimizer.param_groups[0]["lr"],
                 "tokens": float(n_tok)}

@@ -4,15 +4,62 @@ from pathlib import Path
 
 import pytest
 
+import yaml
+from omegaconf import OmegaConf
+
 from dvr1.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["tiny_cpu.yaml", "smoke.yaml", "qwen2_5_vl_7b.yaml", "qwen2_5_vl_72b.yaml"])
+def _leaves(node, prefix=""):
+    """(dotted key, value) of every leaf of a YAML mapping."""
+    for k, v in node.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+EXAMPLES = sorted(p.name for p in (REPO / "examples").glob("*.yaml"))
+GRIDS = sorted(p.name for p in (REPO / "examples" / "ablations").glob("*.yaml"))
+
+
+def test_every_example_is_listed():
+    assert {"tiny_cpu.yaml", "smoke.yaml", "qwen2_5_vl_7b.yaml", "qwen2_5_vl_72b.yaml", "vidchain_tiny.yaml"} \
+        <= set(EXAMPLES)
+    assert "paper_table4.yaml" in GRIDS
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
 def test_examples_load(name):
-    cfg = load_config(str(REPO / "examples" / name), ["rollout.engine=native"])
-    assert cfg.rollout.group_size >= 2 and cfg.parallel.tp >= 1
+    """Each example loads as written (its vLLM settings too) and every key it sets has the file's value."""
+    path = REPO / "examples" / name
+    cfg = load_config(str(path))
+    raw = yaml.safe_load(path.read_text())
+    leaves = list(_leaves(raw))
+    assert leaves
+    for key, value in leaves:
+        got = OmegaConf.select(cfg, key)
+        got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
+        assert got == value, f"{name}: {key} = {got!r}, the file says {value!r}"
+
+
+@pytest.mark.parametrize("name", GRIDS)
+def test_ablation_grids_load(name, monkeypatch):
+    """Every run of every ablation grid is a valid config, and each arm's overrides take effect."""
+    from dvr1.ablate import expand_grid, load_grid
+
+    monkeypatch.chdir(REPO)  # grid `base:` paths are relative to the repository root
+    grid = load_grid(str(REPO / "examples" / "ablations" / name))
+    runs = expand_grid(grid)
+    assert len(runs) == len(grid.arms) * len(grid.seeds)
+    for run in runs:
+        cfg = load_config(grid.base, run.overrides)
+        assert cfg.seed == run.seed and cfg.run_dir == run.run_dir
+        for o in grid.arms[run.arm]:
+            key, value = o.split("=", 1)
+            assert str(OmegaConf.select(cfg, key)).lower() == yaml.safe_load(value).__str__().lower(), (run.arm, o)
 
 
 def test_overrides_and_types():
@@ -30,8 +77,28 @@ def test_overrides_and_types():
     ("parallel.tp=0", "parallel.tp=0: must be >= 1"),
     ("rollout.engine=sglang", "rollout.engine='sglang': must be one of native, vllm"),
     ("model.fp8=e5m2", "model.fp8='e5m2': must be one of e4m3, hybrid"),
+    # range checks at load time (each of these used to pass and fail or do nothing later)
+    ("video.max_frames=1", "video.max_frames=1: must be >= 2 (frames go in pairs, the temporal patch)"),
+    ("video.num_frames=1", "video.num_frames=1: must be 0 (fps sampling) or >= 2"),
+    ("rl.steps=-1", "rl.steps=-1: must be >= 0"),
+    ("algo.eps_rho=0", "algo.eps_rho=0.0: must be > 0 with algo.normalize_logratio=true"),
+    ("algo.beta=-0.1", "algo.beta=-0.1: must be >= 0"),
+    ("algo.ddof=8", "algo.ddof=8: must be < rollout.group_size=8"),
+    ("rollout.top_p=0", "rollout.top_p=0.0: must be in (0, 1]"),
+    ("rollout.top_p=1.5", "rollout.top_p=1.5: must be in (0, 1]"),
+    ("da_aug.max_level=0", "da_aug.max_level=0: must be >= 1"),
+    ("da_aug.margin=-1", "da_aug.margin=-1.0: must be >= 0"),
+    ("da_aug.r_ref=nan", "da_aug.r_ref=nan: must be a finite number"),
+    ("da_aug.mask_fraction=1.0", "da_aug.mask_fraction=1.0: must be in [0, 0.99]"),
+    ("da_aug.scale=log", "da_aug.scale='log': must be one of adaptive, fixed"),
+    ("da_aug.directions=sideways", "da_aug.directions='sideways': must be one of both, up, down"),
+    ("da_aug.reference=x", "da_aug.reference='x': must be one of relative, absolute"),
+    ("reward.iou=-1", "reward.iou=-1.0: must be >= 0"),
+    ("video.max_pixels=100", "video.max_pixels=100: must be >= video.min_pixels=3136"),
+    ("rl.save_every=0", "rl.save_every=0: must be >= 1"),
 ])
 def test_bad_values_name_the_field(override, message):
+    """Every range/choice error is raised when the config loads, naming the field."""
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
     assert str(e.value).startswith(message)

@@ -4,13 +4,14 @@ import json
 
 import pytest
 
-from dvr1.rl.difficulty import Decision, DifficultyConfig, DifficultyController, RewardHistory
+from dvr1.config import ConfigError, DAAugConfig, load_config
+from dvr1.rl.difficulty import Decision, DifficultyController, RewardHistory
 
 
 def _ctl(history_values=(), window=100, **cfg):
     h = RewardHistory(window)
     h.push(history_values)
-    return DifficultyController(DifficultyConfig(**cfg), h), h
+    return DifficultyController(DAAugConfig(**cfg), h), h
 
 
 def test_history_window_mean_and_len():
@@ -109,18 +110,18 @@ def test_absolute_ignores_history_but_records_it():
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match=r"DifficultyConfig.r_ref must be a finite number when reference='absolute'"):
-        DifficultyConfig(reference="absolute")
-    with pytest.raises(ValueError, match=r"DifficultyConfig.reference must be 'relative' or 'absolute', got 'x'"):
-        DifficultyConfig(reference="x")
-    with pytest.raises(ValueError, match=r"DifficultyConfig.margin must be >= 0"):
-        DifficultyConfig(margin=-1)
-    with pytest.raises(ValueError, match=r"DifficultyConfig.max_level must be an int >= 1"):
-        DifficultyConfig(max_level=0)
-    with pytest.raises(ValueError, match=r"DifficultyConfig.scale must be 'adaptive' or 'fixed'"):
-        DifficultyConfig(scale="log")
-    with pytest.raises(ValueError, match=r"DifficultyConfig.directions must be 'both', 'up' or 'down'"):
-        DifficultyConfig(directions="sideways")
+    # the controller reads the run config's da_aug section, checked when the config loads
+    for override, message in [
+        ("da_aug.r_ref=inf", "da_aug.r_ref=inf: must be a finite number"),
+        ("da_aug.reference=x", "da_aug.reference='x': must be one of relative, absolute"),
+        ("da_aug.margin=-1", "da_aug.margin=-1.0: must be >= 0"),
+        ("da_aug.max_level=0", "da_aug.max_level=0: must be >= 1"),
+        ("da_aug.scale=log", "da_aug.scale='log': must be one of adaptive, fixed"),
+        ("da_aug.directions=sideways", "da_aug.directions='sideways': must be one of both, up, down"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_config(None, [override])
+        assert str(e.value) == message
     ctl, h = _ctl([1.0])
     with pytest.raises(ValueError, match=r"DifficultyController.assess: value \[0\] is not finite: inf"):
         ctl.assess([float("inf")])

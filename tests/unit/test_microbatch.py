@@ -1,7 +1,6 @@
-"""Group-aligned microbatching of the RL step: the per-microbatch loss shares sum to the batch loss, so the gradient
-with one group per microbatch equals the one-microbatch gradient (Reg-GRPO with KL, GRPO with each aggregation)."""
-
-import types
+"""Group-aligned microbatching of the RL step: the per-microbatch loss shares (the objective called with the batch's
+normalisers) sum to the batch loss, so the gradient with one group per microbatch equals the one-microbatch gradient
+(Reg-GRPO with KL, GRPO with each aggregation), and so do the combined metrics."""
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from dvr1.parallel.forward import forward_backward
 from dvr1.rl.advantages import group_advantages
 from dvr1.rollout.base import RolloutRequest
 from dvr1.train.inputs import Prepared, build_batch, token_logprobs
-from dvr1.train.rl import RLTrainer
+from dvr1.rl.losses import Normalizers, combine_metrics, objective
 
 B, G = 3, 3
 
@@ -47,22 +46,27 @@ def setup(tmp_path_factory, parallel_state_1):
 
 def _grads(policy, batch, old, ref, stats, overrides, groups_per_mb, fused=False):
     cfg = load_config(None, overrides)
-    trainer = types.SimpleNamespace(cfg=cfg)
     T = batch.resp_mask.shape[1]
     mask = batch.resp_mask.view(B, G, T)
+    norm = Normalizers.of(mask, stats.valid)
 
     def loss_fn(logp, _e, rows):
         g = slice(rows.start // G, rows.stop // G)
-        return RLTrainer.microbatch_loss(trainer, logp.view(-1, G, T), old.view(B, G, T)[g],
-                                         ref.view(B, G, T)[g], stats, mask, g)
+        return objective(cfg.algo, logp.view(-1, G, T), old.view(B, G, T)[g], ref.view(B, G, T)[g],
+                         stats.advantages[g], mask[g], stats.valid[g], norm)
 
     policy.zero_grad()
     res = forward_backward(policy, batch, loss_fn, forward_only=False, rows_per_microbatch=G * groups_per_mb,
                            fused=fused)
-    full = RLTrainer.loss(trainer, res[0].view(B, G, T), old.view(B, G, T), ref.view(B, G, T), stats.advantages,
-                          mask, stats.valid)[0]
+    full, full_metrics = objective(cfg.algo, res.logp.view(B, G, T), old.view(B, G, T), ref.view(B, G, T),
+                                   stats.advantages, mask, stats.valid)
+    assert len(res.metrics) == (B // groups_per_mb if groups_per_mb else 1)
+    metrics = combine_metrics(res.metrics)
+    assert metrics.keys() == full_metrics.keys()
+    for k, v in full_metrics.items():  # the microbatches' metric shares combine to the batch's metrics
+        assert metrics[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
     grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
-    return res[2], full, grads
+    return res.loss, full, grads
 
 
 @pytest.mark.parametrize("overrides", [

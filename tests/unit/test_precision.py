@@ -5,11 +5,11 @@ TransformerConfig / DistributedDataParallelConfig and land in the right fields),
 """
 
 import sys
-from types import SimpleNamespace as NS
 
 import pytest
 import torch
 
+from dvr1.config import ModelConfig, ParallelConfig
 from dvr1.parallel.precision import (
     MissingPackageError,
     PrecisionConfigError,
@@ -25,13 +25,13 @@ from dvr1.parallel.precision import (
 def model(**kw):
     base = dict(spec="te", dtype="bfloat16", fp8=None)
     base.update(kw)
-    return NS(**base)
+    return ModelConfig(**base)
 
 
 def par(**kw):
     base = dict(tp=8, pp=4, sequence_parallel=False, distributed_optimizer=False)
     base.update(kw)
-    return NS(**base)
+    return ParallelConfig(**base)
 
 
 @pytest.fixture
@@ -94,12 +94,12 @@ def test_distributed_overrides_build_ddp_config():
     assert kw == {"use_distributed_optimizer": True, "fp8_param_gather": True}
     ddp = DistributedDataParallelConfig(**kw)
     assert ddp.use_distributed_optimizer and ddp.fp8_param_gather
-    assert distributed_overrides(NS(), NS()) == {"use_distributed_optimizer": False, "fp8_param_gather": False}
+    assert distributed_overrides(ModelConfig(), ParallelConfig()) == {"use_distributed_optimizer": False, "fp8_param_gather": False}
 
 
 def test_defaults_mean_everything_off_on_a_cpu_config():
-    # a config written before these fields existed (the tiny CPU job): nothing changes
-    kw = precision_overrides(NS(spec="local", dtype="float32"), NS(tp=1, pp=1))
+    # the tiny CPU job's sections, every precision field at its default: nothing changes
+    kw = precision_overrides(ModelConfig(spec="local", dtype="float32"), ParallelConfig(tp=1, pp=1))
     assert kw == {"sequence_parallel": False, "recompute_granularity": None}
 
 
@@ -157,7 +157,9 @@ def test_runtime_support_errors(fp8, recipe, cap, te, message):
 
 
 def test_runtime_support_accepts_hopper_and_blackwell():
-    check_runtime_support("hybrid", "delayed", (9, 0), "2.9.0")  # H100/H200
-    check_runtime_support("hybrid", "tensorwise", (9, 0), "2.2.0")
-    check_runtime_support("e4m3", "mxfp8", (10, 0), "2.9.0")  # B200
-    check_runtime_support(None, "mxfp8", None, None)  # FP8 off: nothing to check
+    # the requirement each accepted call checked: (min compute capability, min transformer-engine version)
+    assert check_runtime_support("hybrid", "delayed", (9, 0), "2.9.0") == ((8, 9), "1.0")  # H100/H200
+    assert check_runtime_support("hybrid", "tensorwise", (9, 0), "2.2.0") == ((8, 9), "2.2.0.dev0")
+    assert check_runtime_support("e4m3", "delayed", (8, 9), None) == ((8, 9), "1.0")  # Ada, exactly at the bound
+    assert check_runtime_support("e4m3", "mxfp8", (10, 0), "2.9.0") == ((10, 0), "2.1.0")  # B200
+    assert check_runtime_support(None, "mxfp8", None, None) is None  # FP8 off: nothing to check

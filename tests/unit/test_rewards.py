@@ -4,8 +4,8 @@ import math
 
 import pytest
 
+from dvr1.config import RewardConfig
 from dvr1.rl.rewards import (
-    RewardWeights,
     accuracy_reward,
     format_reward,
     parse_answer,
@@ -198,17 +198,17 @@ def test_temporal_iou():
 
 
 def test_score_choice():
-    s = score_response(GOOD, "mcq", "B", None, RewardWeights())
+    s = score_response(GOOD, "mcq", "B", None, RewardConfig())
     assert s == {"format": 1.0, "accuracy": 1.0, "iou": 0.0, "total": 2.0}
-    s = score_response("<answer>B</answer>", "mcq", "B", None, RewardWeights(format=0.5, accuracy=2.0))
+    s = score_response("<answer>B</answer>", "mcq", "B", None, RewardConfig(format=0.5, accuracy=2.0))
     assert s == {"format": 0.0, "accuracy": 1.0, "iou": 0.0, "total": 2.0}
-    s = score_response(GOOD, "mcq", "A", None, RewardWeights(format=0.5))
+    s = score_response(GOOD, "mcq", "A", None, RewardConfig(format=0.5))
     assert s["total"] == 0.5
 
 
 def test_score_grounding():
     text = "<think>t</think><answer>[2, 6]</answer>"
-    s = score_response(text, "grounding", "", [4.0, 8.0], RewardWeights(iou=2.0))
+    s = score_response(text, "grounding", "", [4.0, 8.0], RewardConfig(iou=2.0))
     assert s["iou"] == pytest.approx(2 / 6)
     assert s["accuracy"] == 0.0
     assert s["total"] == pytest.approx(1.0 + 2.0 * 2 / 6)

@@ -150,7 +150,7 @@ def test_dpo_per_token_path_equals_plain_pytorch(tiny):
 
     policy.zero_grad()
     res = forward_backward(policy, batch, mdpo_loss_fn(n, ref_seq, beta=0.5), forward_only=False)
-    loss = float(res[2])
+    loss = float(res.loss)
     grads = {k: p.grad.clone() for k, p in policy.named_parameters() if p.grad is not None}
 
     policy.zero_grad()

@@ -74,7 +74,7 @@ def main(ckpt, out, tp, pp, fused=False):
     opt.zero_grad()
     res = forward_backward(model, batch, loss_fn, forward_only=False, fused=fused)
     if res is not None:
-        result["loss"] = res[2].detach()
+        result["loss"] = res.loss.detach()
     grads = {n: gather_tp(p, n, p.main_grad.view_as(p)) for n, p in policy.lm.named_parameters()}
     offset = ps.get_pipeline_model_parallel_rank() * (policy.shape.num_layers // pp)
     result["grads"] = dict(megatron_to_hf(grads, policy.shape, layer_offset=offset))

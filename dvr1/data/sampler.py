@@ -1,0 +1,48 @@
+"""Which training records a step draws: an epoch-wise random order, resumable, sharded over data-parallel ranks.
+
+Used by every training stage (SFT, RL, VidChain's CoTasks SFT and M-DPO).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class PromptSampler:
+    """Epoch-wise random order over records, resumable, sharded over data-parallel ranks.
+
+    Every rank draws the same permutation (same seed); DP rank r takes positions r, r + dp, r + 2dp, ... so the DP
+    ranks see disjoint prompts and TP/PP ranks of one DP rank see the same ones. State = (epoch, position, order,
+    generator). Records whose video fails to load are reported once and dropped for the rest of the run.
+    """
+
+    def __init__(self, records, seed: int, dp_rank: int = 0, dp_size: int = 1):
+        self.records = list(records)
+        if len(self.records) < dp_size:
+            raise ValueError(f"PromptSampler: {len(self.records)} records cannot be sharded over {dp_size} DP ranks")
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch, self.pos = 0, 0
+        self.order = torch.randperm(len(self.records), generator=self.generator).tolist()
+        self.bad: set[str] = set()
+
+    def next(self):
+        for _ in range(2 * len(self.records) + 2 * self.dp_size):
+            if self.pos + self.dp_size > len(self.order):
+                self.epoch += 1
+                self.pos = 0
+                self.order = torch.randperm(len(self.records), generator=self.generator).tolist()
+            r = self.records[self.order[self.pos + self.dp_rank]]
+            self.pos += self.dp_size
+            if r.id not in self.bad:
+                return r
+        raise RuntimeError("PromptSampler: every training record of this rank failed to load")
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos, "order": self.order, "generator": self.generator.get_state(),
+                "bad": sorted(self.bad)}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.epoch, self.pos, self.order = s["epoch"], s["pos"], list(s["order"])
+        self.generator.set_state(s["generator"])
+        self.bad = set(s["bad"])
