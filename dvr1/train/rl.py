@@ -130,6 +130,14 @@ class RLTrainer:
                 stats["perturb_level"].append(d.perturb_level)
         return (self.rollout(todo, "aug") if todo else []), stats
 
+    def merge_augmented(self, groups: list[Group], aug_groups: list[Group]) -> list[Group]:
+        """The step's training groups (`da_aug.mode`): "replace" puts each augmented group in its original's place
+        (same record), "append" trains on the originals followed by the augmented groups."""
+        if self.cfg.da_aug.mode == "replace":
+            by_id = {id(g.prepared.record): g for g in aug_groups}
+            return [by_id.get(id(g.prepared.record), g) for g in groups]
+        return groups + aug_groups
+
     def step(self) -> dict:
         """One RL step over this DP rank's B/dp prompts; returns the ALGORITHMS §5 metrics of this rank (the loop
         averages them over DP). Gradients are averaged over DP by megatron DDP, so each rank's loss is the mean over
@@ -152,11 +160,7 @@ class RLTrainer:
         if cfg.da_aug.enabled:
             decisions = self.controller.assess(orig_stats.mean.tolist())
             aug_groups, aug_stats = self.augment(groups, decisions)
-            if cfg.da_aug.mode == "replace":
-                by_id = {id(g.prepared.record): g for g in aug_groups}
-                groups = [by_id.get(id(g.prepared.record), g) for g in groups]
-            else:
-                groups = groups + aug_groups
+            groups = self.merge_augmented(groups, aug_groups)
         else:
             self.history.push(orig_stats.mean.tolist())
         t["rollout"] = time.perf_counter() - t0
