@@ -19,8 +19,6 @@ import torch
 from dvr1.parallel import grid
 from dvr1.parallel.logprobs import fused_linear_logprobs, vocab_parallel_logprobs
 
-broadcast_from_last_stage = grid.broadcast_from_last_stage  # re-exported: the trainers' one import for it
-
 
 @dataclass
 class ForwardResult:

@@ -26,7 +26,7 @@ import torch
 from dvr1.data.sampler import PromptSampler
 from dvr1.models.tokenizer import decode_response
 from dvr1.parallel import grid
-from dvr1.parallel.forward import broadcast_from_last_stage, forward_backward
+from dvr1.parallel.forward import forward_backward
 from dvr1.rl.advantages import group_advantages
 from dvr1.rl.augment import make_hint, select_trace
 from dvr1.rl.difficulty import DifficultyController, RewardHistory
@@ -211,7 +211,7 @@ class RLTrainer:
                     "entropy": float((entropy * batch.resp_mask).sum() / max(float(mask.sum()), 1.0)),
                     **{f"rl/{k}" if not k.startswith(("kl", "rho", "clip", "regression")) else k: v
                        for k, v in lm.items()}}
-        last = broadcast_from_last_stage(last)
+        last = grid.broadcast_from_last_stage(last)
 
         n_tok = float(mask.sum())
         m = {

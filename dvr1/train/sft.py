@@ -13,7 +13,7 @@ import logging
 from dvr1.data.prompts import sft_response
 from dvr1.data.sampler import PromptSampler
 from dvr1.parallel import grid
-from dvr1.parallel.forward import broadcast_from_last_stage, forward_backward
+from dvr1.parallel.forward import forward_backward
 from dvr1.train.inputs import build_batch, prepare_or_skip
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,6 @@ class SFTTrainer:
                                rows_per_microbatch=self.cfg.sft.micro_batch_size)  # grads DP-reduced inside
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(1)
-        loss = broadcast_from_last_stage(None if res is None else float(res.loss))
+        loss = grid.broadcast_from_last_stage(None if res is None else float(res.loss))
         return {"loss": loss, "grad_norm": float(grad_norm or 0.0),
                 "lr": self.optimizer.param_groups[0]["lr"], "tokens": float(n_tok)}

@@ -28,7 +28,7 @@ import torch
 
 from dvr1.models.tokenizer import decode_response
 from dvr1.parallel import grid
-from dvr1.parallel.forward import broadcast_from_last_stage, forward_backward
+from dvr1.parallel.forward import forward_backward
 from dvr1.rl.losses import dpo_loss
 from dvr1.rollout.base import SamplingParams
 from dvr1.train.inputs import build_batch, token_logprobs
@@ -231,5 +231,5 @@ class MDPOTrainer:
                                forward_only=False)  # gradients DP-averaged inside
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(1)
-        dm = broadcast_from_last_stage(None if res is None else res.metrics[0])
+        dm = grid.broadcast_from_last_stage(None if res is None else res.metrics[0])
         return dict(metrics, **dm, grad_norm=float(grad_norm or 0.0), lr=self.optimizer.param_groups[0]["lr"])

@@ -20,7 +20,8 @@ import torch
 
 from dvr1.data.processing import num_video_tokens
 from dvr1.models.rope import get_rope_index
-from dvr1.parallel.forward import broadcast_from_last_stage, forward_backward
+from dvr1.parallel.forward import forward_backward
+from dvr1.parallel.grid import broadcast_from_last_stage
 from dvr1.rollout.base import RolloutRequest
 from dvr1.train.inputs import Prepared, build_batch
 from dvr1.vidchain.cotasks import Turn, chain_turns, multiturn_prompt
