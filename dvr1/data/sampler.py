@@ -38,6 +38,14 @@ class PromptSampler:
                 return r
         raise RuntimeError("PromptSampler: every training record of this rank failed to load")
 
+    @staticmethod
+    def global_order(per_rank: list[list]) -> list:
+        """The global batch in the order one DP=1 sampler draws it, from each DP rank's draws (in DP-rank order):
+        rank r's i-th item is global position ``i * dp + r``. All ranks must hold the same number of items."""
+        if len({len(x) for x in per_rank}) > 1:
+            raise ValueError(f"PromptSampler.global_order: DP ranks hold different counts {[len(x) for x in per_rank]}")
+        return [x for items in zip(*per_rank) for x in items]
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos, "order": self.order, "generator": self.generator.get_state(),
                 "bad": sorted(self.bad)}

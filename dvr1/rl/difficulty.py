@@ -126,16 +126,21 @@ class DifficultyController:
             return Decision("increase", delta, 0, 1.0 if cfg.scale == "fixed" else mag + 1.0)
         return Decision("none", delta, 0, 0.0)
 
-    def assess(self, group_mean_rewards: list[float]) -> list[Decision]:
+    def assess(self, group_mean_rewards: list[float], history_values: list[float] | None = None) -> list[Decision]:
         """One decision per sample, in order.
 
         Args:
             group_mean_rewards: ``[batch]`` group-mean rewards ``(1/G) Σ_j R(x, y_j)`` of this step's samples.
+            history_values: what to push into the history afterwards (default: ``group_mean_rewards``). Under data
+                parallelism: the group means of the whole global batch, in the DP=1 order, so that every rank's
+                history is the run's (the last W samples of the run, docs/ALGORITHMS.md §4) and the decisions do
+                not depend on the DP size.
         Returns: ``list[Decision]`` of length batch.
         Raises: ValueError on a non-finite reward (the history is left unchanged).
         """
         values = _finite_floats("DifficultyController.assess", group_mean_rewards)
+        pushed = values if history_values is None else _finite_floats("DifficultyController.assess", history_values)
         r_ref = self.history.mean() if self.cfg.reference == "relative" else float(self.cfg.r_ref)
         decisions = [self._decide(v, r_ref) for v in values]
-        self.history.push(values)
+        self.history.push(pushed)
         return decisions

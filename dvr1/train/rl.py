@@ -130,6 +130,18 @@ class RLTrainer:
                 stats["perturb_level"].append(d.perturb_level)
         return (self.rollout(todo, "aug") if todo else []), stats
 
+    def assess_difficulty(self, group_means: list[float]):
+        """DA-Aug decisions for this rank's groups (None with DA-Aug off), from the run's reward history.
+
+        The history receives the group means of the whole global batch (gathered over DP, in the order a DP=1 run
+        draws the prompts), so every rank holds the run's history and takes the decisions a DP=1 run would take on
+        the same prompts (docs/ALGORITHMS.md §4). Collective over the DP group."""
+        run_means = PromptSampler.global_order(grid.dp_all_gather_object(group_means))
+        if not self.cfg.da_aug.enabled:
+            self.history.push(run_means)
+            return None
+        return self.controller.assess(group_means, history_values=run_means)
+
     def merge_augmented(self, groups: list[Group], aug_groups: list[Group]) -> list[Group]:
         """The step's training groups (`da_aug.mode`): "replace" puts each augmented group in its original's place
         (same record), "append" trains on the originals followed by the augmented groups."""
@@ -157,12 +169,10 @@ class RLTrainer:
         groups = orig_groups = self.rollout(prepared, "policy")
         orig_stats = group_advantages(torch.stack([g.rewards for g in groups]), cfg.algo.adv_eps, cfg.algo.ddof)
         aug_stats = {"n_hint": 0, "n_noise": 0, "n_hint_failed": 0, "guide_level": [], "perturb_level": []}
-        if cfg.da_aug.enabled:
-            decisions = self.controller.assess(orig_stats.mean.tolist())
+        decisions = self.assess_difficulty(orig_stats.mean.tolist())
+        if decisions is not None:
             aug_groups, aug_stats = self.augment(groups, decisions)
             groups = self.merge_augmented(groups, aug_groups)
-        else:
-            self.history.push(orig_stats.mean.tolist())
         t["rollout"] = time.perf_counter() - t0
         self.engine.sleep()  # vLLM on GPUs frees its memory while the trainer runs (no-op otherwise)
 
