@@ -46,20 +46,14 @@ import av
 import numpy as np
 from PIL import Image
 
+from dvr1.data.render import (COLORS, DIRECTIONS, BuildError, background, crop_resize, decimal_boundaries,
+                               place_objects, random_mover, render, stitched_footage)
 from dvr1.data.schema import LETTERS, TASKS, VideoQARecord, format_segment, write_records
 
 log = logging.getLogger("dvr1.data.build")
 
 SPLITS = ("train", "val", "test")
 REAL_TASKS = ("arrow_of_time", "temporal_order", "grounding")
-COLORS = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 90, 225),
-    "yellow": (235, 200, 40),
-}
-DIRECTIONS = ("left", "right", "up", "down")
-_DIR_VEC = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 ARROW_OPTIONS = {
     "forward": "played forward",
     "reversed": "played in reverse",
@@ -68,10 +62,6 @@ ARROW_OPTIONS = {
 }
 N_ORDER_CLIPS = 3
 TEST_FRACTION, VAL_FRACTION = 0.2, 0.1
-
-
-class BuildError(RuntimeError):
-    """The builder cannot produce the requested dataset (e.g. a split has no real source)."""
 
 
 # ----------------------------------------------------------------------------------------------- video I/O
@@ -165,108 +155,17 @@ def load_real_footage(fps: float, short_side: int) -> dict[str, np.ndarray]:
     return out
 
 
-# ----------------------------------------------------------------------------------------------- rendering
-
-
-def _render(bg: np.ndarray, objects: list[dict]) -> np.ndarray:
-    """Draw anti-aliased objects on ``bg`` (uint8 ``[T, H, W, 3]`` or ``[H, W, 3]``).
-
-    Each object: ``shape`` ("disc" | "square"), ``color`` RGB, ``radius`` (pixels; half side for squares),
-    ``path`` float ``[T, 2]`` centre (x, y) in pixels per frame, NaN where the object is not shown.
-
-    Returns:
-        uint8 ``[T, H, W, 3]``.
-    """
-    t = objects[0]["path"].shape[0] if objects else bg.shape[0]
-    frames = np.broadcast_to(bg, (t, *bg.shape[-3:])).astype(np.float32) if bg.ndim == 3 else bg.astype(np.float32)
-    h, w = frames.shape[1:3]
-    for obj in objects:
-        color = np.asarray(obj["color"], np.float32)
-        r = float(obj["radius"])
-        for k in range(t):
-            cx, cy = obj["path"][k]
-            if np.isnan(cx):
-                continue
-            x0, x1 = max(0, int(cx - r) - 2), min(w, int(cx + r) + 3)
-            y0, y1 = max(0, int(cy - r) - 2), min(h, int(cy + r) + 3)
-            yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
-            if obj["shape"] == "disc":
-                dist = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
-            else:
-                dist = np.maximum(np.abs(xx - cx), np.abs(yy - cy))
-            alpha = np.clip(r + 0.5 - dist, 0.0, 1.0)[..., None]
-            frames[k, y0:y1, x0:x1] = frames[k, y0:y1, x0:x1] * (1 - alpha) + color * alpha
-    return np.clip(np.round(frames), 0, 255).astype(np.uint8)
-
-
-def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, str]:
-    """A muted background ``[size, size, 3]`` uint8: plain, two-colour gradient, or static noise."""
-    kind = ("plain", "gradient", "noise")[int(rng.integers(3))]
-    base = rng.integers(70, 170) + rng.integers(-20, 21, size=3)
-    if kind == "plain":
-        img = np.broadcast_to(base, (size, size, 3)).astype(np.float32)
-    elif kind == "gradient":
-        other = rng.integers(70, 170) + rng.integers(-20, 21, size=3)
-        ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
-        ramp = ramp[:, None] if rng.integers(2) else ramp[None, :]
-        img = base + (other - base) * np.broadcast_to(ramp, (size, size))[..., None]
-    else:
-        img = base + rng.normal(0.0, 14.0, size=(size, size, 3))
-    return np.clip(np.round(img), 0, 255).astype(np.uint8), kind
-
-
-def _linear_path(p0, p1, t: int) -> np.ndarray:
-    a = np.linspace(0.0, 1.0, t, dtype=np.float64)[:, None]
-    return (1 - a) * np.asarray(p0, np.float64) + a * np.asarray(p1, np.float64)
-
-
-def _separated(objs: list[dict], gap: float = 3.0) -> bool:
-    """True if no two objects come closer than ``gap`` pixels in any frame where both are shown."""
-    for a, b in itertools.combinations(objs, 2):
-        d = np.linalg.norm(a["path"] - b["path"], axis=1)
-        d = d[~np.isnan(d)]
-        if d.size and d.min() < a["radius"] + b["radius"] + gap:
-            return False
-    return True
-
-
-def _random_mover(
-    rng,
-    size: int,
-    t: int,
-    radius: float,
-    direction: str | None = None,
-    min_move: float = 0.0,
-    max_move: float | None = None,
-) -> np.ndarray:
-    """A straight path float ``[t, 2]`` (x, y pixels) kept inside the frame, moving between ``min_move`` and
-    ``max_move`` pixels in total; with ``direction`` it moves exactly that way (no sideways drift)."""
-    lo, hi = radius + 2, size - radius - 2
-    max_move = float(size) if max_move is None else max_move
-    for _ in range(1000):
-        p0 = rng.uniform(lo, hi, size=2)
-        dist = rng.uniform(min_move, max_move)
-        if direction is None:
-            ang = rng.uniform(0.0, 2 * math.pi)
-            v = np.array([math.cos(ang), math.sin(ang)])
-        else:
-            v = np.asarray(_DIR_VEC[direction])
-        p1 = p0 + v * dist
-        if lo <= p1.min() and p1.max() <= hi:
-            return _linear_path(p0, p1, t)
-    raise BuildError(f"cannot place a moving object (size={size}, radius={radius})")
-
-
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def _rng(seed: int, *key: int) -> np.random.Generator:
+def record_rng(seed: int, *key: int) -> np.random.Generator:
+    """A record's own RNG, ``numpy.random.default_rng([seed, *key])`` (key e.g. ``(split, task, index)``)."""
     return np.random.default_rng([seed, *key])
 
 
-def _balanced(seed: int, key: tuple[int, ...], i: int, k: int) -> int:
+def balanced(seed: int, key: tuple[int, ...], i: int, k: int) -> int:
     """A value in ``range(k)`` such that each block of ``k`` consecutive ``i`` gets every value once."""
-    perm = _rng(seed, *key, 7919, i // k).permutation(k)
+    perm = record_rng(seed, *key, 7919, i // k).permutation(k)
     return int(perm[i % k])
 
 
@@ -274,26 +173,6 @@ def _place(answer: str, distractors: list[str], pos: int, rng: np.random.Generat
     """Options with ``answer`` at index ``pos`` and the distractors shuffled into the other slots."""
     rest = [distractors[j] for j in rng.permutation(len(distractors))]
     return rest[:pos] + [answer] + rest[pos:]
-
-
-def _crop_resize(frames: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Random square crop (80-100 % of the short side), optional horizontal flip, resize to ``size``
-    (PIL bicubic); the same crop for all frames. uint8 ``[T, h, w, 3]`` -> ``[T, size, size, 3]``."""
-    h, w = frames.shape[1:3]
-    side = int(round(min(h, w) * rng.uniform(0.8, 1.0)))
-    y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    flip = bool(rng.integers(2))
-    out = []
-    for f in frames[:, y0 : y0 + side, x0 : x0 + side]:
-        img = Image.fromarray(np.ascontiguousarray(f)).resize((size, size), Image.BICUBIC)
-        out.append(np.asarray(img)[:, ::-1] if flip else np.asarray(img))
-    return np.ascontiguousarray(np.stack(out))
-
-
-def _decimal_boundaries(num_frames: int, fps: float) -> list[int]:
-    """Frame indices ``k`` in ``[0, num_frames]`` whose time ``k / fps`` is exact at one decimal."""
-    ks = [k for k in range(num_frames + 1) if abs(round(k / fps, 1) - k / fps) < 1e-9]
-    return ks if len(ks) >= 3 else list(range(num_frames + 1))
 
 
 @dataclass
@@ -329,11 +208,11 @@ def make_sources(footage: dict[str, np.ndarray], fps: float, window_s: float, se
 
 def _task_arrow_of_time(rng, seed, key, i, ctx):
     src = ctx["sources"][int(rng.integers(len(ctx["sources"])))]
-    frames = _crop_resize(src.frames, rng, ctx["size"])
-    reversed_ = bool(_balanced(seed, key + (1,), i, 2))
+    frames = crop_resize(src.frames, rng, ctx["size"])
+    reversed_ = bool(balanced(seed, key + (1,), i, 2))
     if reversed_:
         frames = frames[::-1].copy()
-    pos = _balanced(seed, key, i, 4)
+    pos = balanced(seed, key, i, 4)
     answer = ARROW_OPTIONS["reversed" if reversed_ else "forward"]
     others = [v for k, v in ARROW_OPTIONS.items() if v != answer]
     return frames, dict(
@@ -349,14 +228,14 @@ def _task_arrow_of_time(rng, seed, key, i, ctx):
 def _task_temporal_order(rng, seed, key, i, ctx):
     src = ctx["sources"][int(rng.integers(len(ctx["sources"])))]
     fps = ctx["fps"]
-    frames = _crop_resize(src.frames, rng, ctx["size"])
+    frames = crop_resize(src.frames, rng, ctx["size"])
     n = N_ORDER_CLIPS
     seg = frames.shape[0] // n
     if seg < 2:
         raise BuildError(f"window of {frames.shape[0]} frames is too short for {n} clips")
     off = int(rng.integers(0, frames.shape[0] - n * seg + 1))
     perms = list(itertools.permutations(range(n)))
-    shown = perms[_balanced(seed, key + (1,), i, len(perms))]  # shown[k] = original index of the k-th clip
+    shown = perms[balanced(seed, key + (1,), i, len(perms))]  # shown[k] = original index of the k-th clip
     black = np.zeros((1, *frames.shape[1:]), np.uint8)
     parts, order = [], []
     for k, j in enumerate(shown):
@@ -369,7 +248,7 @@ def _task_temporal_order(rng, seed, key, i, ctx):
     answer = fmt(original)
     wrong = [fmt([x + 1 for x in p]) for p in perms if fmt([x + 1 for x in p]) != answer]
     wrong = [wrong[j] for j in rng.choice(len(wrong), size=3, replace=False)]
-    pos = _balanced(seed, key, i, 4)
+    pos = balanced(seed, key, i, 4)
     question = (
         f"This video shows {n} clips, separated by black frames, cut from one continuous video and possibly "
         f"shuffled. Number the clips 1 to {n} in the order they are shown. In which order did they happen in "
@@ -386,17 +265,10 @@ def _task_temporal_order(rng, seed, key, i, ctx):
 
 
 def _task_grounding(rng, seed, key, i, ctx):
-    fps, size, srcs = ctx["fps"], ctx["size"], ctx["sources"]
-    a, b = srcs[int(rng.integers(len(srcs)))], srcs[int(rng.integers(len(srcs)))]
-    wf = a.frames.shape[0]
-    total = min(2 * wf, int(round(float(rng.choice([3.0, 3.5, 4.0])) * fps)))
-    la = total // 2
-    parts = []
-    for src, n in ((a, la), (b, total - la)):
-        o = int(rng.integers(0, wf - n + 1))
-        parts.append(_crop_resize(src.frames[o : o + n], rng, size))
-    bg = np.concatenate(parts)
-    ks = _decimal_boundaries(total, fps)
+    fps, size = ctx["fps"], ctx["size"]
+    bg, a, b = stitched_footage(rng, ctx["sources"], [3.0, 3.5, 4.0], fps, size)
+    total = bg.shape[0]
+    ks = decimal_boundaries(total, fps)
     spans = [(p, q) for p, q in itertools.combinations(ks, 2) if (p, q) != (0, total)]
     k0, k1 = spans[int(rng.integers(len(spans)))]
     color, dcolor = [list(COLORS)[j] for j in rng.choice(len(COLORS), size=2, replace=False)]
@@ -405,7 +277,7 @@ def _task_grounding(rng, seed, key, i, ctx):
 
     def mover(c, p, q):
         path = np.full((total, 2), np.nan)
-        path[p:q] = _random_mover(rng, size, q - p, radius, min_move=size * 0.3)
+        path[p:q] = random_mover(rng, size, q - p, radius, min_move=size * 0.3)
         return {"shape": "disc", "color": COLORS[c], "radius": radius, "path": path}
 
     objs.append(mover(color, k0, k1))
@@ -415,7 +287,7 @@ def _task_grounding(rng, seed, key, i, ctx):
         p, q = free[int(rng.integers(len(free)))]
         objs.append(mover(dcolor, p, q))
         distractor = {"color": dcolor, "shape": "disc", "segment": [round(p / fps, 1), round(q / fps, 1)]}
-    frames = _render(bg, objs)
+    frames = render(bg, objs)
     seg = [round(k0 / fps, 1), round(k1 / fps, 1)]
     return frames, dict(
         question=f"During which seconds does the {color} disc appear?",
@@ -427,28 +299,10 @@ def _task_grounding(rng, seed, key, i, ctx):
     )
 
 
-def _place_objects(rng, size, t, specs, **mover_kw) -> list[dict]:
-    """Paths for ``specs`` (dicts with shape/color/radius[/direction]) that never come within 3 pixels of
-    each other: objects are placed one at a time, each retried against those already placed."""
-    for _ in range(50):
-        objs = []
-        for spec in specs:
-            for _ in range(100):
-                cand = dict(spec, path=_random_mover(rng, size, t, spec["radius"], spec.get("direction"), **mover_kw))
-                if _separated(objs + [cand]):
-                    objs.append(cand)
-                    break
-            else:
-                break
-        if len(objs) == len(specs):
-            return objs
-    raise BuildError(f"cannot place {len(specs)} non-touching objects in {size}x{size}")
-
-
 def _task_counting(rng, seed, key, i, ctx):
     size, fps = ctx["size"], ctx["fps"]
     t = int(round(float(rng.choice([2.0, 2.5, 3.0])) * fps))
-    count = 1 + _balanced(seed, key + (1,), i, 5)
+    count = 1 + balanced(seed, key + (1,), i, 5)
     color = list(COLORS)[int(rng.integers(len(COLORS)))]
     radius = size * rng.uniform(0.045, 0.06)
     specs = [{"shape": "disc", "color": COLORS[color], "radius": radius} for _ in range(count)]
@@ -460,9 +314,9 @@ def _task_counting(rng, seed, key, i, ctx):
         else:
             distractors.append({"color": color, "shape": "square"})
         specs.append({"shape": distractors[-1]["shape"], "color": COLORS[distractors[-1]["color"]], "radius": radius})
-    bg, kind = _background(rng, size)
-    frames = _render(bg, _place_objects(rng, size, t, specs, min_move=size * 0.15, max_move=size * 0.35))
-    pos = _balanced(seed, key, i, 4)
+    bg, kind = background(rng, size)
+    frames = render(bg, place_objects(rng, size, t, specs, min_move=size * 0.15, max_move=size * 0.35))
+    pos = balanced(seed, key, i, 4)
     cands = [x for x in range(max(0, count - 3), count + 4) if x != count]
     wrong = [str(cands[j]) for j in rng.choice(len(cands), size=3, replace=False)]
     return frames, dict(
@@ -478,7 +332,7 @@ def _task_counting(rng, seed, key, i, ctx):
 def _task_motion_direction(rng, seed, key, i, ctx):
     size, fps = ctx["size"], ctx["fps"]
     t = int(round(float(rng.choice([2.0, 2.5, 3.0])) * fps))
-    direction = DIRECTIONS[_balanced(seed, key + (1,), i, 4)]
+    direction = DIRECTIONS[balanced(seed, key + (1,), i, 4)]
     cidx = rng.permutation(len(COLORS))
     color = list(COLORS)[cidx[0]]
     radius = size * rng.uniform(0.06, 0.08)
@@ -488,10 +342,10 @@ def _task_motion_direction(rng, seed, key, i, ctx):
         d = {"color": list(COLORS)[cidx[1 + j]], "shape": "disc", "direction": DIRECTIONS[int(rng.integers(4))]}
         distractors.append(d)
         specs.append({"shape": "disc", "color": COLORS[d["color"]], "radius": radius, "direction": d["direction"]})
-    bg, kind = _background(rng, size)
-    objs = _place_objects(rng, size, t, specs, min_move=size * 0.3, max_move=size * 0.6)
-    frames = _render(bg, objs)
-    pos = _balanced(seed, key, i, 4)
+    bg, kind = background(rng, size)
+    objs = place_objects(rng, size, t, specs, min_move=size * 0.3, max_move=size * 0.6)
+    frames = render(bg, objs)
+    pos = balanced(seed, key, i, 4)
     start, end = objs[0]["path"][0], objs[0]["path"][-1]
     return frames, dict(
         question=f"In which direction does the {color} disc move?",
@@ -606,7 +460,7 @@ def build_dataset(
             ti = TASKS.index(task)
             for i in range(n):
                 rid = f"{split}-{task}-{i:05d}"
-                rng = _rng(seed, si, ti, i)
+                rng = record_rng(seed, si, ti, i)
                 frames, fields = _TASK_FNS[task](rng, seed, (si, ti), i, ctx)
                 rel = f"videos/{rid}.webm"
                 path = os.path.join(out_dir, rel)

@@ -1,10 +1,10 @@
 """NVIDIA DALI video backend: decode, sample, resize, normalise and DA-Aug-augment clips in one DALI pipeline.
 
-The same clip goes through the same steps as the PyAV path (:func:`dvr1.data.video.load_frames` then
-:func:`dvr1.data.processing.normalize_frames`, then ``dvr1.rl.augment.add_frame_noise`` / ``mask_frames``):
+The same clip goes through the same steps as the PyAV path (:func:`dvr1.data.pyav.load_frames_pyav`, then
+:func:`dvr1.data.processing.normalize_frames`, then :func:`dvr1.data.noise.add_frame_noise` / ``mask_frames``):
 
 1. probe (PyAV demux only, no decoding): frame count, fps, codec, size, packet timestamps;
-2. frame indices from :func:`dvr1.data.video.sample_frame_indices` (identical indices by construction);
+2. frame indices from :func:`dvr1.data.video_io.sample_frame_indices` (identical indices by construction);
 3. ``fn.decoders.video`` on the file's bytes (external source) with ``frames=indices`` (device ``cpu``, or
    ``mixed`` = NVDEC on a GPU);
 4. ``fn.resize`` (cubic, antialiased, uint8 result, as the HF processors resize uint8 images) to
@@ -14,24 +14,25 @@ The same clip goes through the same steps as the PyAV path (:func:`dvr1.data.vid
    (external source, so the difficulty controller sets it per clip) and frame masking by a per-sample
    ``[T, 1, 1, 1]`` 0/1 multiplier (masked frames become 0 = the mean in normalised space).
 
-DALI's CPU decoder reads VP8, VP9 and MJPEG only (DALI 2.4 ``fn.decoders.video`` docs; measured in
-``docs/CPU_STACK.md``). On CPU, a clip in any other codec is decoded by PyAV instead, with one log line per
-file. Install: ``nvidia-dali-cuda120==2.4.0`` (runs without a GPU with ``device_id=None``).
+DALI's CPU decoder reads VP8, VP9 and MJPEG only (DALI 2.4 ``fn.decoders.video`` docs; docs/VIDEO.md). On CPU, a
+clip in any other codec raises :class:`CodecUnsupported` (with one log line per file) before anything is decoded;
+:mod:`dvr1.data.video` catches it and decodes that file with PyAV. This module does not import the PyAV backend.
+Install: ``nvidia-dali-cuda120==2.4.0`` (runs without a GPU with ``device_id=None``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from dvr1.data.noise import check_fraction, check_noise_level, masked_frame_indices
 from dvr1.data.processing import MAX_PIXELS, MIN_PIXELS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PATCH_SIZE, MERGE_SIZE
-from dvr1.data.processing import normalize_frames, smart_resize
-from dvr1.data.video import VideoClip, VideoError, _open, load_frames, sample_frame_indices
+from dvr1.data.processing import smart_resize
+from dvr1.data.video_io import NormalizedClip, VideoClip, VideoError, sample_frame_indices, video_stream
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,12 @@ CPU_CODECS = ("vp8", "vp9", "mjpeg")  # what DALI's CPU video decoder reads (DAL
 _CODEC_ALIASES = {"libvpx": "vp8", "libvpx-vp9": "vp9", "libdav1d": "av1", "libaom-av1": "av1"}
 _FACTOR = PATCH_SIZE * MERGE_SIZE  # 28
 _warned: set[str] = set()  # files already reported as falling back to PyAV
+NOISE_SEEDS = 8  # pipelines are cached per seed; a small seed space bounds the cache (and the builds) per run
+
+
+class CodecUnsupported(VideoError):
+    """DALI on this device cannot decode the file's codec (on CPU: a codec outside :data:`CPU_CODECS`).
+    Message: ``"{path}: codec {codec} is not readable by DALI's CPU video decoder"``."""
 
 
 @dataclass
@@ -61,54 +68,24 @@ class ProbeInfo:
     times: list[float]
 
 
-@dataclass
-class NormalizedClip:
-    """A decoded, resized, normalised (and optionally augmented) clip.
-
-    Attributes:
-        video: float32 ``[T, 3, H', W']`` (as :func:`dvr1.data.processing.normalize_frames`), on the GPU when
-            decoded there.
-        masked: int64 ``[k]`` sorted indices (into T) of the frames set to 0 by frame masking.
-        indices, timestamps, video_fps, duration: as :class:`dvr1.data.video.VideoClip`.
-        backend: ``"dali"`` or ``"pyav"`` (the per-file fallback).
-    """
-
-    video: torch.Tensor
-    masked: torch.Tensor
-    indices: list[int]
-    timestamps: list[float]
-    video_fps: float
-    duration: float
-    backend: str
-
-
 def probe(path: str | os.PathLike) -> ProbeInfo:
     """Read frame count, fps, codec, size and frame times of ``path``'s first video stream by demuxing.
+
+    The frame count is always the number of non-empty packets (the PyAV backend prefers the header's count).
 
     Raises:
         VideoError: ``"{path}: {reason}"`` for a missing, unreadable or empty file, or an unknown frame rate.
     """
     path = os.fspath(path)
-    container = _open(path)
-    try:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        if not rate:
-            raise VideoError(f"{path}: unknown frame rate")
+    with video_stream(path) as (container, stream, rate):
         codec = stream.codec_context.name
         pts = [p.pts for p in container.demux(stream) if p.size]
         if stream.time_base is not None and all(p is not None for p in pts):
             ts = sorted(float(p * stream.time_base) for p in pts)
             times = [t - ts[0] for t in ts]
         else:
-            times = [i / float(rate) for i in range(len(pts))]
-        info = ProbeInfo(len(pts), float(rate), _CODEC_ALIASES.get(codec, codec), stream.width, stream.height, times)
-    except VideoError:
-        raise
-    except Exception as exc:
-        raise VideoError(f"{path}: corrupt stream: {exc}") from None
-    finally:
-        container.close()
+            times = [i / rate for i in range(len(pts))]
+        info = ProbeInfo(len(pts), rate, _CODEC_ALIASES.get(codec, codec), stream.width, stream.height, times)
     if info.num_frames == 0:
         raise VideoError(f"{path}: no frames")
     return info
@@ -247,14 +224,20 @@ def _read_bytes(path: str) -> np.ndarray:
         raise VideoError(f"{path}: cannot read: {exc}") from None
 
 
-def _fallback(path: str, codec: str, device: str) -> bool:
-    """True (and one log line per file) when DALI on ``device`` cannot decode ``codec``."""
+def _check_codec(path: str, codec: str, device: str) -> None:
+    """Raises :class:`CodecUnsupported` (one log line per file) when DALI on ``device`` cannot decode ``codec``."""
     if device == "gpu" or codec in CPU_CODECS:
-        return False
+        return
     if path not in _warned:
         _warned.add(path)
         log.warning("%s: codec %s is not readable by DALI's CPU video decoder; decoding this file with PyAV", path, codec)
-    return True
+    raise CodecUnsupported(f"{path}: codec {codec} is not readable by DALI's CPU video decoder")
+
+
+def draw_seed(generator: torch.Generator | None) -> int:
+    """A pipeline seed in ``[0, NOISE_SEEDS)`` drawn from ``generator`` (one ``torch.randint`` draw), so a run's
+    DALI noise follows its checkpointed generator while at most :data:`NOISE_SEEDS` noise pipelines get built."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) % NOISE_SEEDS
 
 
 def _decode(pipe: DaliVideoPipeline, path: str, **feeds) -> torch.Tensor:
@@ -281,24 +264,25 @@ def _sample(info: ProbeInfo, num_frames, fps, max_frames) -> tuple[list[int], li
 
 def load_frames_dali(path: str | os.PathLike, num_frames: int | None = None, fps: float | None = None,
                      max_frames: int = 32, device: str | None = None, num_threads: int = 1) -> VideoClip:
-    """DALI counterpart of :func:`dvr1.data.video.load_frames` (``backend="dali"`` dispatches here).
+    """DALI counterpart of :func:`dvr1.data.pyav.load_frames_pyav` (``dvr1.data.video.load_frames(...,
+    backend="dali")`` calls it and decodes with PyAV on :class:`CodecUnsupported`).
 
-    Same frame indices (:func:`dvr1.data.video.sample_frame_indices` on the demuxed frame count and fps) and the
-    same return type; pixels differ from PyAV's by the decoders' YUV->RGB conversion (see tests/unit/test_dali.py).
-    On CPU a codec outside :data:`CPU_CODECS` is decoded by PyAV (one log line per file).
+    Same frame indices (:func:`dvr1.data.video_io.sample_frame_indices` on the demuxed frame count and fps) and
+    the same return type; pixels differ from PyAV's by the decoders' YUV->RGB conversion (see
+    tests/unit/test_dali.py).
 
     Returns:
         :class:`VideoClip` with frames uint8 ``[T, H, W, 3]`` (a CPU numpy array, also after a GPU decode).
 
     Raises:
+        CodecUnsupported: on CPU, a codec outside :data:`CPU_CODECS` (one log line per file).
         VideoError: ``"{path}: {reason}"`` for a missing, unreadable, corrupt or empty video.
         ValueError: bad sampling arguments.
     """
     path = os.fspath(path)
     device = device or default_device()
     info = probe(path)
-    if _fallback(path, info.codec, device):
-        return load_frames(path, num_frames, fps, max_frames, backend="pyav")
+    _check_codec(path, info.codec, device)
     indices, times, duration = _sample(info, num_frames, fps, max_frames)
     pipe = get_pipeline("decode", device, 1, num_threads)
     frames = _decode(pipe, path, data=[_read_bytes(path)], frames=[indices])
@@ -312,49 +296,41 @@ def load_video_dali(path: str | os.PathLike, num_frames: int | None = None, fps:
                     seed: int = 0) -> NormalizedClip:
     """Decode, sample, resize, normalise and DA-Aug-augment one clip in DALI (the full pipeline).
 
-    Equivalent to ``normalize_frames(load_frames(...).frames)`` then ``add_frame_noise(v, sigma0, level)`` and
+    Equivalent to ``normalize_frames(load_frames_pyav(...).frames)`` then ``add_frame_noise(v, sigma0, level)`` and
     ``mask_frames(v, mask_fraction, generator)`` (ALGORITHMS §4, DVR1 Eq. 9: ``v̂ = v + σ0·level·N(0, I)``).
-    The masked frames are chosen exactly as ``mask_frames`` chooses them (``torch.randperm(T, generator)``,
-    the first ``floor(mask_fraction·T + 0.5)``); the noise comes from DALI's generator (``seed``), not ``generator``.
-    On CPU a codec outside :data:`CPU_CODECS` goes through PyAV + the torch ops instead (one log line per file).
+    The masked frames are chosen exactly as ``mask_frames`` chooses them
+    (:func:`dvr1.data.noise.masked_frame_indices`: one ``torch.randperm(T, generator)`` draw, also when none is
+    masked); the noise comes from DALI's generator (``seed``), not ``generator``.
+    :func:`dvr1.data.video.load_clip` (``backend="dali"``) calls it and falls back to PyAV + the torch ops on
+    :class:`CodecUnsupported`.
 
     Args:
-        path: a video file; num_frames, fps, max_frames: as :func:`dvr1.data.video.sample_frame_indices`;
+        path: a video file; num_frames, fps, max_frames: as :func:`dvr1.data.video_io.sample_frame_indices`;
         min_pixels, max_pixels: resize area bounds (pixels); sigma0 >= 0 (normalised units), level >= 0;
         mask_fraction in [0, 1]; device: ``"cpu"``/``"gpu"``/None (auto); seed: DALI pipeline seed.
 
     Returns:
-        :class:`NormalizedClip` with video float32 ``[T, 3, H', W']``.
+        :class:`dvr1.data.video_io.NormalizedClip` with video float32 ``[T, 3, H', W']``, backend ``"dali"``.
 
     Raises:
+        CodecUnsupported: on CPU, a codec outside :data:`CPU_CODECS` (one log line per file; no generator draw).
         VideoError: ``"{path}: {reason}"`` for a missing, unreadable, corrupt or empty video.
         ValueError: bad sampling arguments, negative/non-finite sigma0 or level, mask_fraction outside [0, 1].
     """
-    from dvr1.rl.augment import add_frame_noise, mask_frames
-
-    for name, v in (("sigma0", sigma0), ("level", level)):
-        if not math.isfinite(float(v)) or v < 0:
-            raise ValueError(f"load_video_dali: {name} must be finite and >= 0, got {v!r}")
-    if not 0.0 <= float(mask_fraction) <= 1.0:
-        raise ValueError(f"load_video_dali: mask_fraction must be in [0, 1], got {mask_fraction!r}")
+    check_noise_level("load_video_dali", sigma0, level)
+    check_fraction("load_video_dali", "mask_fraction", mask_fraction)
     path = os.fspath(path)
     device = device or default_device()
     info = probe(path)
-    if _fallback(path, info.codec, device):
-        clip = load_frames(path, num_frames, fps, max_frames, backend="pyav")
-        video = normalize_frames(clip.frames, min_pixels=min_pixels, max_pixels=max_pixels)
-        if sigma0 * level > 0:
-            video = add_frame_noise(video, sigma0, level)
-        video, masked = mask_frames(video, mask_fraction, generator)
-        return NormalizedClip(video, masked, clip.indices, clip.timestamps, clip.video_fps, clip.duration, "pyav")
+    _check_codec(path, info.codec, device)
     indices, times, duration = _sample(info, num_frames, fps, max_frames)
     T = len(indices)
-    k = math.floor(mask_fraction * T + 0.5)
-    masked = torch.randperm(T, generator=generator)[:k].sort().values
+    masked = masked_frame_indices(T, mask_fraction, generator)
     keep = np.ones(T, dtype=np.float32)
     keep[masked.numpy()] = 0.0
     h, w = smart_resize(info.height, info.width, factor=_FACTOR, min_pixels=min_pixels, max_pixels=max_pixels)
     std = float(sigma0) * float(level)
-    pipe = get_pipeline("full", device, 1, num_threads, seed, (h, w) != (info.height, info.width), std > 0, k > 0)
+    pipe = get_pipeline("full", device, 1, num_threads, seed, (h, w) != (info.height, info.width), std > 0,
+                        masked.numel() > 0)
     video = _decode(pipe, path, data=[_read_bytes(path)], frames=[indices], size=[(h, w)], stddev=[std], keep=[keep])
     return NormalizedClip(video, masked, indices, times, info.fps, duration, "dali")

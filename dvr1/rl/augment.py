@@ -1,5 +1,6 @@
 """DA-Aug sample transforms (ALGORITHMS §4, DVR1 §3.3): reasoning-trace hints (difficulty decrease) and frame noise /
-frame masking (difficulty increase). Pure functions of strings and tensors.
+frame masking (difficulty increase; defined in :mod:`dvr1.data.noise`, which the DALI pipeline shares, and
+re-exported here). Pure functions of strings and tensors.
 """
 
 from __future__ import annotations
@@ -7,8 +8,7 @@ from __future__ import annotations
 import math
 import re
 
-import torch
-
+from dvr1.data.noise import add_frame_noise, mask_frames
 from dvr1.rl.rewards import parse_choice
 
 __all__ = ["add_frame_noise", "make_hint", "mask_frames", "select_trace", "split_sentences"]
@@ -127,46 +127,3 @@ def make_hint(trace: str, level: int, max_level: int, answer: str, options: list
     clean = [s for s in sentences if s and not any(check(s) for check in checks)]
     keep = math.ceil(len(clean) * level / (max_level + 1))
     return " ".join(clean[:keep])
-
-
-def add_frame_noise(video: torch.Tensor, sigma0: float, level: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Frame-level Gaussian noise for a difficulty increase (ALGORITHMS §4): ``v̂ = v + σ_0 · level · N(0, I)``.
-
-    Args:
-        video: ``[T, C, H, W]`` floating tensor in NORMALISED space (any shape works; noise is elementwise).
-        sigma0: σ_0 >= 0 (normalised units); level: ``l_perturb`` >= 0 (``Decision.perturb_level``);
-        generator: a ``torch.Generator`` on the video's device for reproducible noise.
-    Returns: a new tensor, same shape/dtype/device (the input is not modified).
-    Raises: ValueError for a non-floating video or a negative/non-finite sigma0 or level.
-    """
-    if not isinstance(video, torch.Tensor) or not video.is_floating_point():
-        raise ValueError(f"add_frame_noise: video must be a floating tensor, got {getattr(video, 'dtype', type(video))}")
-    for name, v in (("sigma0", sigma0), ("level", level)):
-        if not math.isfinite(float(v)) or v < 0:
-            raise ValueError(f"add_frame_noise: {name} must be finite and >= 0, got {v!r}")
-    noise = torch.randn(video.shape, generator=generator, dtype=video.dtype, device=video.device)
-    return video + (sigma0 * level) * noise
-
-
-def mask_frames(
-    video: torch.Tensor, fraction: float, generator: torch.Generator | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero ``floor(fraction · T + 0.5)`` randomly chosen frames (0 = the mean in normalised space; ALGORITHMS §4's
-    optional frame masking).
-
-    Args:
-        video: ``[T, ...]`` floating tensor, frames first (e.g. ``[T, C, H, W]``); fraction: in [0, 1];
-        generator: CPU ``torch.Generator`` for the frame choice.
-    Returns: (new tensor with those frames zeroed, ``[k]`` int64 sorted masked frame indices).
-    Raises: ValueError for a non-floating / 0-dim video or a fraction outside [0, 1].
-    """
-    if not isinstance(video, torch.Tensor) or not video.is_floating_point() or video.dim() < 1:
-        raise ValueError("mask_frames: video must be a floating [T, ...] tensor")
-    if not 0.0 <= float(fraction) <= 1.0:
-        raise ValueError(f"mask_frames: fraction must be in [0, 1], got {fraction!r}")
-    T = video.shape[0]
-    k = math.floor(fraction * T + 0.5)
-    idx = torch.randperm(T, generator=generator)[:k].sort().values
-    out = video.clone()
-    out[idx.to(video.device)] = 0
-    return out, idx

@@ -7,6 +7,7 @@ what the trainer needs) -> rollout -> `build_batch(prepared, responses)` -> `tok
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -14,18 +15,16 @@ from typing import Optional
 
 import torch
 
-from dvr1.data.processing import normalize_frames, num_video_tokens, patchify
+from dvr1.data.noise import FrameNoise
+from dvr1.data.processing import num_video_tokens, patchify
 from dvr1.data.prompts import format_question
 from dvr1.data.schema import VideoQARecord
-from dvr1.data.video import VideoError, load_frames
-from dvr1.rl.augment import add_frame_noise, mask_frames
+from dvr1.data.video import NormalizedClip, Sampling, VideoError, load_clip
 from dvr1.models.rope import continue_positions, get_rope_index
 from dvr1.models.tokenizer import chat_prompt
 from dvr1.rollout.base import RolloutRequest
 
 log = logging.getLogger(__name__)
-# DALI pipelines are cached per seed; a small seed space bounds the cache (and the pipeline builds) per run
-_DALI_SEEDS = 8
 
 
 @dataclass
@@ -65,7 +64,7 @@ class InputBuilder:
         self.tokenizer = tokenizer
         self.vcfg = video_cfg
         self.info = self.policy.info
-        self._videos: OrderedDict[str, VideoInput] = OrderedDict()
+        self._videos: OrderedDict[str, NormalizedClip] = OrderedDict()
         self._embeds: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.cache_size = cache_size
 
@@ -75,50 +74,37 @@ class InputBuilder:
         while len(store) > self.cache_size:
             store.popitem(last=False)
 
-    def video(self, record: VideoQARecord) -> VideoInput:
-        """The record's clip, decoded, sampled, resized and normalised (cached). `video.backend=dali` runs all of it
-        in one DALI pipeline (`dvr1.data.dali.load_video_dali`); `pyav` decodes with PyAV and normalises in torch."""
+    def _clip(self, record: VideoQARecord) -> NormalizedClip:
+        """The record's clean clip, on the CPU (cached)."""
         if record.id in self._videos:
             self._videos.move_to_end(record.id)
             return self._videos[record.id]
-        v = self.vcfg
-        sampling = dict(num_frames=v.num_frames or None, fps=None if v.num_frames else v.fps, max_frames=v.max_frames)
-        if v.backend == "dali":
-            from dvr1.data.dali import load_video_dali
+        clip = load_clip(record.video, self.vcfg.backend, Sampling.from_config(self.vcfg))
+        clip = dataclasses.replace(clip, video=clip.video.cpu())
+        self._cache(self._videos, record.id, clip)
+        return clip
 
-            clip = load_video_dali(record.video, **sampling, min_pixels=v.min_pixels, max_pixels=v.max_pixels)
-            video = clip.video.cpu()
-        else:
-            clip = load_frames(record.video, **sampling, backend=v.backend)
-            video = normalize_frames(clip.frames, min_pixels=v.min_pixels, max_pixels=v.max_pixels)
+    def video(self, record: VideoQARecord) -> VideoInput:
+        """The record's clip, decoded, sampled, resized and normalised (cached), by `dvr1.data.video.load_clip`:
+        `video.backend=dali` runs all of it in one DALI pipeline; `pyav` decodes with PyAV and normalises in torch."""
+        clip = self._clip(record)
         span = clip.duration if clip.duration > 0 else len(clip.indices) / clip.video_fps
         sampled_fps = len(clip.indices) / span
-        out = VideoInput(video, self.info.temporal_patch_size / sampled_fps)
-        self._cache(self._videos, record.id, out)
-        return out
+        return VideoInput(clip.video, self.info.temporal_patch_size / sampled_fps)
 
     def noisy_video(self, record: VideoQARecord, sigma0: float, level: float, mask_fraction: float,
                     generator: torch.Generator) -> torch.Tensor:
-        """DA-Aug difficulty increase (ALGORITHMS §4): v + sigma0·level·N(0, I), then frame masking.
+        """DA-Aug difficulty increase (ALGORITHMS §4): v + sigma0·level·N(0, I), then frame masking
+        (`dvr1.data.video.load_clip` with a `FrameNoise`).
 
-        PyAV backend: torch noise from `generator` (checkpointed, so a resumed run is exact). DALI backend: the same
-        op inside the DALI pipeline (`fn.noise.gaussian`, per-sample std as external source), masked frames chosen
-        by `generator`; its noise comes from DALI's generator, seeded per draw from `generator`.
+        PyAV backend: torch noise from `generator` on the cached clip (checkpointed, so a resumed run is exact). DALI
+        backend: the same op inside the DALI pipeline (`fn.noise.gaussian`, per-sample std as external source),
+        masked frames chosen by `generator`; its noise comes from DALI's generator, seeded per draw from `generator`.
         """
-        if self.vcfg.backend == "dali":
-            from dvr1.data.dali import load_video_dali
-
-            v = self.vcfg
-            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-            clip = load_video_dali(record.video, num_frames=v.num_frames or None,
-                                   fps=None if v.num_frames else v.fps, max_frames=v.max_frames,
-                                   min_pixels=v.min_pixels, max_pixels=v.max_pixels, sigma0=sigma0, level=level,
-                                   mask_fraction=mask_fraction, generator=generator, seed=seed % _DALI_SEEDS)
-            return clip.video.cpu()
-        video = add_frame_noise(self.video(record).video, sigma0, level, generator)
-        if mask_fraction > 0:
-            video, _ = mask_frames(video, mask_fraction, generator)
-        return video
+        noise = FrameNoise(sigma0, level, mask_fraction, generator)
+        clip = load_clip(record.video, self.vcfg.backend, Sampling.from_config(self.vcfg), noise,
+                         clean=lambda: self._clip(record))
+        return clip.video.cpu()
 
     def encode(self, video: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Normalised `[T, 3, H, W]` -> (video_embeds `[num_video_tokens, hidden]`, video_grid_thw `[1, 3]`).

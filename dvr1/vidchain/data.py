@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from dvr1.data.render import COLORS, DIRECTIONS, decimal_boundaries, random_mover, render, stitched_footage
 from dvr1.data.schema import read_jsonl
 
 
@@ -242,19 +243,10 @@ SHAPES = ("disc", "square")
 
 def _dense_clip(rng: np.random.Generator, n_events: int, ctx: dict):
     """Frames uint8 ``[T, S, S, 3]`` and (events seconds, captions, meta) for one clip (module docstring)."""
-    from dvr1.data.build import COLORS, DIRECTIONS, _crop_resize, _decimal_boundaries, _random_mover, _render
-
-    fps, size, srcs = ctx["fps"], ctx["size"], ctx["sources"]
-    a, b = srcs[int(rng.integers(len(srcs)))], srcs[int(rng.integers(len(srcs)))]
-    wf = a.frames.shape[0]
-    total = min(2 * wf, int(round(float(rng.choice(ctx["durations"])) * fps)))
-    la = total // 2
-    parts = []
-    for src, n in ((a, la), (b, total - la)):
-        o = int(rng.integers(0, wf - n + 1))
-        parts.append(_crop_resize(src.frames[o:o + n], rng, size))
-    bg = np.concatenate(parts)
-    ks = [k for k in _decimal_boundaries(total, fps) if abs(k / fps * 2 - round(k / fps * 2)) < 1e-9]  # 0.5 s grid
+    fps, size = ctx["fps"], ctx["size"]
+    bg, a, b = stitched_footage(rng, ctx["sources"], ctx["durations"], fps, size)
+    total = bg.shape[0]
+    ks = [k for k in decimal_boundaries(total, fps) if abs(k / fps * 2 - round(k / fps * 2)) < 1e-9]  # 0.5 s grid
     if len(ks) < 2 * n_events:
         raise ValueError(f"a {total / fps:.1f} s clip has {len(ks)} boundaries, too few for {n_events} events")
     bounds = sorted(int(x) for x in rng.choice(ks, size=2 * n_events, replace=False))
@@ -266,13 +258,13 @@ def _dense_clip(rng: np.random.Generator, n_events: int, ctx: dict):
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         direction = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
         path = np.full((total, 2), np.nan)
-        path[k0:k1] = _random_mover(rng, size, k1 - k0, radius, direction, min_move=size * 0.25)
+        path[k0:k1] = random_mover(rng, size, k1 - k0, radius, direction, min_move=size * 0.25)
         objs.append({"shape": shape, "color": COLORS[colors[j]], "radius": radius, "path": path})
         seg = [round(k0 / fps, 1), round(k1 / fps, 1)]
         events.append(seg)
         captions.append(f"a {colors[j]} {shape} moves {direction}")
         meta.append({"color": colors[j], "shape": shape, "direction": direction, "segment": seg})
-    return _render(bg, objs), events, captions, {"events": meta, "sources": [a.name, b.name]}
+    return render(bg, objs), events, captions, {"events": meta, "sources": [a.name, b.name]}
 
 
 def build_dense_dataset(out_dir: str, seed: int = 0, n_train: int = 120, n_val: int = 12, n_test: int = 24,
@@ -289,8 +281,7 @@ def build_dense_dataset(out_dir: str, seed: int = 0, n_train: int = 120, n_val: 
         ``out_dir/manifest.json``).
     Raises: ValueError for bad sizes; dvr1.data.build.BuildError when footage/sources are missing.
     """
-    from dvr1.data.build import (SPLITS, _balanced, _rng, load_real_footage, make_sources, pick_codec,
-                                 write_webm)
+    from dvr1.data.build import SPLITS, balanced, load_real_footage, make_sources, pick_codec, record_rng, write_webm
 
     if size % 2 or size < 32:
         raise ValueError(f"size must be even and >= 32, got {size}")
@@ -308,8 +299,8 @@ def build_dense_dataset(out_dir: str, seed: int = 0, n_train: int = 120, n_val: 
         recs = []
         for i in range(counts[split]):
             rid = f"{split}-dvc-{i:05d}"
-            n_ev = 1 + _balanced(seed, (si, 99), i, max_events)
-            frames, events, captions, meta = _dense_clip(_rng(seed, si, 99, i), n_ev, ctx)
+            n_ev = 1 + balanced(seed, (si, 99), i, max_events)
+            frames, events, captions, meta = _dense_clip(record_rng(seed, si, 99, i), n_ev, ctx)
             rel = f"videos/{rid}.webm"
             write_webm(os.path.join(out_dir, rel), frames, fps, codec=codec, crf=crf)
             recs.append(DenseCaptionRecord(rid, rel, frames.shape[0] / float(fps), events, captions, split,

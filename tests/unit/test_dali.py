@@ -1,4 +1,5 @@
-"""DALI video backend (dvr1/data/dali.py) against the PyAV path and the torch DA-Aug ops, on DALI's CPU operators.
+"""DALI video backend (dvr1/data/dali.py) against the PyAV path and the torch DA-Aug ops, on DALI's CPU operators,
+and the per-file fallback to PyAV in dvr1/data/video.py.
 
 Tolerances (stated): decoders differ in YUV->RGB rounding (~1 grey level) and chroma upsampling at sharp edges,
 so decoded frames agree to a mean |diff| <= 2.5 grey levels (measured 1.69); DALI's cubic antialiased resize vs the
@@ -17,8 +18,8 @@ import torch
 from dvr1.data import dali
 from dvr1.data.build import write_webm
 from dvr1.data.processing import OPENAI_CLIP_STD, normalize_frames
-from dvr1.data.video import VideoError, load_frames
-from dvr1.rl.augment import mask_frames
+from dvr1.data.noise import mask_frames
+from dvr1.data.video import Sampling, VideoError, load_clip, load_frames
 
 GREY = 1.0 / (255.0 * min(OPENAI_CLIP_STD))  # one grey level in normalised units (upper bound over channels)
 
@@ -142,12 +143,36 @@ def test_h264_falls_back_to_pyav_with_one_log_line(h264, caplog):
     dali._warned.discard(h264)
     with caplog.at_level(logging.WARNING, logger="dvr1.data.dali"):
         got = load_frames(h264, num_frames=6, backend="dali")
-        full = dali.load_video_dali(h264, num_frames=6, device="cpu")
+        full = load_clip(h264, "dali", Sampling(num_frames=6), device="cpu")
     lines = [r.getMessage() for r in caplog.records if r.name == "dvr1.data.dali"]
     assert lines == [f"{h264}: codec h264 is not readable by DALI's CPU video decoder; decoding this file with PyAV"]
     ref = load_frames(h264, num_frames=6)
     assert got.indices == ref.indices and np.array_equal(got.frames, ref.frames)
     assert full.backend == "pyav" and torch.equal(full.video, normalize_frames(ref.frames))
+    # the backend itself does not decode with PyAV: it says why it cannot, and video.py falls back
+    for fn in (dali.load_frames_dali, dali.load_video_dali):
+        with pytest.raises(dali.CodecUnsupported) as ei:
+            fn(h264, num_frames=6, device="cpu")
+        assert str(ei.value) == f"{h264}: codec h264 is not readable by DALI's CPU video decoder"
+        assert isinstance(ei.value, VideoError)
+
+
+def test_fallback_noise_and_masking_match_the_torch_ops(h264):
+    """DALI's PyAV fallback: noise from torch's default generator (only when sigma0 * level > 0), masked frames
+    from the draw's generator after the pipeline seed (dali.draw_seed), as before the split into backends."""
+    from dvr1.data.noise import FrameNoise, add_frame_noise
+
+    g = torch.Generator().manual_seed(5)
+    torch.manual_seed(11)
+    got = load_clip(h264, "dali", Sampling(num_frames=6), FrameNoise(0.1, 2.0, 0.5, g), device="cpu")
+    ref_g = torch.Generator().manual_seed(5)
+    seed = dali.draw_seed(ref_g)
+    assert 0 <= seed < dali.NOISE_SEEDS
+    torch.manual_seed(11)
+    clean = normalize_frames(load_frames(h264, num_frames=6).frames)
+    want, masked = mask_frames(add_frame_noise(clean, 0.1, 2.0), 0.5, ref_g)
+    assert got.backend == "pyav" and torch.equal(got.video, want) and torch.equal(got.masked, masked)
+    assert masked.numel() == 3 and torch.equal(g.get_state(), ref_g.get_state())
 
 
 def test_corrupt_files_raise_video_error(vp9, tmp_path):

@@ -127,7 +127,7 @@ def _components(mask):
 
 def _run(task, i, ctx, seed=0):
     key = (0, TASKS.index(task))
-    return B._TASK_FNS[task](B._rng(seed, *key, i), seed, key, i, ctx)
+    return B._TASK_FNS[task](B.record_rng(seed, *key, i), seed, key, i, ctx)
 
 
 def test_letters_balanced():

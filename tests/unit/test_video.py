@@ -1,6 +1,8 @@
-"""Frame sampling rule and PyAV decoding."""
+"""Frame sampling rule, PyAV decoding, and the import layout of dvr1/data (no higher layer, no cycle)."""
 
+import ast
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -112,3 +114,51 @@ def test_load_frames_errors(tmp_path, gray_video):
     with pytest.raises(ValueError) as ei:
         load_frames(gray_video, backend="decord")
     assert str(ei.value) == "unknown video backend 'decord'; valid: pyav, dali"
+
+
+DATA = pathlib.Path(__file__).resolve().parents[2] / "dvr1" / "data"
+
+
+def _dvr1_imports(path: pathlib.Path) -> set[str]:
+    """Every dvr1 module ``path`` imports, at any depth (lazy imports in functions too); ``from dvr1.data import
+    dali`` counts as ``dvr1.data.dali``."""
+    pkg = "dvr1.data"
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([base] if base else []))
+            out.add(base)
+            if base in ("dvr1", pkg):
+                out |= {f"{base}.{a.name}" for a in node.names}
+    return {m for m in out if m == "dvr1" or m.startswith("dvr1.")}
+
+
+def test_data_layer_imports_nothing_above_it_and_has_no_cycle():
+    graph = {f"dvr1.data.{p.stem}": _dvr1_imports(p) for p in sorted(DATA.glob("*.py")) if p.stem != "__init__"}
+    assert {"dvr1.data.video_io", "dvr1.data.pyav", "dvr1.data.dali", "dvr1.data.video"} <= graph.keys()
+    for mod, deps in graph.items():  # the lowest layer: dvr1.rl, dvr1.train, ... are above it
+        above = sorted(d for d in deps if not (d == "dvr1.data" or d.startswith("dvr1.data.")))
+        assert not above, f"{mod} imports {above}"
+    # one backend per file: neither imports the other (nor the front that picks between them)
+    assert not graph["dvr1.data.pyav"] & {"dvr1.data.dali", "dvr1.data.video"}
+    assert not graph["dvr1.data.dali"] & {"dvr1.data.pyav", "dvr1.data.video"}
+    assert not graph["dvr1.data.video_io"] & {"dvr1.data.pyav", "dvr1.data.dali", "dvr1.data.video"}
+    # no cycle anywhere inside dvr1/data (depth-first search over the import graph)
+    state: dict[str, int] = {}
+
+    def visit(m, trail):
+        if state.get(m) == 1:
+            raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(m):] + [m]))
+        if state.get(m) == 2:
+            return
+        state[m] = 1
+        for d in sorted(graph.get(m, ())):
+            visit(d, trail + [m])
+        state[m] = 2
+
+    for m in graph:
+        visit(m, [])
