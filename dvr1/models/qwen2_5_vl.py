@@ -14,7 +14,6 @@ Shapes: `input_ids` `[batch, seq]` int64; `position_ids` `[3, batch, seq]` int64
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
