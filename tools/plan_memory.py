@@ -54,6 +54,10 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository: dvr1
+from dvr1.models.hf_mapping import LMShape  # noqa: E402  (the model's own shape type)
+from dvr1.models.qwen2_5_vl import lm_shape  # noqa: E402  (HF config -> LMShape)
+
 GIB = 2 ** 30
 # memory as nvidia-smi reports it (MiB) for the 80 GB H100 / A100 and the 141 GB H200
 GPUS = {"h100": 81559, "a100-80": 81920, "h200": 143771}
@@ -61,29 +65,6 @@ GPUS = {"h100": 81559, "a100-80": 81920, "h200": 143771}
 
 # ---------------------------------------------------------------------------------------------------------------
 # parameter counts
-
-
-@dataclass(frozen=True)
-class LMShape:
-    """Language-model sizes (Qwen2 decoder). ``head_dim`` = hidden / heads."""
-
-    layers: int
-    hidden: int
-    ffn: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied: bool
-
-
-def lm_shape(hf_config) -> LMShape:
-    """From a ``Qwen2_5_VLConfig`` (its ``text_config``)."""
-    t = hf_config.text_config
-    tied = bool(hf_config.tie_word_embeddings or getattr(t, "tie_word_embeddings", False))
-    return LMShape(layers=t.num_hidden_layers, hidden=t.hidden_size, ffn=t.intermediate_size,
-                   heads=t.num_attention_heads, kv_heads=t.num_key_value_heads,
-                   head_dim=t.hidden_size // t.num_attention_heads, vocab=t.vocab_size, tied=tied)
 
 
 def lm_param_counts(m: LMShape) -> dict:
@@ -94,13 +75,13 @@ def lm_param_counts(m: LMShape) -> dict:
     ``layer_sharded``, the ones TE runs in FP8), ``layer_replicated`` (the two RMSNorm weights), ``final_norm``,
     ``output`` (0 when tied), ``total``.
     """
-    h, q, kv = m.hidden, m.heads * m.head_dim, m.kv_heads * m.head_dim
+    h, q, kv = m.hidden_size, m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
     qkv_out = q + 2 * kv
-    gemm = qkv_out * h + h * q + 2 * m.ffn * h + m.ffn * h
+    gemm = qkv_out * h + h * q + 2 * m.ffn_hidden_size * h + m.ffn_hidden_size * h
     layer_sharded = gemm + qkv_out  # + QKV bias
-    counts = dict(embedding=m.vocab * h, layer_sharded=layer_sharded, layer_gemm=gemm, layer_replicated=2 * h,
-                  final_norm=h, output=0 if m.tied else m.vocab * h)
-    counts["total"] = (counts["embedding"] + m.layers * (layer_sharded + 2 * h) + h + counts["output"])
+    counts = dict(embedding=m.vocab_size * h, layer_sharded=layer_sharded, layer_gemm=gemm, layer_replicated=2 * h,
+                  final_norm=h, output=0 if m.tie_word_embeddings else m.vocab_size * h)
+    counts["total"] = (counts["embedding"] + m.num_layers * (layer_sharded + 2 * h) + h + counts["output"])
     return counts
 
 
@@ -125,19 +106,19 @@ def stage_params(m: LMShape, tp: int, pp: int, stage: int) -> dict:
     holds its own copy of the embedding as the output layer (megatron-core shares it across the first/last stage).
     Raises ValueError for an uneven split or a vocabulary / head count not divisible by TP.
     """
-    if m.layers % pp:
-        raise ValueError(f"parallel.pp={pp} does not divide the model's {m.layers} layers")
-    for name, n in (("vocab", m.vocab), ("heads", m.heads), ("kv_heads", m.kv_heads), ("ffn", m.ffn)):
+    if m.num_layers % pp:
+        raise ValueError(f"parallel.pp={pp} does not divide the model's {m.num_layers} layers")
+    for name, n in (("vocab", m.vocab_size), ("heads", m.num_heads), ("kv_heads", m.num_kv_heads), ("ffn", m.ffn_hidden_size)):
         if n % tp and not (name == "kv_heads" and tp % n == 0):
             raise ValueError(f"parallel.tp={tp} does not divide the model's {name}={n}")
     c = lm_param_counts(m)
-    per = m.layers // pp
+    per = m.num_layers // pp
     n = per * (c["layer_sharded"] / tp + c["layer_replicated"])
     if stage == 0:
         n += c["embedding"] / tp
     if stage == pp - 1:
         n += c["final_norm"]
-        if not m.tied or pp > 1:
+        if not m.tie_word_embeddings or pp > 1:
             n += c["embedding"] / tp  # output layer (or the tied copy on the last stage)
     return {"params": n, "gemm": per * c["layer_gemm"] / tp}
 
@@ -250,28 +231,28 @@ class Setup:
 
 def _stage_activations(st: Setup, stage: int) -> float:
     m = st.shape
-    per_layer = dict(s=st.seq_len, b=st.micro_batch, h=m.hidden, a=m.heads, t=st.tp, sp=st.sequence_parallel,
-                     kv_heads=m.kv_heads, head_dim=m.head_dim, ffn=m.ffn, gated=True, dropout=False,
+    per_layer = dict(s=st.seq_len, b=st.micro_batch, h=m.hidden_size, a=m.num_heads, t=st.tp, sp=st.sequence_parallel,
+                     kv_heads=m.num_kv_heads, head_dim=m.head_dim, ffn=m.ffn_hidden_size, gated=True, dropout=False,
                      flash=st.flash, fp8=st.fp8)
     stored = layer_activation_bytes(recompute=st.recompute, **per_layer)
     if not st.gated_fused and st.recompute != "full":
-        stored += 2 * st.seq_len * st.micro_batch * m.ffn / st.tp  # unfused SwiGLU also keeps silu(gate)
-    layers = m.layers // st.pp
+        stored += 2 * st.seq_len * st.micro_batch * m.ffn_hidden_size / st.tp  # unfused SwiGLU also keeps silu(gate)
+    layers = m.num_layers // st.pp
     in_flight = max(1, min(st.pp - stage, st.micro_batches))
     total = in_flight * layers * stored
     if st.recompute == "full":  # one layer re-materialised at a time during backward
         total += layer_activation_bytes(recompute=None, **per_layer)
     if stage == st.pp - 1:
         sb = st.seq_len * st.micro_batch
-        total += 2 * sb * m.hidden / (st.tp if st.sequence_parallel else 1) + 2 * sb * m.hidden  # norm + output in
-        total += 2 * sb * m.vocab / st.tp  # bf16 logits [s, b, vocab/tp] kept for the log-prob backward
+        total += 2 * sb * m.hidden_size / (st.tp if st.sequence_parallel else 1) + 2 * sb * m.hidden_size  # norm + output in
+        total += 2 * sb * m.vocab_size / st.tp  # bf16 logits [s, b, vocab/tp] kept for the log-prob backward
     return total
 
 
 def kv_bytes_per_token(m: LMShape, vllm_tp: int, kv_bytes: int = 2) -> float:
     """vLLM KV cache per token on one GPU: K and V for every layer, the KV heads split over vLLM's TP (replicated
     when TP > kv_heads)."""
-    return 2 * m.layers * max(1, m.kv_heads // vllm_tp) * m.head_dim * kv_bytes
+    return 2 * m.num_layers * max(1, m.num_kv_heads // vllm_tp) * m.head_dim * kv_bytes
 
 
 def plan(st: Setup) -> dict:
@@ -445,7 +426,6 @@ def main(argv=None) -> int:
     if a.overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(a.overrides)))
     if a.preset:
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         from dvr1.models.presets import preset_config
 
         hf = preset_config(a.preset)

@@ -66,6 +66,7 @@ def vl_info(hf_config) -> VLInfo:
 
 
 def lm_shape(hf_config) -> LMShape:
+    """The language model's `LMShape` from a ``Qwen2_5_VLConfig`` (its ``text_config``)."""
     t = hf_config.text_config
     return LMShape(
         num_layers=t.num_hidden_layers,
@@ -73,6 +74,9 @@ def lm_shape(hf_config) -> LMShape:
         num_kv_heads=t.num_key_value_heads,
         head_dim=t.hidden_size // t.num_attention_heads,
         tie_word_embeddings=bool(hf_config.tie_word_embeddings or getattr(t, "tie_word_embeddings", False)),
+        hidden_size=t.hidden_size,
+        ffn_hidden_size=t.intermediate_size,
+        vocab_size=t.vocab_size,
     )
 
 

@@ -47,8 +47,8 @@ def test_stages_add_up(name, pp):
     for tp in (1, 2, 4):
         total = sum(pm.stage_params(shape, tp, pp, k)["params"] for k in range(pp))
         # every TP rank holds 1/tp of the split parameters and all of the replicated (norm) ones
-        replicated = shape.layers * c["layer_replicated"] + c["final_norm"]
-        extra = c["embedding"] if shape.tied else 0  # tied: the last stage keeps its own copy of the embedding
+        replicated = shape.num_layers * c["layer_replicated"] + c["final_norm"]
+        extra = c["embedding"] if shape.tie_word_embeddings else 0  # tied: the last stage keeps its own copy of the embedding
         assert total * tp == pytest.approx((c["total"] + extra - replicated) + tp * replicated, rel=1e-12)
 
 
