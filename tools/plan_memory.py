@@ -30,8 +30,11 @@ Accounting (all per GPU, bytes; GiB = 2**30 bytes):
   (:func:`layer_activation_bytes`; it reduces exactly to Table 2 for the paper's GPT shape, which the tests check).
   1F1B pipeline schedule: stage k keeps min(PP - k, micro-batches) micro-batches in flight (paper §4.2.3). Full
   recompute keeps each layer's input and re-materialises one layer at a time. The last stage adds the final-norm
-  and output-layer inputs and the bf16 logits ``[s, b, vocab/TP]`` kept for the log-prob backward
-  (dvr1.train.inputs uses ``vocab_parallel_logprobs`` on the full logits).
+  and output-layer inputs and the log-prob path's logits (:func:`logits_bytes`): without ``model.fused_logprobs``
+  the bf16 logits ``[s, b, vocab/TP]`` kept for the backward of ``vocab_parallel_logprobs``; with it
+  (``fused_linear_logprobs``, dvr1/parallel/logprobs.py) the logits exist only ``model.logprob_chunk`` tokens at a
+  time: the bf16 ``[chunk, vocab/TP]`` GEMM buffer (kept from forward to backward: the last chunk's logits) and up
+  to two fp32 ``[chunk, vocab/TP]`` scratches (forward: z - max and, for the entropy, exp; backward: dz).
 - vLLM (colocated, one engine per ``rollout.tensor_parallel_size`` GPUs): it claims ``gpu_memory_utilization`` x the
   GPU's memory at start-up (vLLM's own rule: it refuses to start if that much is not free); inside that, weights
   (language model + vision tower) / vLLM-TP, an assumed non-KV reserve (profiled activations + CUDA graphs,
@@ -108,7 +111,8 @@ def stage_params(m: LMShape, tp: int, pp: int, stage: int) -> dict:
     """
     if m.num_layers % pp:
         raise ValueError(f"parallel.pp={pp} does not divide the model's {m.num_layers} layers")
-    for name, n in (("vocab", m.vocab_size), ("heads", m.num_heads), ("kv_heads", m.num_kv_heads), ("ffn", m.ffn_hidden_size)):
+    for name, n in (("vocab", m.vocab_size), ("heads", m.num_heads), ("kv_heads", m.num_kv_heads),
+                    ("ffn", m.ffn_hidden_size)):
         if n % tp and not (name == "kv_heads" and tp % n == 0):
             raise ValueError(f"parallel.tp={tp} does not divide the model's {name}={n}")
     c = lm_param_counts(m)
@@ -213,6 +217,8 @@ class Setup:
     micro_batch: int = 1
     micro_batches: int = 64  # per step per DP rank (1F1B in-flight count = min(PP - stage, this))
     reference: bool = True
+    fused_logprobs: bool = False  # model.fused_logprobs: output layer fused into the chunked log-prob reduction
+    logprob_chunk: int = 1024  # model.logprob_chunk: tokens per chunk of the fused reduction
     flash: bool = True  # TE spec: fused attention
     gated_fused: bool = True  # TE spec: fused SwiGLU keeps only the fc1 output
     vllm: bool = True
@@ -229,6 +235,22 @@ class Setup:
         return self.world // (self.tp * self.pp)
 
 
+def logits_bytes(st: Setup) -> float:
+    """Bytes of logits one last-stage GPU holds for the log-prob backward of one micro-batch (16-bit activations).
+
+    Unfused (``vocab_parallel_logprobs`` on the output layer's logits): the logits ``[s, b, vocab/TP]``, 2 bytes
+    each. Fused (``fused_linear_logprobs``): per ``min(logprob_chunk, s*b)`` tokens, the bf16 GEMM buffer (2 bytes,
+    it keeps the last chunk's logits from forward to backward) + two fp32 scratches (4 + 4 bytes: forward's z - max
+    and entropy exp; backward needs one) of ``[chunk, vocab/TP]``. Raises ValueError for a fused chunk < 1.
+    """
+    tokens, v_local = st.seq_len * st.micro_batch, st.shape.vocab_size / st.tp
+    if not st.fused_logprobs:
+        return 2 * tokens * v_local
+    if st.logprob_chunk < 1:
+        raise ValueError(f"model.logprob_chunk={st.logprob_chunk}: must be >= 1 tokens")
+    return (2 + 4 + 4) * min(st.logprob_chunk, tokens) * v_local
+
+
 def _stage_activations(st: Setup, stage: int) -> float:
     m = st.shape
     per_layer = dict(s=st.seq_len, b=st.micro_batch, h=m.hidden_size, a=m.num_heads, t=st.tp, sp=st.sequence_parallel,
@@ -243,9 +265,9 @@ def _stage_activations(st: Setup, stage: int) -> float:
     if st.recompute == "full":  # one layer re-materialised at a time during backward
         total += layer_activation_bytes(recompute=None, **per_layer)
     if stage == st.pp - 1:
-        sb = st.seq_len * st.micro_batch
-        total += 2 * sb * m.hidden_size / (st.tp if st.sequence_parallel else 1) + 2 * sb * m.hidden_size  # norm + output in
-        total += 2 * sb * m.vocab_size / st.tp  # bf16 logits [s, b, vocab/tp] kept for the log-prob backward
+        sb, h = st.seq_len * st.micro_batch, m.hidden_size
+        total += 2 * sb * h / (st.tp if st.sequence_parallel else 1) + 2 * sb * h  # final-norm + output-layer inputs
+        total += logits_bytes(st)
     return total
 
 
@@ -334,7 +356,9 @@ def format_plan(st: Setup, result: dict) -> str:
             f"{st.world} GPUs = TP {st.tp} x PP {st.pp} x DP {st.dp} | {st.dtype}"
             f"{' + FP8' + (' (fp8_param)' if st.fp8_param else '') if st.fp8 else ''} | "
             f"dist-opt {'on' if st.distributed_optimizer else 'off'} | SP {'on' if st.sequence_parallel else 'off'} | "
-            f"recompute {st.recompute or 'none'} | seq {st.seq_len} x micro-batch {st.micro_batch}, "
+            f"recompute {st.recompute or 'none'} | "
+            f"{f'fused log-probs (chunk {st.logprob_chunk})' if st.fused_logprobs else 'logits kept'} | "
+            f"seq {st.seq_len} x micro-batch {st.micro_batch}, "
             f"{st.micro_batches} micro-batches/step | GPU {st.gpu_gib:.1f} GiB")
     vl = (f"vLLM: TP {st.vllm_tp}, gpu_memory_utilization {st.vllm_util:.2f}, sleep mode "
           f"{'on' if st.vllm_sleep else 'off'}" if st.vllm else "vLLM: off (native sampler)")
@@ -398,6 +422,8 @@ def setup_from_config(cfg, hf_config, nodes: int, gpus_per_node: int, **kw) -> S
         sequence_parallel=bool(_sel(cfg, "parallel.sequence_parallel", False)),
         recompute=None if rec in (None, "", "none", False) else rec, seq_len=seq, micro_batch=mb,
         micro_batches=max(1, math.ceil(seqs / (mb * dp))), reference=float(_sel(cfg, "algo.beta", 0.1)) > 0,
+        fused_logprobs=bool(_sel(cfg, "model.fused_logprobs", False)),
+        logprob_chunk=int(_sel(cfg, "model.logprob_chunk", 1024)),
         flash=_sel(cfg, "model.spec", "local") == "te", gated_fused=_sel(cfg, "model.spec", "local") == "te",
         vllm=_sel(cfg, "rollout.engine", "native") == "vllm", vllm_tp=int(_sel(cfg, "rollout.tensor_parallel_size", 1)),
         vllm_util=float(_sel(cfg, "rollout.gpu_memory_utilization", 0.4)),

@@ -169,6 +169,32 @@ def test_fp8_rows():
     assert bf16 == fp8p == [0.0, 0.0, 0.0] and fp8[0] == 2 * gemm
 
 
+@pytest.mark.parametrize("cfg, preset, nodes", [("examples/qwen2_5_vl_7b.yaml", "7B", 1),
+                                                 ("examples/qwen2_5_vl_72b.yaml", "72B", 4)])
+def test_fused_logprobs_count_chunk_buffers_only(cfg, preset, nodes):
+    """model.fused_logprobs (on in both examples): the last stage holds [chunk, vocab/tp] buffers (bf16 GEMM output
+    + two fp32 scratches), not the [seq * micro-batch, vocab/tp] bf16 logits."""
+    from omegaconf import OmegaConf
+
+    hf = preset_config(preset)
+    fused = pm.setup_from_config(OmegaConf.load(REPO / cfg), hf, nodes, 8)
+    assert fused.fused_logprobs and fused.logprob_chunk == 1024
+    unfused = pm.Setup(**{**fused.__dict__, "fused_logprobs": False})
+    tokens, v_local = fused.seq_len * fused.micro_batch, hf.text_config.vocab_size / fused.tp
+    assert tokens > 1024
+    assert pm.logits_bytes(fused) == (2 + 4 + 4) * 1024 * v_local
+    assert pm.logits_bytes(unfused) == 2 * tokens * v_local
+    assert pm.logits_bytes(fused) < pm.logits_bytes(unfused)
+    # the plan's last-stage activations differ by exactly that term, the other stages not at all
+    a_f, a_u = pm.plan(fused)["rows"]["activations"], pm.plan(unfused)["rows"]["activations"]
+    assert a_u[-1] - a_f[-1] == pytest.approx(pm.logits_bytes(unfused) - pm.logits_bytes(fused), rel=1e-12)
+    assert a_f[:-1] == a_u[:-1]
+    # a chunk longer than the micro-batch's tokens is one chunk of all tokens
+    assert pm.logits_bytes(pm.Setup(**{**fused.__dict__, "logprob_chunk": 10 ** 9})) == 10 * tokens * v_local
+    with pytest.raises(ValueError, match=r"^model.logprob_chunk=0: must be >= 1 tokens$"):
+        pm.logits_bytes(pm.Setup(**{**fused.__dict__, "logprob_chunk": 0}))
+
+
 @pytest.mark.parametrize("cfg, preset, nodes, rc", [
     ("examples/qwen2_5_vl_72b.yaml", "72B", 4, 0),
     ("examples/qwen2_5_vl_72b.yaml", "72B", 8, 0),
