@@ -107,7 +107,7 @@ def verify(a_dir: str, b_dir: str) -> int:
     """Number of tensors compared; raises AssertionError on the first difference (bitwise, as int16)."""
     import torch
 
-    from dvr1.models.convert import SafetensorsFiles
+    from dvr1.models.safetensors_io import SafetensorsFiles
 
     a, b = SafetensorsFiles(a_dir), SafetensorsFiles(b_dir)  # plain reads: no mmap pages held in RSS
     if set(a.keys()) != set(b.keys()):

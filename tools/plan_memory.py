@@ -30,8 +30,11 @@ Accounting (all per GPU, bytes; GiB = 2**30 bytes):
   (:func:`layer_activation_bytes`; it reduces exactly to Table 2 for the paper's GPT shape, which the tests check).
   1F1B pipeline schedule: stage k keeps min(PP - k, micro-batches) micro-batches in flight (paper §4.2.3). Full
   recompute keeps each layer's input and re-materialises one layer at a time. The last stage adds the final-norm
-  and output-layer inputs and the bf16 logits ``[s, b, vocab/TP]`` kept for the log-prob backward
-  (dvr1.train.inputs uses ``vocab_parallel_logprobs`` on the full logits).
+  and output-layer inputs and the log-prob path's logits (:func:`logits_bytes`): without ``model.fused_logprobs``
+  the bf16 logits ``[s, b, vocab/TP]`` kept for the backward of ``vocab_parallel_logprobs``; with it
+  (``fused_linear_logprobs``, dvr1/parallel/logprobs.py) the logits exist only ``model.logprob_chunk`` tokens at a
+  time: the bf16 ``[chunk, vocab/TP]`` GEMM buffer (kept from forward to backward: the last chunk's logits) and up
+  to two fp32 ``[chunk, vocab/TP]`` scratches (forward: z - max and, for the entropy, exp; backward: dz).
 - vLLM (colocated, one engine per ``rollout.tensor_parallel_size`` GPUs): it claims ``gpu_memory_utilization`` x the
   GPU's memory at start-up (vLLM's own rule: it refuses to start if that much is not free); inside that, weights
   (language model + vision tower) / vLLM-TP, an assumed non-KV reserve (profiled activations + CUDA graphs,
@@ -54,6 +57,10 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository: dvr1
+from dvr1.models.hf_mapping import LMShape  # noqa: E402  (the model's own shape type)
+from dvr1.models.qwen2_5_vl import lm_shape  # noqa: E402  (HF config -> LMShape)
+
 GIB = 2 ** 30
 # memory as nvidia-smi reports it (MiB) for the 80 GB H100 / A100 and the 141 GB H200
 GPUS = {"h100": 81559, "a100-80": 81920, "h200": 143771}
@@ -61,29 +68,6 @@ GPUS = {"h100": 81559, "a100-80": 81920, "h200": 143771}
 
 # ---------------------------------------------------------------------------------------------------------------
 # parameter counts
-
-
-@dataclass(frozen=True)
-class LMShape:
-    """Language-model sizes (Qwen2 decoder). ``head_dim`` = hidden / heads."""
-
-    layers: int
-    hidden: int
-    ffn: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    tied: bool
-
-
-def lm_shape(hf_config) -> LMShape:
-    """From a ``Qwen2_5_VLConfig`` (its ``text_config``)."""
-    t = hf_config.text_config
-    tied = bool(hf_config.tie_word_embeddings or getattr(t, "tie_word_embeddings", False))
-    return LMShape(layers=t.num_hidden_layers, hidden=t.hidden_size, ffn=t.intermediate_size,
-                   heads=t.num_attention_heads, kv_heads=t.num_key_value_heads,
-                   head_dim=t.hidden_size // t.num_attention_heads, vocab=t.vocab_size, tied=tied)
 
 
 def lm_param_counts(m: LMShape) -> dict:
@@ -94,13 +78,13 @@ def lm_param_counts(m: LMShape) -> dict:
     ``layer_sharded``, the ones TE runs in FP8), ``layer_replicated`` (the two RMSNorm weights), ``final_norm``,
     ``output`` (0 when tied), ``total``.
     """
-    h, q, kv = m.hidden, m.heads * m.head_dim, m.kv_heads * m.head_dim
+    h, q, kv = m.hidden_size, m.num_heads * m.head_dim, m.num_kv_heads * m.head_dim
     qkv_out = q + 2 * kv
-    gemm = qkv_out * h + h * q + 2 * m.ffn * h + m.ffn * h
+    gemm = qkv_out * h + h * q + 2 * m.ffn_hidden_size * h + m.ffn_hidden_size * h
     layer_sharded = gemm + qkv_out  # + QKV bias
-    counts = dict(embedding=m.vocab * h, layer_sharded=layer_sharded, layer_gemm=gemm, layer_replicated=2 * h,
-                  final_norm=h, output=0 if m.tied else m.vocab * h)
-    counts["total"] = (counts["embedding"] + m.layers * (layer_sharded + 2 * h) + h + counts["output"])
+    counts = dict(embedding=m.vocab_size * h, layer_sharded=layer_sharded, layer_gemm=gemm, layer_replicated=2 * h,
+                  final_norm=h, output=0 if m.tie_word_embeddings else m.vocab_size * h)
+    counts["total"] = (counts["embedding"] + m.num_layers * (layer_sharded + 2 * h) + h + counts["output"])
     return counts
 
 
@@ -125,19 +109,20 @@ def stage_params(m: LMShape, tp: int, pp: int, stage: int) -> dict:
     holds its own copy of the embedding as the output layer (megatron-core shares it across the first/last stage).
     Raises ValueError for an uneven split or a vocabulary / head count not divisible by TP.
     """
-    if m.layers % pp:
-        raise ValueError(f"parallel.pp={pp} does not divide the model's {m.layers} layers")
-    for name, n in (("vocab", m.vocab), ("heads", m.heads), ("kv_heads", m.kv_heads), ("ffn", m.ffn)):
+    if m.num_layers % pp:
+        raise ValueError(f"parallel.pp={pp} does not divide the model's {m.num_layers} layers")
+    for name, n in (("vocab", m.vocab_size), ("heads", m.num_heads), ("kv_heads", m.num_kv_heads),
+                    ("ffn", m.ffn_hidden_size)):
         if n % tp and not (name == "kv_heads" and tp % n == 0):
             raise ValueError(f"parallel.tp={tp} does not divide the model's {name}={n}")
     c = lm_param_counts(m)
-    per = m.layers // pp
+    per = m.num_layers // pp
     n = per * (c["layer_sharded"] / tp + c["layer_replicated"])
     if stage == 0:
         n += c["embedding"] / tp
     if stage == pp - 1:
         n += c["final_norm"]
-        if not m.tied or pp > 1:
+        if not m.tie_word_embeddings or pp > 1:
             n += c["embedding"] / tp  # output layer (or the tied copy on the last stage)
     return {"params": n, "gemm": per * c["layer_gemm"] / tp}
 
@@ -232,6 +217,8 @@ class Setup:
     micro_batch: int = 1
     micro_batches: int = 64  # per step per DP rank (1F1B in-flight count = min(PP - stage, this))
     reference: bool = True
+    fused_logprobs: bool = False  # model.fused_logprobs: output layer fused into the chunked log-prob reduction
+    logprob_chunk: int = 1024  # model.logprob_chunk: tokens per chunk of the fused reduction
     flash: bool = True  # TE spec: fused attention
     gated_fused: bool = True  # TE spec: fused SwiGLU keeps only the fc1 output
     vllm: bool = True
@@ -248,30 +235,46 @@ class Setup:
         return self.world // (self.tp * self.pp)
 
 
+def logits_bytes(st: Setup) -> float:
+    """Bytes of logits one last-stage GPU holds for the log-prob backward of one micro-batch (16-bit activations).
+
+    Unfused (``vocab_parallel_logprobs`` on the output layer's logits): the logits ``[s, b, vocab/TP]``, 2 bytes
+    each. Fused (``fused_linear_logprobs``): per ``min(logprob_chunk, s*b)`` tokens, the bf16 GEMM buffer (2 bytes,
+    it keeps the last chunk's logits from forward to backward) + two fp32 scratches (4 + 4 bytes: forward's z - max
+    and entropy exp; backward needs one) of ``[chunk, vocab/TP]``. Raises ValueError for a fused chunk < 1.
+    """
+    tokens, v_local = st.seq_len * st.micro_batch, st.shape.vocab_size / st.tp
+    if not st.fused_logprobs:
+        return 2 * tokens * v_local
+    if st.logprob_chunk < 1:
+        raise ValueError(f"model.logprob_chunk={st.logprob_chunk}: must be >= 1 tokens")
+    return (2 + 4 + 4) * min(st.logprob_chunk, tokens) * v_local
+
+
 def _stage_activations(st: Setup, stage: int) -> float:
     m = st.shape
-    per_layer = dict(s=st.seq_len, b=st.micro_batch, h=m.hidden, a=m.heads, t=st.tp, sp=st.sequence_parallel,
-                     kv_heads=m.kv_heads, head_dim=m.head_dim, ffn=m.ffn, gated=True, dropout=False,
+    per_layer = dict(s=st.seq_len, b=st.micro_batch, h=m.hidden_size, a=m.num_heads, t=st.tp, sp=st.sequence_parallel,
+                     kv_heads=m.num_kv_heads, head_dim=m.head_dim, ffn=m.ffn_hidden_size, gated=True, dropout=False,
                      flash=st.flash, fp8=st.fp8)
     stored = layer_activation_bytes(recompute=st.recompute, **per_layer)
     if not st.gated_fused and st.recompute != "full":
-        stored += 2 * st.seq_len * st.micro_batch * m.ffn / st.tp  # unfused SwiGLU also keeps silu(gate)
-    layers = m.layers // st.pp
+        stored += 2 * st.seq_len * st.micro_batch * m.ffn_hidden_size / st.tp  # unfused SwiGLU also keeps silu(gate)
+    layers = m.num_layers // st.pp
     in_flight = max(1, min(st.pp - stage, st.micro_batches))
     total = in_flight * layers * stored
     if st.recompute == "full":  # one layer re-materialised at a time during backward
         total += layer_activation_bytes(recompute=None, **per_layer)
     if stage == st.pp - 1:
-        sb = st.seq_len * st.micro_batch
-        total += 2 * sb * m.hidden / (st.tp if st.sequence_parallel else 1) + 2 * sb * m.hidden  # norm + output in
-        total += 2 * sb * m.vocab / st.tp  # bf16 logits [s, b, vocab/tp] kept for the log-prob backward
+        sb, h = st.seq_len * st.micro_batch, m.hidden_size
+        total += 2 * sb * h / (st.tp if st.sequence_parallel else 1) + 2 * sb * h  # final-norm + output-layer inputs
+        total += logits_bytes(st)
     return total
 
 
 def kv_bytes_per_token(m: LMShape, vllm_tp: int, kv_bytes: int = 2) -> float:
     """vLLM KV cache per token on one GPU: K and V for every layer, the KV heads split over vLLM's TP (replicated
     when TP > kv_heads)."""
-    return 2 * m.layers * max(1, m.kv_heads // vllm_tp) * m.head_dim * kv_bytes
+    return 2 * m.num_layers * max(1, m.num_kv_heads // vllm_tp) * m.head_dim * kv_bytes
 
 
 def plan(st: Setup) -> dict:
@@ -353,7 +356,9 @@ def format_plan(st: Setup, result: dict) -> str:
             f"{st.world} GPUs = TP {st.tp} x PP {st.pp} x DP {st.dp} | {st.dtype}"
             f"{' + FP8' + (' (fp8_param)' if st.fp8_param else '') if st.fp8 else ''} | "
             f"dist-opt {'on' if st.distributed_optimizer else 'off'} | SP {'on' if st.sequence_parallel else 'off'} | "
-            f"recompute {st.recompute or 'none'} | seq {st.seq_len} x micro-batch {st.micro_batch}, "
+            f"recompute {st.recompute or 'none'} | "
+            f"{f'fused log-probs (chunk {st.logprob_chunk})' if st.fused_logprobs else 'logits kept'} | "
+            f"seq {st.seq_len} x micro-batch {st.micro_batch}, "
             f"{st.micro_batches} micro-batches/step | GPU {st.gpu_gib:.1f} GiB")
     vl = (f"vLLM: TP {st.vllm_tp}, gpu_memory_utilization {st.vllm_util:.2f}, sleep mode "
           f"{'on' if st.vllm_sleep else 'off'}" if st.vllm else "vLLM: off (native sampler)")
@@ -417,6 +422,8 @@ def setup_from_config(cfg, hf_config, nodes: int, gpus_per_node: int, **kw) -> S
         sequence_parallel=bool(_sel(cfg, "parallel.sequence_parallel", False)),
         recompute=None if rec in (None, "", "none", False) else rec, seq_len=seq, micro_batch=mb,
         micro_batches=max(1, math.ceil(seqs / (mb * dp))), reference=float(_sel(cfg, "algo.beta", 0.1)) > 0,
+        fused_logprobs=bool(_sel(cfg, "model.fused_logprobs", False)),
+        logprob_chunk=int(_sel(cfg, "model.logprob_chunk", 1024)),
         flash=_sel(cfg, "model.spec", "local") == "te", gated_fused=_sel(cfg, "model.spec", "local") == "te",
         vllm=_sel(cfg, "rollout.engine", "native") == "vllm", vllm_tp=int(_sel(cfg, "rollout.tensor_parallel_size", 1)),
         vllm_util=float(_sel(cfg, "rollout.gpu_memory_utilization", 0.4)),
@@ -445,7 +452,6 @@ def main(argv=None) -> int:
     if a.overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(a.overrides)))
     if a.preset:
-        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         from dvr1.models.presets import preset_config
 
         hf = preset_config(a.preset)

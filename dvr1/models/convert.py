@@ -21,7 +21,7 @@ shards it. Chunk data is produced lazily: for each megatron tensor, one generato
 until the next tensor), so peak memory is about the largest HF tensor plus one TP shard (plus the previous tensor,
 which TP-rank generators that have not advanced yet still reference; tools/bench_convert.py measured 1.6 x the
 largest tensor on a 72B-shaped checkpoint at TP=8). HF tensors are read with plain file reads
-(`SafetensorsFiles`), not safetensors' mmap. DCP validates that the chunks tile every tensor exactly. Tests compare the written ``.metadata`` with megatron's own save at TP=1 and
+(`dvr1.models.safetensors_io.SafetensorsFiles`), not safetensors' mmap. DCP validates that the chunks tile every tensor exactly. Tests compare the written ``.metadata`` with megatron's own save at TP=1 and
 TP=2/PP=2, and load the result with ``dist_checkpointing.load`` at other layouts.
 
 Output directory of HF -> megatron (also a valid ``run_dir`` for :func:`dvr1.train.checkpoint.load_checkpoint`)::
@@ -49,7 +49,6 @@ import json
 import os
 import queue
 import shutil
-import struct
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
@@ -59,6 +58,7 @@ from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, Metadata
 from torch.distributed.checkpoint.planner import SavePlan, TensorWriteData, WriteItem, WriteItemType
 
 from dvr1.models.hf_mapping import LMShape, hf_to_megatron, megatron_to_hf
+from dvr1.models.safetensors_io import SafetensorsFiles
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json", ".msgpack",
                    ".h5")
@@ -66,7 +66,6 @@ VISUAL_FILE = "visual.safetensors"
 CONVERT_INFO = "dvr1_convert.json"
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
-_ST_DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16, "F64": torch.float64}
 
 
 class ConversionError(ValueError):
@@ -144,79 +143,6 @@ def _tqdm(progress: bool, **kw):
     from tqdm import tqdm
 
     return tqdm(disable=not progress, **kw)
-
-
-class SafetensorsFiles:
-    """Tensors of safetensors files read with plain file reads into the process's own memory (no mmap).
-
-    safetensors' ``safe_open(...).get_tensor`` returns tensors backed by a memory map of the file, and every page
-    read stays in the process's resident set while the file is open (measured: reading 4 x 500 MB tensors through
-    one handle adds 2 GB of RssFile); a converter streaming a 72B checkpoint through open handles would report a
-    peak RSS of the checkpoint's size. Here each `get` reads one tensor into a fresh buffer, so memory is that
-    tensor. Format per the safetensors spec: 8-byte little-endian header length, JSON header (dtype, shape,
-    data_offsets relative to the end of the header), data.
-
-    Args:
-        path: directory. files: file names to read (default: those of ``model.safetensors.index.json``, else
-            ``model.safetensors``). Names are accepted in both HF layouts (`canonical_hf_name`).
-    Raises:
-        FileNotFoundError: no safetensors weights in `path`. KeyError (`get`): names the missing tensor.
-        ConversionError: a dtype other than F32/BF16/F16/F64, or a truncated file.
-    """
-
-    def __init__(self, path: str, files: Optional[list[str]] = None):
-        from dvr1.models.hf_mapping import canonical_hf_name
-
-        self.path = path
-        if files is None:
-            index = os.path.join(path, "model.safetensors.index.json")
-            if os.path.isfile(index):
-                with open(index) as f:
-                    files = sorted(set(json.load(f)["weight_map"].values()))
-            elif os.path.isfile(os.path.join(path, "model.safetensors")):
-                files = ["model.safetensors"]
-            else:
-                raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json")
-        self.entries = {}  # canonical name -> (file, data start, info)
-        for fn in files:
-            with open(os.path.join(path, fn), "rb") as f:
-                n = struct.unpack("<Q", f.read(8))[0]
-                header = json.loads(f.read(n))
-            for k, info in header.items():
-                if k != "__metadata__":
-                    self.entries[canonical_hf_name(k)] = (fn, 8 + n, info)
-
-    def keys(self):
-        return self.entries.keys()
-
-    def _entry(self, name: str):
-        if name not in self.entries:
-            raise KeyError(f"{self.path}: tensor {name!r} not found in the checkpoint")
-        fn, base, info = self.entries[name]
-        if info["dtype"] not in _ST_DTYPES:
-            raise ConversionError(f"{self.path}/{fn}: tensor {name!r} has dtype {info['dtype']}, expected one of "
-                                  f"{', '.join(_ST_DTYPES)}")
-        return fn, base, info, _ST_DTYPES[info["dtype"]]
-
-    def meta(self, name: str, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        """A ``meta`` tensor with the shape and dtype (or `dtype`) of `name`; reads nothing."""
-        _, _, info, dt = self._entry(name)
-        return torch.empty(info["shape"], dtype=dtype or dt, device="meta")
-
-    def get(self, name: str) -> torch.Tensor:
-        """`name` as a tensor in freshly allocated memory."""
-        fn, base, info, dt = self._entry(name)
-        start, end = info["data_offsets"]
-        buf = torch.empty(end - start, dtype=torch.uint8)
-        view, got = memoryview(buf.numpy()), 0
-        with open(os.path.join(self.path, fn), "rb", buffering=0) as f:
-            f.seek(base + start)
-            while got < len(view):  # one read() returns at most ~2 GiB on Linux
-                n = f.readinto(view[got:])
-                if not n:
-                    raise ConversionError(f"{self.path}/{fn}: truncated data for tensor {name!r}")
-                got += n
-        return buf.view(dt).reshape(info["shape"])
 
 
 # ---- HF -> megatron ---------------------------------------------------------------------------------------------

@@ -28,13 +28,17 @@ import torch
 
 @dataclass(frozen=True)
 class LMShape:
-    """What the mapping needs to know about the language model."""
+    """The language model's sizes (Qwen2 decoder): what the mapping needs (layers, heads, KV heads, head_dim, tying)
+    and the widths tools/plan_memory.py counts parameters and activations with (hidden, SwiGLU FFN, vocabulary)."""
 
     num_layers: int
     num_heads: int
     num_kv_heads: int
     head_dim: int
     tie_word_embeddings: bool
+    hidden_size: int
+    ffn_hidden_size: int
+    vocab_size: int
 
 
 def canonical_hf_name(name: str) -> str:

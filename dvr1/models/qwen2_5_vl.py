@@ -14,14 +14,14 @@ Shapes: `input_ids` `[batch, seq]` int64; `position_ids` `[3, batch, seq]` int64
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from dvr1.models.hf_mapping import LMShape, canonical_hf_name, hf_to_megatron
+from dvr1.models.hf_mapping import LMShape, hf_to_megatron
+from dvr1.models.safetensors_io import SafetensorsFiles
 
 
 @dataclass
@@ -66,6 +66,7 @@ def vl_info(hf_config) -> VLInfo:
 
 
 def lm_shape(hf_config) -> LMShape:
+    """The language model's `LMShape` from a ``Qwen2_5_VLConfig`` (its ``text_config``)."""
     t = hf_config.text_config
     return LMShape(
         num_layers=t.num_hidden_layers,
@@ -73,6 +74,9 @@ def lm_shape(hf_config) -> LMShape:
         num_kv_heads=t.num_key_value_heads,
         head_dim=t.hidden_size // t.num_attention_heads,
         tie_word_embeddings=bool(hf_config.tie_word_embeddings or getattr(t, "tie_word_embeddings", False)),
+        hidden_size=t.hidden_size,
+        ffn_hidden_size=t.intermediate_size,
+        vocab_size=t.vocab_size,
     )
 
 
@@ -281,51 +285,17 @@ class Qwen25VLPolicy(torch.nn.Module):
 
 # ---- loading -------------------------------------------------------------------------------------------------
 
-class SafetensorsReader:
-    """Lazy tensor access to a HF checkpoint directory (single file or sharded with model.safetensors.index.json).
-
-    `get(name)` accepts release or transformers-5 names and opens only the shard that holds the tensor.
-    """
-
-    def __init__(self, path: str):
-        from safetensors import safe_open
-
-        self.path = path
-        index = os.path.join(path, "model.safetensors.index.json")
-        if os.path.isfile(index):
-            with open(index) as f:
-                weight_map = json.load(f)["weight_map"]
-        elif os.path.isfile(os.path.join(path, "model.safetensors")):
-            with safe_open(os.path.join(path, "model.safetensors"), "pt") as f:
-                weight_map = {k: "model.safetensors" for k in f.keys()}
-        else:
-            raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json")
-        self.weight_map = {canonical_hf_name(k): (k, v) for k, v in weight_map.items()}
-        self._open = {}
-
-    def keys(self):
-        return self.weight_map.keys()
-
-    def get(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
-
-        if name not in self.weight_map:
-            raise KeyError(f"{self.path}: tensor {name!r} not found in the checkpoint")
-        orig, file = self.weight_map[name]
-        if file not in self._open:
-            self._open[file] = safe_open(os.path.join(self.path, file), "pt")
-        return self._open[file].get_tensor(orig)
-
-
 def load_hf_weights(policy: Qwen25VLPolicy, path: str, tp_rank: int = 0, tp_size: int = 1,
                     layer_offset: int = 0) -> None:
     """Copy a HF Qwen2.5-VL checkpoint's weights into `policy` (this TP rank / PP stage), tensor by tensor.
 
     Raises:
         KeyError: a tensor the model needs is missing from the checkpoint.
+        SafetensorsError: a tensor of a dtype other than F32/BF16/F16/F64, or a truncated file (weights are read
+            with plain file reads, `dvr1.models.safetensors_io.SafetensorsFiles`: no mmap is held after loading).
         RuntimeError: a shape mismatch (names the parameter and both shapes), or a model parameter left unset.
     """
-    reader = SafetensorsReader(path)
+    reader = SafetensorsFiles(path)
     params = dict(policy.lm.named_parameters())
     n_local = len(policy.lm.decoder.layers)
     seen = set()

@@ -97,10 +97,7 @@ def plot_run(run_dir: str) -> list[str]:
     fraction of groups with zero reward std per step (DVR1 Fig. 3 left); sft_loss.png; accuracy.png: test accuracy
     per task after SFT and after RL.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from dvr1.plots import figure
 
     out = []
     plots = os.path.join(run_dir, "plots")
@@ -110,20 +107,12 @@ def plot_run(run_dir: str) -> list[str]:
         rows = [r for r in rows if any(k in r for k in keys)]
         if not rows:
             return
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for k in keys:
-            pts = [(r["step"], r[k]) for r in rows if k in r]
-            if pts:
-                ax.plot(*zip(*pts), label=k, marker="." if len(pts) < 60 else None)
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
         path = os.path.join(plots, name)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        with figure(path, figsize=(6, 3.5), dpi=110, xlabel="step", ylabel=ylabel, title=title) as ax:
+            for k in keys:
+                pts = [(r["step"], r[k]) for r in rows if k in r]
+                if pts:
+                    ax.plot(*zip(*pts), label=k, marker="." if len(pts) < 60 else None)
         out.append(path)
 
     rl = read_jsonl(os.path.join(run_dir, "metrics", "rl.jsonl"))
@@ -141,19 +130,14 @@ def plot_run(run_dir: str) -> list[str]:
             evals[stage] = json.load(open(p))
     if evals:
         tasks = sorted({t for e in evals.values() for t in e["per_task"]})
-        fig, ax = plt.subplots(figsize=(7, 3.5))
         width = 0.8 / len(evals)
-        for j, (stage, e) in enumerate(evals.items()):
-            vals = [e["per_task"].get(t, {}).get("accuracy", 0.0) for t in tasks]
-            ax.bar([i + j * width for i in range(len(tasks))], vals, width, label=f"after {stage.upper()}")
-        ax.set_xticks([i + width * (len(evals) - 1) / 2 for i in range(len(tasks))], tasks, fontsize=8)
-        ax.set_ylabel("test accuracy")
-        ax.set_ylim(0, 1)
-        ax.legend()
-        ax.set_title("Accuracy per task type")
-        fig.tight_layout()
         path = os.path.join(plots, "accuracy.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        with figure(path, figsize=(7, 3.5), dpi=110, ylabel="test accuracy", title="Accuracy per task type",
+                    grid=None, legend_fontsize=None) as ax:
+            for j, (stage, e) in enumerate(evals.items()):
+                vals = [e["per_task"].get(t, {}).get("accuracy", 0.0) for t in tasks]
+                ax.bar([i + j * width for i in range(len(tasks))], vals, width, label=f"after {stage.upper()}")
+            ax.set_xticks([i + width * (len(evals) - 1) / 2 for i in range(len(tasks))], tasks, fontsize=8)
+            ax.set_ylim(0, 1)
         out.append(path)
     return out

@@ -1,5 +1,6 @@
-"""Ablation runner (dvr1.ablate): grid expansion, emitted commands, resume-skip through real subprocesses (a fake
-`dvr1` script), aggregation over fabricated run directories with known numbers, report and PNG plots."""
+"""Ablation grids (dvr1.ablate: grid, runner, report): grid expansion, emitted commands, resume-skip through real
+subprocesses (a fake `dvr1` script), aggregation over fabricated run directories with known numbers, report and
+PNG plots."""
 
 import json
 import os
@@ -13,6 +14,7 @@ import pytest
 
 from dvr1 import ablate
 from dvr1.ablate import GridError, aggregate, collect, expand_grid, load_grid
+from dvr1.ablate.report import _curve
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = str(REPO / "examples" / "smoke.yaml")
@@ -274,7 +276,7 @@ def test_aggregate_exact(fabricated):
 
 def test_report_marks_missing_and_writes_pngs(fabricated):
     g, _ = fabricated
-    rep = ablate.report(g)
+    rep = ablate.write_report(g)
     md = rep["markdown"]
     assert ("| grpo | 3/3 | 50.0 ± 10.0 | 70.0 ± 10.0 | 60.0 ± 10.0 | 0.400 ± 0.100 | 0.250 ± 0.250 | 0.417 ± 0.072 "
             "| 11.0 ± 1.0 |  |") in md
@@ -305,10 +307,10 @@ def test_ordering_check_did_not_hold(fabricated):
 def test_curve_mean_min_max_and_smoothing(fabricated):
     g, _ = fabricated
     done = [r for r in collect(g) if r.arm == "grpo"]
-    steps, mean, lo, hi = ablate._curve(done, "reward/mean", smooth=1)
+    steps, mean, lo, hi = _curve(done, "reward/mean", smooth=1)
     assert steps == [1, 2]
     assert mean == pytest.approx([1.0, 1.2]) and lo == pytest.approx([0.9, 1.0]) and hi == pytest.approx([1.1, 1.4])
-    _, mean2, lo2, hi2 = ablate._curve(done, "reward/mean", smooth=2)  # step 2 = mean of steps 1-2 per seed
+    _, mean2, lo2, hi2 = _curve(done, "reward/mean", smooth=2)  # step 2 = mean of steps 1-2 per seed
     assert mean2 == pytest.approx([1.0, (1.1 + 1.25 + 0.95) / 3]) and lo2[1] == pytest.approx(0.95)
 
 

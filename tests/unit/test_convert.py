@@ -23,7 +23,8 @@ from dvr1.models.convert import (
     main,
     param_counts,
 )
-from dvr1.models.qwen2_5_vl import Qwen25VLPolicy, SafetensorsReader, load_hf_config, load_hf_weights
+from dvr1.models.qwen2_5_vl import Qwen25VLPolicy, load_hf_config, load_hf_weights
+from dvr1.models.safetensors_io import SafetensorsFiles
 from tests.distributed.scripts.convert_common import (
     VARIANTS,
     dcp_summary,
@@ -122,7 +123,7 @@ def test_metadata_equals_megatron_save_at_tp1(ckpts, tmp_path):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_hf_megatron_hf_is_bit_identical(ckpts, variant):
     hf, _, back = ckpts[variant]
-    a, b = SafetensorsReader(hf), SafetensorsReader(back)
+    a, b = SafetensorsFiles(hf), SafetensorsFiles(back)
     assert set(a.keys()) == set(b.keys())
     for k in a.keys():
         x, y = a.get(k), b.get(k)
@@ -159,7 +160,7 @@ def test_dtype_cast_round_trip(ckpts, tmp_path):
     s = dcp_summary(os.path.join(conv, "ckpt", "step_0", "dist"))
     assert {v[1] for v in s.values() if v != "bytes"} == {torch.bfloat16}
     convert_megatron_to_hf(conv, back, progress=False)
-    a, b = SafetensorsReader(hf), SafetensorsReader(back)
+    a, b = SafetensorsFiles(hf), SafetensorsFiles(back)
     for k in a.keys():
         if k.startswith("visual."):  # the vision tower is carried as-is
             assert torch.equal(a.get(k), b.get(k)), k

@@ -47,8 +47,8 @@ def test_stages_add_up(name, pp):
     for tp in (1, 2, 4):
         total = sum(pm.stage_params(shape, tp, pp, k)["params"] for k in range(pp))
         # every TP rank holds 1/tp of the split parameters and all of the replicated (norm) ones
-        replicated = shape.layers * c["layer_replicated"] + c["final_norm"]
-        extra = c["embedding"] if shape.tied else 0  # tied: the last stage keeps its own copy of the embedding
+        replicated = shape.num_layers * c["layer_replicated"] + c["final_norm"]
+        extra = c["embedding"] if shape.tie_word_embeddings else 0  # tied: the last stage keeps its own copy of the embedding
         assert total * tp == pytest.approx((c["total"] + extra - replicated) + tp * replicated, rel=1e-12)
 
 
@@ -167,6 +167,32 @@ def test_fp8_rows():
     fp8p = pm.plan(_setup(fp8=True, fp8_param=True))["rows"]["FP8 weight copies"]
     gemm = pm.stage_params(pm.lm_shape(preset_config("72B")), 8, 4, 0)["gemm"]
     assert bf16 == fp8p == [0.0, 0.0, 0.0] and fp8[0] == 2 * gemm
+
+
+@pytest.mark.parametrize("cfg, preset, nodes", [("examples/qwen2_5_vl_7b.yaml", "7B", 1),
+                                                 ("examples/qwen2_5_vl_72b.yaml", "72B", 4)])
+def test_fused_logprobs_count_chunk_buffers_only(cfg, preset, nodes):
+    """model.fused_logprobs (on in both examples): the last stage holds [chunk, vocab/tp] buffers (bf16 GEMM output
+    + two fp32 scratches), not the [seq * micro-batch, vocab/tp] bf16 logits."""
+    from omegaconf import OmegaConf
+
+    hf = preset_config(preset)
+    fused = pm.setup_from_config(OmegaConf.load(REPO / cfg), hf, nodes, 8)
+    assert fused.fused_logprobs and fused.logprob_chunk == 1024
+    unfused = pm.Setup(**{**fused.__dict__, "fused_logprobs": False})
+    tokens, v_local = fused.seq_len * fused.micro_batch, hf.text_config.vocab_size / fused.tp
+    assert tokens > 1024
+    assert pm.logits_bytes(fused) == (2 + 4 + 4) * 1024 * v_local
+    assert pm.logits_bytes(unfused) == 2 * tokens * v_local
+    assert pm.logits_bytes(fused) < pm.logits_bytes(unfused)
+    # the plan's last-stage activations differ by exactly that term, the other stages not at all
+    a_f, a_u = pm.plan(fused)["rows"]["activations"], pm.plan(unfused)["rows"]["activations"]
+    assert a_u[-1] - a_f[-1] == pytest.approx(pm.logits_bytes(unfused) - pm.logits_bytes(fused), rel=1e-12)
+    assert a_f[:-1] == a_u[:-1]
+    # a chunk longer than the micro-batch's tokens is one chunk of all tokens
+    assert pm.logits_bytes(pm.Setup(**{**fused.__dict__, "logprob_chunk": 10 ** 9})) == 10 * tokens * v_local
+    with pytest.raises(ValueError, match=r"^model.logprob_chunk=0: must be >= 1 tokens$"):
+        pm.logits_bytes(pm.Setup(**{**fused.__dict__, "logprob_chunk": 0}))
 
 
 @pytest.mark.parametrize("cfg, preset, nodes, rc", [

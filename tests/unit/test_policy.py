@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dvr1.data.processing import normalize_frames, num_video_tokens, patchify
-from dvr1.models.qwen2_5_vl import Qwen25VLPolicy, SafetensorsReader, load_hf_config, load_hf_weights
+from dvr1.models.qwen2_5_vl import Qwen25VLPolicy, load_hf_config, load_hf_weights
+from dvr1.models.safetensors_io import SafetensorsFiles
 from dvr1.models.rope import get_rope_index
 from dvr1.models.tiny import make_tiny_checkpoint
 from dvr1.models.tokenizer import chat_prompt
@@ -137,7 +138,7 @@ def test_hf_megatron_hf_round_trip_is_bit_identical(checkpoints):
         policy = Qwen25VLPolicy(load_hf_config(path))
         load_hf_weights(policy, path)
         back = state_for_hf(policy)
-        reader = SafetensorsReader(path)
+        reader = SafetensorsFiles(path)
         assert set(back) == set(reader.keys()), set(back) ^ set(reader.keys())
         for k in back:
             assert torch.equal(back[k], reader.get(k)), k

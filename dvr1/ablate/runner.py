@@ -1,0 +1,180 @@
+"""Running an ablation grid: the `dvr1` command lines of the shared SFT and of every run, emitted for a cluster
+(`emit`) or executed here one subprocess at a time (`run_grid`), with a record per run so a rerun resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Callable, Optional
+
+from dvr1.ablate.grid import RUN_RECORD, Grid, GridError, Run, check_configs, expand_grid, read_record
+
+
+# ---- commands --------------------------------------------------------------------------------------------------
+
+def _launcher(grid: Grid, launcher: Optional[str], local: bool) -> list[str]:
+    text = launcher or grid.launcher
+    if text:
+        return shlex.split(text)
+    return [sys.executable if local else "python", "-m", "dvr1.cli"]
+
+
+def sft_commands(grid: Grid, launcher: list[str]) -> list[tuple[str, list[str]]]:
+    """[(stage, argv)] of the shared SFT stage: `sft` (unless `sft.init`) and `eval --name sft` (if `sft.eval`)."""
+    ov = grid.overrides + grid.sft_overrides + [f"run_dir={grid.sft_dir}"]
+    out = []
+    if not grid.sft_init:
+        out.append(("sft", launcher + ["sft", "-c", grid.base] + ov))
+    if grid.sft_eval:
+        out.append(("eval_sft", launcher + ["eval", "-c", grid.base, "--model", grid.sft_hf, "--name", "sft"] + ov))
+    return out
+
+
+def run_commands(grid: Grid, run: Run, launcher: list[str]) -> list[tuple[str, list[str]]]:
+    """[("train", argv), ("eval", argv)] of one run."""
+    return [("train", launcher + ["train", "-c", grid.base, "--init", grid.sft_hf] + run.overrides),
+            ("eval", launcher + ["eval", "-c", grid.base, "--model", run.hf_dir, "--name", "rl"] + run.overrides)]
+
+
+def emit(grid: Grid, fmt: str, launcher: Optional[str] = None) -> str:
+    """Shell text for a cluster. fmt="commands": the SFT lines, then one line per run (skipped when its eval JSON
+    exists). fmt="sbatch": a Slurm array script, one task per run, to submit after the SFT job (header says how).
+    Raises GridError for another fmt."""
+    lw = _launcher(grid, launcher, local=False)
+    sft = " && ".join(shlex.join(c) for _, c in sft_commands(grid, lw)) or "true"
+    lines = []
+    for r in expand_grid(grid):
+        train, ev = (shlex.join(c) for _, c in run_commands(grid, r, lw))
+        lines.append(f"test -f {shlex.quote(r.eval_path)} || {{ {train} && {ev}; }}")
+    n = len(lines)
+    if fmt == "commands":
+        head = [f"# dvr1 ablation grid {grid.name!r}: {n} runs ({len(grid.arms)} arms x {len(grid.seeds)} seeds)",
+                "# shared SFT (run first):", sft, "# runs (independent of each other):"]
+        return "\n".join(head + lines) + "\n"
+    if fmt != "sbatch":
+        raise GridError(f"--emit {fmt!r}: must be one of commands, sbatch")
+    opts = {"job-name": f"dvr1-{grid.name}", "output": os.path.join(grid.out, "slurm-%A_%a.out")}
+    opts.update({str(k): v for k, v in grid.slurm.items()})
+    script = ["#!/bin/bash",
+              f"# dvr1 ablation grid {grid.name!r}: {n} runs, one array task each ({len(grid.arms)} arms x "
+              f"{len(grid.seeds)} seeds).",
+              "# 1) the shared SFT:  jid=$(sbatch --parsable " + " ".join(
+                  shlex.quote(f"--{k}={v}") for k, v in grid.slurm.items()) + " --wrap " + shlex.quote(sft) + ")",
+              "# 2) this array:      sbatch --dependency=afterok:$jid THIS_FILE",
+              f"#SBATCH --array=0-{n - 1}"]
+    script += [f"#SBATCH --{k}={v}" for k, v in opts.items()]
+    script += ["set -euo pipefail", f"mkdir -p {shlex.quote(grid.out)}", "RUNS=("]
+    script += [f"  {shlex.quote(l)}" for l in lines]
+    script += [")", 'echo "dvr1 ablation task ${SLURM_ARRAY_TASK_ID}: ${RUNS[$SLURM_ARRAY_TASK_ID]}"',
+               'eval "${RUNS[$SLURM_ARRAY_TASK_ID]}"']
+    return "\n".join(script) + "\n"
+
+
+# ---- local execution --------------------------------------------------------------------------------------------
+
+def _write_record(run_dir: str, rec: dict) -> None:
+    os.makedirs(run_dir, exist_ok=True)
+    tmp = os.path.join(run_dir, RUN_RECORD + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(rec, f, indent=1)
+    os.replace(tmp, os.path.join(run_dir, RUN_RECORD))
+
+
+def check_resume(grid: Grid) -> None:
+    """A run directory made with other overrides or another SFT init must not be resumed or skipped as if it were
+    this grid's. Raises GridError naming the run directory and both override lists (or both init paths)."""
+    for r in expand_grid(grid):
+        rec = read_record(r.run_dir)
+        if rec is not None and rec.get("overrides") != r.overrides:
+            raise GridError(f"{r.run_dir}: made with overrides {rec.get('overrides')} but the grid now gives "
+                            f"{r.overrides}; use another --out or delete the run directory")
+        if rec is not None and rec.get("init", grid.sft_hf) != grid.sft_hf:
+            raise GridError(f"{r.run_dir}: trained from {rec['init']} but the grid now starts from {grid.sft_hf}; "
+                            "use another --out or delete the run directory")
+
+
+def _execute(argv: list[str], log_path: str) -> tuple[int, float]:
+    """Run `argv` (cwd = this process's cwd), appending stdout+stderr to `log_path`. Returns (rc, wall seconds)."""
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    t0 = time.time()
+    with open(log_path, "a") as f:
+        f.write(f"\n$ {shlex.join(argv)}\n")
+        f.flush()
+        rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT).returncode
+    return rc, time.time() - t0
+
+
+def _ckpt_step(run_dir: str) -> Optional[str]:
+    p = os.path.join(run_dir, "rl", "ckpt", "latest")
+    return open(p).read().strip() if os.path.exists(p) else None
+
+
+def run_sft(grid: Grid, launcher: Optional[str] = None, echo: Callable[[str], None] = print) -> None:
+    """The shared SFT stage (skipped when the SFT checkpoint / eval_sft.json exist). Raises GridError if it fails:
+    every run depends on it."""
+    for stage, argv in sft_commands(grid, _launcher(grid, launcher, local=True)):
+        done = (os.path.join(grid.sft_hf, "model.safetensors") if stage == "sft"
+                else os.path.join(grid.sft_dir, "eval_sft.json"))
+        if os.path.exists(done):
+            echo(f"[ablate] {stage}: {done} exists, skipping")
+            continue
+        echo(f"[ablate] {stage}: {shlex.join(argv)}")
+        rc, wall = _execute(argv, os.path.join(grid.sft_dir, "ablate.log"))
+        if rc != 0:
+            raise GridError(f"{grid.path}: shared {stage} failed (exit {rc}); see {grid.sft_dir}/ablate.log")
+        echo(f"[ablate] {stage}: done in {wall / 60:.1f} min")
+    if not os.path.exists(os.path.join(grid.sft_hf, "config.json")):
+        raise GridError(f"{grid.path}: sft.init: {grid.sft_hf} is not a HF checkpoint directory")
+
+
+def run_grid(grid: Grid, launcher: Optional[str] = None, arms: Optional[list[str]] = None,
+             seeds: Optional[list[int]] = None, echo: Callable[[str], None] = print) -> list[dict]:
+    """Execute the grid locally, one subprocess at a time: the shared SFT, then every run's train and eval.
+
+    Skips runs whose eval JSON exists; evaluates without training when `rl/hf` exists; otherwise trains (resuming
+    from `rl/ckpt` when there). A failing stage is recorded in `<run_dir>/ablate_run.json` (status
+    "failed:<stage>", exit code, wall seconds) and the grid continues. Returns one record per run (dict with arm,
+    seed, status: done | skipped | failed:train | failed:eval).
+    Raises GridError for an invalid config (checked first), a run dir made with other overrides, or a failed SFT.
+    """
+    check_configs(grid)
+    check_resume(grid)
+    for a in arms or []:
+        if a not in grid.arms:
+            raise GridError(f"--arms: {a!r} is not an arm of {grid.path} ({', '.join(grid.arms)})")
+    run_sft(grid, launcher, echo)
+    lw = _launcher(grid, launcher, local=True)
+    todo = [r for r in expand_grid(grid) if (not arms or r.arm in arms) and (seeds is None or r.seed in seeds)]
+    out = []
+    for i, r in enumerate(todo):
+        tag = f"[ablate {i + 1}/{len(todo)}] {r.arm} seed {r.seed}"
+        if os.path.exists(r.eval_path):
+            echo(f"{tag}: {r.eval_path} exists, skipping")
+            out.append({"arm": r.arm, "seed": r.seed, "status": "skipped"})
+            continue
+        rec = read_record(r.run_dir) or {"arm": r.arm, "seed": r.seed, "overrides": r.overrides,
+                                            "init": grid.sft_hf, "attempts": []}
+        status = "done"
+        for stage, argv in run_commands(grid, r, lw):
+            if stage == "train" and os.path.exists(os.path.join(r.hf_dir, "model.safetensors")):
+                echo(f"{tag}: {r.hf_dir} exists, evaluating only")
+                continue
+            step = _ckpt_step(r.run_dir) if stage == "train" else None
+            echo(f"{tag}: {stage}" + (f" (resuming from RL step {step})" if step else ""))
+            rc, wall = _execute(argv, os.path.join(r.run_dir, "ablate.log"))
+            rec["attempts"].append({"stage": stage, "rc": rc, "wall_s": wall, "resumed_from": step,
+                                    "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - wall))})
+            if rc != 0:
+                status = f"failed:{stage}"
+                echo(f"{tag}: {stage} FAILED (exit {rc}); log: {os.path.join(r.run_dir, 'ablate.log')}")
+                break
+            echo(f"{tag}: {stage} done in {wall / 60:.1f} min")
+        rec["status"] = status
+        _write_record(r.run_dir, rec)
+        out.append({"arm": r.arm, "seed": r.seed, "status": status})
+    return out
+
