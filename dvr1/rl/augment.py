@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
+from decimal import Decimal
 
 from dvr1.data.noise import add_frame_noise, mask_frames
 from dvr1.rl.rewards import parse_choice
 
-__all__ = ["add_frame_noise", "make_hint", "mask_frames", "select_trace", "split_sentences"]
+__all__ = ["add_frame_noise", "hint_sentence_count", "make_hint", "mask_frames", "normalise", "select_trace",
+           "split_sentences"]
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 _ANY_TAG = re.compile(r"</?\s*(?:think|answer|glue)\s*>", re.IGNORECASE)
 _ANSWER_TAG = re.compile(r"<\s*/?\s*answer", re.IGNORECASE)
-_NUMBER = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+# Numbers with optional thousands commas ("1,024") and fraction; compared by exact decimal value.
+_NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+")
 _OPTION_PREFIX = re.compile(r"^\s*(?:\(\s*[A-Z]\s*\)|\[\s*[A-Z]\s*\]|[A-Z]\s*[.):])\s*")
+_NON_WORD = re.compile(r"[\W_]+")
+_TAG_TAIL = 16  # > len("< / answer"): the longest answer-tag start once whitespace is collapsed
 
 
 def select_trace(responses: list[str], accuracies: list[float], rewards: list[float]) -> str | None:
@@ -55,60 +61,76 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()]
 
 
-def _word(text: str, flags: int = 0) -> re.Pattern:
-    return re.compile(rf"(?<![A-Za-z0-9]){re.escape(text)}(?![A-Za-z0-9])", flags)
+def normalise(text: str) -> str:
+    """Leak-matching form of ``text``: NFKC, case-folded, every run of non-alphanumeric characters (punctuation,
+    ``_``, whitespace) replaced by one space, wrapped in single spaces (``" a red cup "``), so a whole-word phrase
+    test is ``normalise(phrase) in normalise(sentence)``. ``"A Red-Cup."`` → ``" a red cup "``; ``""`` → ``" "``."""
+    return f" {' '.join(_NON_WORD.sub(' ', unicodedata.normalize('NFKC', text).casefold()).split())} "
 
 
-def _leak_checks(answer: str, options: list[str] | None):
-    """Predicates ``sentence -> bool`` (True = leaks the answer)."""
-    checks = [lambda s: _ANSWER_TAG.search(s) is not None]
-    letter = parse_choice(answer)
-    if letter is not None:
-        exact = _word(letter)  # case-sensitive standalone letter: "B", "(B)", "option B", "B."
-        named = re.compile(
-            rf"(?:option|choice|answer)\s*(?:is\s*)?[:\-]?\s*[(\[]?\s*{letter}\s*[)\]]?(?![A-Za-z0-9])"
-            rf"|[(\[]\s*{letter}\s*[)\]]",
-            re.IGNORECASE,
-        )  # "option b", "(b)"
-        checks += [lambda s: exact.search(s) is not None, lambda s: named.search(s) is not None]
-        idx = ord(letter) - ord("A")
-        if options and idx < len(options):
-            option_text = _OPTION_PREFIX.sub("", options[idx], count=1).strip()
+def _numbers(text: str) -> set[Decimal]:
+    return {Decimal(n.replace(",", "")) for n in _NUMBER.findall(text)}
+
+
+class _Leaks:
+    """Leak test of ALGORITHMS §4 for one answer (rules in ``make_hint``): ``leaks(sentence) -> bool``, and
+    ``across(tokens)`` for a phrase spanning the junction of two kept sentences."""
+
+    def __init__(self, answer: str, options: list[str] | None):
+        self.numbers: set[Decimal] = set()
+        letter = parse_choice(answer)
+        if letter is not None:
+            texts = [letter, _OPTION_PREFIX.sub("", answer.strip(), count=1)]
+            idx = ord(letter) - ord("A")
+            if options and idx < len(options) and isinstance(options[idx], str):
+                texts.append(_OPTION_PREFIX.sub("", options[idx], count=1))
         else:
-            option_text = _OPTION_PREFIX.sub("", answer.strip(), count=1).strip()
-            option_text = "" if option_text == letter else option_text
-        if option_text:
-            text_pat = _word(option_text, re.IGNORECASE)
-            checks.append(lambda s: text_pat.search(s) is not None)
-    else:
-        # Numeric, free-text or grounding answers: the answer string itself and every number in it.
-        text = answer.strip().strip("[]()").strip()
-        if text:
-            text_pat = _word(text, re.IGNORECASE)
-            checks.append(lambda s: text_pat.search(s) is not None)
-        numbers = {float(n) for n in _NUMBER.findall(answer)}
-        if numbers:
-            checks.append(lambda s: any(float(n) in numbers for n in _NUMBER.findall(s)))
-    return checks
+            # Numeric, free-text or grounding answers: the answer itself and every number in it.
+            texts = [answer]
+            self.numbers = _numbers(answer)
+        self.phrases = [t for t in dict.fromkeys(map(normalise, texts)) if t.strip()]  # " a red cup "
+        self.width = max((len(t.split()) for t in self.phrases), default=0)  # longest phrase, in tokens
+
+    def __call__(self, sentence: str) -> bool:
+        if _ANSWER_TAG.search(sentence):
+            return True
+        norm = normalise(sentence)
+        if any(phrase in norm for phrase in self.phrases):
+            return True
+        return bool(self.numbers) and not self.numbers.isdisjoint(_numbers(sentence))
+
+    def across(self, tokens: list[str]) -> bool:
+        joined = f" {' '.join(tokens)} "
+        return any(phrase in joined for phrase in self.phrases)
+
+
+def hint_sentence_count(n: int, level: int, max_level: int) -> int:
+    """Sentences a level-``level`` hint may hold out of ``n`` (ALGORITHMS §4: the first ``level / (L+1)`` fraction):
+    ``floor(n · level / (L + 1))`` in integer arithmetic — never more than the fraction, so ``level = L`` still
+    withholds at least the last ``1/(L+1)`` and a short trace can give 0 sentences at low levels."""
+    return n * level // (max_level + 1)
 
 
 def make_hint(trace: str, level: int, max_level: int, answer: str, options: list[str] | None = None) -> str:
     """Partial-trace hint for a difficulty decrease (ALGORITHMS §4).
 
-    Steps: take the ``<think>`` part of ``trace`` (the whole trace when it has none); split it into sentences
-    (``split_sentences``); drop every sentence that LEAKS the answer (below); keep the first
-    ``ceil(n · level / (max_level + 1))`` of the n remaining sentences (ceil, so at least one sentence when
-    ``level >= 1`` and one survives; ``level = max_level`` still withholds the last ~1/(L+1)); join with spaces.
+    Steps: take the ``<think>`` part of ``trace`` (the whole trace when it has none); split it into its n sentences
+    (``split_sentences``; a piece that is only tags does not count); take the PREFIX of the first
+    ``hint_sentence_count(n, level, max_level) = floor(n · level / (max_level + 1))`` of them; drop from that
+    prefix every sentence that LEAKS the answer (below) — dropped sentences are not replaced by later ones, so
+    the hint never reaches past the §4 fraction of the trace; join with spaces.
 
     No-leak rule — a sentence is dropped when it contains:
-      * an ``<answer>`` / ``</answer>`` tag (any case);
-      * for a choice answer (``answer`` parses as option letter X): X as a standalone token, case-sensitive
-        (``"B"``, ``"(B)"``, ``"option B"``, ``"B."``), or ``"option x"``/``"(x)"`` in any case, or the answer
-        option's text (``options[X]`` without its ``"X."`` prefix, or the text after the letter in ``answer``),
-        case-insensitive, as whole words;
-      * otherwise (numeric, free text, grounding segment): the answer string (brackets stripped), case-insensitive,
-        as whole words, or any number equal in value to a number of the answer (``"3"`` matches ``3.0``).
-    Remaining ``<think>``/``<glue>`` tags are removed and whitespace runs collapsed to one space.
+      * an ``<answer>`` / ``</answer>`` tag (any case, also unclosed ``"<answer"``);
+      * for a choice answer (``answer`` parses as option letter X): X as a standalone token in ANY case
+        (``"B"``, ``"(b)"``, ``"option B"``, ``"I pick b."``, ``"b) red"``), or the answer option's text
+        (``options[X]`` without an ``"X."`` prefix, and the text after the letter in ``answer``);
+      * otherwise (numeric, free text, grounding segment): the answer string, or any number equal in value to a
+        number of the answer (``"3"`` matches ``3.0``, ``"1024"`` matches ``"1,024"``).
+    Phrases are matched as whole words after ``normalise`` (case, punctuation and whitespace ignored: option text
+    ``"a red cup."`` matches ``"I see a Red  cup!"``). For answer A this drops every sentence with the article
+    ``"a"`` — over-dropping is the safe side of the no-leak rule. Remaining ``<think>``/``<glue>`` tags are
+    removed and whitespace runs collapsed to one space.
 
     Args:
         trace: a successful response (``select_trace``); level: guidance level in [0, max_level] (0 → ``""``);
@@ -122,8 +144,25 @@ def make_hint(trace: str, level: int, max_level: int, answer: str, options: list
         raise ValueError(f"make_hint: level must be an int in [0, {max_level}], got {level!r}")
     if not isinstance(trace, str) or not isinstance(answer, str):
         raise ValueError("make_hint: trace and answer must be strings")
-    checks = _leak_checks(answer, options)
-    sentences = [" ".join(_ANY_TAG.sub(" ", s).split()) for s in split_sentences(_think_part(trace))]
-    clean = [s for s in sentences if s and not any(check(s) for check in checks)]
-    keep = math.ceil(len(clean) * level / (max_level + 1))
-    return " ".join(clean[:keep])
+    leaks = _Leaks(answer, options)
+    sentences = []  # (raw, cleaned)
+    for raw in split_sentences(_think_part(trace)):
+        cleaned = " ".join(_ANY_TAG.sub(" ", raw).split())
+        if cleaned:
+            sentences.append((raw, cleaned))
+    prefix = sentences[: hint_sentence_count(len(sentences), level, max_level)]
+    kept: list[str] = []
+    tail_tokens: list[str] = []  # the hint's last (width - 1) normalised tokens
+    tail_text = ""  # the hint's last characters, enough for a split "< / answer"
+    for raw, cleaned in prefix:
+        if leaks(raw) or leaks(cleaned):
+            continue
+        tokens = normalise(cleaned).split()
+        # A phrase or tag may also form across the junction with the kept text ("red." + "Cup is here.").
+        if (tail_tokens and leaks.across(tail_tokens + tokens)) or _ANSWER_TAG.search(f"{tail_text} {cleaned}"):
+            continue
+        kept.append(cleaned)
+        tail_tokens = (tail_tokens + tokens)[-(leaks.width - 1) :] if leaks.width > 1 else []
+        tail_text = f"{tail_text} {cleaned}"[-_TAG_TAIL:]
+    return " ".join(kept)
+

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable
 
-__all__ = ["Decision", "DifficultyController", "RewardHistory"]
+__all__ = ["Decision", "DifficultyController", "RewardHistory", "round_half_up"]
 
 
 def _finite_floats(fn: str, values: Iterable[float]) -> list[float]:
@@ -27,6 +27,14 @@ def _finite_floats(fn: str, values: Iterable[float]) -> list[float]:
             raise ValueError(f"{fn}: value [{k}] is not finite: {v!r}")
         out.append(f)
     return out
+
+
+def round_half_up(x: float) -> int:
+    """``x`` (finite, >= 0) rounded to the nearest integer, ties UP (0.5 → 1, 2.5 → 3; Python's ``round`` would give
+    0 and 2). Exact: ``x - floor(x)`` is computed without rounding error for every double, so no value below a tie
+    rounds up (``floor(x + 0.5)`` gives 1 for 0.49999999999999994 because the sum rounds to 1.0)."""
+    whole = math.floor(x)
+    return whole + (1 if x - whole >= 0.5 else 0)
 
 
 class RewardHistory:
@@ -83,7 +91,7 @@ class Decision:
     Attributes:
         direction: ``"decrease"`` (hard: add a hint), ``"increase"`` (easy: perturb the video) or ``"none"``.
         delta: Δ_R = r_ref − group-mean reward (0.0 when no reference exists yet).
-        guide_level: hint level ``min(floor(|Δ_R| + 0.5) + 1, L)`` (round half up) for ``"decrease"``; 1 under
+        guide_level: hint level ``min(round_half_up(|Δ_R|) + 1, L)`` (ties up) for ``"decrease"``; 1 under
             ``scale="fixed"``; 0 for other directions.
         perturb_level: noise level ``|Δ_R| + 1`` (float, uncapped) for ``"increase"``; 1.0 under ``scale="fixed"``;
             0.0 for other directions.
@@ -120,7 +128,7 @@ class DifficultyController:
         delta = r_ref - mean_reward
         mag = abs(delta)
         if delta > cfg.margin and cfg.directions in ("both", "down"):
-            level = 1 if cfg.scale == "fixed" else min(math.floor(mag + 0.5) + 1, cfg.max_level)
+            level = 1 if cfg.scale == "fixed" else min(round_half_up(mag) + 1, cfg.max_level)
             return Decision("decrease", delta, int(level), 0.0)
         if delta < -cfg.margin and cfg.directions in ("both", "up"):
             return Decision("increase", delta, 0, 1.0 if cfg.scale == "fixed" else mag + 1.0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 
 __all__ = [
     "accuracy_reward",
@@ -31,31 +32,47 @@ __all__ = [
 ]
 
 _TAGS = re.compile(r"</?\s*(?:think|answer|glue)\s*>", re.IGNORECASE)
+_FORMAT_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+_GLUE_TAGS = ("<glue>", "</glue>")
 # Unsigned decimal number: negatives are rejected by construction, "nan"/"inf" never match.
 _NUM = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_UNIT = r"(?:\s*(?:s|sec|secs|second|seconds))?"
+_UNIT = r"(?: ?(?:seconds|second|secs|sec|s)\b)?"
+# Matched against whitespace-collapsed text (every run of whitespace is one space), so each " ?" takes at most one
+# character and the match is linear-time.
 _SEGMENT = re.compile(
-    rf"^\s*[\[(]?\s*({_NUM}){_UNIT}\s*(?:,|-|–|—|to)\s*({_NUM}){_UNIT}\s*[\])]?\s*$", re.IGNORECASE
+    rf"^([\[(])? ?({_NUM}){_UNIT} ?(?:,|-|–|—|to) ?({_NUM}){_UNIT} ?([\])])?{_UNIT}$", re.IGNORECASE
 )
-_PAIR = rf"\(\s*{_NUM}\s*,\s*{_NUM}\s*\)"
-_GLUE_BODY = re.compile(rf"^\s*\[\s*{_PAIR}(?:\s*,\s*{_PAIR})*\s*\]\s*$")
-_PAIR_CAPTURE = re.compile(rf"\(\s*({_NUM})\s*,\s*({_NUM})\s*\)")
-_FORMAT_PLAIN = re.compile(r"^\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*$", re.DOTALL)
-_FORMAT_GROUNDED = re.compile(
-    r"^\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*<glue>(.*?)</glue>\s*$", re.DOTALL
-)
-# Option letter: "B", "B.", "B)", "B:", "(B)", "[B]", "B. text", "(B) text"; with a prefix ("Option B", "Answer: B",
-# "The answer is (B)") the letter may also be followed by a space.
+_BRACKETS = {"[": "]", "(": ")"}
+# One "(s, e)" of a glue list and what follows it: "," (another pair) or the end. Matched pair by pair from a moving
+# position (no repetition operator, so no backtracking across pairs).
+_GLUE_PAIR = re.compile(rf" ?\( ?({_NUM}) ?, ?({_NUM}) ?\) ?(,|$)")
+# Option letter: "B", "B.", "B)", "B:", "(B)", "[B]", "B. text", "(B) text", "B (text)", "B - text"; with a prefix
+# ("Option B", "Answer: B", "The answer is (B)") the letter may also be followed by a space.
 _CHOICE_PREFIX = re.compile(
     r"^(?:the\s+)?(?:correct\s+)?(?:answer|option|choice)\s*(?:is\s*)?[:\-]?\s*", re.IGNORECASE
 )
-_CHOICE_BARE = re.compile(r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=$|[.):,]))")
-_CHOICE_AFTER_PREFIX = re.compile(r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=$|[.):,\s]))")
-_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
+_CHOICE_BARE = re.compile(r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=$|[.):,;]| ?[(\[\-–—]| (?i:or|and)\b))")
+_CHOICE_AFTER_PREFIX = re.compile(r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=$|[.):,;\s]))")
+# A further option named after the first one: "(C)"/"[C]" or "option C" anywhere, or a letter in list position
+# (right after the first, or after ",", ";", "/", "&", "or", "and") that ends there ("B, C, D", "B or C", "B. C.").
+_OTHER_CHOICE = re.compile(
+    r"[(\[] ?([A-Z]) ?[)\]]"
+    r"|(?i:\b(?:option|choice)) ?([A-Z])(?![A-Za-z0-9])"
+    r"|(?:^|[,;/&]|(?i:\b(?:or|and|vs)\b))[ .]?([A-Z])(?=$| ?[.):,;/&]|(?i: (?:or|and|vs)\b))"
+)
+_CHOICE_SEP = re.compile(r"^[ .):\-–—]*")
+_DECIMAL = re.compile(r"^[+-]?(?:\d{1,3}(?:,\d{3})+(?:\.\d*)?|\d+(?:\.\d*)?|\.\d+)$")
+# A number that overflows float64 (|x| > 1.8e308, i.e. more than 309 integer digits or close) is malformed; the digit
+# bound rejects huge strings before converting them.
+_MAX_INT_DIGITS = 309
 
 
 def _is_str(text) -> bool:
     return isinstance(text, str)
+
+
+def _blank(text: str) -> bool:
+    return not text or text.isspace()
 
 
 def format_reward(text: str, grounded: bool = False) -> float:
@@ -64,22 +81,34 @@ def format_reward(text: str, grounded: bool = False) -> float:
     Args:
         text: the full decoded response (prompt excluded). Non-strings score 0.
         grounded: also require a trailing ``<glue>[(s, e), ...]</glue>`` block whose body is a non-empty list of
-            pairs of unsigned decimal numbers (seconds).
+            pairs of unsigned decimal numbers (seconds), each finite with ``start <= end`` (``parse_glue``).
     Returns:
         1.0 iff the WHOLE response (surrounding whitespace allowed) is ``<think>…</think>\\s*<answer>…</answer>``
         (plus the glue block when ``grounded``), each tag occurs exactly once (no nested or repeated tags), and the
         answer is non-empty after stripping; else 0.0.
+
+    Linear time: one scan for tag-like tokens (``</?\\s*(think|answer|glue)\\s*>``, any case); the response is
+    well-formed iff those tokens are exactly the expected tags, in order and spelled exactly, with only whitespace
+    between ``</think>`` and ``<answer>`` (and ``</answer>`` and ``<glue>``) and around the whole.
     """
     if not _is_str(text):
         return 0.0
-    m = (_FORMAT_GROUNDED if grounded else _FORMAT_PLAIN).match(text)
-    if m is None:
+    expected = _FORMAT_TAGS + (_GLUE_TAGS if grounded else ())
+    tags = []
+    for m in _TAGS.finditer(text):
+        if len(tags) == len(expected) or m.group(0) != expected[len(tags)]:
+            return 0.0
+        tags.append(m)
+    if len(tags) != len(expected):
         return 0.0
-    if any(_TAGS.search(part) for part in m.groups()):  # nested or repeated tags
+    gaps = [(0, tags[0].start()), (tags[1].end(), tags[2].start()), (tags[-1].end(), len(text))]
+    if grounded:
+        gaps.append((tags[3].end(), tags[4].start()))
+    if not all(_blank(text[i:j]) for i, j in gaps):
         return 0.0
-    if not m.group(2).strip():
+    if _blank(text[tags[2].end() : tags[3].start()]):
         return 0.0
-    if grounded and not _GLUE_BODY.match(m.group(3)):
+    if grounded and _parse_glue_body(text[tags[4].end() : tags[5].start()]) is None:
         return 0.0
     return 1.0
 
@@ -106,10 +135,15 @@ def parse_choice(text: str) -> str | None:
     """Option letter ``"A"``–``"Z"`` of a multiple-choice answer, or ``None``.
 
     Args:
-        text: the answer content (e.g. ``"B"``, ``"B."``, ``"(B)"``, ``"B. a red cup"``, ``"Option B"``,
-            ``"The answer is (B)"``). If it contains an ``<answer>`` block, the last block's content is used.
+        text: the answer content (e.g. ``"B"``, ``"B."``, ``"(B)"``, ``"B. a red cup"``, ``"B (a red cup)"``,
+            ``"B - a red cup"``, ``"Option B"``, ``"The answer is (B)"``). If it contains an ``<answer>`` block, the
+            last block's content is used.
     Letters are upper case only: ``"a cat"`` is free text, not option A; a bare letter must be followed by the end,
-    ``.``, ``)``, ``:`` or ``,`` (so ``"A cat"`` is not option A either).
+    ``.``, ``)``, ``:``, ``,``, ``;``, a ``(``/``[``/dash, or ``or``/``and`` (so ``"A cat"`` is not option A either).
+    An answer naming MORE than one option (ALGORITHMS §10: ``"B or C"``, ``"B, C, D"``, ``"Option B or option C"``,
+    ``"(B) (C)"``, ``"B. C."``) is ``None``: a hedge is wrong. A further option counts when it is ``(X)``/``[X]`` or
+    ``option X`` anywhere, or a letter standing alone in list position (after the first letter, ``,``, ``;``, ``/``,
+    ``&``, ``or``, ``and``, ``vs``); naming the same letter twice is one option.
     """
     if not _is_str(text):
         return None
@@ -117,67 +151,117 @@ def parse_choice(text: str) -> str | None:
         text = parse_answer(text)
         if text is None:
             return None
-    text = text.strip()
+    text = " ".join(text.split())
     prefix = _CHOICE_PREFIX.match(text)
     if prefix:
-        m = _CHOICE_AFTER_PREFIX.match(text[prefix.end() :])
+        rest = text[prefix.end() :]
+        m = _CHOICE_AFTER_PREFIX.match(rest)
     else:
-        m = _CHOICE_BARE.match(text)
+        rest = text
+        m = _CHOICE_BARE.match(rest)
     if m is None:
         return None
-    return next(g for g in m.groups() if g is not None)
+    letter = next(g for g in m.groups() if g is not None)
+    tail = rest[m.end() :]
+    tail = tail[_CHOICE_SEP.match(tail).end() :]
+    for other in _OTHER_CHOICE.finditer(tail):
+        if next(g for g in other.groups() if g is not None) != letter:
+            return None
+    return letter
 
 
 def _finite(*values: float) -> bool:
     return all(math.isfinite(v) for v in values)
 
 
+def _span(start: str, end: str) -> tuple[float, float] | None:
+    """``(start, end)`` floats of two unsigned decimal strings, or ``None`` when non-finite (overflow) or reversed."""
+    s, e = float(start), float(end)
+    if not _finite(s, e) or s > e:
+        return None
+    return (s, e)
+
+
 def parse_segment(text: str) -> tuple[float, float] | None:
     """One time segment ``(start, end)`` in seconds, or ``None``.
 
-    Accepts ``"[1.5, 3]"``, ``"(1.5,3.0)"``, ``"1.5-3.0"``, ``"1.5 to 3.0"``, ``"1.5s - 3s"`` (optional unit
-    ``s``/``sec``/``seconds``). Rejects negatives, NaN/inf (also numbers that overflow to inf), and REVERSED segments
-    (``start > end`` → ``None``: a reversed segment is a malformed prediction, not swapped silently). A zero-length
-    segment (``start == end``) is accepted; its IoU with a positive-length segment is 0.
+    Accepts ``"[1.5, 3]"``, ``"(1.5,3.0)"``, ``"1.5-3.0"``, ``"1.5 to 3.0"``, ``"1.5s - 3s"``, ``"[2, 5] seconds"``
+    (optional unit ``s``/``sec``/``secs``/``second``/``seconds`` after each number or after the closing bracket;
+    any whitespace). Brackets must be a matched ``[…]`` or ``(…)`` pair or absent (``"[2,5"`` → ``None``). Rejects
+    negatives, NaN/inf (also numbers that overflow to inf, e.g. 400 digits), and REVERSED segments (``start > end``
+    → ``None``: a reversed segment is a malformed prediction, not swapped silently). A zero-length segment
+    (``start == end``) is accepted; its IoU with a positive-length segment is 0.
     """
     if not _is_str(text):
         return None
-    m = _SEGMENT.match(text)
+    m = _SEGMENT.match(" ".join(text.split()))
     if m is None:
         return None
-    start, end = float(m.group(1)), float(m.group(2))
-    if not _finite(start, end) or start > end:
+    open_, close = m.group(1), m.group(4)
+    if (open_ is None) != (close is None) or (open_ is not None and _BRACKETS[open_] != close):
         return None
-    return (start, end)
+    return _span(m.group(2), m.group(3))
+
+
+def _parse_glue_body(body: str) -> list[tuple[float, float]] | None:
+    """``[(s, e), ...]`` (non-empty, any whitespace) → segments, or ``None`` (malformed, negative, non-finite,
+    reversed). Linear time."""
+    body = " ".join(body.split())
+    if not (body.startswith("[") and body.endswith("]")):
+        return None
+    inner, pos, out = body[1:-1], 0, []
+    while True:
+        m = _GLUE_PAIR.match(inner, pos)
+        if m is None:
+            return None
+        span = _span(m.group(1), m.group(2))
+        if span is None:
+            return None
+        out.append(span)
+        if not m.group(3):
+            return out
+        pos = m.end()
 
 
 def parse_glue(text: str) -> list[tuple[float, float]] | None:
     """Segments of the LAST ``<glue>[(s, e), ...]</glue>`` block (seconds), or ``None`` when absent or malformed
-    (any pair negative, non-finite or reversed makes the whole block ``None``)."""
+    (any pair negative, non-finite — including numbers that overflow float64 — or reversed makes the whole block
+    ``None``)."""
     body = _last_block(text, "glue")
-    if body is None or not _GLUE_BODY.match(body):
+    return None if body is None else _parse_glue_body(body)
+
+
+def _parse_decimal(text: str) -> Decimal | None:
+    """The exact ``Decimal`` of a number string (see ``parse_number``), or ``None``."""
+    if not _is_str(text):
         return None
-    out = []
-    for s, e in _PAIR_CAPTURE.findall(body):
-        start, end = float(s), float(e)
-        if not _finite(start, end) or start > end:
-            return None
-        out.append((start, end))
-    return out
+    s = text.strip()
+    if s.endswith(".") and len(s) > 1 and not s.endswith(".."):
+        s = s[:-1]
+    if not _DECIMAL.match(s):
+        return None
+    value = Decimal(s.replace(",", ""))
+    if value.adjusted() >= _MAX_INT_DIGITS or not math.isfinite(float(value)):  # overflows float64
+        return None
+    return value
 
 
 def parse_number(text: str) -> float | None:
-    """A single decimal number (thousands commas and one trailing period allowed, e.g. ``"1,024."``), or ``None``;
-    non-finite values are ``None``."""
-    if not _is_str(text):
-        return None
-    s = text.strip().replace(",", "")
-    if s.endswith(".") and len(s) > 1:
-        s = s[:-1]
-    if not _NUMBER.match(s):
-        return None
-    value = float(s)
-    return value if math.isfinite(value) else None
+    """A single decimal number, or ``None``.
+
+    Accepted: an optional sign, digits with an optional fraction (``"2.675"``, ``".5"``, ``"3."``), thousands
+    commas only in groups of three (``"1,024"``; ``"1,0,2,4"`` and ``"10,24"`` are ``None``), and one trailing
+    period (``"1,024."``). No exponents; values that overflow float64 are ``None``.
+    """
+    value = _parse_decimal(text)
+    return None if value is None else float(value)
+
+
+def _round_half_up(value: Decimal, ndigits: int) -> Decimal:
+    """``value`` rounded to ``ndigits`` decimals, ties away from zero, exactly (no binary rounding)."""
+    with localcontext() as ctx:
+        ctx.prec = _MAX_INT_DIGITS + abs(ndigits) + 2
+        return value.quantize(Decimal(1).scaleb(-ndigits), rounding=ROUND_HALF_UP)
 
 
 def _normalise_text(text: str) -> list[str]:
@@ -210,8 +294,9 @@ def accuracy_reward(text: str, answer: str, kind: str = "choice", ndigits: int =
         text: full response; its last ``<answer>`` content is graded (missing → 0.0).
         answer: the ground-truth key: an option letter (``"B"``, ``"(B)"``, ``"B. text"``) for ``"choice"``, a
             number for ``"numeric"``, a string for ``"text"``/``"rouge"``.
-        kind: ``"choice"`` (letters equal), ``"numeric"`` (``round(pred, ndigits) == round(gt, ndigits)``, the
-            Video-R1 rule), ``"text"`` (equal after lower-casing and removing punctuation/extra spaces), or
+        kind: ``"choice"`` (letters equal; an answer naming several options is wrong), ``"numeric"`` (equal after
+            rounding both to ``ndigits`` decimals, ALGORITHMS §10; parsed as exact decimals and rounded half up, so
+            ``"2.675"`` rounds to ``2.68`` — binary floats would give 2.67), ``"text"`` (equal after lower-casing and removing punctuation/extra spaces), or
             ``"rouge"`` (ROUGE-L F1 partial credit ∈ [0, 1]).
     Returns: 1.0 / 0.0 (or the ROUGE-L F1 for ``"rouge"``).
     Raises:
@@ -228,11 +313,11 @@ def accuracy_reward(text: str, answer: str, kind: str = "choice", ndigits: int =
             raise ValueError(f"accuracy_reward: answer {answer!r} is not an option letter A-Z")
         return 1.0 if pred is not None and parse_choice(pred) == key else 0.0
     if kind == "numeric":
-        key = parse_number(answer)
+        key = _parse_decimal(answer)
         if key is None:
             raise ValueError(f"accuracy_reward: answer {answer!r} is not a finite number")
-        value = parse_number(pred) if pred is not None else None
-        return 1.0 if value is not None and round(value, ndigits) == round(key, ndigits) else 0.0
+        value = _parse_decimal(pred) if pred is not None else None
+        return 1.0 if value is not None and _round_half_up(value, ndigits) == _round_half_up(key, ndigits) else 0.0
     if pred is None:
         return 0.0
     if kind == "text":

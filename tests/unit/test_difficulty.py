@@ -5,7 +5,7 @@ import json
 import pytest
 
 from dvr1.config import ConfigError, DAAugConfig, load_config
-from dvr1.rl.difficulty import Decision, DifficultyController, RewardHistory
+from dvr1.rl.difficulty import Decision, DifficultyController, RewardHistory, round_half_up
 
 
 def _ctl(history_values=(), window=100, **cfg):
@@ -57,6 +57,25 @@ def test_branches_adaptive_relative():
     assert d[4].guide_level == 3  # round(1.6)+1 = 3 = max_level
     # history pushed AFTER the decisions
     assert len(h) == 7 and h.mean() == pytest.approx((2.0 + 0.0 + 1.9 + 1.0 + 0.4 - 0.6) / 7)
+
+
+@pytest.mark.parametrize(
+    "x,n",
+    [(0.0, 0), (0.5, 1), (1.5, 2), (2.5, 3), (3.5, 4), (0.49999999999999994, 0), (1.4999999999999998, 1),
+     (2.4999999999999996, 2), (0.5000000000000001, 1), (2.0**52 - 0.5, 2**52), (2.0**53, 2**53)],
+)
+def test_round_half_up_ties_and_neighbours(x, n):
+    # issue 19 item 8: ties go UP (Python's round gives 0, 2, 2, 4 for 0.5, 1.5, 2.5, 3.5) and the double just below a
+    # tie goes down (floor(x + 0.5) gives 1 for 0.49999999999999994: the sum rounds to 1.0)
+    assert round_half_up(x) == n
+
+
+def test_guide_level_tie_exact():
+    # Δ = r_ref − mean is exact here (0.5, 1.5, 2.5, 0.5 - 2**-54): levels round(Δ) + 1 with ties up, capped at L = 5
+    ctl, _ = _ctl(reference="absolute", r_ref=3.0, max_level=5)
+    assert [d.guide_level for d in ctl.assess([2.5, 1.5, 0.5])] == [2, 3, 4]
+    ctl, _ = _ctl(reference="absolute", r_ref=0.49999999999999994, max_level=5)
+    assert ctl.assess([0.0])[0] == Decision("decrease", 0.49999999999999994, 1, 0.0)
 
 
 def test_level_rounding_and_cap():

@@ -1,6 +1,7 @@
 """Rule-based rewards (ALGORITHMS §6)."""
 
 import math
+import time
 
 import pytest
 
@@ -73,6 +74,68 @@ def test_format_grounded():
     assert parse_glue(GOOD) is None
 
 
+@pytest.mark.parametrize(
+    "glue",
+    ["[(5, 2)]", "[(0, 1), (5, 2)]", "[(0, " + "9" * 400 + ")]", "[(" + "1" * 400 + ", " + "2" * 400 + ")]",
+     "[(-1, 2)]", "[(nan, 2)]", "[(1, inf)]", "[(1, 2),]", "[(1, 2) (3, 4)]", "[(1, 2)"],
+)
+def test_format_grounded_malformed_spans_issue19(glue):
+    # issue 19 item 4: reversed, non-finite (overflowing) and negative spans make the grounded format 0
+    text = f"<think>t</think><answer>B</answer><glue>{glue}</glue>"
+    assert format_reward(text, grounded=True) == 0.0
+    assert parse_glue(text) is None
+    s = score_response(text, "grounded_qa", "B", [1.0, 2.0])
+    assert s == {"format": 0.0, "accuracy": 1.0, "iou": 0.0, "total": 1.0}
+
+
+def test_format_grounded_whitespace():
+    text = "<think>t</think>\n<answer>B</answer>\n<glue>\n[ (1 , 2) ,\n (3,4) ]\n</glue>\n"
+    assert format_reward(text, grounded=True) == 1.0
+    assert parse_glue(text) == [(1.0, 2.0), (3.0, 4.0)]
+
+
+def test_accuracy_hedged_choice_issue19():
+    # issue 19 item 3: a hedge naming several options scores 0 for key B; one option plus its text scores 1
+    for hedge in ["Answer: B or C", "B, C, D", "Option B or option C", "(B) (C)", "B. C.", "B or C"]:
+        assert accuracy_reward(f"<think>t</think><answer>{hedge}</answer>", "B") == 0.0, hedge
+    for one in ["B (a red cup)", "B - a red cup", "Option B", "B. a red cup"]:
+        assert accuracy_reward(f"<think>t</think><answer>{one}</answer>", "B") == 1.0, one
+
+
+def _best_time(fn, text, repeat=5):
+    best = math.inf
+    for _ in range(repeat):
+        t0 = time.process_time()  # CPU time: other processes on a loaded machine do not count
+        fn(text)
+        best = min(best, time.process_time() - t0)
+    return best
+
+
+PATHOLOGICAL = {
+    # the issue's quadratic format regex: every "</think>" is a candidate end of the think block
+    "format": (lambda n: "<think>" + "a</think> <answer>" * (n // 18), format_reward),
+    "format_grounded": (
+        lambda n: "<think>t</think><answer>B</answer><glue>[" + "(1, 2), " * (n // 8), lambda t: format_reward(t, True)
+    ),
+    # whitespace runs: "^\\s*[\\[(]?\\s*" tried every split of a long run
+    "segment": (lambda n: " " * n + "x", parse_segment),
+    "grounding": (lambda n: "<answer>[1" + " " * n + ",</answer>", lambda t: score_response(t, "grounding", "", [1, 2])),
+    "choice": (lambda n: "<answer>B" + " or, (" * (n // 6) + "</answer>", parse_choice),
+    "number": (lambda n: "<answer>" + "1,000" * (n // 5) + "</answer>", lambda t: score_response(t, "numeric", "1")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PATHOLOGICAL))
+def test_parsers_linear_time_issue19(name):
+    # issue 19 item 7: 7.6 s on a 208 KB response before. Linear time: 4x the input costs < 8x the time (quadratic
+    # would be 16x), and a 200 KB input stays far under 0.5 s even on a loaded machine.
+    make, fn = PATHOLOGICAL[name]
+    small, large = make(50_000), make(200_000)
+    t_small, t_large = _best_time(fn, small), _best_time(fn, large)
+    assert t_large < 0.5, f"{name}: {t_large:.3f} s on {len(large)} characters"
+    assert t_large < 8 * max(t_small, 1e-3), f"{name}: {t_small:.4f} s -> {t_large:.4f} s for 4x the input"
+
+
 def test_parse_answer():
     assert parse_answer(GOOD) == "B"
     assert parse_answer("<answer> first </answer> <answer> last </answer>") == "last"
@@ -109,6 +172,26 @@ def test_parse_answer():
         ("Optional", None),
         ("12", None),
         ("<answer>B", None),
+        # issue 19 item 3: the letter followed by its option text in brackets or after a dash
+        ("B (a red cup)", "B"),
+        ("B - a red cup", "B"),
+        ("B – a red cup", "B"),
+        ("B. A red cup", "B"),  # "A" is the article of the option text, not a second option
+        ("B. The U.S. flag", "B"),
+        ("Option B (B)", "B"),  # the same option twice is one option
+        ("B, B", "B"),
+        # ...and an answer naming more than one option is a hedge: None (ALGORITHMS §10)
+        ("Answer: B or C", None),
+        ("B, C, D", None),
+        ("Option B or option C", None),
+        ("(B) (C)", None),
+        ("B. C.", None),
+        ("B or C", None),
+        ("B and C", None),
+        ("B,C", None),
+        ("B/C", None),
+        ("B. a red cup or C. a blue cup", None),
+        ("The answer is B, not C", "B"),  # "not C" is not in list position
     ],
 )
 def test_parse_choice(text, letter):
@@ -135,6 +218,17 @@ def test_parse_choice(text, letter):
         ("between 1 and 2", None),
         ("", None),
         (None, None),
+        # issue 19 item 4
+        ("[2, 5] seconds", (2.0, 5.0)),
+        ("[2,5]s", (2.0, 5.0)),
+        ("2.0 to 5.0", (2.0, 5.0)),
+        ("2 s to 5 s", (2.0, 5.0)),
+        ("[ 2 ,\n\t 5 ]", (2.0, 5.0)),
+        ("[2,5", None),  # unclosed
+        ("2,5]", None),
+        ("[2, 5)", None),  # mismatched
+        ("[" + "9" * 400 + ", " + "9" * 401 + "]", None),
+        ("[1.5, 3] seconds later", None),
     ],
 )
 def test_parse_segment(text, seg):
@@ -147,6 +241,17 @@ def test_parse_number():
     assert parse_number("three") is None
     assert parse_number("1e999") is None
     assert parse_number("nan") is None
+
+
+@pytest.mark.parametrize(
+    "text,value",
+    [("1,024", 1024.0), ("-1,234,567.5", -1234567.5), ("12,345.", 12345.0), (".5", 0.5), ("+3.", 3.0),
+     ("1,0,2,4", None), ("10,24", None), ("1,02", None), (",100", None), ("1,,000", None), ("1..", None),
+     ("9" * 308, float("9" * 308)), ("9" * 309, None), ("", None), (None, None)],
+)
+def test_parse_number_thousands_groups(text, value):
+    # issue 19 item 5: commas only as thousands separators in groups of three ("1,0,2,4" is not 1024)
+    assert parse_number(text) == value
 
 
 def test_accuracy_choice():
@@ -171,6 +276,17 @@ def test_accuracy_numeric_and_text():
     assert accuracy_reward(r("three"), "3", "numeric") == 0.0
     with pytest.raises(ValueError, match=r"accuracy_reward: answer 'x' is not a finite number"):
         accuracy_reward(r("3"), "x", "numeric")
+    assert accuracy_reward(r("1,0,2,4"), "1024", "numeric") == 0.0
+    assert accuracy_reward(r("1,024"), "1024", "numeric") == 1.0
+    # issue 19 item 5: exact decimal rounding to 2 places, ties up (binary floats round 2.675 down to 2.67)
+    assert accuracy_reward(r("2.675"), "2.68", "numeric") == 1.0
+    assert accuracy_reward(r("2.665"), "2.67", "numeric") == 1.0
+    assert accuracy_reward(r("1.005"), "1.01", "numeric") == 1.0
+    assert accuracy_reward(r("2.6749999"), "2.68", "numeric") == 0.0
+    assert accuracy_reward(r("-2.675"), "-2.68", "numeric") == 1.0  # ties away from zero
+    assert accuracy_reward(r("3.005"), "3", "numeric") == 0.0  # 3.01 != 3.00
+    assert accuracy_reward(r("9" * 300), "9" * 300 + ".001", "numeric") == 1.0  # exact at any magnitude
+    assert accuracy_reward(r("9" * 400), "3", "numeric") == 0.0
     assert accuracy_reward(r("A Red, cup!"), "a red cup", "text") == 1.0
     assert accuracy_reward(r("a blue cup"), "a red cup", "text") == 0.0
     # ROUGE-L: LCS("the red cup", "a red cup") = 2 → P = R = 2/3 → F1 = 2/3.
