@@ -137,6 +137,17 @@ def sample_frame_indices(
         raise ValueError(f"num_total must be >= 1, got {num_total}")
     if not video_fps > 0:
         raise ValueError(f"video_fps must be > 0, got {video_fps}")
+    n = _frame_count(num_total, num_total / video_fps, num_frames, fps, max_frames, min_frames)
+    return np.linspace(0, num_total - 1, n).round().astype(np.int64).tolist()
+
+
+def _frame_count(num_total: int, seconds: float, num_frames, fps, max_frames: int, min_frames: int) -> int:
+    """The sampled frame count of :func:`sample_frame_indices` for a clip of ``num_total`` frames lasting
+    ``seconds`` (``num_total / video_fps`` there, the clip's duration in time for a variable frame rate)."""
+    if num_frames is not None and fps is not None:
+        raise ValueError("num_frames and fps are mutually exclusive")
+    if num_total < 1:
+        raise ValueError(f"num_total must be >= 1, got {num_total}")
     lo = max(TEMPORAL_PATCH, _even_ceil(min_frames))
     hi = _even_floor(max_frames)
     if hi < lo:
@@ -153,8 +164,8 @@ def sample_frame_indices(
         if cap < lo:
             n = lo
         else:
-            n = _even_floor(min(max(num_total / video_fps * fps, lo), cap))
-    return np.linspace(0, num_total - 1, n).round().astype(np.int64).tolist()
+            n = _even_floor(min(max(seconds * fps, lo), cap))
+    return n
 
 
 def is_constant_rate(times: list[float]) -> bool:
@@ -217,8 +228,7 @@ def select_frames(
     if not (last_duration is not None and last_duration > 0):
         last_duration = span / (num_total - 1)
     duration = span + last_duration
-    # the count: sample_frame_indices' rule with ``num_total / video_fps`` replaced by the duration
-    n = len(sample_frame_indices(num_total, num_total / duration, num_frames, fps, max_frames, min_frames))
+    n = _frame_count(num_total, duration, num_frames, fps, max_frames, min_frames)  # duration for N / video_fps
     targets = np.linspace(t[0], t[-1], n)
     right = np.searchsorted(t, targets, side="left").clip(1, num_total - 1)  # first frame at or after the target
     left = right - 1
