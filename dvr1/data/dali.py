@@ -3,8 +3,9 @@
 The same clip goes through the same steps as the PyAV path (:func:`dvr1.data.pyav.load_frames_pyav`, then
 :func:`dvr1.data.processing.normalize_frames`, then :func:`dvr1.data.noise.add_frame_noise` / ``mask_frames``):
 
-1. probe (PyAV demux only, no decoding): frame count, fps, codec, size, packet timestamps;
-2. frame indices from :func:`dvr1.data.video_io.sample_frame_indices` (identical indices by construction);
+1. probe (PyAV demux only, no decoding): frame count, fps, codec, size, packet timestamps, header;
+2. frame indices from :func:`dvr1.data.video_io.select_frames` on the frame times (identical indices to the PyAV
+   backend by construction: DALI reads by frame index, the probe turns target times into indices);
 3. ``fn.decoders.video`` on the file's bytes (external source) with ``frames=indices`` (device ``cpu``, or
    ``mixed`` = NVDEC on a GPU);
 4. ``fn.resize`` (cubic, antialiased, uint8 result, as the HF processors resize uint8 images) to
@@ -22,9 +23,9 @@ Install: ``nvidia-dali-cuda120==2.4.0`` (runs without a GPU with ``device_id=Non
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ import torch
 from dvr1.data.noise import check_fraction, check_noise_level, masked_frame_indices
 from dvr1.data.processing import MAX_PIXELS, MIN_PIXELS, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PATCH_SIZE, MERGE_SIZE
 from dvr1.data.processing import smart_resize
-from dvr1.data.video_io import NormalizedClip, VideoClip, VideoError, sample_frame_indices, video_stream
+from dvr1.data.video_io import (NormalizedClip, StreamInfo, VideoClip, VideoError, check_truncated, probe_stream,
+                                select_frames)
 
 log = logging.getLogger(__name__)
 
@@ -48,47 +50,23 @@ class CodecUnsupported(VideoError):
     Message: ``"{path}: codec {codec} is not readable by DALI's CPU video decoder"``."""
 
 
-@dataclass
-class ProbeInfo:
-    """Stream facts read by demuxing (no decoding).
-
-    Attributes:
-        num_frames: non-empty video packets (= decoded frames for VP8/VP9/MJPEG/H.264 streams).
-        fps: average frame rate (frames per second).
-        codec: FFmpeg codec name (``"vp9"``, ``"h264"``, ...).
-        width, height: frame size in pixels.
-        times: presentation time of each frame in seconds from the first, in presentation order ``[num_frames]``.
-    """
-
-    num_frames: int
-    fps: float
-    codec: str
-    width: int
-    height: int
-    times: list[float]
+ProbeInfo = StreamInfo  # the demux facts DALI's pipelines are fed from (dvr1.data.video_io.StreamInfo)
 
 
-def probe(path: str | os.PathLike) -> ProbeInfo:
-    """Read frame count, fps, codec, size and frame times of ``path``'s first video stream by demuxing.
+def probe(path: str | os.PathLike) -> StreamInfo:
+    """Frame count, fps, codec (DALI's names: ``libvpx-vp9`` -> ``vp9``), size, frame times and the header of
+    ``path``'s first video stream, by demuxing (:func:`dvr1.data.video_io.probe_stream`).
 
-    The frame count is always the number of non-empty packets (the PyAV backend prefers the header's count).
+    The frame count is the number of non-empty packets (what DALI's decoder indexes).
 
     Raises:
         VideoError: ``"{path}: {reason}"`` for a missing, unreadable or empty file, or an unknown frame rate.
     """
     path = os.fspath(path)
-    with video_stream(path) as (container, stream, rate):
-        codec = stream.codec_context.name
-        pts = [p.pts for p in container.demux(stream) if p.size]
-        if stream.time_base is not None and all(p is not None for p in pts):
-            ts = sorted(float(p * stream.time_base) for p in pts)
-            times = [t - ts[0] for t in ts]
-        else:
-            times = [i / rate for i in range(len(pts))]
-        info = ProbeInfo(len(pts), rate, _CODEC_ALIASES.get(codec, codec), stream.width, stream.height, times)
+    info = probe_stream(path)
     if info.num_frames == 0:
         raise VideoError(f"{path}: no frames")
-    return info
+    return dataclasses.replace(info, codec=_CODEC_ALIASES.get(info.codec, info.codec))
 
 
 def default_device() -> str:
@@ -257,33 +235,40 @@ def _dali_reason(exc: Exception) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _sample(info: ProbeInfo, num_frames, fps, max_frames) -> tuple[list[int], list[float], float]:
-    indices = sample_frame_indices(info.num_frames, info.fps, num_frames, fps, max_frames)
-    return indices, [info.times[i] for i in indices], info.num_frames / info.fps
+def _sample(path: str, info: StreamInfo, num_frames, fps, max_frames,
+            strict: bool) -> tuple[list[int], list[float], float]:
+    """The PyAV backend's frame choice (:func:`dvr1.data.video_io.select_frames` on the demuxed frame times: DALI
+    reads by frame index, so timestamps become indices here), their times, the duration; truncation is checked."""
+    indices, duration = select_frames(info.times, info.fps, num_frames, fps, max_frames,
+                                      last_duration=info.last_duration)
+    check_truncated(path, info, info.num_frames, duration, strict)
+    return indices, [info.times[i] for i in indices], duration
 
 
 def load_frames_dali(path: str | os.PathLike, num_frames: int | None = None, fps: float | None = None,
-                     max_frames: int = 32, device: str | None = None, num_threads: int = 1) -> VideoClip:
+                     max_frames: int = 32, device: str | None = None, num_threads: int = 1,
+                     strict: bool = False) -> VideoClip:
     """DALI counterpart of :func:`dvr1.data.pyav.load_frames_pyav` (``dvr1.data.video.load_frames(...,
     backend="dali")`` calls it and decodes with PyAV on :class:`CodecUnsupported`).
 
-    Same frame indices (:func:`dvr1.data.video_io.sample_frame_indices` on the demuxed frame count and fps) and
-    the same return type; pixels differ from PyAV's by the decoders' YUV->RGB conversion (see
-    tests/unit/test_dali.py).
+    Same frame indices (:func:`dvr1.data.video_io.select_frames` on the demuxed frame times and fps: by
+    presentation time, the index rule for a constant frame rate) and the same return type; pixels differ from
+    PyAV's by the decoders' YUV->RGB conversion (see tests/unit/test_dali.py). ``strict``: raise on a truncated
+    file (:func:`dvr1.data.video_io.check_truncated`) instead of warning.
 
     Returns:
         :class:`VideoClip` with frames uint8 ``[T, H, W, 3]`` (a CPU numpy array, also after a GPU decode).
 
     Raises:
         CodecUnsupported: on CPU, a codec outside :data:`CPU_CODECS` (one log line per file).
-        VideoError: ``"{path}: {reason}"`` for a missing, unreadable, corrupt or empty video.
+        VideoError: ``"{path}: {reason}"`` for a missing, unreadable, corrupt, empty or (strict) truncated video.
         ValueError: bad sampling arguments.
     """
     path = os.fspath(path)
     device = device or default_device()
     info = probe(path)
     _check_codec(path, info.codec, device)
-    indices, times, duration = _sample(info, num_frames, fps, max_frames)
+    indices, times, duration = _sample(path, info, num_frames, fps, max_frames, strict)
     pipe = get_pipeline("decode", device, 1, num_threads)
     frames = _decode(pipe, path, data=[_read_bytes(path)], frames=[indices])
     return VideoClip(frames.cpu().numpy(), indices, times, info.fps, duration)
@@ -293,7 +278,7 @@ def load_video_dali(path: str | os.PathLike, num_frames: int | None = None, fps:
                     max_frames: int = 32, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS,
                     sigma0: float = 0.0, level: float = 0.0, mask_fraction: float = 0.0,
                     generator: torch.Generator | None = None, device: str | None = None, num_threads: int = 1,
-                    seed: int = 0) -> NormalizedClip:
+                    seed: int = 0, strict: bool = False) -> NormalizedClip:
     """Decode, sample, resize, normalise and DA-Aug-augment one clip in DALI (the full pipeline).
 
     Equivalent to ``normalize_frames(load_frames_pyav(...).frames)`` then ``add_frame_noise(v, sigma0, level)`` and
@@ -307,14 +292,15 @@ def load_video_dali(path: str | os.PathLike, num_frames: int | None = None, fps:
     Args:
         path: a video file; num_frames, fps, max_frames: as :func:`dvr1.data.video_io.sample_frame_indices`;
         min_pixels, max_pixels: resize area bounds (pixels); sigma0 >= 0 (normalised units), level >= 0;
-        mask_fraction in [0, 1]; device: ``"cpu"``/``"gpu"``/None (auto); seed: DALI pipeline seed.
+        mask_fraction in [0, 1]; device: ``"cpu"``/``"gpu"``/None (auto); seed: DALI pipeline seed;
+        strict: raise on a truncated file instead of warning.
 
     Returns:
         :class:`dvr1.data.video_io.NormalizedClip` with video float32 ``[T, 3, H', W']``, backend ``"dali"``.
 
     Raises:
         CodecUnsupported: on CPU, a codec outside :data:`CPU_CODECS` (one log line per file; no generator draw).
-        VideoError: ``"{path}: {reason}"`` for a missing, unreadable, corrupt or empty video.
+        VideoError: ``"{path}: {reason}"`` for a missing, unreadable, corrupt, empty or (strict) truncated video.
         ValueError: bad sampling arguments, negative/non-finite sigma0 or level, mask_fraction outside [0, 1].
     """
     check_noise_level("load_video_dali", sigma0, level)
@@ -323,7 +309,7 @@ def load_video_dali(path: str | os.PathLike, num_frames: int | None = None, fps:
     device = device or default_device()
     info = probe(path)
     _check_codec(path, info.codec, device)
-    indices, times, duration = _sample(info, num_frames, fps, max_frames)
+    indices, times, duration = _sample(path, info, num_frames, fps, max_frames, strict)
     T = len(indices)
     masked = masked_frame_indices(T, mask_fraction, generator)
     keep = np.ones(T, dtype=np.float32)

@@ -57,8 +57,10 @@ def load_frames(
     fps: float | None = None,
     max_frames: int = 32,
     backend: str = "pyav",
+    strict: bool = False,
 ) -> VideoClip:
-    """Decode frames sampled by :func:`sample_frame_indices`.
+    """Decode frames sampled by presentation time (:func:`dvr1.data.video_io.select_frames`: for a constant frame
+    rate exactly :func:`sample_frame_indices`).
 
     Args:
         path: a video file (any container/codec FFmpeg reads; the builder writes VP9 WebM).
@@ -66,26 +68,27 @@ def load_frames(
         backend: ``"pyav"`` (:func:`dvr1.data.pyav.load_frames_pyav`) or ``"dali"``
             (:func:`dvr1.data.dali.load_frames_dali`: same indices and return type; on CPU, codecs DALI's CPU
             decoder cannot read fall back to PyAV per file).
+        strict: a truncated file (:func:`dvr1.data.video_io.check_truncated`) raises instead of warning.
 
     Returns:
         :class:`VideoClip` with frames uint8 ``[T, H, W, 3]``, T even.
 
     Raises:
         ValueError: unknown backend (names the valid ones), bad sampling arguments.
-        VideoError: ``"{path}: {reason}"`` for a missing, unreadable, corrupt or empty video.
+        VideoError: ``"{path}: {reason}"`` for a missing, unreadable, corrupt, empty or (strict) truncated video.
     """
     check_backend(backend)
     if backend == "dali":
         try:
-            return dali.load_frames_dali(path, num_frames, fps, max_frames)
+            return dali.load_frames_dali(path, num_frames, fps, max_frames, strict=strict)
         except dali.CodecUnsupported:
             pass
-    return pyav.load_frames_pyav(path, num_frames, fps, max_frames)
+    return pyav.load_frames_pyav(path, num_frames, fps, max_frames, strict=strict)
 
 
-def _pyav_clip(path, s: Sampling) -> NormalizedClip:
+def _pyav_clip(path, s: Sampling, strict: bool = False) -> NormalizedClip:
     """PyAV decode + torch resize/normalise; nothing masked."""
-    clip = pyav.load_frames_pyav(path, s.num_frames, s.fps, s.max_frames)
+    clip = pyav.load_frames_pyav(path, s.num_frames, s.fps, s.max_frames, strict=strict)
     video = normalize_frames(clip.frames, min_pixels=s.min_pixels, max_pixels=s.max_pixels)
     return NormalizedClip(video, torch.zeros(0, dtype=torch.long), clip.indices, clip.timestamps, clip.video_fps,
                           clip.duration, "pyav")
@@ -98,6 +101,7 @@ def load_clip(
     noise: FrameNoise | None = None,
     clean: Callable[[], NormalizedClip] | None = None,
     device: str | None = None,
+    strict: bool = False,
 ) -> NormalizedClip:
     """One clip, decoded, sampled, resized, normalised and (with ``noise``) DA-Aug-augmented (ALGORITHMS §4).
 
@@ -114,14 +118,15 @@ def load_clip(
     Args:
         path: a video file; backend: ``"pyav"`` or ``"dali"``; sampling: frames and size; noise: the DA-Aug draw
             (None: the clean clip); clean: returns this path's clean clip (PyAV with noise only);
-            device: DALI's ``"cpu"``/``"gpu"`` (None: GPU when torch sees CUDA).
+            device: DALI's ``"cpu"``/``"gpu"`` (None: GPU when torch sees CUDA); strict: a truncated file
+            (:func:`dvr1.data.video_io.check_truncated`) raises instead of warning (``data.strict``).
 
     Returns:
         :class:`NormalizedClip`, video float32 ``[T, 3, H', W']`` (on the GPU after a DALI GPU decode).
 
     Raises:
         ValueError: unknown backend, bad sampling arguments, bad noise arguments.
-        VideoError: ``"{path}: {reason}"`` for a missing, unreadable, corrupt or empty video.
+        VideoError: ``"{path}: {reason}"`` for a missing, unreadable, corrupt, empty or (strict) truncated video.
     """
     check_backend(backend)
     s = sampling
@@ -131,9 +136,9 @@ def load_clip(
         seed = 0 if noise is None else dali.draw_seed(noise.generator)
         try:
             return dali.load_video_dali(path, s.num_frames, s.fps, s.max_frames, min_pixels=s.min_pixels,
-                                        max_pixels=s.max_pixels, device=device, seed=seed, **draw)
+                                        max_pixels=s.max_pixels, device=device, seed=seed, strict=strict, **draw)
         except dali.CodecUnsupported:
-            clip = _pyav_clip(path, s)
+            clip = _pyav_clip(path, s, strict)
             n = noise or FrameNoise(0.0, 0.0, 0.0, None)
             video = clip.video
             if n.sigma0 * n.level > 0:
@@ -141,8 +146,8 @@ def load_clip(
             video, masked = mask_frames(video, n.mask_fraction, n.generator)
             return dataclasses.replace(clip, video=video, masked=masked)
     if noise is None:
-        return _pyav_clip(path, s)
-    clip = clean() if clean is not None else _pyav_clip(path, s)
+        return _pyav_clip(path, s, strict)
+    clip = clean() if clean is not None else _pyav_clip(path, s, strict)
     video = add_frame_noise(clip.video, noise.sigma0, noise.level, noise.generator)
     masked = torch.zeros(0, dtype=torch.long)
     if noise.mask_fraction > 0:

@@ -206,3 +206,66 @@ def test_bad_arguments(vp9):
         dali.load_video_dali(vp9, mask_fraction=1.5)
     with pytest.raises(ValueError, match="^DaliVideoPipeline: mode must be 'decode' or 'full', got 'x'$"):
         dali.DaliVideoPipeline("x")
+
+
+@pytest.fixture(scope="module")
+def vfr_webm(tmp_path_factory):
+    """VP9 with variable frame times: 8 frames 20 ms apart, then 12 frames 500 ms apart; frame k is grey 10 + 12 k."""
+    from fractions import Fraction
+
+    path = str(tmp_path_factory.mktemp("dali") / "vfr.webm")
+    pts = [20 * k for k in range(8)] + [640 + 500 * k for k in range(12)]
+    with av.open(path, "w") as c:
+        s = c.add_stream("libvpx-vp9", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.time_base = s.codec_context.time_base = Fraction(1, 1000)
+        for k, p in enumerate(pts):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 10 + 12 * k, np.uint8), format="rgb24")
+            f.pts, f.time_base = p, Fraction(1, 1000)
+            for q in s.encode(f):
+                c.mux(q)
+        for q in s.encode():
+            c.mux(q)
+    return path
+
+
+@pytest.mark.parametrize("kw", [dict(num_frames=6), dict(fps=1.0)])
+def test_variable_frame_rate_same_frames_by_time(vfr_webm, kw):
+    """Both backends choose frames by presentation time (DALI reads by index: the probe turns times into indices)."""
+    ref = load_frames(vfr_webm, backend="pyav", **kw)
+    got = load_frames(vfr_webm, backend="dali", **kw)
+    assert got.indices == ref.indices and got.timestamps == ref.timestamps and got.duration == ref.duration
+    if kw == dict(num_frames=6):  # targets 0, 1.228, ..., 6.14 s: not 6 frames spread by index ([0, 4, 8, 11, ...])
+        assert ref.indices == [0, 9, 12, 14, 17, 19] and ref.duration == pytest.approx(6.18)
+    for clip in (ref, got):  # the pixels are the chosen frames in both decoders
+        k = np.round((clip.frames.reshape(len(clip.indices), -1).mean(1) - 10) / 12).astype(int).tolist()
+        assert k == clip.indices
+    full = dali.load_video_dali(vfr_webm, max_pixels=64 * 48, **kw)
+    assert full.indices == ref.indices and full.timestamps == ref.timestamps
+
+
+def test_truncated_webm_warns_and_strict_raises(tmp_path, caplog):
+    """A VP9 WebM cut at half its bytes: the header's 10 s against the ~5 s it holds (tests/unit/test_video_time.py
+    has the PyAV side)."""
+    from dvr1.data import video_io
+
+    full = str(tmp_path / "ten.webm")
+    write_webm(full, _frames(80, 48, 64), fps=8.0)  # 10 s
+    data = open(full, "rb").read()
+    half = tmp_path / "half.webm"
+    half.write_bytes(data[: len(data) // 2])
+    info = dali.probe(half)
+    msg = (f"{half}: truncated file: the header says 10.00 s, the file holds {info.num_frames} frames / "
+           f"{info.num_frames / 8:.2f} s")
+    assert 20 < info.num_frames < 60
+    video_io._warned_truncated.discard(str(half))
+    with caplog.at_level(logging.WARNING, logger="dvr1.data.video_io"):
+        clip = load_frames(half, num_frames=4, backend="dali")
+    assert [r.getMessage() for r in caplog.records] == [f"{msg}; using the frames it holds"]
+    assert clip.indices == load_frames(half, num_frames=4).indices
+    for fn in (lambda: load_frames(half, num_frames=4, backend="dali", strict=True),
+               lambda: load_clip(half, "dali", Sampling(num_frames=4), device="cpu", strict=True)):
+        with pytest.raises(VideoError) as ei:
+            fn()
+        assert str(ei.value) == msg
+    assert load_clip(full, "dali", Sampling(num_frames=4), device="cpu", strict=True).video.shape[0] == 4
