@@ -57,9 +57,12 @@ class InputBuilder:
     Raises (from `prepare`): `dvr1.data.video.VideoError` for a missing/corrupt video (callers report and skip).
     """
 
-    def __init__(self, policy, tokenizer, video_cfg, cache_size: int = 4096):
+    def __init__(self, policy, tokenizer, video_cfg, cache_size: int = 4096, strict: bool = False):
+        """`strict` (`data.strict`): a truncated video file is a `VideoError` (the record is skipped) instead of a
+        warning."""
         from megatron.core.utils import unwrap_model  # the policy inside megatron's DDP / Float16Module wrappers
 
+        self.strict = strict
         self.policy = unwrap_model(policy)
         self.tokenizer = tokenizer
         self.vcfg = video_cfg
@@ -79,7 +82,7 @@ class InputBuilder:
         if record.id in self._videos:
             self._videos.move_to_end(record.id)
             return self._videos[record.id]
-        clip = load_clip(record.video, self.vcfg.backend, Sampling.from_config(self.vcfg))
+        clip = load_clip(record.video, self.vcfg.backend, Sampling.from_config(self.vcfg), strict=self.strict)
         clip = dataclasses.replace(clip, video=clip.video.cpu())
         self._cache(self._videos, record.id, clip)
         return clip
@@ -103,7 +106,7 @@ class InputBuilder:
         """
         noise = FrameNoise(sigma0, level, mask_fraction, generator)
         clip = load_clip(record.video, self.vcfg.backend, Sampling.from_config(self.vcfg), noise,
-                         clean=lambda: self._clip(record))
+                         clean=lambda: self._clip(record), strict=self.strict)
         return clip.video.cpu()
 
     def encode(self, video: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:

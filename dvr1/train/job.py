@@ -223,7 +223,7 @@ def run_sft(cfg, pinfo, init_hf: str) -> str:
     policy = build_policy(cfg, init_hf, pinfo)
     model, opt, sched = optimizer_for(policy, cfg.sft.lr, cfg.sft.weight_decay, 1.0, cfg.sft.warmup, cfg)
     tok = tokenizer(init_hf)
-    builder = InputBuilder(policy, tok, cfg.video)
+    builder = InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict)
     trainer = SFTTrainer(cfg, model, opt, sched, builder, tok, records(cfg, "train"))
     return _train_loop(cfg, "sft", trainer, model, opt, sched, cfg.sft.steps, max(cfg.sft.steps // 3, 1), 1, init_hf)
 
@@ -241,7 +241,7 @@ def run_rl(cfg, pinfo, init_hf: str) -> str:
     reference = build_policy(cfg, init_hf, pinfo, trainable=False) if cfg.algo.beta > 0 else None
     model, opt, sched = optimizer_for(policy, cfg.rl.lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg)
     tok = tokenizer(init_hf)
-    builder = InputBuilder(policy, tok, cfg.video)
+    builder = InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict)
     engine = rollout_engine(cfg, policy, init_hf)
     trainer = RLTrainer(cfg, model, opt, sched, reference, engine, builder, tok, records(cfg, "train"))
     return _train_loop(cfg, "rl", trainer, model, opt, sched, cfg.rl.steps, cfg.rl.save_every, cfg.rl.keep_last,
@@ -261,7 +261,7 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None) -> d
         recs = recs[: cfg.eval.max_samples]
     engine = NativeRolloutEngine(policy, seed=cfg.seed)
     out = os.path.join(os.path.abspath(cfg.run_dir), f"eval_{name}.json")
-    res = evaluate(engine, InputBuilder(policy, tok, cfg.video), tok, recs, cfg.eval.max_new_tokens,
+    res = evaluate(engine, InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict), tok, recs, cfg.eval.max_new_tokens,
                    strict=cfg.data.strict, out_path=out, progress=cfg.log.progress)
     log.info("eval[%s] %s: accuracy %.3f, mean IoU %.3f, format %.3f (n=%d)", name, split or cfg.eval.split,
              res["accuracy"], res["mean_iou"], res["format"], res["n"])

@@ -194,7 +194,7 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None, scor
     writer = grid.is_writer()
     policy = job.build_policy(cfg, hf_path, pinfo, trainable=False)
     tok = job.tokenizer(hf_path)
-    inputs = ChainInputs(InputBuilder(policy, tok, cfg.video))
+    inputs = ChainInputs(InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict))
     res = evaluate_vidchain(NativeRolloutEngine(policy, seed=cfg.seed), inputs, tok, recs, scorers,
                             opts.max_new_tokens, cfg.log.progress, out if writer else None)
     log.info("eval[%s]: %s", name, format_results({name: res}).splitlines()[-1])
@@ -229,7 +229,7 @@ def run(cfg, opts) -> dict:
         policy = job.build_policy(cfg, init_hf, pinfo)
         model, opt, sched = job.optimizer_for(policy, opts.sft_lr, cfg.sft.weight_decay, 1.0, opts.sft_warmup, cfg)
         tok = job.tokenizer(init_hf)
-        inputs = ChainInputs(InputBuilder(policy, tok, cfg.video))
+        inputs = ChainInputs(InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict))
         trainer = CoTasksSFTTrainer(model, opt, sched, inputs, train, opts.sft_chains, opts.sft_batch_size, cfg.seed)
         sft_hf = job._train_loop(cfg, "vidchain_sft", trainer, model, opt, sched, opts.sft_steps,
                                  max(opts.sft_steps // 3, 1), 1, init_hf)
@@ -243,7 +243,7 @@ def run(cfg, opts) -> dict:
         reference = job.build_policy(cfg, sft_hf, pinfo, trainable=False)
         model, opt, sched = job.optimizer_for(policy, opts.mdpo_lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg)
         tok = job.tokenizer(sft_hf)
-        inputs = ChainInputs(InputBuilder(policy, tok, cfg.video))
+        inputs = ChainInputs(InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict))
         engine = job.rollout_engine(cfg, policy, sft_hf)
         trainer = MDPOTrainer(model, opt, sched, reference, engine, inputs, tok, train, opts, caption_scorer,
                               seed=cfg.seed + 17)

@@ -53,3 +53,24 @@ def test_noisy_video_has_the_configured_std_and_masks_frames(record, backend):
     again = b.noisy_video(record, 0.1, 2.0, 0.25, torch.Generator().manual_seed(3))
     if backend == "pyav":  # torch noise from the checkpointed generator: reproducible
         assert torch.equal(again, noisy)
+
+
+def test_data_strict_reaches_the_decoder(tmp_path):
+    """`data.strict` goes through InputBuilder: a file cut at half its bytes is a VideoError (the record is then
+    skipped by prepare_or_skip) under strict, and decodes with a warning otherwise."""
+    from dvr1.data.video import VideoError
+
+    t = np.arange(80)[:, None, None, None]
+    frames = np.broadcast_to((t * 3 % 255).astype(np.uint8), (80, 64, 64, 3)).copy()
+    full = tmp_path / "full.webm"
+    write_webm(str(full), frames, fps=8)  # 10 s
+    half = tmp_path / "half.webm"
+    half.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    rec = VideoQARecord(id="r1", video=str(half), question="q", options=["a", "b", "c", "d"], answer="A",
+                        task="arrow_of_time", segment=None, fps=8.0, duration=10.0, source="s", split="train", meta={})
+    cfg = VideoConfig(num_frames=8, max_pixels=64 * 64, min_pixels=32 * 32)
+    lenient = InputBuilder(types.SimpleNamespace(info=INFO, visual=None), tokenizer=None, video_cfg=cfg)
+    assert lenient._clip(rec).video.shape[0] == 8
+    strict = InputBuilder(types.SimpleNamespace(info=INFO, visual=None), tokenizer=None, video_cfg=cfg, strict=True)
+    with pytest.raises(VideoError, match="truncated file"):
+        strict._clip(rec)
