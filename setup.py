@@ -29,7 +29,10 @@ setup(
         "pyyaml",
         # VidChain metrics: CIDEr and METEOR (METEOR runs its jar on a Java runtime)
         "pycocoevalcap>=1.2",
+        # validating records against dvr1/data/record.schema.json (tests; users' own checks)
+        "jsonschema>=4",
     ],
+    package_data={"dvr1.data": ["record.schema.json"]},
     extras_require={
         "dali": ["nvidia-dali-cuda120==2.4.0"],  # runs on CPU (device_id=None) and on CUDA 12 GPUs
         # rollout.engine=vllm on CPU. It pulls CUDA builds of torchaudio/torchcodec that cannot load beside CPU torch
