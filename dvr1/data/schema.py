@@ -426,9 +426,11 @@ def read_records(
 
 
 def _reason(msg: str) -> str:
-    field_name = msg.split(":", 1)[0]
-    return {"utf8": "invalid_utf8", "json": "invalid_json", "video": "missing_video"}.get(
-        field_name, "duplicate_id" if msg.startswith("id: duplicate") else "invalid_record")
+    if msg.startswith("video: file not found"):
+        return "missing_video"
+    if msg.startswith("id: duplicate"):
+        return "duplicate_id"
+    return {"utf8": "invalid_utf8", "json": "invalid_json"}.get(msg.split(":", 1)[0], "invalid_record")
 
 
 def read_jsonl(path, from_json, error_cls=RecordError, strict: bool = False, log: logging.Logger = _log,

@@ -284,11 +284,11 @@ def run_sft(cfg, pinfo, init_hf: str) -> str:
     if done:
         log.info("sft: found %s, skipping", out)
         return out
+    report = skip_report(cfg, "sft")
+    recs = records(cfg, "train", report)
     policy = build_policy(cfg, init_hf, pinfo)
     model, opt, sched = optimizer_for(policy, cfg.sft.lr, cfg.sft.weight_decay, 1.0, cfg.sft.warmup, cfg)
     tok = tokenizer(init_hf)
-    report = skip_report(cfg, "sft")
-    recs = records(cfg, "train", report)
     builder = InputBuilder(policy, tok, cfg.video, max_prompt_tokens=max_prompt_tokens(cfg, init_hf), skips=report)
     trainer = SFTTrainer(cfg, model, opt, sched, builder, tok, recs)
     out = _train_loop(cfg, "sft", trainer, model, opt, sched, cfg.sft.steps, max(cfg.sft.steps // 3, 1), 1, init_hf)
@@ -328,11 +328,11 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None) -> d
 
     from dvr1.data.schema import NoUsableRecords
 
-    policy = build_policy(cfg, hf_path, pinfo, trainable=False)
-    tok = tokenizer(hf_path)
     split = split or cfg.eval.split
     report = skip_report(cfg, f"eval_{name}")
-    recs = records(cfg, split, report)
+    recs = records(cfg, split, report)  # before the model: a file with no usable record fails at once
+    policy = build_policy(cfg, hf_path, pinfo, trainable=False)
+    tok = tokenizer(hf_path)
     n_read = report.summary(len(recs))["n_read"]
     if cfg.eval.max_samples:
         recs = recs[: cfg.eval.max_samples]
