@@ -85,7 +85,9 @@ def _user_errors() -> tuple:
 
 
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
+    """The error's first line (OmegaConf appends `full_key: ...` detail lines), at most 2000 characters."""
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    text = lines[0] if lines else type(e).__name__
     return text if len(text) <= 2000 else text[:2000] + " ..."
 
 
