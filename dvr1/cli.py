@@ -65,8 +65,37 @@ def main(argv=None) -> int:
 
         return ablate_main(argv[1:])
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except _user_errors() as e:  # expected user errors: one clear line, no traceback
+        print(f"dvr1 {args.command}: {_one_line(e)}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _user_errors() -> tuple:
+    """Exceptions that mean "the user's config or data is wrong" (exit 2), not a bug: bad config values
+    (ConfigError, OmegaConf's key/type errors), unusable data (dvr1.data.schema.DataError: bad records in strict mode,
+    no usable records, a data.root dvr1 must not write to), missing files."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from dvr1.config import ConfigError
+    from dvr1.data.schema import DataError
+
+    return ConfigError, DataError, OmegaConfBaseException, FileNotFoundError
+
+
+def _one_line(e: BaseException) -> str:
+    """The error's first line (OmegaConf appends `full_key: ...` detail lines), at most 2000 characters."""
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text if len(text) <= 2000 else text[:2000] + " ..."
+
+
+def _run(args) -> int:
     from dvr1.config import load_config
 
+    if args.config and not os.path.isfile(args.config):
+        raise FileNotFoundError(f"config file not found: {args.config}")
     cfg = load_config(args.config, args.overrides)
     from dvr1.train import job
 
@@ -84,6 +113,8 @@ def main(argv=None) -> int:
         print("\n".join(plot_run(cfg.run_dir)))
     else:
         pinfo = job.init(cfg)
+        if args.command == "train" or args.command == "eval" and args.task == "qa":
+            job.check_data_root(cfg)  # read-only: refuses a data.root that is neither dvr1's nor a dataset
         if args.command == "sft":
             job.ensure_data(cfg)
             print(job.run_sft(cfg, pinfo, job.ensure_model(cfg)))
@@ -94,6 +125,8 @@ def main(argv=None) -> int:
                       file=sys.stderr)
                 return 2
             print(job.run_rl(cfg, pinfo, init_hf))
+        elif args.command == "eval" and not os.path.isfile(os.path.join(args.model, "config.json")):
+            raise FileNotFoundError(f"--model {args.model}: not a Hugging Face checkpoint directory (no config.json)")
         elif args.command == "eval" and args.task == "dvc":
             from dvr1.vidchain.job import format_results, run_eval
 

@@ -19,14 +19,18 @@ from dvr1.rl.losses import ALGORITHMS, LOSS_AGG_MODES
 
 @dataclass
 class DataConfig:
-    root: str = "data/videoqa"  # built by `dvr1 data`; train/val/test.jsonl + videos/
+    # {train,val,test}.jsonl + videos. Your own records: read-only to dvr1. A new or empty directory (or one holding
+    # dvr1's synthetic manifest.json): `dvr1 data` builds the synthetic set there (dvr1/data/build.py)
+    root: str = "data/videoqa"
     seed: int = 0
     n_train: int = 400
     n_val: int = 48
     n_test: int = 120
     fps: float = 8.0
     size: int = 112
-    strict: bool = False  # fail on the first malformed record / corrupt video instead of reporting and skipping
+    # fail on the first malformed record / duplicate id / corrupt video / over-long prompt instead of reporting it
+    # (log and <run_dir>/skipped.jsonl) and skipping it
+    strict: bool = False
 
 
 @dataclass
@@ -51,6 +55,9 @@ class ModelConfig:
     # default because the tiny CPU model's logits are small; the 7B/72B examples turn it on.
     fused_logprobs: bool = False
     logprob_chunk: int = 1024  # tokens per chunk of the fused reduction
+    # longest prompt in tokens (text + video): a longer one gets fewer frames, or is skipped when its text alone does not
+    # fit (dvr1/train/inputs.py). 0 = the model's max_position_embeddings minus rollout.max_new_tokens
+    max_prompt_tokens: int = 0
     # where the text after a video resumes in mrope (dvr1/models/rope.py): transformers (5.19's rule, equal to HF's
     # model) | qwen (Qwen2.5-VL's original rule, which vLLM samples with) | auto (qwen with rollout.engine=vllm,
     # else transformers): the trainer must see the positions the rollout engine sampled with
@@ -283,7 +290,7 @@ _RANGES = {
     "video.num_frames": _AT_LEAST_0, "video.fps": _AT_LEAST_0,
     "video.max_frames": (2, None, "must be >= 2 (frames go in pairs, the temporal patch)"),
     "video.min_pixels": _AT_LEAST_1,
-    "model.logprob_chunk": _AT_LEAST_1, "model.fp8_amax_history_len": _AT_LEAST_1,
+    "model.logprob_chunk": _AT_LEAST_1, "model.max_prompt_tokens": _AT_LEAST_0, "model.fp8_amax_history_len": _AT_LEAST_1,
     "model.recompute_num_layers": _AT_LEAST_1,
     "parallel.tp": _AT_LEAST_1, "parallel.pp": _AT_LEAST_1,
     "rollout.top_p": (1e-300, 1.0, "must be in (0, 1]"), "rollout.max_new_tokens": _AT_LEAST_1,

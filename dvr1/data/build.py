@@ -48,7 +48,7 @@ from PIL import Image
 
 from dvr1.data.render import (COLORS, DIRECTIONS, BuildError, background, crop_resize, decimal_boundaries,
                                place_objects, random_mover, render, stitched_footage)
-from dvr1.data.schema import LETTERS, TASKS, VideoQARecord, format_segment, write_records
+from dvr1.data.schema import LETTERS, TASKS, DataError, VideoQARecord, format_segment, write_records
 
 log = logging.getLogger("dvr1.data.build")
 
@@ -402,7 +402,8 @@ def build_dataset(
     records, video paths relative to ``out_dir``) and ``out_dir/manifest.json``.
 
     Args:
-        out_dir: output directory (created; existing files of the same name are overwritten).
+        out_dir: output directory, dvr1's own (:func:`check_buildable`: new, empty, or holding dvr1's manifest);
+            created; existing files of the same name are overwritten.
         seed: RNG seed; equal seeds give byte-identical JSONL and video files.
         n_train, n_val, n_test: records per split, spread evenly over ``tasks``.
         fps: frame rate of every clip (frames per second).
@@ -417,6 +418,7 @@ def build_dataset(
         "count", "tasks": {task: count}, "real_sources": [...]}}, "num_videos", "bytes"}``; paths are absolute.
 
     Raises:
+        DataRootError: ``out_dir`` holds data dvr1 did not build (nothing is written).
         ValueError: unknown task, odd size, negative count.
         BuildError: a split lacks real sources, or objects cannot be placed.
     """
@@ -432,7 +434,10 @@ def build_dataset(
     if min(counts.values()) < 0:
         raise ValueError(f"negative record count in {counts}")
     out_dir = os.path.abspath(os.fspath(out_dir))
+    check_buildable(out_dir)
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
+    with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as fh:
+        json.dump(BUILDING, fh)
     codec = pick_codec()
     if codec != "libvpx-vp9":
         log.warning("libvpx-vp9 encoder not available in PyAV; writing VP8 (libvpx)")
@@ -490,7 +495,7 @@ def build_dataset(
     bar.close()
     manifest["num_videos"] = total
     manifest["bytes"] = nbytes
-    with open(os.path.join(out_dir, "manifest.json"), "w", encoding="utf-8") as fh:
+    with open(os.path.join(out_dir, MANIFEST), "w", encoding="utf-8") as fh:
         json.dump(manifest, fh, indent=2)
         fh.write("\n")
     result = json.loads(json.dumps(manifest))
@@ -498,6 +503,60 @@ def build_dataset(
     for split in SPLITS:
         result["splits"][split]["path"] = os.path.join(out_dir, f"{split}.jsonl")
     return result
+
+
+MANIFEST = "manifest.json"
+BUILDING = {"builder": "dvr1.data.build", "status": "building"}
+"""The manifest written before the first record, replaced by the real one at the end: an interrupted build leaves a
+directory dvr1 still owns (and rebuilds)."""
+_MANIFEST_KEYS = {"seed", "fps", "size", "window_s", "codec", "tasks", "splits"}
+
+
+class DataRootError(DataError):
+    """``data.root`` is neither dvr1's to build into nor a readable dataset."""
+
+
+def data_root_state(root: str | os.PathLike) -> str:
+    """Who owns ``root``:
+
+    - ``"new"``: absent or an empty directory — dvr1 may build the synthetic set there;
+    - ``"partial"``: holds an interrupted build's manifest (:data:`BUILDING`) — dvr1's, rebuilt;
+    - ``"synthetic"``: holds a finished synthetic set's manifest — dvr1's, used as it is;
+    - ``"user"``: holds ``*.jsonl`` records or another manifest (an imported set) — read-only to dvr1;
+    - ``"other"``: anything else (not a directory, or files but no records) — an error for every command.
+    """
+    root = os.fspath(root)
+    if not os.path.exists(root):
+        return "new"
+    if not os.path.isdir(root):
+        return "other"
+    names = os.listdir(root)
+    if not names:
+        return "new"
+    if MANIFEST in names:
+        try:
+            with open(os.path.join(root, MANIFEST), encoding="utf-8") as fh:
+                m = json.load(fh)
+        except (OSError, ValueError):
+            m = None
+        if isinstance(m, dict) and all(m.get(k) == v for k, v in BUILDING.items()):
+            return "partial"
+        if isinstance(m, dict) and _MANIFEST_KEYS <= set(m):
+            return "synthetic"
+        return "user"
+    return "user" if any(n.endswith(".jsonl") for n in names) else "other"
+
+
+def check_buildable(out_dir: str) -> None:
+    """Raise DataRootError unless dvr1 owns ``out_dir`` (:func:`data_root_state` "new", "partial", "synthetic")."""
+    state = data_root_state(out_dir)
+    if state == "user":
+        raise DataRootError(f"{out_dir}: holds records dvr1 did not build (no dvr1 manifest.json); dvr1 never writes "
+                            "into them: build the synthetic set into a new or empty directory instead")
+    if state == "other":
+        raise DataRootError(f"{out_dir}: neither a dataset (no *.jsonl records, no manifest.json) nor empty; point "
+                            "data.root at your records' directory ({train,val,test}.jsonl), or at a new or empty "
+                            "directory for dvr1's synthetic set")
 
 
 def main(argv: list[str] | None = None) -> dict:

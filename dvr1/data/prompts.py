@@ -1,8 +1,9 @@
 """Prompt text for video QA: the ALGORITHMS §6 template, options, DA-Aug hints, SFT targets.
 
 The user turn is ``QA_TEMPLATE.format(question=body)`` where ``body`` is the question, the lettered
-options (or the grounding answer format), an optional ``Hint: ...`` line (DA-Aug difficulty decrease,
-ALGORITHMS §4) and, only to produce a successful trace for a hint, ``The correct answer is X.``
+options and/or the answer format of the record's problem type (:data:`ANSWER_FORMATS`), an optional ``Hint: ...``
+line (DA-Aug difficulty decrease, ALGORITHMS §4) and, only to produce a successful trace for a hint,
+``The correct answer is X.``
 """
 
 from __future__ import annotations
@@ -16,6 +17,21 @@ QA_TEMPLATE = (
 """ALGORITHMS §6 prompt template (SEED-Bench-R1 style), verbatim."""
 
 GROUNDING_FORMAT = "Answer with the time span as [start, end] in seconds, with one decimal."
+GLUE_FORMAT = ("After </answer>, give the time spans that support the answer as <glue>[(start, end), ...]</glue> "
+               "in seconds.")
+
+ANSWER_FORMATS = {
+    "grounding": GROUNDING_FORMAT,
+    "grounded_qa": GLUE_FORMAT,
+    "numerical": "Answer with a number.",
+    "regression": "Answer with a number.",
+    "ocr": "Answer with the text exactly as it appears in the video.",
+    "free_form": "Answer in a short sentence.",
+}
+"""The line after the question (and options) per problem type; multiple choice has none."""
+
+SFT_SOURCES = ("reasoning", "meta", "answer_only")
+"""Where an SFT target's reasoning comes from (:func:`sft_target`)."""
 
 RESPONSE_PATTERN = r"^<think>.*?</think>\s*<answer>.*?</answer>$"
 """The format-reward pattern of ALGORITHMS §6 (use with ``re.DOTALL``)."""
@@ -27,8 +43,9 @@ def format_question(record: VideoQARecord, hint: str | None = None, reveal_answe
     Layout (lines joined by ``"\\n"``, then the template sentence after a space)::
 
         {question}
-        A. {option 0}          (multiple choice; grounding: GROUNDING_FORMAT instead)
+        A. {option 0}          (multiple choice, grounded QA)
         ...
+        {answer format}        (ANSWER_FORMATS[problem_type]; none for multiple choice)
         Hint: {hint}           (if hint)
         The correct answer is {answer}.   (if reveal_answer)
         ... Output the thinking process in <think> </think> ...
@@ -42,10 +59,10 @@ def format_question(record: VideoQARecord, hint: str | None = None, reveal_answe
         The prompt text (no chat markup, no vision tokens).
     """
     lines = [record.question.strip()]
-    if record.options is None:
-        lines.append(GROUNDING_FORMAT)
-    else:
+    if record.options is not None:
         lines.extend(f"{letter}. {opt}" for letter, opt in zip(LETTERS, record.options))
+    if record.problem_type in ANSWER_FORMATS:
+        lines.append(ANSWER_FORMATS[record.problem_type])
     if hint:
         lines.append(f"Hint: {hint.strip()}")
     if reveal_answer:
@@ -142,16 +159,38 @@ _REASONERS = {
 
 
 def sft_reasoning(record: VideoQARecord) -> str:
-    """2-4 short sentences a careful viewer would write, built from ``record.meta``; the last states
-    the conclusion. Deterministic.
+    """2-4 short sentences a careful viewer would write, built from ``record.meta`` (the synthetic set's
+    construction metadata); the last states the conclusion. Deterministic.
 
     Raises:
-        KeyError: ``record.meta`` lacks a field the task's reasoning needs.
+        KeyError: ``record.task`` is not a synthetic task, or ``record.meta`` lacks a field its reasoning needs.
     """
     return " ".join(_REASONERS[record.task](record))
 
 
+def _glue(record: VideoQARecord) -> str:
+    return "<glue>[" + ", ".join(f"({s:.1f}, {e:.1f})" for s, e in record.segments) + "]</glue>"
+
+
+def sft_target(record: VideoQARecord) -> tuple[str, str]:
+    """The SFT target ``"<think>{reasoning}</think><answer>{answer}</answer>"`` (plus ``<glue>[(s, e), ...]</glue>``
+    for grounded QA) and where its reasoning came from (:data:`SFT_SOURCES`): the record's ``reasoning`` field,
+    else the construction metadata (:func:`sft_reasoning`, the synthetic set), else none (``"answer_only"``: an empty
+    ``<think></think>``). ``answer`` is the record's answer (the option letter, ``"[s, e]"`` for grounding). Matches
+    the format reward (ALGORITHMS §6)."""
+    if record.reasoning is not None:
+        think, source = record.reasoning.strip(), "reasoning"
+    else:
+        try:
+            think, source = sft_reasoning(record), "meta"
+        except (KeyError, TypeError, ValueError, IndexError):
+            think, source = "", "answer_only"
+    text = f"<think>{think}</think><answer>{record.answer}</answer>"
+    if record.problem_type == "grounded_qa":
+        text += _glue(record)
+    return text, source
+
+
 def sft_response(record: VideoQARecord) -> str:
-    """The SFT target ``"<think>{reasoning}</think><answer>{answer}</answer>"``; ``answer`` is the option
-    letter, or ``"[s, e]"`` for grounding. Matches :data:`RESPONSE_PATTERN` (the format reward)."""
-    return f"<think>{sft_reasoning(record)}</think><answer>{record.answer}</answer>"
+    """The SFT target text of :func:`sft_target`."""
+    return sft_target(record)[0]

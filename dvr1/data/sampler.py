@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import torch
 
+from dvr1.data.schema import NoUsableRecords
+
 
 class PromptSampler:
     """Epoch-wise random order over records, resumable, sharded over data-parallel ranks.
 
     Every rank draws the same permutation (same seed); DP rank r takes positions r, r + dp, r + 2dp, ... so the DP
     ranks see disjoint prompts and TP/PP ranks of one DP rank see the same ones. State = (epoch, position, order,
-    generator). Records whose video fails to load are reported once and dropped for the rest of the run.
+    generator). Records whose video fails to load are reported once and dropped for the rest of the run; when all are,
+`next` raises `dvr1.data.schema.NoUsableRecords` (a RuntimeError).
     """
 
     def __init__(self, records, seed: int, dp_rank: int = 0, dp_size: int = 1):
@@ -36,7 +39,7 @@ class PromptSampler:
             self.pos += self.dp_size
             if r.id not in self.bad:
                 return r
-        raise RuntimeError("PromptSampler: every training record of this rank failed to load")
+        raise NoUsableRecords("PromptSampler: every training record of this rank failed to load")
 
     @staticmethod
     def global_order(per_rank: list[list]) -> list:

@@ -368,6 +368,9 @@ def temporal_iou(pred, gt) -> float:
     return inter / union if union > 0 else 0.0
 
 
+_PROBLEM_TYPE_TASKS = {"multiple_choice": "choice", "numerical": "numeric", "ocr": "text", "free_form": "rouge"}
+
+
 def score_response(
     text: str,
     task: str,
@@ -385,10 +388,15 @@ def score_response(
             ``iou = temporal_iou(glue segments, [segment])`` when ``segment`` is given (else 0):
             ``total = w_f·format + w_a·accuracy + w_i·iou``.
         ``"numeric"`` / ``"text"``: accuracy of that kind (``accuracy_reward``), iou = 0.
+        ``"regression"``: ``accuracy = 1 − clip(|pred − gt| / |gt|, 0, 1)`` (ALGORITHMS §10.1), iou = 0.
+        The record problem types (``dvr1.data.schema.PROBLEM_TYPES``) map onto these: ``multiple_choice`` ->
+            choice, ``numerical`` -> ``"numeric"``, ``ocr`` -> ``"text"``, ``free_form`` -> ``"rouge"`` (ROUGE-L F1
+            partial credit; §10.1's WER and ROUGE-1/2/L mean come with issue 15), ``regression``, ``grounding``,
+            ``grounded_qa`` as above.
         any other task (multiple-choice QA): choice accuracy, iou = 0: ``total = w_f·format + w_a·accuracy``.
     Args:
         text: full response; answer: ground-truth key (ignored for grounding); segment: ground-truth
-            ``[start, end]`` in seconds (required for ``"grounding"``).
+            ``[start, end]`` in seconds, or a list of such segments (required for ``"grounding"``).
         weights: ``w_f``, ``w_a``, ``w_i`` as the run config's ``reward`` section (``dvr1.config.RewardConfig``:
             attributes ``format``, ``accuracy``, ``iou``); None = all 1.
     Returns: ``{"format", "accuracy", "iou", "total"}`` floats. Format and accuracy are scored independently.
@@ -397,10 +405,12 @@ def score_response(
     """
     wf, wa, wi = (1.0, 1.0, 1.0) if weights is None else (weights.format, weights.accuracy, weights.iou)
     gt_segments = None
+    task = _PROBLEM_TYPE_TASKS.get(task, task)
     if segment is not None:
-        if len(segment) != 2:
+        several = len(segment) > 0 and all(isinstance(x, (list, tuple)) for x in segment)
+        if not several and len(segment) != 2:
             raise ValueError(f"score_response: segment must be [start, end] in seconds, got {segment!r}")
-        gt_segments = _check_intervals("segment", [tuple(segment)])
+        gt_segments = _check_intervals("segment", [tuple(x) for x in segment] if several else [tuple(segment)])
     if task == "grounding":
         if gt_segments is None:
             raise ValueError("score_response: task 'grounding' needs segment=[start, end] (seconds), got None")
@@ -415,9 +425,19 @@ def score_response(
         pred_segments = parse_glue(text)
         iou = temporal_iou(pred_segments, gt_segments) if pred_segments and gt_segments else 0.0
         total = wf * fmt + wa * acc + wi * iou
+    elif task == "regression":
+        fmt = format_reward(text)
+        key = parse_number(answer)
+        if key is None or key == 0:
+            raise ValueError(f"score_response: regression answer {answer!r} is not a non-zero finite number")
+        pred = parse_answer(text)
+        value = parse_number(pred) if pred is not None else None
+        acc = 0.0 if value is None else 1.0 - min(max(abs(value - key) / abs(key), 0.0), 1.0)
+        iou = 0.0
+        total = wf * fmt + wa * acc
     else:
         fmt = format_reward(text)
-        acc = accuracy_reward(text, answer, task if task in ("numeric", "text") else "choice")
+        acc = accuracy_reward(text, answer, task if task in ("numeric", "text", "rouge") else "choice")
         iou = 0.0
         total = wf * fmt + wa * acc
     return {"format": float(fmt), "accuracy": float(acc), "iou": float(iou), "total": float(total)}

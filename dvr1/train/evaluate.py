@@ -1,4 +1,5 @@
-"""Evaluation: greedy decoding on a split; accuracy per task type, mean temporal IoU (grounding), format rate."""
+"""Evaluation: greedy decoding on a split; accuracy per task name, mean temporal IoU (grounding, grounded QA), format
+rate, and the record counts (read, used, skipped by reason)."""
 
 from __future__ import annotations
 
@@ -19,16 +20,20 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(engine, builder, tokenizer, records, max_new_tokens: int = 64, strict: bool = False,
-             out_path: str | None = None, batch: int = 8, progress: bool = False) -> dict:
-    """Greedy-decode every record and score it (ALGORITHMS §6).
+             out_path: str | None = None, batch: int = 8, progress: bool = False, n_read: int | None = None) -> dict:
+    """Greedy-decode every record and score it by its problem type (ALGORITHMS §6, §10.1).
 
-    Returns (and writes to `out_path` as JSON): {"n", "skipped", "accuracy", "mean_iou", "format", "per_task":
-    {task: {"n", "accuracy", "format", "mean_iou"}}, "samples": first 20 (id, task, answer, response)}.
-    Accuracy of grounding = IoU >= 0.5. Records whose video cannot be read are reported and counted in "skipped".
+    Returns (and writes to `out_path` as JSON): {"n", "skipped", "n_read", "n_used", "n_skipped": {reason: count},
+    "accuracy", "mean_iou", "format", "per_task": {task: {"n", "accuracy", "format", "mean_iou"}}, "samples": first 20
+    (id, task, answer, response)}. Accuracy of grounding = IoU >= 0.5; "mean_iou" is over the grounding and grounded
+    QA records. Records whose video cannot be read or whose prompt cannot fit are reported (into `builder.skips`, a
+    `SkipReport`, when set) and counted: "n" = "n_used" records scored, "skipped" = all skipped records. `n_read`:
+    the lines read for `records` (default: `len(records)` plus the report's read-time skips).
     """
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     sp = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, stop_token_ids=(eos,))
     per = defaultdict(lambda: {"n": 0, "accuracy": 0.0, "format": 0.0, "iou": 0.0})
+    seg = {"n": 0, "iou": 0.0}  # records with ground-truth segments
     samples, skipped = [], 0
     bar = tqdm(total=len(records), desc="eval", disable=not progress)
     for s in range(0, len(records), batch):
@@ -39,25 +44,37 @@ def evaluate(engine, builder, tokenizer, records, max_new_tokens: int = 64, stri
         for p, o in zip(prepared, outs):
             r = p.record
             text = decode_response(tokenizer, o.token_ids[0], (eos,))
-            sc = score_response(text, r.task, r.answer, r.segment)
+            sc = score_response(text, r.problem_type, r.answer, r.segments)
             d = per[r.task]
             d["n"] += 1
             d["accuracy"] += sc["accuracy"]
             d["format"] += sc["format"]
             d["iou"] += sc["iou"]
+            if r.segments is not None:
+                seg["n"] += 1
+                seg["iou"] += sc["iou"]
             if len(samples) < 20:
                 samples.append({"id": r.id, "task": r.task, "answer": r.answer, "response": text})
     bar.close()
     n = sum(d["n"] for d in per.values())
     per_task = {t: {"n": d["n"], "accuracy": d["accuracy"] / d["n"], "format": d["format"] / d["n"],
                     "mean_iou": d["iou"] / d["n"]} for t, d in sorted(per.items())}
-    g = per.get("grounding")
+    report = getattr(builder, "skips", None)
+    if report is not None:
+        counts = report.summary(len(records))
+        if n_read is not None:
+            counts["n_read"] = n_read
+    else:
+        counts = {"n_read": len(records) if n_read is None else n_read, "n_used": n,
+                  "n_skipped": {"corrupt_video": skipped} if skipped else {}}
+    counts["n_used"] = n
     result = {
         "n": n,
-        "skipped": skipped,
+        "skipped": sum(counts["n_skipped"].values()),
+        **counts,
         "accuracy": sum(d["accuracy"] for d in per.values()) / max(n, 1),
         "format": sum(d["format"] for d in per.values()) / max(n, 1),
-        "mean_iou": (g["iou"] / g["n"]) if g and g["n"] else 0.0,
+        "mean_iou": seg["iou"] / seg["n"] if seg["n"] else 0.0,
         "per_task": per_task,
         "samples": samples,
     }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional
@@ -18,7 +19,7 @@ import torch
 from dvr1.data.noise import FrameNoise
 from dvr1.data.processing import num_video_tokens, patchify
 from dvr1.data.prompts import format_question
-from dvr1.data.schema import VideoQARecord
+from dvr1.data.schema import Skip, VideoQARecord, split_where
 from dvr1.data.video import NormalizedClip, Sampling, VideoError, load_clip
 from dvr1.models.rope import continue_positions, get_rope_index
 from dvr1.models.tokenizer import chat_prompt
@@ -48,18 +49,30 @@ class Prepared:
     video_token_id: int
 
 
+class PromptTooLong(ValueError):
+    """A prompt's text alone (no video frames) exceeds the prompt budget (`model.max_prompt_tokens`)."""
+
+
 class InputBuilder:
     """Turns records into `Prepared` prompts for one policy and tokenizer.
 
-    Decoded videos and (unaugmented) vision embeddings are cached per record id (`cache_size` records, LRU): the
-    vision tower is frozen, so the embeddings of a clip never change during training.
+    Decoded videos and (unaugmented) vision embeddings are cached (`cache_size` clips, LRU) under what determines
+    their content: the video's real path, file size and mtime, the backend and the sampling settings
+    (`clip_key`), never the record id alone (two records with one id and different videos get their own frames). The
+    vision tower is frozen, so the embeddings of a clip never change during training; noisy (DA-Aug) clips are never
+    cached.
 
-    Raises (from `prepare`): `dvr1.data.video.VideoError` for a missing/corrupt video (callers report and skip).
+    `max_prompt_tokens` > 0 bounds the prompt length in tokens: a prompt over it gets fewer frames (whole temporal
+    patches, uniformly over the sampled ones), and one whose text alone does not fit raises `PromptTooLong`.
+    `skips` (a `dvr1.data.schema.SkipReport`) collects the records `prepare_or_skip` skips. `strict`
+    (`data.strict`): a truncated video file is a `VideoError` instead of a warning.
+
+    Raises (from `prepare`): `dvr1.data.video.VideoError` for a missing/corrupt video, `PromptTooLong` (callers
+    report and skip).
     """
 
-    def __init__(self, policy, tokenizer, video_cfg, cache_size: int = 4096, strict: bool = False):
-        """`strict` (`data.strict`): a truncated video file is a `VideoError` (the record is skipped) instead of a
-        warning."""
+    def __init__(self, policy, tokenizer, video_cfg, cache_size: int = 4096, max_prompt_tokens: int = 0,
+                 skips=None, strict: bool = False):
         from megatron.core.utils import unwrap_model  # the policy inside megatron's DDP / Float16Module wrappers
 
         self.strict = strict
@@ -67,9 +80,22 @@ class InputBuilder:
         self.tokenizer = tokenizer
         self.vcfg = video_cfg
         self.info = self.policy.info
-        self._videos: OrderedDict[str, NormalizedClip] = OrderedDict()
-        self._embeds: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._videos: OrderedDict[tuple, NormalizedClip] = OrderedDict()
+        self._embeds: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.cache_size = cache_size
+        self.max_prompt_tokens = max_prompt_tokens
+        self.skips = skips
+        self._reduced: set = set()  # clip keys whose frame reduction was already logged
+
+    def clip_key(self, record: VideoQARecord) -> tuple:
+        """The cache key of `record`'s clean clip: (real path, size in bytes, mtime in ns, backend, `Sampling`).
+        Raises VideoError when the file cannot be stat'ed (missing)."""
+        try:
+            st = os.stat(record.video)
+        except OSError as e:
+            raise VideoError(f"{record.video}: {'file not found' if isinstance(e, FileNotFoundError) else e}") from None
+        return (os.path.realpath(record.video), st.st_size, st.st_mtime_ns, self.vcfg.backend,
+                Sampling.from_config(self.vcfg))
 
     def _cache(self, store: OrderedDict, key, value):
         store[key] = value
@@ -78,13 +104,14 @@ class InputBuilder:
             store.popitem(last=False)
 
     def _clip(self, record: VideoQARecord) -> NormalizedClip:
-        """The record's clean clip, on the CPU (cached)."""
-        if record.id in self._videos:
-            self._videos.move_to_end(record.id)
-            return self._videos[record.id]
+        """The record's clean clip, on the CPU (cached under `clip_key`)."""
+        key = self.clip_key(record)
+        if key in self._videos:
+            self._videos.move_to_end(key)
+            return self._videos[key]
         clip = load_clip(record.video, self.vcfg.backend, Sampling.from_config(self.vcfg), strict=self.strict)
         clip = dataclasses.replace(clip, video=clip.video.cpu())
-        self._cache(self._videos, record.id, clip)
+        self._cache(self._videos, key, clip)
         return clip
 
     def video(self, record: VideoQARecord) -> VideoInput:
@@ -120,24 +147,61 @@ class InputBuilder:
             return None, grid
         return self.policy.encode_video(pixel_values, grid), grid
 
+    def _fit(self, record: VideoQARecord, text: str, grid: torch.Tensor) -> int | None:
+        """Frames to keep so the prompt fits `max_prompt_tokens` (None: all). Raises PromptTooLong."""
+        if self.max_prompt_tokens <= 0:
+            return None
+        n_video = num_video_tokens(grid[0], self.info.merge_size)
+        n = len(self.tokenizer(chat_prompt(text, n_video), add_special_tokens=False)["input_ids"])
+        if n <= self.max_prompt_tokens:
+            return None
+        per_t = n_video // int(grid[0, 0])  # video tokens per temporal patch
+        keep_t = (self.max_prompt_tokens - (n - n_video)) // per_t
+        if keep_t < 1:
+            raise PromptTooLong(f"prompt of {n} tokens ({n - n_video} of text) exceeds model.max_prompt_tokens="
+                                f"{self.max_prompt_tokens} even with one temporal patch of frames")
+        return keep_t * self.info.temporal_patch_size
+
     def prepare(self, record: VideoQARecord, hint: Optional[str] = None, reveal_answer: bool = False,
                 video: Optional[torch.Tensor] = None) -> Prepared:
-        """Build the rollout request for `record`. `video` overrides the clip (DA-Aug noise, ALGORITHMS §4)."""
+        """Build the rollout request for `record`. `video` overrides the clip (DA-Aug noise, ALGORITHMS §4).
+
+        A prompt over `max_prompt_tokens` is built from fewer frames (logged once per clip); raises PromptTooLong when
+        its text alone does not fit, VideoError for a bad video."""
         vin = self.video(record)
+        key = (self.clip_key(record), None)
+        text = format_question(record, hint=hint, reveal_answer=reveal_answer)
+        T = vin.video.shape[0]
+        grid_full = torch.tensor([[-(-T // self.info.temporal_patch_size),
+                                   vin.video.shape[2] // self.info.patch_size, vin.video.shape[3] // self.info.patch_size]])
+        keep = self._fit(record, text, grid_full)
+        second_per_grid = vin.second_per_grid
+        clean = vin.video
+        if keep is not None:
+            idx = torch.linspace(0, T - 1, keep).round().long()
+            clean = clean[idx]
+            video = None if video is None else video[idx]
+            second_per_grid = vin.second_per_grid * T / keep
+            key = (key[0], keep)
+            if key not in self._reduced:
+                self._reduced.add(key)
+                log.warning("%s (id %r): prompt over model.max_prompt_tokens=%d: %d of %d frames kept",
+                            record.where or record.video, record.id, self.max_prompt_tokens, keep, T)
         if video is None:
-            if record.id not in self._embeds:
-                self._cache(self._embeds, record.id, self.encode(vin.video))
-            embeds, grid = self._embeds[record.id]
+            if key not in self._embeds:
+                self._cache(self._embeds, key, self.encode(clean))
+            else:
+                self._embeds.move_to_end(key)
+            embeds, grid = self._embeds[key]
         else:
             embeds, grid = self.encode(video)
-        text = format_question(record, hint=hint, reveal_answer=reveal_answer)
         prompt = chat_prompt(text, num_video_tokens(grid[0], self.info.merge_size))
         ids = torch.tensor(self.tokenizer(prompt, add_special_tokens=False)["input_ids"], dtype=torch.long)
-        pos = get_rope_index(ids.view(1, -1), self.info.video_token_id, grid, [vin.second_per_grid],
+        pos = get_rope_index(ids.view(1, -1), self.info.video_token_id, grid, [second_per_grid],
                              self.info.merge_size, self.info.tokens_per_second, self.info.mrope_after_video)[:, 0]
         req = RolloutRequest(prompt_ids=ids, position_ids=pos, video_embeds=embeds, video_grid_thw=grid,
-                             second_per_grid=vin.second_per_grid)
-        return Prepared(record, text, req, grid, vin.second_per_grid, self.info.video_token_id)
+                             second_per_grid=second_per_grid)
+        return Prepared(record, text, req, grid, second_per_grid, self.info.video_token_id)
 
 
 @dataclass
@@ -225,14 +289,23 @@ def token_logprobs(model, batch: SeqBatch, compute_entropy: bool = False, rows_p
 
 
 def prepare_or_skip(builder, record, sampler=None, strict: bool = False, **kw):
-    """`builder.prepare(record, **kw)`, reporting (and with a `PromptSampler`, dropping for the rest of the run) a
-    record whose video cannot be read; returns None for it. ``strict``: re-raise the `VideoError` instead."""
+    """`builder.prepare(record, **kw)`, reporting (into `builder.skips` when set, and with a `PromptSampler`, dropping
+    for the rest of the run) a record whose video cannot be read or whose prompt cannot fit; returns None for it.
+    ``strict``: re-raise the `VideoError` / `PromptTooLong` instead."""
     try:
         return builder.prepare(record, **kw)
-    except VideoError as e:
+    except (VideoError, PromptTooLong) as e:
         if strict:
             raise
         log.warning("skipped record %s: %s", record.id, e)
         if sampler is not None:
             sampler.bad.add(record.id)
+        report = getattr(builder, "skips", None)
+        if report is not None:
+            if isinstance(e, PromptTooLong):
+                reason = "prompt_too_long"
+            else:
+                reason = "missing_video" if not os.path.exists(record.video) else "corrupt_video"
+            file, line = split_where(record.where)
+            report.add(Skip(file, line, record.id, reason, str(e), phase="use"))
         return None

@@ -58,11 +58,19 @@ def data_root(cfg) -> str:
 
 
 def ensure_data(cfg) -> str:
-    """Build the video-QA dataset at `data.root` unless its manifest exists. Returns the root."""
+    """The dataset at `data.root`, building dvr1's synthetic set there only if dvr1 owns the directory (new, empty,
+    or an interrupted build: `dvr1.data.build.data_root_state`). A directory of the user's records (or an imported
+    set) is used read-only, never written. Returns the root.
+
+    Raises: `dvr1.data.build.DataRootError` for a directory that is neither (the message says what to do).
+    """
     import torch.distributed as dist
 
+    from dvr1.data.build import check_buildable, data_root_state
+
     root = data_root(cfg)
-    if not os.path.exists(os.path.join(root, "manifest.json")):
+    state = data_root_state(root)
+    if state in ("new", "partial"):
         if grid.is_writer():
             from dvr1.data.build import build_dataset
 
@@ -71,13 +79,63 @@ def ensure_data(cfg) -> str:
                           n_test=cfg.data.n_test, fps=cfg.data.fps, size=cfg.data.size, progress=cfg.log.progress)
         if dist.is_initialized():
             dist.barrier()
+    elif state == "user":
+        log.info("data.root=%s: your records (read-only to dvr1)", root)
+    else:
+        check_buildable(root)  # raises, saying what to do
     return root
 
 
-def records(cfg, split: str):
-    from dvr1.data.schema import read_records
+def check_data_root(cfg) -> None:
+    """Raise `dvr1.data.build.DataRootError` if `data.root` is neither dvr1's nor a dataset (reads nothing else)."""
+    from dvr1.data.build import check_buildable, data_root_state
 
-    return read_records(os.path.join(data_root(cfg), f"{split}.jsonl"), strict=cfg.data.strict)
+    if data_root_state(data_root(cfg)) == "other":
+        check_buildable(data_root(cfg))
+
+
+def skip_report(cfg, stage: str):
+    """The `SkipReport` of a stage: appends to `<run_dir>/skipped.jsonl` (writer rank only)."""
+    from dvr1.data.schema import SkipReport
+
+    path = os.path.join(os.path.abspath(cfg.run_dir), "skipped.jsonl") if grid.is_writer() else None
+    return SkipReport(path, stage)
+
+
+def records(cfg, split: str, report=None):
+    """The valid records of `<data.root>/<split>.jsonl`; skipped lines go to `report` (a `SkipReport`).
+
+    Raises: RecordError (strict mode, or the file is missing); NoUsableRecords when no line is usable."""
+    from dvr1.data.schema import NoUsableRecords, SkipReport, read_records
+
+    path = os.path.join(data_root(cfg), f"{split}.jsonl")
+    report = SkipReport() if report is None else report
+    recs = read_records(path, strict=cfg.data.strict, report=report)
+    if not recs:
+        raise NoUsableRecords(f"{path}: no usable records (skipped: {report.describe()})")
+    return recs
+
+
+def write_counts(cfg, stage: str, report, n_records: int, split: str) -> dict:
+    """`<run_dir>/<stage>/records.json`: the stage's {"split", "n_read", "n_used", "n_skipped": {reason: n}}."""
+    counts = {"split": split, **report.summary(n_records)}
+    if grid.is_writer():
+        d = os.path.join(os.path.abspath(cfg.run_dir), stage)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "records.json"), "w") as f:
+            json.dump(counts, f, indent=1)
+    log.info("%s: %d records read from %s, %d used, skipped: %s", stage, counts["n_read"], split, counts["n_used"],
+             report.describe())
+    return counts
+
+
+def max_prompt_tokens(cfg, hf_path: str) -> int:
+    """`model.max_prompt_tokens`, or (0) the checkpoint's max_position_embeddings minus rollout.max_new_tokens."""
+    if cfg.model.max_prompt_tokens:
+        return cfg.model.max_prompt_tokens
+    from dvr1.models.qwen2_5_vl import load_hf_config
+
+    return load_hf_config(hf_path).text_config.max_position_embeddings - cfg.rollout.max_new_tokens
 
 
 def tiny_path(cfg) -> str:
@@ -89,7 +147,12 @@ def ensure_model(cfg) -> str:
     import torch.distributed as dist
 
     if cfg.model.path:
-        return os.path.abspath(cfg.model.path)
+        path = os.path.abspath(cfg.model.path)
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            from dvr1.config import ConfigError
+
+            raise ConfigError(f"model.path={cfg.model.path}: not a Hugging Face checkpoint directory (no config.json)")
+        return path
     path = tiny_path(cfg)
     if not os.path.exists(os.path.join(path, "config.json")):
         if grid.is_writer():
@@ -97,9 +160,10 @@ def ensure_model(cfg) -> str:
             from dvr1.models.tiny import make_tiny_checkpoint
 
             texts = []
-            for split in ("train", "val"):
-                for r in records(cfg, split):
-                    texts += [format_question(r), sft_response(r)]
+            for split in ("train", "val"):  # the user's records may have no val split
+                if split == "train" or os.path.exists(os.path.join(data_root(cfg), f"{split}.jsonl")):
+                    for r in records(cfg, split):
+                        texts += [format_question(r), sft_response(r)]
             log.info("making the tiny Qwen2.5-VL checkpoint at %s (tokenizer on %d texts)", path, len(texts))
             make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab)
         if dist.is_initialized():
@@ -220,12 +284,17 @@ def run_sft(cfg, pinfo, init_hf: str) -> str:
     if done:
         log.info("sft: found %s, skipping", out)
         return out
+    report = skip_report(cfg, "sft")
+    recs = records(cfg, "train", report)
     policy = build_policy(cfg, init_hf, pinfo)
     model, opt, sched = optimizer_for(policy, cfg.sft.lr, cfg.sft.weight_decay, 1.0, cfg.sft.warmup, cfg)
     tok = tokenizer(init_hf)
-    builder = InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict)
-    trainer = SFTTrainer(cfg, model, opt, sched, builder, tok, records(cfg, "train"))
-    return _train_loop(cfg, "sft", trainer, model, opt, sched, cfg.sft.steps, max(cfg.sft.steps // 3, 1), 1, init_hf)
+    builder = InputBuilder(policy, tok, cfg.video, max_prompt_tokens=max_prompt_tokens(cfg, init_hf), skips=report,
+                           strict=cfg.data.strict)
+    trainer = SFTTrainer(cfg, model, opt, sched, builder, tok, recs)
+    out = _train_loop(cfg, "sft", trainer, model, opt, sched, cfg.sft.steps, max(cfg.sft.steps // 3, 1), 1, init_hf)
+    write_counts(cfg, "sft", report, len(recs), "train")
+    return out
 
 
 def run_rl(cfg, pinfo, init_hf: str) -> str:
@@ -241,11 +310,16 @@ def run_rl(cfg, pinfo, init_hf: str) -> str:
     reference = build_policy(cfg, init_hf, pinfo, trainable=False) if cfg.algo.beta > 0 else None
     model, opt, sched = optimizer_for(policy, cfg.rl.lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg)
     tok = tokenizer(init_hf)
-    builder = InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict)
+    report = skip_report(cfg, "rl")
+    recs = records(cfg, "train", report)
+    builder = InputBuilder(policy, tok, cfg.video, max_prompt_tokens=max_prompt_tokens(cfg, init_hf), skips=report,
+                           strict=cfg.data.strict)
     engine = rollout_engine(cfg, policy, init_hf)
-    trainer = RLTrainer(cfg, model, opt, sched, reference, engine, builder, tok, records(cfg, "train"))
-    return _train_loop(cfg, "rl", trainer, model, opt, sched, cfg.rl.steps, cfg.rl.save_every, cfg.rl.keep_last,
-                       init_hf)
+    trainer = RLTrainer(cfg, model, opt, sched, reference, engine, builder, tok, recs)
+    out = _train_loop(cfg, "rl", trainer, model, opt, sched, cfg.rl.steps, cfg.rl.save_every, cfg.rl.keep_last,
+                      init_hf)
+    write_counts(cfg, "rl", report, len(recs), "train")
+    return out
 
 
 def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None) -> dict:
@@ -254,17 +328,26 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None) -> d
     from dvr1.train.evaluate import evaluate
     from dvr1.train.inputs import InputBuilder
 
+    from dvr1.data.schema import NoUsableRecords
+
+    split = split or cfg.eval.split
+    report = skip_report(cfg, f"eval_{name}")
+    recs = records(cfg, split, report)  # before the model: a file with no usable record fails at once
     policy = build_policy(cfg, hf_path, pinfo, trainable=False)
     tok = tokenizer(hf_path)
-    recs = records(cfg, split or cfg.eval.split)
+    n_read = report.summary(len(recs))["n_read"]
     if cfg.eval.max_samples:
         recs = recs[: cfg.eval.max_samples]
     engine = NativeRolloutEngine(policy, seed=cfg.seed)
     out = os.path.join(os.path.abspath(cfg.run_dir), f"eval_{name}.json")
-    res = evaluate(engine, InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict), tok, recs, cfg.eval.max_new_tokens,
-                   strict=cfg.data.strict, out_path=out, progress=cfg.log.progress)
-    log.info("eval[%s] %s: accuracy %.3f, mean IoU %.3f, format %.3f (n=%d)", name, split or cfg.eval.split,
-             res["accuracy"], res["mean_iou"], res["format"], res["n"])
+    builder = InputBuilder(policy, tok, cfg.video, max_prompt_tokens=max_prompt_tokens(cfg, hf_path), skips=report,
+                           strict=cfg.data.strict)
+    res = evaluate(engine, builder, tok, recs, cfg.eval.max_new_tokens, strict=cfg.data.strict, out_path=out,
+                   progress=cfg.log.progress, n_read=n_read)
+    log.info("eval[%s] %s: accuracy %.3f, mean IoU %.3f, format %.3f (n=%d; %d read, skipped: %s)", name, split,
+             res["accuracy"], res["mean_iou"], res["format"], res["n"], res["n_read"], report.describe())
+    if res["n_used"] == 0:
+        raise NoUsableRecords(f"eval[{name}]: no usable records in {split} (skipped: {report.describe()})")
     return res
 
 

@@ -92,7 +92,7 @@ class RLTrainer:
         for p, o in zip(prepared, outs):
             texts = [decode_response(self.tok, ids, (self.eos,)) for ids in o.token_ids]
             r = p.record
-            scores = [score_response(t, r.task, r.answer, r.segment, self.cfg.reward) for t in texts]
+            scores = [score_response(t, r.problem_type, r.answer, r.segments, self.cfg.reward) for t in texts]
             groups.append(Group(p, o.token_ids, texts, scores))
         return groups
 

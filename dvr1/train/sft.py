@@ -1,7 +1,8 @@
 """SFT cold start: teach the `<think>…</think><answer>…</answer>` format (DVR1 §4.1 starts RL from an SFT model).
 
-Targets come from each record's construction metadata (`dvr1.data.prompts.sft_response`), so the reasoning is true
-of the clip. Loss: mean negative log-likelihood per response token (the `<|im_end|>` stop token included), through
+Targets (`dvr1.data.prompts.sft_target`): the record's own `reasoning`, else its construction metadata (the synthetic
+set, so the reasoning is true of the clip), else the answer alone in the same format; each step counts which
+(`sft/target_reasoning`, `sft/target_meta`, `sft/target_answer_only`: records of this rank's batch). Loss: mean negative log-likelihood per response token (the `<|im_end|>` stop token included), through
 the same vocab-parallel log-prob path as RL.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 
 
-from dvr1.data.prompts import sft_response
+from dvr1.data.prompts import SFT_SOURCES, sft_target
 from dvr1.data.sampler import PromptSampler
 from dvr1.parallel import grid
 from dvr1.parallel.forward import forward_backward
@@ -34,16 +35,23 @@ class SFTTrainer:
     def load_state_dict(self, s: dict) -> None:
         self.sampler.load_state_dict(s["sampler"])
 
+    def target(self, record) -> tuple[list[int], str]:
+        """(target token ids ending with `<|im_end|>`, where its reasoning came from: `SFT_SOURCES`)."""
+        text, source = sft_target(record)
+        return self.tok(text, add_special_tokens=False)["input_ids"] + [self.eos], source
+
     def target_ids(self, record) -> list[int]:
-        return self.tok(sft_response(record), add_special_tokens=False)["input_ids"] + [self.eos]
+        return self.target(record)[0]
 
     def step(self) -> dict:
-        items = []
+        items, sources = [], dict.fromkeys(SFT_SOURCES, 0)
         while len(items) < self.batch_per_rank:
             rec = self.sampler.next()
             p = prepare_or_skip(self.builder, rec, self.sampler, strict=self.cfg.data.strict)
             if p is not None:
-                items.append((p, self.target_ids(rec)))
+                ids, source = self.target(rec)
+                items.append((p, ids))
+                sources[source] += 1
         batch = build_batch(items, self.pad)
         n_tok = batch.resp_mask.sum()
 
@@ -61,4 +69,5 @@ class SFTTrainer:
         self.scheduler.step(1)
         loss = grid.broadcast_from_last_stage(None if res is None else float(res.loss))
         return {"loss": loss, "grad_norm": float(grad_norm or 0.0),
-                "lr": self.optimizer.param_groups[0]["lr"], "tokens": float(n_tok)}
+                "lr": self.optimizer.param_groups[0]["lr"], "tokens": float(n_tok),
+                **{f"sft/target_{k}": float(v) for k, v in sources.items()}}

@@ -136,7 +136,7 @@ def test_letters_balanced():
         letters = [_run(task, i, ctx)[1]["answer"] for i in range(8)]
         if task == "grounding":
             continue
-        assert collections.Counter(letters) == {x: 2 for x in LETTERS}, (task, letters)
+        assert collections.Counter(letters) == {x: 2 for x in LETTERS[:4]}, (task, letters)  # 4-way
 
 
 def test_arrow_of_time_truth():

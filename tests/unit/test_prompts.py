@@ -91,3 +91,43 @@ def test_sft_reasoning_content():
     assert "There are 3 red discs that change position." in sft_reasoning(RECORDS[5])
     assert "There is 1 green disc that changes position." in sft_reasoning(RECORDS[6])
     assert "moves left" in sft_reasoning(RECORDS[7])
+
+
+# ---- real records (issue 14, problems 5 and 6) ---------------------------------------------------------------------
+
+def _open(**kw):
+    d = dict(id="real-1", video="v.webm", question="Q?", options=None, answer="3", task="count", segment=None,
+             fps=None, duration=None, source="v.webm", split=None, meta={}, problem_type="numerical")
+    d.update(kw)
+    return VideoQARecord(**d)
+
+
+def test_sft_target_sources():
+    from dvr1.data.prompts import sft_target
+
+    # the record's own reasoning wins, even over construction metadata
+    r = _open(reasoning=" There are three cups. ")
+    assert sft_target(r) == ("<think>There are three cups.</think><answer>3</answer>", "reasoning")
+    assert sft_target(RECORDS[5]) == (sft_response(RECORDS[5]), "meta")
+    # a real record with a synthetic task name but no construction metadata: answer only (was KeyError: 'color')
+    r = _rec("counting", "B", {})
+    assert sft_target(r) == ("<think></think><answer>B</answer>", "answer_only")
+    r = _open(problem_type="grounded_qa", task="causal", options=["a", "b"], answer="B",
+              segments=[[1.0, 2.25], [3.0, 4.0]])
+    text, source = sft_target(r)
+    assert (text, source) == ("<think></think><answer>B</answer><glue>[(1.0, 2.2), (3.0, 4.0)]</glue>", "answer_only")
+    from dvr1.rl.rewards import format_reward
+
+    assert format_reward(text, grounded=True) == 1.0
+
+
+def test_format_question_per_problem_type():
+    assert format_question(_open()) == "Q?\nAnswer with a number." + TAIL
+    assert format_question(_open(problem_type="ocr", answer="STOP")) == (
+        "Q?\nAnswer with the text exactly as it appears in the video." + TAIL)
+    assert format_question(_open(problem_type="free_form", answer="x")) == "Q?\nAnswer in a short sentence." + TAIL
+    five = _open(problem_type="multiple_choice", options=list("vwxyz"), answer="E")
+    assert format_question(five) == "Q?\nA. v\nB. w\nC. x\nD. y\nE. z" + TAIL
+    gqa = _open(problem_type="grounded_qa", options=["yes", "no"], answer="A", segments=[[0.0, 1.0]])
+    assert format_question(gqa) == ("Q?\nA. yes\nB. no\nAfter </answer>, give the time spans that support the answer "
+                                    "as <glue>[(start, end), ...]</glue> in seconds." + TAIL)

@@ -58,8 +58,8 @@ class Engine:
 
 
 def _record(i):
-    return types.SimpleNamespace(id=f"r{i}", task="motion_direction", answer="B", segment=None,
-                                 options=["up", "left", "down", "right"])
+    return types.SimpleNamespace(id=f"r{i}", task="motion_direction", problem_type="multiple_choice", answer="B",
+                                 segment=None, segments=None, options=["up", "left", "down", "right"])
 
 
 def _trainer(overrides=(), reveal_right=True):
