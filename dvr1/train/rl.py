@@ -33,7 +33,7 @@ from dvr1.rl.difficulty import DifficultyController, RewardHistory
 from dvr1.rl.losses import Normalizers, combine_metrics, objective
 from dvr1.rl.rewards import score_response
 from dvr1.rollout.base import SamplingParams
-from dvr1.train.inputs import build_batch, prepare_or_skip, token_logprobs
+from dvr1.train.inputs import PromptTooLong, build_batch, prepare_or_skip, token_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,12 @@ class RLTrainer:
         return groups
 
     def augment(self, groups: list[Group], decisions) -> tuple[list[Group], dict]:
-        """DA-Aug (ALGORITHMS §4): build and roll out the augmented samples; returns their groups and counters.
+        """DA-Aug (docs/ALGORITHMS.md §4): build and roll out the augmented samples; returns their groups and counters.
 
         Hard (decrease): hint = partial successful trace (the group's best correct response, else the best of
         `da_aug.answer_traces` responses generated with the answer revealed), no-leak filtered by `make_hint`;
-        a sample whose hint comes out empty is not augmented (counted in `n_hint_failed`).
+        a sample whose hint comes out empty, or whose hinted prompt exceeds `model.max_prompt_tokens`, is not
+        augmented (counted in `n_hint_failed`).
         Easy (increase): frame noise sigma0 * perturb_level (+ optional frame masking) on the normalised video.
         """
         a = self.cfg.da_aug
@@ -117,10 +118,14 @@ class RLTrainer:
                         trace = select_trace(rg.texts, [s["accuracy"] for s in rg.scores],
                                              [s["total"] for s in rg.scores])
                 hint = make_hint(trace, d.guide_level, a.max_level, rec.answer, rec.options) if trace else ""
-                if not hint:
+                try:
+                    hinted = self.builder.prepare(rec, hint=hint) if hint else None
+                except PromptTooLong:  # the hint does not fit model.max_prompt_tokens: not augmented
+                    hinted = None
+                if hinted is None:
                     stats["n_hint_failed"] += 1
                     continue
-                todo.append(self.builder.prepare(rec, hint=hint))
+                todo.append(hinted)
                 stats["n_hint"] += 1
                 stats["guide_level"].append(d.guide_level)
             elif d.direction == "increase":

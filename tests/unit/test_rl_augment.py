@@ -126,3 +126,21 @@ def test_merge_augmented(mode):
         assert merged == [groups[0], aug[0], groups[2]]
     else:
         assert merged == [groups[0], groups[1], groups[2], aug[0]]
+
+
+def test_a_hint_that_does_not_fit_the_prompt_budget_is_not_augmented():
+    from dvr1.train.inputs import PromptTooLong
+
+    t = _trainer(["da_aug.answer_traces=3"])
+    groups = _groups(t, 1)
+    t.engine.calls.clear()
+
+    def prepare(record, hint=None, reveal_answer=False, video=None):
+        if hint:
+            raise PromptTooLong(f"{record.id}: the hinted prompt is over model.max_prompt_tokens")
+        return types.SimpleNamespace(record=record, request={"hint": None, "reveal": reveal_answer, "video": video})
+
+    t.builder.prepare = prepare
+    aug, stats = t.augment(groups, [Decision("decrease", 0.9, 3, 0.0)])
+    assert aug == [] and stats["n_hint_failed"] == 1 and stats["n_hint"] == 0
+    assert t.engine.calls == [(1, 3, "rollout[reveal]")]  # the run goes on; no augmented rollout
