@@ -43,6 +43,7 @@ import pickle
 import random
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -234,6 +235,8 @@ def _load_pt(path: Path):
     """``torch.load(path, weights_only=True)`` on CPU; CheckpointError naming the file if it cannot be read."""
     if not path.is_file():
         raise _Unreadable(f"{path}: missing")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its directory is at the end
+        raise _Unreadable(f"{path}: truncated or corrupt (not a complete torch.save zip archive)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
