@@ -247,9 +247,12 @@ def _load_json(path: Path) -> Dict[str, Any]:
     if not path.is_file():
         raise _Unreadable(f"{path}: missing")
     try:
-        return json.loads(path.read_text())
+        out = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise _Unreadable(f"{path}: unreadable ({_reason(e)})") from e
+    if not isinstance(out, dict):
+        raise _Unreadable(f"{path}: unreadable (a JSON {type(out).__name__}, not an object)")
+    return out
 
 
 def _check_dist(dist_dir: Path) -> None:
