@@ -242,19 +242,23 @@ def _train_loop(cfg, stage: str, trainer, model, optimizer, scheduler, steps: in
     """Shared loop: resume, step with a progress bar, log, checkpoint, export the final model to HF."""
     from dvr1.models.export import export_hf
     from megatron.core.utils import unwrap_model
-    from dvr1.train.checkpoint import latest_step, load_checkpoint, save_checkpoint
+    from dvr1.train import faults
+    from dvr1.train.checkpoint import load_checkpoint, save_checkpoint
     from dvr1.train.metrics import MetricsLogger, reduce_metrics
 
     stage_dir = os.path.join(os.path.abspath(cfg.run_dir), stage)
     start = 0
-    if cfg.resume and latest_step(stage_dir) is not None:
-        extra = load_checkpoint(stage_dir, [model], optimizer, scheduler)
+    # the newest readable checkpoint: an unreadable one is skipped with a warning naming the file (checkpoint.py)
+    extra = load_checkpoint(stage_dir, [model], optimizer, scheduler) if cfg.resume else None
+    if extra is not None:
         trainer.load_state_dict(extra["trainer"])
         start = int(extra["step"])
         log.info("%s: resumed from step %d (%s)", stage, start, stage_dir)
+    faults.instrument(trainer)  # fault-injection points for the chaos test; no-op unless DVR1_KILL_AT / _TRACE
     logger = MetricsLogger(cfg.run_dir, stage, cfg.log, OmegaConf.to_container(cfg), resume_step=start)
     bar = tqdm(range(start + 1, steps + 1), desc=stage, disable=not cfg.log.progress, initial=start, total=steps)
     for step in bar:
+        faults.position(stage, step)
         m = reduce_metrics(trainer.step())
         logger.log(step, m)
         bar.set_postfix({k: f"{m[k]:.3g}" for k in ("loss", "reward/mean", "vanishing_advantage_ratio") if k in m})
@@ -262,6 +266,8 @@ def _train_loop(cfg, stage: str, trainer, model, optimizer, scheduler, steps: in
             save_checkpoint(stage_dir, step, [model], optimizer, scheduler,
                             {"step": step, "trainer": trainer.state_dict()}, keep_last=keep_last)
     logger.close()
+    faults.position(stage, steps)
+    faults.point("export")
     out = os.path.join(stage_dir, "hf")
     export_hf(unwrap_model(model), src_hf, out)
     log.info("%s: exported the final policy to %s", stage, out)

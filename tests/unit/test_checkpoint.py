@@ -165,3 +165,176 @@ def test_no_checkpoint_and_bad_latest(tiny_gpt, tmp_path):
     with pytest.raises(CheckpointError, match=r"step_5: saved without an optimizer; pass optimizer=None"):
         load_checkpoint(tmp_path, chunks, opt, sched)
     assert load_checkpoint(tmp_path, [model]) == {}
+
+
+# ---- weights_only, corrupt checkpoints, kills inside a save (issue 19) ----------------------------------------
+
+def test_every_file_loads_weights_only_and_rng_continues(tiny_gpt, tmp_path):
+    """The per-rank file (RNG states incl. numpy's cached Gaussian, trainer-like state) and common.pt load with
+    torch.load(weights_only=True); after the load every stream continues bit for bit."""
+    model, chunks, opt, sched = make(tiny_gpt, seed=0)
+    train_step(chunks, opt, sched, seed=1)
+    np.random.randn(1)  # leaves numpy's legacy state with a cached Gaussian (has_gauss=1)
+    extra = {"sampler": {"order": [3, 1, 2], "generator": torch.Generator().manual_seed(3).get_state()},
+             "history": {"window": 4, "values": [0.5, 1.0]}, "engine": {"calls": 2, "seed": 7}, "bad": None}
+    path = save_checkpoint(tmp_path, 1, chunks, opt, sched, extra)
+    want = (next_draws(), np.random.randn(3).tolist())
+
+    rank = torch.load(path / "extra" / "rank_00000.pt", weights_only=True)
+    assert rank["extra_state"]["history"] == extra["history"] and rank["rng"]["numpy"]["has_gauss"] == 1
+    torch.load(path / "dist" / "common.pt", weights_only=True)
+    seed_everything(5)
+    model2, chunks2, opt2, sched2 = make(tiny_gpt, seed=5)
+    got = load_checkpoint(tmp_path, chunks2, opt2, sched2)
+    assert torch.equal(got["sampler"]["generator"], extra["sampler"]["generator"])
+    draws = next_draws()
+    assert draws[0] == want[0][0] and draws[1] == want[0][1] and np.random.randn(3).tolist() == want[1]
+    assert torch.equal(draws[2], want[0][2]) and torch.equal(draws[3], want[0][3])
+
+
+def test_save_refuses_state_that_needs_unpickling(tiny_gpt, tmp_path):
+    model, chunks, opt, sched = make(tiny_gpt)
+    save_checkpoint(tmp_path, 1, chunks, opt, sched, {"at": 1})
+    msg = (r"^dvr1.train.checkpoint.save_checkpoint: extra_state must hold only tensors, lists, tuples, dicts, ints, "
+           r"floats, bools, strings and None \(not loadable with torch.load\(weights_only=True\): [^\n]*numpy[^\n]*\)$")
+    with pytest.raises(ValueError, match=msg):
+        save_checkpoint(tmp_path, 2, chunks, opt, sched, {"position": np.zeros(2)})
+    assert latest_step(tmp_path) == 1 and list_steps(tmp_path) == [1]
+
+
+def _two_checkpoints(tiny_gpt, tmp_path):
+    """Steps 1 and 2 of a run; returns (chunks, opt, sched) of a fresh model and step 1's parameters."""
+    model, chunks, opt, sched = make(tiny_gpt, seed=0)
+    train_step(chunks, opt, sched, seed=1)
+    save_checkpoint(tmp_path, 1, chunks, opt, sched, {"at": 1})
+    at1 = [p.detach().clone() for p in model.parameters()]
+    train_step(chunks, opt, sched, seed=2)
+    save_checkpoint(tmp_path, 2, chunks, opt, sched, {"at": 2})
+    model2, chunks2, opt2, sched2 = make(tiny_gpt, seed=7)
+    return model2, chunks2, opt2, sched2, at1
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return len(data) // 2
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("extra/rank_00000.pt", r"truncated or corrupt \(not a complete torch.save zip archive\)"),
+    ("dist/__0_0.distcp", r"truncated \(\d+ of at least \d+ bytes\)"),
+    ("dist/metadata.json", r"unreadable \(JSONDecodeError: .*\)"),
+    ("dist/common.pt", r"truncated or corrupt \(not a complete torch.save zip archive\)"),
+    ("dist/.metadata", r"unreadable \(.*\)"),
+    ("meta.json", r"unreadable \(JSONDecodeError: .*\)"),
+])
+def test_truncated_latest_falls_back_to_previous(tiny_gpt, tmp_path, caplog, name, reason):
+    import logging
+    import re
+
+    model, chunks, opt, sched, at1 = _two_checkpoints(tiny_gpt, tmp_path)
+    broken = tmp_path / "ckpt" / "step_2" / name
+    half = _truncate(broken)
+    with caplog.at_level(logging.WARNING, logger="dvr1.train.checkpoint"):
+        assert load_checkpoint(tmp_path, chunks, opt, sched) == {"at": 1}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and re.fullmatch(f"{re.escape(str(broken))}: {reason}; falling back to step 1",
+                                               warnings[0]), warnings
+    if name.endswith(".distcp"):
+        assert f"truncated ({half} of at least" in warnings[0]
+    for p, w in zip(model.parameters(), at1):
+        assert torch.equal(p, w)
+    assert sched.num_steps == 1
+
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(broken))}: {reason}$"):  # an explicit step: no fallback
+        load_checkpoint(tmp_path, chunks, opt, sched, step=2)
+    import shutil
+
+    shutil.rmtree(tmp_path / "ckpt" / "step_1")
+    msg = f"^{re.escape(str(broken))}: {reason}; no older complete checkpoint to fall back to$"
+    with pytest.raises(CheckpointError, match=msg):
+        load_checkpoint(tmp_path, chunks, opt, sched)
+
+
+def test_per_rank_file_with_a_pickled_object_is_refused(tiny_gpt, tmp_path, caplog):
+    """A per-rank file that would need unpickling (here a numpy array, as the numpy RNG state used to be) is not
+    loaded: the fallback names the file and what torch.load(weights_only=True) refused."""
+    model, chunks, opt, sched, at1 = _two_checkpoints(tiny_gpt, tmp_path)
+    rank_file = tmp_path / "ckpt" / "step_2" / "extra" / "rank_00000.pt"
+    state = torch.load(rank_file, weights_only=True)
+    state["extra_state"]["evil"] = np.zeros(1)
+    torch.save(state, rank_file)
+    assert load_checkpoint(tmp_path, chunks, opt, sched) == {"at": 1}
+    import re
+
+    want = (f"{re.escape(str(rank_file))}: unreadable \\(not loadable with torch.load\\(weights_only=True\\): "
+            r"[^\n]*numpy[^\n]*\); falling back to step 1")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] and all(
+        re.fullmatch(want, r.getMessage()) for r in caplog.records if r.levelname == "WARNING")
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL inside the test process: nothing after the fault point runs."""
+
+
+@pytest.mark.parametrize("point, latest", [("ckpt.begin", 1), ("ckpt.dist", 1), ("ckpt.rank_file", 1),
+                                           ("ckpt.meta", 1), ("ckpt.rename", 1), ("ckpt.latest", 2)])
+def test_save_killed_at_any_write_never_becomes_latest(tiny_gpt, tmp_path, monkeypatch, point, latest):
+    from dvr1.train import faults
+
+    model, chunks, opt, sched = make(tiny_gpt)
+    save_checkpoint(tmp_path, 1, chunks, opt, sched, {"at": 1})
+    monkeypatch.setenv("DVR1_KILL_AT", f"test:2:{point}")
+    monkeypatch.setattr(faults, "_die", lambda: (_ for _ in ()).throw(_Killed()))
+    faults.position("test", 2)
+    try:
+        with pytest.raises(_Killed):
+            save_checkpoint(tmp_path, 2, chunks, opt, sched, {"at": 2})
+    finally:
+        monkeypatch.delenv("DVR1_KILL_AT")
+        faults.position("test", 0)
+    if point == "ckpt.rank_file":  # killed mid-write: half a file, in the .tmp directory
+        partial = tmp_path / "ckpt" / "step_2.tmp" / "extra" / "rank_00000.pt"
+        assert 0 < partial.stat().st_size and pytest.raises(Exception, torch.load, partial, weights_only=True)
+    assert latest_step(tmp_path) == latest
+    assert list_steps(tmp_path) == ([1] if point in ("ckpt.begin", "ckpt.dist", "ckpt.rank_file", "ckpt.meta")
+                                    else [1, 2])
+    assert load_checkpoint(tmp_path, chunks, opt, sched) == {"at": latest}
+    save_checkpoint(tmp_path, 2, chunks, opt, sched, {"at": 2}, keep_last=1)  # the same save again completes
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["latest", "step_2"]  # no stale .tmp left
+    assert load_checkpoint(tmp_path, chunks, opt, sched) == {"at": 2}
+
+
+def test_resave_killed_between_swap_falls_back(tiny_gpt, tmp_path, monkeypatch, caplog):
+    """Re-saving an existing step killed after the old copy moved aside: `latest` names a missing directory, the
+    load falls back to the newest complete step with a warning."""
+    from dvr1.train import faults
+
+    model, chunks, opt, sched = make(tiny_gpt)
+    for step in (1, 2):
+        save_checkpoint(tmp_path, step, chunks, opt, sched, {"at": step})
+    monkeypatch.setenv("DVR1_KILL_AT", "test:2:ckpt.swap")
+    monkeypatch.setattr(faults, "_die", lambda: (_ for _ in ()).throw(_Killed()))
+    faults.position("test", 2)
+    try:
+        with pytest.raises(_Killed):
+            save_checkpoint(tmp_path, 2, chunks, opt, sched, {"at": 2})
+    finally:
+        monkeypatch.delenv("DVR1_KILL_AT")
+        faults.position("test", 0)
+    assert list_steps(tmp_path) == [1]
+    assert load_checkpoint(tmp_path, chunks, opt, sched) == {"at": 1}
+    want = (f"{tmp_path / 'ckpt' / 'latest'}: names step 2 but {tmp_path / 'ckpt' / 'step_2'} does not exist; "
+            "falling back to step 1")
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [want]
+
+
+def test_kill_spec_errors():
+    from dvr1.train.faults import parse_kill_spec
+
+    assert parse_kill_spec("rl:2:update") == "rl:2:update:1" and parse_kill_spec("rl:03:decode:40") == "rl:3:decode:40"
+    with pytest.raises(ValueError, match=r"^DVR1_KILL_AT='rl:x:update': expected <stage>:<step>:<point>\[:<n>\], "
+                                         r"e\.g\. rl:2:update$"):
+        parse_kill_spec("rl:x:update")
+    with pytest.raises(ValueError, match=r"^DVR1_KILL_AT='rl:2:upd': unknown point 'upd' \(one of rollout, decode, "):
+        parse_kill_spec("rl:2:upd")
