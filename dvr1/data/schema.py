@@ -401,6 +401,7 @@ def read_records(
     log: logging.Logger = _log,
     check_video: bool = True,
     report: SkipReport | None = None,
+    first_at: dict[str, str] | None = None,
 ) -> list[VideoQARecord]:
     """Read a JSONL file of :class:`VideoQARecord`; ``video`` becomes an absolute path.
 
@@ -414,6 +415,8 @@ def read_records(
         log: logger for skipped lines.
         check_video: treat a record whose video file does not exist as malformed (field ``video``).
         report: collects the skipped lines (:class:`SkipReport`), or None.
+        first_at: ids of the dataset's files read before this one (id -> ``"{path}:{line}"``, see :func:`line_ids`):
+            a record repeating one of them is a duplicate.
 
     Returns:
         The valid records, in file order.
@@ -422,7 +425,24 @@ def read_records(
         RecordError: ``"{path}:{lineno}: {field}: {msg}"`` (strict only); ``"{path}: file not found"`` always.
     """
     return read_jsonl(path, VideoQARecord.from_json, RecordError, strict=strict, log=log, check_video=check_video,
-                      report=report)
+                      report=report, first_at=first_at)
+
+
+def line_ids(path) -> dict[str, str]:
+    """id -> ``"{path}:{line}"`` of every line of a JSONL file that is a JSON object with a string ``id`` (the
+    first occurrence; unreadable lines are ignored: their own reader reports them). ``{}`` if the file is missing."""
+    out: dict[str, str] = {}
+    if not os.path.isfile(path):
+        return out
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+                out.setdefault(obj["id"], f"{path}:{lineno}")
+    return out
 
 
 def _reason(msg: str) -> str:
@@ -434,7 +454,8 @@ def _reason(msg: str) -> str:
 
 
 def read_jsonl(path, from_json, error_cls=RecordError, strict: bool = False, log: logging.Logger = _log,
-               check_video: bool = True, report: SkipReport | None = None) -> list:
+               check_video: bool = True, report: SkipReport | None = None,
+               first_at: dict[str, str] | None = None) -> list:
     """The JSONL reading loop shared by every record type (video QA, dense captions).
 
     `from_json(obj, where)` builds one record (raising `error_cls("{where}: {field}: {msg}")`); records with a
@@ -442,13 +463,16 @@ def read_jsonl(path, from_json, error_cls=RecordError, strict: bool = False, log
     that is not UTF-8 (field ``utf8``), not JSON (``json``) or repeats an earlier line's id (``id: duplicate id 'x'
     (first at {path}:{line})``) is an error too. A bad line is logged as ``"{path}:{lineno}: skipped: {field}:
     {msg}"`` (with ``" (id 'x')"`` when known), added to `report` and skipped, or raised when `strict`.
+    `first_at` (id -> ``"{path}:{line}"``) holds the ids of the dataset's files read before this one, so an id
+    repeated across the files of one dataset is a duplicate too; the file's own ids are added to it.
     Raises `error_cls("{path}: file not found")` always.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise error_cls(f"{path}: file not found")
     base = os.path.dirname(os.path.abspath(path))
-    out, first_at = [], {}
+    out = []
+    first_at = {} if first_at is None else first_at
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             where = f"{path}:{lineno}"

@@ -106,11 +106,18 @@ def records(cfg, split: str, report=None):
     """The valid records of `<data.root>/<split>.jsonl`; skipped lines go to `report` (a `SkipReport`).
 
     Raises: RecordError (strict mode, or the file is missing); NoUsableRecords when no line is usable."""
-    from dvr1.data.schema import NoUsableRecords, SkipReport, read_records
+    from dvr1.data.build import SPLITS
+    from dvr1.data.schema import NoUsableRecords, SkipReport, line_ids, read_records
 
     path = os.path.join(data_root(cfg), f"{split}.jsonl")
     report = SkipReport() if report is None else report
-    recs = read_records(path, strict=cfg.data.strict, report=report)
+    # ids are unique within the dataset: a record repeating an id of an earlier split (train < val < test) is a
+    # duplicate of that line
+    first_at: dict[str, str] = {}
+    for earlier in SPLITS[:SPLITS.index(split)] if split in SPLITS else ():
+        for rid, where in line_ids(os.path.join(data_root(cfg), f"{earlier}.jsonl")).items():
+            first_at.setdefault(rid, where)
+    recs = read_records(path, strict=cfg.data.strict, report=report, first_at=first_at)
     if not recs:
         raise NoUsableRecords(f"{path}: no usable records (skipped: {report.describe()})")
     return recs

@@ -236,6 +236,22 @@ def test_duplicate_id_reported_with_both_positions(tree):
     assert str(ei.value) == f"{path}:3: id: duplicate id 'r0' (first at {path}:1)"
 
 
+def test_duplicate_id_across_the_splits_of_a_dataset(tree):
+    """An id of an earlier split (train < val < test) repeated in a later one is a duplicate of that line."""
+    import types
+
+    from dvr1.train.job import records
+
+    for split, ids in (("train", ["r0", "r1"]), ("val", ["r2"]), ("test", ["r3", "r1"])):
+        (tree / f"{split}.jsonl").write_text("\n".join(json.dumps(_mc(id=i)) for i in ids) + "\n")
+    cfg = types.SimpleNamespace(data=types.SimpleNamespace(root=str(tree), strict=False))
+    report = SkipReport()
+    assert [r.id for r in records(cfg, "test", report)] == ["r3"]
+    assert [(s.line, s.id, s.message) for s in report.entries] == [
+        (2, "r1", f"id: duplicate id 'r1' (first at {tree / 'train.jsonl'}:2)")]
+    assert [r.id for r in records(cfg, "train")] == ["r0", "r1"]  # the first occurrence stays
+
+
 def test_invalid_utf8_line_is_skipped_not_fatal(tree, caplog):
     path = tree / "u.jsonl"
     path.write_bytes(json.dumps(_mc()).encode() + b"\n" + b'{"id": "bad\xff\xfe"}\n' + json.dumps(_mc(id="r1")).encode()
