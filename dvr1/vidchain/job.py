@@ -55,17 +55,32 @@ def _rank0_builds(path_done: str, build) -> None:
 
 
 def ensure_data(opts) -> str:
-    """Build the dense-captioning set at ``vidchain.data_root`` unless its manifest exists. Returns the root."""
+    """The dense-captioning set at ``vidchain.data_root``, built there only if dvr1 owns the directory (new, empty, or
+    an interrupted build), as `dvr1.train.job.ensure_data` does: a directory of the user's records (or a finished
+    set) is read-only, anything else an error saying what to do. Returns the root.
+
+    Raises: `dvr1.data.build.DataRootError` for a directory that is neither."""
+    import json
+
+    import torch.distributed as dist
+
+    from dvr1.data.build import BUILDING, MANIFEST, check_buildable, data_root_state
     from dvr1.vidchain.data import build_dense_dataset
 
     root = os.path.abspath(opts.data_root)
-
-    def build():
-        log.info("building the dense-captioning set at %s", root)
-        build_dense_dataset(root, seed=opts.data_seed, n_train=opts.n_train, n_val=opts.n_val, n_test=opts.n_test,
-                            fps=opts.fps, size=opts.size, max_events=opts.max_events)
-
-    _rank0_builds(os.path.join(root, "manifest.json"), build)
+    state = data_root_state(root)
+    if state in ("new", "partial"):
+        if grid.is_writer():
+            log.info("building the dense-captioning set at %s", root)
+            os.makedirs(root, exist_ok=True)
+            with open(os.path.join(root, MANIFEST), "w", encoding="utf-8") as fh:
+                json.dump(BUILDING, fh)  # an interrupted build stays dvr1's: rebuilt by the next run
+            build_dense_dataset(root, seed=opts.data_seed, n_train=opts.n_train, n_val=opts.n_val,
+                                n_test=opts.n_test, fps=opts.fps, size=opts.size, max_events=opts.max_events)
+        if dist.is_initialized():
+            dist.barrier()
+    elif state == "other":
+        check_buildable(root)  # raises, saying what to do
     return root
 
 

@@ -81,3 +81,32 @@ def test_builder_events_from_construction(tmp_path):
     again = tmp_path / "again"
     build_dense_dataset(str(again), seed=3, n_train=3, n_val=1, n_test=1, max_events=3)
     assert (again / "train.jsonl").read_text() == (tmp_path / "train.jsonl").read_text()
+
+
+def test_vidchain_never_writes_into_a_users_directory(tmp_path):
+    """`dvr1 vidchain`'s data step: a directory of the user's records is read-only (bytes unchanged), a directory that
+    is neither dvr1's nor a dataset is refused with what to do (no build into it)."""
+    import hashlib
+    import types
+
+    import pytest
+
+    from dvr1.data.build import DataRootError
+    from dvr1.vidchain.job import ensure_data
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "train.jsonl").write_text('{"id": "mine"}\n')
+    (user / "notes.txt").write_text("my notes\n")
+    digest = lambda d: {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.iterdir())}  # noqa: E731
+    before = digest(user)
+    opts = types.SimpleNamespace(data_root=str(user), data_seed=0, n_train=1, n_val=1, n_test=1, fps=8.0, size=64,
+                                 max_events=2)
+    assert ensure_data(opts) == str(user)
+    assert digest(user) == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "photo.png").write_bytes(b"x")
+    with pytest.raises(DataRootError, match="neither a dataset"):
+        ensure_data(types.SimpleNamespace(**{**vars(opts), "data_root": str(other)}))
+    assert [p.name for p in other.iterdir()] == ["photo.png"]
