@@ -277,22 +277,27 @@ class _Killed(BaseException):
     """Stands in for SIGKILL inside the test process: nothing after the fault point runs."""
 
 
-@pytest.mark.parametrize("point, latest", [("ckpt.begin", 1), ("ckpt.dist", 1), ("ckpt.rank_file", 1),
-                                           ("ckpt.meta", 1), ("ckpt.rename", 1), ("ckpt.latest", 2)])
-def test_save_killed_at_any_write_never_becomes_latest(tiny_gpt, tmp_path, monkeypatch, point, latest):
+def _save_killed_at(monkeypatch, point, run_dir, chunks, opt, sched):
+    """Save step 2 with the fault hook raising (instead of SIGKILL) at `point` (dvr1/train/faults.py)."""
     from dvr1.train import faults
 
-    model, chunks, opt, sched = make(tiny_gpt)
-    save_checkpoint(tmp_path, 1, chunks, opt, sched, {"at": 1})
     monkeypatch.setenv("DVR1_KILL_AT", f"test:2:{point}")
     monkeypatch.setattr(faults, "_die", lambda: (_ for _ in ()).throw(_Killed()))
     faults.position("test", 2)
     try:
         with pytest.raises(_Killed):
-            save_checkpoint(tmp_path, 2, chunks, opt, sched, {"at": 2})
+            save_checkpoint(run_dir, 2, chunks, opt, sched, {"at": 2})
     finally:
         monkeypatch.delenv("DVR1_KILL_AT")
         faults.position("test", 0)
+
+
+@pytest.mark.parametrize("point, latest", [("ckpt.begin", 1), ("ckpt.dist", 1), ("ckpt.rank_file", 1),
+                                           ("ckpt.meta", 1), ("ckpt.rename", 1), ("ckpt.latest", 2)])
+def test_save_killed_at_any_write_never_becomes_latest(tiny_gpt, tmp_path, monkeypatch, point, latest):
+    model, chunks, opt, sched = make(tiny_gpt)
+    save_checkpoint(tmp_path, 1, chunks, opt, sched, {"at": 1})
+    _save_killed_at(monkeypatch, point, tmp_path, chunks, opt, sched)
     if point == "ckpt.rank_file":  # killed mid-write: half a file, in the .tmp directory
         partial = tmp_path / "ckpt" / "step_2.tmp" / "extra" / "rank_00000.pt"
         assert 0 < partial.stat().st_size and pytest.raises(Exception, torch.load, partial, weights_only=True)
@@ -308,20 +313,10 @@ def test_save_killed_at_any_write_never_becomes_latest(tiny_gpt, tmp_path, monke
 def test_resave_killed_between_swap_falls_back(tiny_gpt, tmp_path, monkeypatch, caplog):
     """Re-saving an existing step killed after the old copy moved aside: `latest` names a missing directory, the
     load falls back to the newest complete step with a warning."""
-    from dvr1.train import faults
-
     model, chunks, opt, sched = make(tiny_gpt)
     for step in (1, 2):
         save_checkpoint(tmp_path, step, chunks, opt, sched, {"at": step})
-    monkeypatch.setenv("DVR1_KILL_AT", "test:2:ckpt.swap")
-    monkeypatch.setattr(faults, "_die", lambda: (_ for _ in ()).throw(_Killed()))
-    faults.position("test", 2)
-    try:
-        with pytest.raises(_Killed):
-            save_checkpoint(tmp_path, 2, chunks, opt, sched, {"at": 2})
-    finally:
-        monkeypatch.delenv("DVR1_KILL_AT")
-        faults.position("test", 0)
+    _save_killed_at(monkeypatch, "ckpt.swap", tmp_path, chunks, opt, sched)
     assert list_steps(tmp_path) == [1]
     assert load_checkpoint(tmp_path, chunks, opt, sched) == {"at": 1}
     want = (f"{tmp_path / 'ckpt' / 'latest'}: names step 2 but {tmp_path / 'ckpt' / 'step_2'} does not exist; "
