@@ -66,8 +66,11 @@ def reference(smoke_data):  # noqa: F811
     assert rc == 0, err[-3000:]
     points = trace.read_text().split()
     m = [json.loads(line) for line in (ref / "metrics" / "rl.jsonl").read_text().splitlines()]
-    # the run this test needs: rewards with variance, both DA-Aug directions, a real update
-    assert any(r["aug/frac_up"] > 0 for r in m) and any(r["aug/frac_down"] > 0 for r in m), m
+    # the run this test needs: rewards with variance, both DA-Aug directions taken (a difficulty decrease runs the
+    # answer-revealed rollouts and the hint builder even when the hint comes out empty under the §4 prefix rule,
+    # which the smoke model's short traces often do), a real update
+    assert any(r["aug/frac_up"] > 0 for r in m), m
+    assert any(r["aug/frac_down"] > 0 or r["aug/hint_failed"] > 0 for r in m), m
     assert all(r["grad_norm"] > 0 for r in m), m
     return _common(data), init, ref, points
 
