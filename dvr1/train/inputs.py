@@ -103,9 +103,9 @@ class InputBuilder:
         while len(store) > self.cache_size:
             store.popitem(last=False)
 
-    def _clip(self, record: VideoQARecord) -> NormalizedClip:
-        """The record's clean clip, on the CPU (cached under `clip_key`)."""
-        key = self.clip_key(record)
+    def _clip(self, record: VideoQARecord, key: tuple | None = None) -> NormalizedClip:
+        """The record's clean clip, on the CPU (cached under `clip_key`, computed here unless given)."""
+        key = key or self.clip_key(record)
         if key in self._videos:
             self._videos.move_to_end(key)
             return self._videos[key]
@@ -114,10 +114,11 @@ class InputBuilder:
         self._cache(self._videos, key, clip)
         return clip
 
-    def video(self, record: VideoQARecord) -> VideoInput:
+    def video(self, record: VideoQARecord, key: tuple | None = None) -> VideoInput:
         """The record's clip, decoded, sampled, resized and normalised (cached), by `dvr1.data.video.load_clip`:
-        `video.backend=dali` runs all of it in one DALI pipeline; `pyav` decodes with PyAV and normalises in torch."""
-        clip = self._clip(record)
+        `video.backend=dali` runs all of it in one DALI pipeline; `pyav` decodes with PyAV and normalises in torch.
+        `key`: its `clip_key`, when the caller already has it."""
+        clip = self._clip(record, key)
         span = clip.duration if clip.duration > 0 else len(clip.indices) / clip.video_fps
         sampled_fps = len(clip.indices) / span
         return VideoInput(clip.video, self.info.temporal_patch_size / sampled_fps)
@@ -168,8 +169,9 @@ class InputBuilder:
 
         A prompt over `max_prompt_tokens` is built from fewer frames (logged once per clip); raises PromptTooLong when
         its text alone does not fit, VideoError for a bad video."""
-        vin = self.video(record)
-        key = (self.clip_key(record), None)
+        base = self.clip_key(record)  # one stat of the file per prompt
+        vin = self.video(record, base)
+        key = (base, None)
         text = format_question(record, hint=hint, reveal_answer=reveal_answer)
         T = vin.video.shape[0]
         grid_full = torch.tensor([[-(-T // self.info.temporal_patch_size),

@@ -2,8 +2,9 @@
 
 Targets (`dvr1.data.prompts.sft_target`): the record's own `reasoning`, else its construction metadata (the synthetic
 set, so the reasoning is true of the clip), else the answer alone in the same format; each step counts which
-(`sft/target_reasoning`, `sft/target_meta`, `sft/target_answer_only`: records of this rank's batch). Loss: mean negative log-likelihood per response token (the `<|im_end|>` stop token included), through
-the same vocab-parallel log-prob path as RL.
+(`sft/target_reasoning`, `sft/target_meta`, `sft/target_answer_only`: records of this rank's batch). Loss: mean
+negative log-likelihood per response token (the `<|im_end|>` stop token included), through the same vocab-parallel
+log-prob path as RL.
 """
 
 from __future__ import annotations
