@@ -11,13 +11,12 @@ import unicodedata
 from decimal import Decimal
 
 from dvr1.data.noise import add_frame_noise, mask_frames
-from dvr1.rl.rewards import parse_choice
+from dvr1.rl.rewards import RESPONSE_TAG, parse_choice
 
 __all__ = ["add_frame_noise", "hint_sentence_count", "make_hint", "mask_frames", "normalise", "select_trace",
            "split_sentences"]
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
-_ANY_TAG = re.compile(r"</?\s*(?:think|answer|glue)\s*>", re.IGNORECASE)
 _ANSWER_TAG = re.compile(r"<\s*/?\s*answer", re.IGNORECASE)
 # Numbers with optional thousands commas ("1,024") and fraction; compared by exact decimal value.
 _NUMBER = re.compile(r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+")
@@ -147,7 +146,7 @@ def make_hint(trace: str, level: int, max_level: int, answer: str, options: list
     leaks = _Leaks(answer, options)
     sentences = []  # (raw, cleaned)
     for raw in split_sentences(_think_part(trace)):
-        cleaned = " ".join(_ANY_TAG.sub(" ", raw).split())
+        cleaned = " ".join(RESPONSE_TAG.sub(" ", raw).split())
         if cleaned:
             sentences.append((raw, cleaned))
     prefix = sentences[: hint_sentence_count(len(sentences), level, max_level)]

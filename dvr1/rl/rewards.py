@@ -31,7 +31,8 @@ __all__ = [
     "temporal_iou",
 ]
 
-_TAGS = re.compile(r"</?\s*(?:think|answer|glue)\s*>", re.IGNORECASE)
+# any <think>/<answer>/<glue> tag, opening or closing, with stray spaces (also used by the hint builder)
+RESPONSE_TAG = re.compile(r"</?\s*(?:think|answer|glue)\s*>", re.IGNORECASE)
 _FORMAT_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _GLUE_TAGS = ("<glue>", "</glue>")
 # Unsigned decimal number: negatives are rejected by construction, "nan"/"inf" never match.
@@ -95,7 +96,7 @@ def format_reward(text: str, grounded: bool = False) -> float:
         return 0.0
     expected = _FORMAT_TAGS + (_GLUE_TAGS if grounded else ())
     tags = []
-    for m in _TAGS.finditer(text):
+    for m in RESPONSE_TAG.finditer(text):
         if len(tags) == len(expected) or m.group(0) != expected[len(tags)]:
             return 0.0
         tags.append(m)
