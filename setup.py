@@ -111,6 +111,9 @@ setup(
         "pycocoevalcap>=1.2",
         # validating records against dvr1/data/record.schema.json (tests; users' own checks)
         "jsonschema>=4",
+        # benchmark rewards and metrics (ALGORITHMS §10): OCR's word error rate, free-form ROUGE-1/2/L
+        "jiwer>=3",
+        "rouge-score>=0.1.2",
     ],
     package_data={"dvr1.data": ["record.schema.json"]},
     extras_require={
