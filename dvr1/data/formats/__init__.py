@@ -1,0 +1,71 @@
+"""Readers of public benchmark and training-set annotations (`dvr1 data import`), one module per format.
+
+Every format module exposes ``NAME`` (the ``--format`` value), ``KIND`` (``"qa"``: :class:`dvr1.data.schema.VideoQARecord`
+records; ``"dense"``: VidChain's dense-captioning records), ``DESCRIPTION`` (one line for the README table and
+``--help``) and::
+
+    read(annotations: str, videos: str | None, split: str | None) -> Imported
+
+``annotations`` is the file or the directory in the dataset's official layout, ``videos`` the directory holding the
+videos (None: the paths the annotations give, resolved against the annotation file's directory), ``split`` the split
+to read where the format ships several. A reader follows the dataset's published format exactly and reads the
+released files unchanged; a malformed row is reported (:class:`dvr1.data.schema.Skip` with file, line and field in
+the message) and skipped, never fatal, unless it makes the whole file unreadable (then
+:class:`dvr1.data.schema.DataError` naming the file). A missing video is not a reader's business: the records name
+the path and the reader of the imported directory checks it.
+
+:data:`QA_FORMATS` maps ``--format`` names to the modules of this package (imported lazily); the dense formats live
+with VidChain (``dvr1.vidchain.formats.DENSE_FORMATS``) and the command (:mod:`dvr1.importing`) joins both.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+
+from dvr1.data.schema import Skip
+
+__all__ = ["Imported", "QA_FORMATS", "load_format"]
+
+QA_FORMATS = {
+    "video-r1": "video_r1",
+    "seed-bench-r1": "seed_bench_r1",
+    "nextgqa": "nextgqa",
+    "longvideobench": "longvideobench",
+    "mvbench": "mvbench",
+    "video-mme": "video_mme",
+    "tgif-qa": "tgif_qa",
+}
+"""``--format`` name -> module name under ``dvr1.data.formats``."""
+
+
+@dataclass
+class Imported:
+    """What one reader returns.
+
+    Attributes:
+        records: the records, in the annotation files' order (``VideoQARecord`` or ``DenseCaptionRecord``), ids
+            unique; ``video`` as an absolute path or a path relative to ``videos``.
+        dropped: one :class:`Skip` per row not imported (``file``, ``line`` (1-based row/line, or the JSON array
+            index + 1 for JSON files), ``id`` when known, ``reason`` (a short snake_case word, e.g.
+            ``"invalid_record"``, ``"image_sample"``, ``"unsupported_problem_type"``), ``message``
+            ``"{field}: {msg}"``).
+        sources: the annotation files read (paths), for the manifest's checksums.
+        notes: counters of what was changed while importing (e.g. ``{"segments_clipped": 3}``), in the manifest.
+        benchmark: the benchmark whose metric set ``dvr1 eval --benchmark`` applies (e.g. ``"nextgqa"``), or None
+            for a training set.
+    """
+
+    records: list
+    dropped: list[Skip] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    notes: dict[str, int] = field(default_factory=dict)
+    benchmark: str | None = None
+
+
+def load_format(name: str) -> ModuleType:
+    """The module of QA format ``name``. Raises ValueError naming the known formats."""
+    if name not in QA_FORMATS:
+        raise ValueError(f"unknown format {name!r}; known: {', '.join(QA_FORMATS)}")
+    return importlib.import_module(f"dvr1.data.formats.{QA_FORMATS[name]}")
