@@ -12,8 +12,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from omegaconf import OmegaConf
-
 from dvr1.rl.losses import ALGORITHMS, LOSS_AGG_MODES
 
 
@@ -324,6 +322,8 @@ def mrope_after_video(cfg) -> str:
 
 def validate(cfg) -> None:
     """Checks beyond types. Raises ConfigError naming the field and the allowed values."""
+    from omegaconf import OmegaConf
+
     for key, allowed in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -366,6 +366,8 @@ def validate(cfg) -> None:
 
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None):
     """Defaults <- YAML file <- `key=value` overrides; returns a validated OmegaConf `RunConfig`."""
+    from omegaconf import OmegaConf  # imported here: the dataclasses alone (tools/gpu_check.py) need no OmegaConf
+
     cfg = OmegaConf.structured(RunConfig)
     if path:
         cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
@@ -376,4 +378,6 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
 
 
 def to_yaml(cfg) -> str:
+    from omegaconf import OmegaConf
+
     return OmegaConf.to_yaml(cfg)

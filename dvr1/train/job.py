@@ -15,7 +15,6 @@ import sys
 import time
 
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from dvr1.parallel import grid
@@ -262,6 +261,8 @@ def _train_loop(cfg, stage: str, trainer, model, optimizer, scheduler, steps: in
         start = int(extra["step"])
         log.info("%s: resumed from step %d (%s)", stage, start, stage_dir)
     faults.instrument(trainer)  # fault-injection points for the chaos test; no-op unless DVR1_KILL_AT / _TRACE
+    from omegaconf import OmegaConf
+
     logger = MetricsLogger(cfg.run_dir, stage, cfg.log, OmegaConf.to_container(cfg), resume_step=start)
     bar = tqdm(range(start + 1, steps + 1), desc=stage, disable=not cfg.log.progress, initial=start, total=steps)
     for step in bar:
@@ -376,7 +377,9 @@ def run_main(cfg) -> dict:
     setup_logging(run_dir)
     if pinfo.rank == 0:
         with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-            f.write(OmegaConf.to_yaml(cfg))
+            from dvr1.config import to_yaml
+
+            f.write(to_yaml(cfg))
     ensure_data(cfg)
     init_hf = ensure_model(cfg)
     sft_hf = run_sft(cfg, pinfo, init_hf)
