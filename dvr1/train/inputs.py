@@ -228,6 +228,13 @@ class SeqBatch:
     def num_rows(self) -> int:
         return self.input_ids.shape[0]
 
+    def to(self, device) -> "SeqBatch":
+        """The same batch with every tensor on `device` (a no-op for tensors already there)."""
+        return SeqBatch(self.input_ids.to(device), self.position_ids.to(device),
+                        None if self.video_embeds is None else self.video_embeds.to(device),
+                        self.resp_index.to(device), self.resp_mask.to(device), self.video_mask.to(device),
+                        list(self.video_tokens))
+
     def split(self, rows_per_microbatch: int) -> list["SeqBatch"]:
         """Consecutive row blocks of `rows_per_microbatch` rows (0 = one block), same padded length S."""
         n = self.num_rows
