@@ -100,14 +100,23 @@ class RolloutConfig:
 
 @dataclass
 class AlgoConfig:
-    name: str = "reg_grpo"  # reg_grpo | grpo
-    beta: float = 0.1  # KL to the reference policy (ALGORITHMS §3, App. C.1)
+    name: str = "reg_grpo"  # reg_grpo | grpo | dr_grpo | dapo | gspo | cispo | rebel (ALGORITHMS §2, §3, §9)
+    # KL to the reference policy. None = the algorithm's paper default (dvr1.rl.losses.ALGO_DEFAULTS): 0.1 for
+    # reg_grpo (App. C.1) and grpo, 0 (no KL) for dr_grpo, dapo, gspo, cispo and rebel
+    beta: Optional[float] = None
     adv_eps: float = 1e-4  # ε_A
     ddof: int = 1
-    # GRPO (ALGORITHMS §2)
+    # GRPO (ALGORITHMS §2); clip_eps is also Dr. GRPO's ε. clip and loss_agg are GRPO's only: the §9 algorithms use
+    # their paper's clip and aggregation
     clip: bool = False
     clip_eps: float = 0.2
     loss_agg: str = "seq-mean-token-mean"
+    # ε_low / ε_high of the clip (ALGORITHMS §9). None = the algorithm's default: dapo 0.2 / 0.28, gspo 3e-4 / 4e-4,
+    # cispo 1.0 (no lower bound in effect) / 0.2, grpo and dr_grpo clip_eps / clip_eps
+    clip_eps_low: Optional[float] = None
+    clip_eps_high: Optional[float] = None
+    dr_grpo_budget: int = 0  # Dr. GRPO's constant C in tokens (ALGORITHMS §9.1); 0 = rollout.max_new_tokens
+    rebel_eta: float = 1.0  # REBEL's η (ALGORITHMS §9.7)
     # Reg-GRPO (ALGORITHMS §3)
     eps_s: float = 1.0
     eps_rho: float = 1e-6
@@ -299,7 +308,8 @@ _CHOICES = {
 }
 
 
-# key -> (lowest, highest allowed or None, what the message says); checked when the config loads
+# key -> (lowest, highest allowed or None, what the message says); checked when the config loads (a None value of an
+# Optional field is not checked: it means "the default")
 _AT_LEAST_1, _AT_LEAST_0, _POSITIVE = (1, None, "must be >= 1"), (0, None, "must be >= 0"), (1e-300, None, "must be > 0")
 _RANGES = {
     "threads": _AT_LEAST_0,
@@ -318,6 +328,8 @@ _RANGES = {
     "rollout.cpu_kv_cache_gb": _AT_LEAST_1, "rollout.max_model_len": _AT_LEAST_0,
     "algo.beta": _AT_LEAST_0, "algo.adv_eps": _AT_LEAST_0, "algo.ddof": _AT_LEAST_0, "algo.clip_eps": _POSITIVE,
     "algo.eps_s": _POSITIVE, "algo.eps_rho": _AT_LEAST_0, "algo.ppo_epochs": _AT_LEAST_1,
+    "algo.clip_eps_low": _POSITIVE, "algo.clip_eps_high": _POSITIVE, "algo.dr_grpo_budget": _AT_LEAST_0,
+    "algo.rebel_eta": _POSITIVE,
     "reward.format": _AT_LEAST_0, "reward.accuracy": _AT_LEAST_0, "reward.iou": _AT_LEAST_0,
     "reward.overlong_max": _AT_LEAST_0, "reward.overlong_cache": _AT_LEAST_1, "reward.temporal_mu": _AT_LEAST_0,
     "reward.temporal_alpha": _AT_LEAST_0,
@@ -365,6 +377,8 @@ def validate(cfg) -> None:
         raise ConfigError("rollout.temperature must be > 0 to sample a group of different responses")
     for key, (low, high, what) in _RANGES.items():
         value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key}={value!r}: must be a finite number")
         if (low is not None and value < low) or (high is not None and value > high):

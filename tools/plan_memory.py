@@ -391,6 +391,16 @@ def _sel(cfg, key, default):
     return default if v is None else v
 
 
+def _beta(cfg) -> float:
+    """`algo.beta`, or its algorithm's default when unset (dvr1.rl.losses.ALGO_DEFAULTS; reg_grpo's 0.1)."""
+    from dvr1.rl.losses import ALGO_DEFAULTS
+
+    beta = _sel(cfg, "algo.beta", None)
+    if beta is not None:
+        return float(beta)
+    return ALGO_DEFAULTS.get(_sel(cfg, "algo.name", "reg_grpo"), {}).get("beta", 0.1)
+
+
 def video_tokens(num_frames: int, max_pixels: int, merge: int = 2, patch: int = 14, temporal: int = 2) -> int:
     """Upper bound of Qwen2.5-VL video tokens: ceil(frames / temporal_patch) x (max_pixels / (28 x 28))."""
     return math.ceil(num_frames / temporal) * (max_pixels // (patch * merge) ** 2)
@@ -421,7 +431,7 @@ def setup_from_config(cfg, hf_config, nodes: int, gpus_per_node: int, **kw) -> S
         distributed_optimizer=bool(_sel(cfg, "parallel.distributed_optimizer", False)),
         sequence_parallel=bool(_sel(cfg, "parallel.sequence_parallel", False)),
         recompute=None if rec in (None, "", "none", False) else rec, seq_len=seq, micro_batch=mb,
-        micro_batches=max(1, math.ceil(seqs / (mb * dp))), reference=float(_sel(cfg, "algo.beta", 0.1)) > 0,
+        micro_batches=max(1, math.ceil(seqs / (mb * dp))), reference=_beta(cfg) > 0,
         fused_logprobs=bool(_sel(cfg, "model.fused_logprobs", False)),
         logprob_chunk=int(_sel(cfg, "model.logprob_chunk", 1024)),
         flash=_sel(cfg, "model.spec", "local") == "te", gated_fused=_sel(cfg, "model.spec", "local") == "te",

@@ -321,7 +321,9 @@ def run_rl(cfg, pinfo, init_hf: str) -> str:
         log.info("rl: found %s, skipping", out)
         return out
     policy = build_policy(cfg, init_hf, pinfo)
-    reference = build_policy(cfg, init_hf, pinfo, trainable=False) if cfg.algo.beta > 0 else None
+    from dvr1.rl.losses import setting
+
+    reference = build_policy(cfg, init_hf, pinfo, trainable=False) if setting(cfg.algo, "beta") > 0 else None
     model, opt, sched = optimizer_for(policy, cfg.rl.lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg)
     tok = tokenizer(init_hf)
     report = skip_report(cfg, "rl")

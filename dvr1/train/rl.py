@@ -7,13 +7,14 @@ One `RLTrainer.step()`:
      dropped and further rounds of B prompts are drawn, rolled out and scored until B groups are kept (or the round
      bound is hit);
   3. with reward.temporal_contrast (T-GRPO, §9) G/2 more responses per kept group on its shuffled frames, only
-     scored, and the +alpha bonus on the correct ordered responses; then group advantages (§2);
+     scored, and the +alpha bonus on the correct ordered responses; then group advantages (§2; Dr. GRPO's without σ, §9.1);
   4. DA-Aug (§4), on the kept groups and their transformed rewards: difficulty from the reward history; hard samples get a hint from a successful trace, easy ones get
      frame noise; the augmented sample is rolled out again and its group replaces (or joins) the original;
   5. reference and old-policy log-probs (no grad; the old-policy ones come from the training pass when there is one
      update per rollout, rl.reuse_old_logprobs), then `algo.ppo_epochs` optimizer updates of the objective
-     `algo.name` selects (`dvr1.rl.losses.objective`: GRPO §2, Reg-GRPO §3) through the vocab-parallel log-prob path,
-     one share of the batch loss per microbatch of whole groups (the loss divides by the batch's normalisers);
+     `algo.name` selects (`dvr1.rl.losses.objective`: GRPO §2, Reg-GRPO §3, the baselines of §9) through the
+     vocab-parallel log-prob path, one share of the batch loss per microbatch of whole groups (the loss divides by
+     the batch's normalisers);
   6. the §5 metrics; the loss metrics are those of the (last) training pass.
 
 Sections cite docs/ALGORITHMS.md.
@@ -31,12 +32,12 @@ from dvr1.data.sampler import PromptSampler
 from dvr1.models.tokenizer import decode_response
 from dvr1.parallel import grid
 from dvr1.parallel.forward import forward_backward
-from dvr1.rl.advantages import group_advantages
 from dvr1.config import overlong_max
+from dvr1.rl.advantages import algo_advantages
 from dvr1.rl.augment import make_hint, select_trace
 from dvr1.rl.difficulty import DifficultyController, RewardHistory
 from dvr1.rl.dynamic_sampling import group_varies, need_more, plan_selection
-from dvr1.rl.losses import Normalizers, combine_metrics, objective
+from dvr1.rl.losses import Normalizers, combine_metrics, objective, rebel_pairs, setting
 from dvr1.rl.rewards import overlong_penalty, score_response
 from dvr1.rl.temporal import shuffled_group_size, temporal_bonus
 from dvr1.rollout.base import SamplingParams
@@ -77,12 +78,13 @@ class RLTrainer:
         self.rollouts: dict[str, int] = {}  # this step's responses generated on this rank, by rollout kind
         self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        self.steps_done = 0  # RL steps finished (seeds REBEL's pairs, docs/ALGORITHMS.md §9.7)
 
     # ---- state for checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "history": self.history.state_dict(),
                 "noise_gen": self.noise_gen.get_state(), "shuffle_gen": self.shuffle_gen.get_state(),
-                "engine": self.engine.state_dict()}
+                "engine": self.engine.state_dict(), "steps_done": self.steps_done}
 
     def load_state_dict(self, s: dict) -> None:
         self.sampler.load_state_dict(s["sampler"])
@@ -90,6 +92,7 @@ class RLTrainer:
         self.noise_gen.set_state(s["noise_gen"])
         if "shuffle_gen" in s:  # absent in checkpoints written before T-GRPO existed
             self.shuffle_gen.set_state(s["shuffle_gen"])
+        self.steps_done = int(s.get("steps_done", 0))  # absent in checkpoints written before REBEL
         self.engine.load_state_dict(s["engine"])
         self.engine.sync_weights(self.model)  # the resumed policy, not the checkpoint the engine started from
 
@@ -286,7 +289,7 @@ class RLTrainer:
         tem_stats = self.temporal_contrast(groups) if cfg.reward.temporal_contrast else {}
         orig_groups = groups
         B = len(orig_groups)  # prompts_per_step / dp, unless dynamic sampling hit its round bound
-        orig_stats = group_advantages(torch.stack([g.rewards for g in groups]), cfg.algo.adv_eps, cfg.algo.ddof)
+        orig_stats = algo_advantages(cfg.algo, torch.stack([g.rewards for g in groups]))
         aug_stats = {"n_hint": 0, "n_noise": 0, "n_hint_failed": 0, "guide_level": [], "perturb_level": []}
         decisions = self.assess_difficulty(orig_stats.mean.tolist())
         if decisions is not None:
@@ -296,7 +299,7 @@ class RLTrainer:
         self.engine.sleep()  # vLLM on GPUs frees its memory while the trainer runs (no-op otherwise)
 
         rewards = torch.stack([g.rewards for g in groups])  # [B', G]
-        stats = group_advantages(rewards, cfg.algo.adv_eps, cfg.algo.ddof)
+        stats = algo_advantages(cfg.algo, rewards)
         batch = build_batch([(g.prepared, ids) for g in groups for ids in g.token_ids], self.pad)
         Bp, T = len(groups), batch.resp_mask.shape[1]
         mask = batch.resp_mask.view(Bp, G, T)
@@ -309,16 +312,21 @@ class RLTrainer:
         lp_kw = dict(rows_per_microbatch=rows_mb, fused=cfg.model.fused_logprobs, chunk_size=cfg.model.logprob_chunk)
         old_logp, entropy = (None, None) if on_policy else token_logprobs(self.model, batch, compute_entropy=True,
                                                                            **lp_kw)
-        ref_logp = token_logprobs(self.reference, batch, **lp_kw)[0] if cfg.algo.beta > 0 else None
+        ref_logp = token_logprobs(self.reference, batch, **lp_kw)[0] if setting(cfg.algo, "beta") > 0 else None
         t["logprobs"] = time.perf_counter() - t0
         shaped = lambda x: None if x is None else x.view(Bp, G, T)  # noqa: E731
         norm = Normalizers.of(mask, stats.valid)  # this rank's batch: each microbatch's loss is its share
+        pairs = None
+        if cfg.algo.name == "rebel":  # each group's pairs from (seed, step, its position in the global batch)
+            dp_rank, dp = grid.dp_layout()
+            pairs = rebel_pairs([i * dp + dp_rank for i in range(Bp)], G, cfg.seed, self.steps_done)
 
         def loss_fn(logp, _entropy, rows):
             g = slice(rows.start // G, rows.stop // G)
             old = logp.detach().view(-1, G, T) if on_policy else shaped(old_logp)[g]
             return objective(cfg.algo, logp.view(-1, G, T), old, None if ref_logp is None else shaped(ref_logp)[g],
-                             stats.advantages[g], mask[g], stats.valid[g], norm)
+                             stats.advantages[g], mask[g], stats.valid[g], norm, rewards=rewards[g],
+                             pairs=None if pairs is None else pairs[g], max_new_tokens=cfg.rollout.max_new_tokens)
 
         t0 = time.perf_counter()
         self.model.train()
@@ -333,6 +341,7 @@ class RLTrainer:
         if on_policy and res is not None:
             entropy = res.entropy
         t["weight_sync"] = self.engine.sync_weights(self.model)
+        self.steps_done += 1
         last = None  # metrics only the last PP stage can compute
         if res is not None:  # the batch loss and its metrics, from the (last) training pass
             lm = combine_metrics(res.metrics)

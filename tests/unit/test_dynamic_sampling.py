@@ -127,6 +127,7 @@ def _trainer(records, overrides=()):
     t.noise_gen = torch.Generator().manual_seed(1)
     t.shuffle_gen = torch.Generator().manual_seed(2)
     t.rollouts = {}
+    t.steps_done = 0
     return t
 
 

@@ -1,6 +1,7 @@
 """Group-aligned microbatching of the RL step: the per-microbatch loss shares (the objective called with the batch's
 normalisers) sum to the batch loss, so the gradient with one group per microbatch equals the one-microbatch gradient
-(Reg-GRPO with KL, GRPO with each aggregation), and so do the combined metrics."""
+(Reg-GRPO with KL, GRPO with each aggregation, every baseline of docs/ALGORITHMS.md §9), and so do the combined
+metrics."""
 
 import pytest
 import torch
@@ -10,10 +11,10 @@ from dvr1.models.qwen2_5_vl import Qwen25VLPolicy, load_hf_config, load_hf_weigh
 from dvr1.models.rope import get_rope_index
 from dvr1.models.tiny import make_tiny_checkpoint
 from dvr1.parallel.forward import forward_backward
-from dvr1.rl.advantages import group_advantages
+from dvr1.rl.advantages import algo_advantages, group_advantages
 from dvr1.rollout.base import RolloutRequest
 from dvr1.train.inputs import Prepared, build_batch, token_logprobs
-from dvr1.rl.losses import Normalizers, combine_metrics, objective
+from dvr1.rl.losses import Normalizers, combine_metrics, objective, rebel_pairs
 
 B, G = 3, 3
 
@@ -41,25 +42,29 @@ def setup(tmp_path_factory, parallel_state_1):
     logp, _ = token_logprobs(policy, batch)
     noise = torch.randn(logp.shape, generator=g) * 0.2 * batch.resp_mask
     rewards = torch.tensor([[1.0, 0.0, 2.0], [1.0, 1.0, 1.0], [0.5, 1.5, 0.0]])  # group 2 has sigma_r = 0
-    return policy, batch, logp - noise, logp + 0.5 * noise, group_advantages(rewards)
+    return policy, batch, logp - noise, logp + 0.5 * noise, group_advantages(rewards), rewards
 
 
-def _grads(policy, batch, old, ref, stats, overrides, groups_per_mb, fused=False):
+def _grads(policy, batch, old, ref, stats, overrides, groups_per_mb, fused=False, rewards=None):
     cfg = load_config(None, overrides)
     T = batch.resp_mask.shape[1]
     mask = batch.resp_mask.view(B, G, T)
+    if rewards is not None:  # the trainer's advantages for algo.name (Dr. GRPO's without σ)
+        stats = algo_advantages(cfg.algo, rewards)
     norm = Normalizers.of(mask, stats.valid)
+    pairs = rebel_pairs(range(B), G, 0, 1)
+    extra = lambda g: dict(rewards=None if rewards is None else rewards[g], pairs=pairs[g], max_new_tokens=8)  # noqa
 
     def loss_fn(logp, _e, rows):
         g = slice(rows.start // G, rows.stop // G)
         return objective(cfg.algo, logp.view(-1, G, T), old.view(B, G, T)[g], ref.view(B, G, T)[g],
-                         stats.advantages[g], mask[g], stats.valid[g], norm)
+                         stats.advantages[g], mask[g], stats.valid[g], norm, **extra(g))
 
     policy.zero_grad()
     res = forward_backward(policy, batch, loss_fn, forward_only=False, rows_per_microbatch=G * groups_per_mb,
                            fused=fused)
     full, full_metrics = objective(cfg.algo, res.logp.view(B, G, T), old.view(B, G, T), ref.view(B, G, T),
-                                   stats.advantages, mask, stats.valid)
+                                   stats.advantages, mask, stats.valid, **extra(slice(None)))
     assert len(res.metrics) == (B // groups_per_mb if groups_per_mb else 1)
     metrics = combine_metrics(res.metrics)
     assert metrics.keys() == full_metrics.keys()
@@ -74,11 +79,16 @@ def _grads(policy, batch, old, ref, stats, overrides, groups_per_mb, fused=False
     ["algo.name=grpo", "algo.clip=true", "algo.beta=0.05", "algo.loss_agg=seq-mean-token-mean"],
     ["algo.name=grpo", "algo.beta=0.05", "algo.loss_agg=token-mean"],
     ["algo.name=grpo", "algo.beta=0.05", "algo.loss_agg=seq-mean-token-sum"],
+    ["algo.name=dr_grpo", "algo.beta=0.05"],
+    ["algo.name=dapo"],
+    ["algo.name=gspo", "algo.clip_eps_low=0.02", "algo.clip_eps_high=0.03", "algo.beta=0.05"],
+    ["algo.name=cispo", "algo.beta=0.05"],
+    ["algo.name=rebel", "algo.beta=0.05"],
 ])
 def test_one_group_per_microbatch_equals_one_microbatch(setup, overrides):
-    policy, batch, old, ref, stats = setup
-    loss1, full1, g1 = _grads(policy, batch, old, ref, stats, overrides, 0)
-    loss3, full3, g3 = _grads(policy, batch, old, ref, stats, overrides, 1)
+    policy, batch, old, ref, stats, rewards = setup
+    loss1, full1, g1 = _grads(policy, batch, old, ref, stats, overrides, 0, rewards=rewards)
+    loss3, full3, g3 = _grads(policy, batch, old, ref, stats, overrides, 1, rewards=rewards)
     assert torch.allclose(loss1, full1, atol=1e-6)  # one microbatch: the share is the batch loss
     assert torch.allclose(loss3, full1, atol=1e-6)  # three shares sum to the batch loss
     assert g1.keys() == g3.keys() and len(g1) > 5
@@ -89,7 +99,7 @@ def test_one_group_per_microbatch_equals_one_microbatch(setup, overrides):
 @pytest.mark.parametrize("groups_per_mb", [0, 1])
 def test_fused_output_layer_equals_logits_path(setup, groups_per_mb):
     """fused_linear_logprobs inside the schedule (logits never materialised) == the logits path: loss and grads."""
-    policy, batch, old, ref, stats = setup
+    policy, batch, old, ref, stats, _ = setup
     overrides = ["algo.name=reg_grpo", "algo.beta=0.1"]
     loss_a, _, ga = _grads(policy, batch, old, ref, stats, overrides, 0)
     loss_b, _, gb = _grads(policy, batch, old, ref, stats, overrides, groups_per_mb, fused=True)
