@@ -27,10 +27,10 @@ e.g. pandas ``to_json(orient="records")``) or ``.jsonl`` (one row object a line)
 from __future__ import annotations
 
 import glob
-import json
 import os
+from typing import Iterable
 
-from dvr1.data.formats._common import Collector, find_video, is_text, load_json
+from dvr1.data.formats._common import Collector, check_split, find_video, is_text, load_json
 from dvr1.data.schema import DataError
 
 NAME = "video-mme"
@@ -51,9 +51,9 @@ def _table_files(annotations: str) -> list[str]:
                     "export) found")
 
 
-def _rows(path: str) -> list[tuple[int, object]]:
-    """(line, row) pairs of one table file; a JSONL line that is not JSON gives a :class:`json.JSONDecodeError`
-    as its row."""
+def _rows(path: str, out: Collector) -> Iterable[tuple[int, object]]:
+    """(line, row) pairs of one table file (line: the parquet / JSON array row + 1, or the JSONL line); a JSONL line
+    that is not UTF-8 or JSON is dropped into ``out``."""
     if path.endswith(".parquet"):
         try:
             import pyarrow.parquet as pq
@@ -66,22 +66,7 @@ def _rows(path: str) -> list[tuple[int, object]]:
             raise DataError(f"{path}: not a readable parquet file ({exc})") from None
         return [(i + 1, r) for i, r in enumerate(rows)]
     if path.endswith(".jsonl"):
-        rows = []
-        try:
-            with open(path, encoding="utf-8") as fh:
-                lines = fh.read().splitlines()
-        except FileNotFoundError:
-            raise DataError(f"{path}: file not found") from None
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 ({exc})") from None
-        for i, text in enumerate(lines):
-            if not text.strip():
-                continue
-            try:
-                rows.append((i + 1, json.loads(text)))
-            except json.JSONDecodeError as exc:
-                rows.append((i + 1, exc))
-        return rows
+        return out.jsonl(path)
     data = load_json(path)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of rows, got {type(data).__name__}")
@@ -94,9 +79,7 @@ def read(annotations: str, videos: str | None = None, split: str | None = None):
     Raises:
         DataError: an unknown split, no table found, a parquet file without pyarrow installed, an unreadable file.
     """
-    split = split or "test"
-    if split != "test":
-        raise DataError(f"video-mme: unknown split {split!r}; the table has one split, test")
+    split = check_split(split, ("test",), "test", NAME)
     files = _table_files(annotations)
     base = os.path.abspath(annotations if os.path.isdir(annotations) else os.path.dirname(annotations))
     root = os.path.dirname(base) if os.path.basename(base) == "videomme" else base
@@ -104,10 +87,7 @@ def read(annotations: str, videos: str | None = None, split: str | None = None):
     out = Collector()
     for path in files:
         out.sources.append(path)
-        for line, r in _rows(path):
-            if isinstance(r, json.JSONDecodeError):
-                out.skip(path, line, None, "json", str(r), reason="invalid_json")
-                continue
+        for line, r in _rows(path, out):
             if not isinstance(r, dict):
                 out.skip(path, line, None, "record", f"expected an object, got {type(r).__name__}")
                 continue
