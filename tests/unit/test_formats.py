@@ -51,7 +51,8 @@ def test_longvideobench():
     assert _drops(imp) == [
         ("lvb_val.json", 3, "ZdB5rZ_3hZM_2", "invalid_record",
          "correct_choice: expected an index into the 2 candidates, got 2"),
-        ("lvb_val.json", 4, "ZdB5rZ_3hZM_1", "duplicate_id", f"id: duplicate of {root / 'lvb_val.json'}:2")]
+        ("lvb_val.json", 4, "ZdB5rZ_3hZM_1", "duplicate_id",
+         f"id: duplicate id 'ZdB5rZ_3hZM_1' (first at {root / 'lvb_val.json'}:2)")]
     _round_trip(imp)
     # the file itself, and --videos
     imp2 = load_format("longvideobench").read(str(root / "lvb_val.json"), "/data/lvb", None)

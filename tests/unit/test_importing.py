@@ -249,8 +249,8 @@ def test_strict_fails_on_first_malformed_row(tmp_path, capsys):
     assert _import("--format", "nextgqa", "--annotations", FIX / "nextgqa", "--out", ng, "--split", "val",
                    "--strict") == 2
     assert capsys.readouterr().err.strip() == (
-        f"dvr1 data import: {FIX / 'nextgqa' / 'val.csv'}:8: id: duplicate of {FIX / 'nextgqa' / 'val.csv'}:7 "
-        "(id '3462517143_2')")
+        f"dvr1 data import: {FIX / 'nextgqa' / 'val.csv'}:8: id: duplicate id '3462517143_2' (first at "
+        f"{FIX / 'nextgqa' / 'val.csv'}:7) (id '3462517143_2')")
 
 
 def test_overwrite_refusals(tmp_path, capsys):

@@ -6,8 +6,8 @@ A reader collects into a :class:`Collector`; every row becomes either a record (
 JSONL will be read back: :meth:`dvr1.data.schema.VideoQARecord.from_json`, or the dense record's ``from_json``) or a
 :class:`dvr1.data.schema.Skip` with ``file``, ``line``, ``stage="import"`` and a ``"{field}: {msg}"`` message. The
 Collector is the one owner of the rule "ids are unique in an import": an id already kept is a ``duplicate_id`` Skip
-(``"id: duplicate of {file}:{line}"``, the first one's place); :mod:`dvr1.importing` only checks that a reader kept
-it.
+(``"id: duplicate id 'x' (first at {file}:{line})"``, worded as :func:`dvr1.data.schema.read_records` words it);
+:mod:`dvr1.importing` only checks that a reader kept it.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class Collector:
     def add(self, rec, file: str, line: int | None) -> bool:
         """Keep ``rec`` unless its id was used before (then a ``duplicate_id`` Skip). Returns whether it was kept."""
         if rec.id in self._ids:
-            self.skip(file, line, rec.id, "id", f"duplicate of {self._ids[rec.id]}", reason="duplicate_id")
+            self.skip(file, line, rec.id, "id", f"duplicate id {rec.id!r} (first at {self._ids[rec.id]})",
+                      reason="duplicate_id")
             return False
         self._ids[rec.id] = f"{file}:{line}"
         self.records.append(rec)
