@@ -14,8 +14,9 @@ released; this command writes ``<out>/<split>.jsonl`` (:func:`dvr1.data.schema.w
 ``read`` counts the rows the reader saw (written + dropped). Ids are unique in the output: the reader drops a
 repeated id (``"duplicate_id"``, :class:`dvr1.data.formats._common.Collector`). The directory is then a user's
 dataset (``dvr1.data.build.data_root_state`` -> ``"user"``): training and eval read it, nothing writes into it. The
-command itself never overwrites what it did not write: it refuses (exit 2, one line) an ``--out`` that is a file, a non-empty directory without an import manifest,
-or one holding another split's import; an existing ``<split>.jsonl`` is replaced only with ``--overwrite``.
+command itself never overwrites what it did not write: it refuses (exit 2, one line) an ``--out`` that is a file, a
+non-empty directory without an import manifest, or one holding another split's import; an existing
+``<split>.jsonl`` is replaced only with ``--overwrite``.
 ``--strict`` fails on the first malformed row (:data:`dvr1.data.formats.MALFORMED`) instead of reporting it.
 """
 
