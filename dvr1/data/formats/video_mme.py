@@ -18,10 +18,13 @@ Mapping: ``question_id`` -> id; ``options`` -> options without their ``"A. "`` l
 ``domain``, ``sub_category``, ``video_id``, ``videoID``, ``url`` and ``subtitles`` (the ``.srt`` path, only when it
 exists). The table's ``duration`` is a group name, not seconds: the record's ``duration`` is null.
 
-``annotations``: the dataset root (``videomme/*.parquet``, or a JSON/JSONL export under ``videomme/`` or the root),
-or one file: ``.parquet`` (needs ``pyarrow``, which dvr1 does not require), ``.json`` (an array of row objects,
-e.g. pandas ``to_json(orient="records")``) or ``.jsonl`` (one row object a line). ``videos``: the directory holding
-``{videoID}.mp4`` (``.MP4``/``.mkv`` are tried too; default ``{root}/data``). ``split``: ``test`` (the only one).
+``annotations``: the dataset root as released (``videomme/test-00000-of-00001.parquet``; read with ``pyarrow``, a
+dvr1 requirement; the columns above, all strings, ``options`` a list of strings; later revisions' extra columns
+``language``/``Subtitle`` are ignored), a JSON/JSONL export of that table under ``videomme/`` or the root, or one
+file: ``.parquet``, ``.json`` (an array of row objects, e.g. pandas ``to_json(orient="records")``) or ``.jsonl``
+(one row object a line). A row's line is its parquet / JSON array row + 1, or its JSONL line. ``videos``: the
+directory holding ``{videoID}.mp4`` (``.MP4``/``.mkv`` are tried too; default ``{root}/data``). ``split``: ``test``
+(the only one).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from dvr1.data.schema import DataError
 
 NAME = "video-mme"
 KIND = "qa"
-DESCRIPTION = "Video-MME annotation table (parquet with pyarrow, or its JSON/JSONL export): videoID, duration, options"
+DESCRIPTION = "Video-MME annotation table (videomme/*.parquet as released, or a JSON/JSONL export): videoID, duration"
 
 _EXTS = (".mp4", ".MP4", ".mkv")
 
@@ -58,8 +61,8 @@ def _rows(path: str, out: Collector) -> Iterable[tuple[int, object]]:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow), or give the table's "
-                            "JSON/JSONL export") from None
+            raise DataError(f"{path}: reading parquet needs pyarrow (a dvr1 requirement: pip install pyarrow)") \
+                from None
         try:
             rows = pq.read_table(path).to_pylist()
         except Exception as exc:  # pyarrow raises several types for a bad file
