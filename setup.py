@@ -114,6 +114,9 @@ setup(
         # benchmark rewards and metrics (ALGORITHMS §10): OCR's word error rate, free-form ROUGE-1/2/L
         "jiwer>=3",
         "rouge-score>=0.1.2",
+        # `dvr1 data import --format video-mme`: the benchmark's table is released as parquet
+        # (lmms-lab/Video-MME videomme/test-00000-of-00001.parquet)
+        "pyarrow",
     ],
     package_data={"dvr1.data": ["record.schema.json"]},
     extras_require={

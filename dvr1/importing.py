@@ -11,11 +11,12 @@ released; this command writes ``<out>/<split>.jsonl`` (:func:`dvr1.data.schema.w
      "sources": [{"path", "sha256", "bytes"}], "counts": {"read", "written", "dropped", "dropped_by_reason"},
      "notes": {...}, "dropped": [Skip.to_json(), ...]}
 
-``read`` counts the rows the reader saw (written + dropped). Ids are unique in the output: a repeated id is
-dropped (``"duplicate_id"``). The directory is then a user's dataset (``dvr1.data.build.data_root_state`` ->
-``"user"``): training and eval read it, nothing writes into it. The command itself never overwrites what it did not
-write: it refuses (exit 2, one line) an ``--out`` that is a file, a non-empty directory without an import manifest,
-or one holding another split's import; an existing ``<split>.jsonl`` is replaced only with ``--overwrite``.
+``read`` counts the rows the reader saw (written + dropped). Ids are unique in the output: the reader drops a
+repeated id (``"duplicate_id"``, :class:`dvr1.data.formats._common.Collector`). The directory is then a user's
+dataset (``dvr1.data.build.data_root_state`` -> ``"user"``): training and eval read it, nothing writes into it. The
+command itself never overwrites what it did not write: it refuses (exit 2, one line) an ``--out`` that is a file, a
+non-empty directory without an import manifest, or one holding another split's import; an existing
+``<split>.jsonl`` is replaced only with ``--overwrite``.
 ``--strict`` fails on the first malformed row (:data:`dvr1.data.formats.MALFORMED`) instead of reporting it.
 """
 
@@ -31,7 +32,7 @@ import tempfile
 from datetime import datetime, timezone
 
 from dvr1.data.formats import MALFORMED, QA_FORMATS, Imported, load_format
-from dvr1.data.schema import DataError, Skip
+from dvr1.data.schema import DataError
 
 MANIFEST = "manifest.json"
 MANIFEST_KEYS = ("format", "benchmark", "split", "created", "annotations", "videos", "sources", "counts", "notes",
@@ -114,21 +115,16 @@ def sha256(path: str) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def dedupe(imported: Imported) -> None:
-    """Drop records repeating an earlier record's id (``"duplicate_id"``, with the first one's place)."""
-    first: dict[str, str] = {}
-    kept = []
+def check_unique_ids(imported: Imported, fmt: str) -> None:
+    """Raise RuntimeError when ``imported`` repeats an id. The rule "a repeated id is dropped (``duplicate_id``)" has
+    one owner, the readers' :class:`dvr1.data.formats._common.Collector`; a repeat here is a reader bypassing it (a
+    bug), not a data error."""
+    seen: set[str] = set()
     for rec in imported.records:
-        where = getattr(rec, "where", None) or "?"
-        if rec.id in first:
-            file, _, line = where.rpartition(":")
-            imported.dropped.append(Skip(file=file or where, line=int(line) if line.isdigit() else None, id=rec.id,
-                                         reason="duplicate_id", stage="import",
-                                         message=f"id: duplicate id {rec.id!r} (first at {first[rec.id]})"))
-            continue
-        first[rec.id] = where
-        kept.append(rec)
-    imported.records = kept
+        if rec.id in seen:
+            raise RuntimeError(f"format {fmt}: the reader returned id {rec.id!r} twice (readers collect through "
+                               "dvr1.data.formats._common.Collector, which drops repeated ids)")
+        seen.add(rec.id)
 
 
 def _atomic_write(path: str, write) -> None:
@@ -162,7 +158,7 @@ def run_import(fmt: str, annotations: str, videos: str | None, out: str, split: 
     videos = None if videos is None else os.path.abspath(videos)
     check_out(out, split, overwrite)
     imported = mod.read(annotations, videos, split)
-    dedupe(imported)
+    check_unique_ids(imported, fmt)
     dropped = sorted(imported.dropped, key=lambda s: (imported.sources.index(s.file) if s.file in imported.sources
                                                       else len(imported.sources), s.line or 0))
     if strict:

@@ -10,8 +10,10 @@ index rule for a constant frame rate, nearest timestamps otherwise), then decode
 - **sequential**: decode every frame and keep the chosen ones; if decoding yields a different frame count than the
   demux (or seeking does not land on a chosen frame), the frames are chosen again on what decodes.
 
-A file that holds far less than its header says is reported (:func:`dvr1.data.video_io.check_truncated`). Callers
-normally go through :func:`dvr1.data.video.load_frames` (``backend="pyav"``).
+A file that holds far less than its header says is reported (:func:`dvr1.data.video_io.check_truncated`). A
+**frame folder** (a directory of image files, e.g. MVBench's Episodic Reasoning TVQA frames ``00001.jpg ...``) is a
+video of constant rate ``frame_fps`` (:func:`load_frames_folder`). Callers normally go through
+:func:`dvr1.data.video.load_frames` (``backend="pyav"``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import os
 import numpy as np
 
 from dvr1.data.video_io import (StreamInfo, VideoClip, VideoError, check_truncated, keyframe_before, open_video,
-                                probe_stream, select_frames)
+                                probe_stream, sample_frame_indices, select_frames)
 
 SEEK_FRAMES = 4  # the cost of one seek, in decoded frames (demuxer repositioning + decoder flush), for seek_cost
 SEEK_FRACTION = 0.5  # seek only when it decodes under this fraction of the frames
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # the files of a frame folder (case-insensitive)
 
 
 def seek_cost(info: StreamInfo, indices: list[int]) -> int | None:
@@ -164,3 +167,64 @@ def load_frames_pyav(
     frames = np.stack([got[i] for i in indices])
     timestamps = [decoded_times[i] if decoded_times[i] is not None else i / video_fps for i in indices]
     return VideoClip(frames, indices, timestamps, video_fps, duration)
+
+
+def frame_files(path: str) -> list[str]:
+    """The image files (:data:`IMAGE_EXTS`) of the frame folder ``path``, in name order (the frame order of
+    zero-padded names such as MVBench's ``00001.jpg``). Raises VideoError when there is none."""
+    names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTS)
+                   and os.path.isfile(os.path.join(path, n)))
+    if not names:
+        raise VideoError(f"{path}: frame folder without image files ({', '.join(IMAGE_EXTS)})")
+    return [os.path.join(path, n) for n in names]
+
+
+def _decode_image(path: str) -> np.ndarray:
+    """One image file as uint8 RGB ``[H, W, 3]``, decoded by PyAV (FFmpeg's image2 demuxer)."""
+    container = open_video(path)
+    try:
+        frame = next(container.decode(container.streams.video[0]))
+        return frame.to_ndarray(format="rgb24")
+    except Exception as exc:
+        raise VideoError(f"{path}: cannot decode image: {exc}") from None
+    finally:
+        container.close()
+
+
+def load_frames_folder(
+    path: str | os.PathLike,
+    frame_fps: float,
+    num_frames: int | None = None,
+    fps: float | None = None,
+    max_frames: int = 32,
+) -> VideoClip:
+    """A frame folder as a video: its image files in name order (:func:`frame_files`), frame ``i`` at ``i /
+    frame_fps`` seconds (a constant rate, so :func:`dvr1.data.video_io.select_frames`'s rule is exactly
+    :func:`~dvr1.data.video_io.sample_frame_indices` on ``N`` files at ``frame_fps``); only the chosen files are
+    decoded. MVBench's official ``read_frame`` reads its TVQA frame folders at ``fps=3`` (OpenGVLab/Ask-Anything
+    ``video_chat2/mvbench.ipynb``).
+
+    Args:
+        path: the directory; frame_fps: the rate the frames were extracted at (frames per second, ``> 0``);
+        num_frames, fps, max_frames: as :func:`dvr1.data.video_io.sample_frame_indices`.
+
+    Returns:
+        :class:`dvr1.data.video_io.VideoClip`: frames uint8 ``[T, H, W, 3]`` (T even), timestamps ``index /
+        frame_fps``, ``video_fps = frame_fps``, duration ``N / frame_fps`` seconds.
+
+    Raises:
+        ValueError: bad sampling arguments.
+        VideoError: ``"{path}: ..."`` for a folder without images, an undecodable image, images of different sizes,
+            a non-positive ``frame_fps``.
+    """
+    path = os.fspath(path)
+    if not (isinstance(frame_fps, (int, float)) and frame_fps > 0):
+        raise VideoError(f"{path}: a frame folder needs its frame rate (frame_fps > 0), got {frame_fps!r}")
+    files = frame_files(path)
+    indices = sample_frame_indices(len(files), float(frame_fps), num_frames, fps, max_frames)
+    decoded = {i: _decode_image(files[i]) for i in sorted(set(indices))}
+    shapes = {a.shape for a in decoded.values()}
+    if len(shapes) > 1:
+        raise VideoError(f"{path}: frame images of different sizes {sorted(shapes)}")
+    return VideoClip(np.stack([decoded[i] for i in indices]), indices, [i / frame_fps for i in indices],
+                     float(frame_fps), len(files) / frame_fps)

@@ -386,6 +386,19 @@ class SkipReport:
         return text + (f" (listed in {self.path})" if self.path else "")
 
 
+def frame_fps(rec) -> float | None:
+    """A frame-folder record's frame rate: ``meta["frame_fps"]`` (frames per second, > 0; e.g. MVBench's Episodic
+    Reasoning, whose ``video`` is a directory of TVQA frames at 3 fps), or None for a record whose video is a file."""
+    meta = getattr(rec, "meta", None)
+    v = meta.get("frame_fps") if isinstance(meta, dict) else None
+    return float(v) if _is_number(v) and v > 0 else None
+
+
+def video_exists(rec) -> bool:
+    """The record's video is there: a file, or a directory for a frame-folder record (:func:`frame_fps`)."""
+    return os.path.isfile(rec.video) or (frame_fps(rec) is not None and os.path.isdir(rec.video))
+
+
 def split_where(where: str | None) -> tuple[str, Optional[int]]:
     """``"{path}:{line}"`` -> ``(path, line)``; ``(where or "", None)`` when it has no line number."""
     if where:
@@ -494,7 +507,7 @@ def read_jsonl(path, from_json, error_cls=RecordError, strict: bool = False, log
                 if rec.id in first_at:
                     raise error_cls(f"{where}: id: duplicate id {rec.id!r} (first at {first_at[rec.id]})")
                 rec.video = os.path.normpath(os.path.join(base, rec.video))
-                if check_video and not os.path.isfile(rec.video):
+                if check_video and not video_exists(rec):
                     raise error_cls(f"{where}: video: file not found: {rec.video}")
             except error_cls as exc:
                 if strict:

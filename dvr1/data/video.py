@@ -5,6 +5,8 @@ optionally DA-Aug-augmented tensors) for ``backend="pyav"`` (:mod:`dvr1.data.pya
 The backends share :mod:`dvr1.data.video_io` (errors, clip types, the sampling rule, opening a file) and never import
 each other; the per-file fallback from DALI to PyAV (a codec DALI's CPU decoder cannot read) happens here. The names
 of :mod:`dvr1.data.video_io` (``VideoError``, ``VideoClip``, ``sample_frame_indices``, ...) are importable from here.
+A directory is a frame folder (:func:`dvr1.data.pyav.load_frames_folder`, at the record's ``meta["frame_fps"]``),
+decoded with PyAV whatever the backend.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def load_frames(
     max_frames: int = 32,
     backend: str = "pyav",
     strict: bool = False,
+    frame_fps: float | None = None,
 ) -> VideoClip:
     """Decode frames sampled by presentation time (:func:`dvr1.data.video_io.select_frames`: for a constant frame
     rate exactly :func:`sample_frame_indices`).
@@ -69,6 +72,7 @@ def load_frames(
             (:func:`dvr1.data.dali.load_frames_dali`: same indices and return type; on CPU, codecs DALI's CPU
             decoder cannot read fall back to PyAV per file).
         strict: a truncated file (:func:`dvr1.data.video_io.check_truncated`) raises instead of warning.
+        frame_fps: the frame rate of a frame folder ``path`` (a directory; frames per second); unused for a file.
 
     Returns:
         :class:`VideoClip` with frames uint8 ``[T, H, W, 3]``, T even.
@@ -78,6 +82,8 @@ def load_frames(
         VideoError: ``"{path}: {reason}"`` for a missing, unreadable, corrupt, empty or (strict) truncated video.
     """
     check_backend(backend)
+    if os.path.isdir(path):
+        return pyav.load_frames_folder(path, frame_fps, num_frames, fps, max_frames)
     if backend == "dali":
         try:
             return dali.load_frames_dali(path, num_frames, fps, max_frames, strict=strict)
@@ -86,9 +92,9 @@ def load_frames(
     return pyav.load_frames_pyav(path, num_frames, fps, max_frames, strict=strict)
 
 
-def _pyav_clip(path, s: Sampling, strict: bool = False) -> NormalizedClip:
-    """PyAV decode + torch resize/normalise; nothing masked."""
-    clip = pyav.load_frames_pyav(path, s.num_frames, s.fps, s.max_frames, strict=strict)
+def _pyav_clip(path, s: Sampling, strict: bool = False, frame_fps: float | None = None) -> NormalizedClip:
+    """PyAV decode (a file, or a frame folder at ``frame_fps``) + torch resize/normalise; nothing masked."""
+    clip = load_frames(path, s.num_frames, s.fps, s.max_frames, "pyav", strict, frame_fps)
     video = normalize_frames(clip.frames, min_pixels=s.min_pixels, max_pixels=s.max_pixels)
     return NormalizedClip(video, torch.zeros(0, dtype=torch.long), clip.indices, clip.timestamps, clip.video_fps,
                           clip.duration, "pyav")
@@ -102,6 +108,7 @@ def load_clip(
     clean: Callable[[], NormalizedClip] | None = None,
     device: str | None = None,
     strict: bool = False,
+    frame_fps: float | None = None,
 ) -> NormalizedClip:
     """One clip, decoded, sampled, resized, normalised and (with ``noise``) DA-Aug-augmented (ALGORITHMS §4).
 
@@ -119,7 +126,8 @@ def load_clip(
         path: a video file; backend: ``"pyav"`` or ``"dali"``; sampling: frames and size; noise: the DA-Aug draw
             (None: the clean clip); clean: returns this path's clean clip (PyAV with noise only);
             device: DALI's ``"cpu"``/``"gpu"`` (None: GPU when torch sees CUDA); strict: a truncated file
-            (:func:`dvr1.data.video_io.check_truncated`) raises instead of warning (``data.strict``).
+            (:func:`dvr1.data.video_io.check_truncated`) raises instead of warning (``data.strict``);
+            frame_fps: the rate of a frame folder ``path`` (decoded with PyAV, as DALI's fallback when ``"dali"``).
 
     Returns:
         :class:`NormalizedClip`, video float32 ``[T, 3, H', W']`` (on the GPU after a DALI GPU decode).
@@ -135,10 +143,12 @@ def load_clip(
                                              mask_fraction=noise.mask_fraction, generator=noise.generator)
         seed = 0 if noise is None else dali.draw_seed(noise.generator)
         try:
+            if os.path.isdir(path):
+                raise IsADirectoryError(path)  # a frame folder: DALI's fallback path
             return dali.load_video_dali(path, s.num_frames, s.fps, s.max_frames, min_pixels=s.min_pixels,
                                         max_pixels=s.max_pixels, device=device, seed=seed, strict=strict, **draw)
-        except dali.CodecUnsupported:
-            clip = _pyav_clip(path, s, strict)
+        except (dali.CodecUnsupported, IsADirectoryError):
+            clip = _pyav_clip(path, s, strict, frame_fps)
             n = noise or FrameNoise(0.0, 0.0, 0.0, None)
             video = clip.video
             if n.sigma0 * n.level > 0:
@@ -146,8 +156,8 @@ def load_clip(
             video, masked = mask_frames(video, n.mask_fraction, n.generator)
             return dataclasses.replace(clip, video=video, masked=masked)
     if noise is None:
-        return _pyav_clip(path, s, strict)
-    clip = clean() if clean is not None else _pyav_clip(path, s, strict)
+        return _pyav_clip(path, s, strict, frame_fps)
+    clip = clean() if clean is not None else _pyav_clip(path, s, strict, frame_fps)
     video = add_frame_noise(clip.video, noise.sigma0, noise.level, noise.generator)
     masked = torch.zeros(0, dtype=torch.long)
     if noise.mask_fraction > 0:

@@ -19,7 +19,7 @@ import torch
 from dvr1.data.noise import FrameNoise
 from dvr1.data.processing import num_video_tokens, patchify
 from dvr1.data.prompts import format_question
-from dvr1.data.schema import Skip, VideoQARecord, split_where
+from dvr1.data.schema import Skip, VideoQARecord, frame_fps, split_where
 from dvr1.data.video import NormalizedClip, Sampling, VideoError, load_clip
 from dvr1.models.rope import continue_positions, get_rope_index
 from dvr1.models.tokenizer import chat_prompt
@@ -110,7 +110,8 @@ class InputBuilder:
         if key in self._videos:
             self._videos.move_to_end(key)
             return self._videos[key]
-        clip = load_clip(record.video, self.vcfg.backend, Sampling.from_config(self.vcfg), strict=self.strict)
+        clip = load_clip(record.video, self.vcfg.backend, Sampling.from_config(self.vcfg), strict=self.strict,
+                         frame_fps=frame_fps(record))
         clip = dataclasses.replace(clip, video=clip.video.cpu())
         self._cache(self._videos, key, clip)
         return clip
@@ -135,7 +136,7 @@ class InputBuilder:
         """
         noise = FrameNoise(sigma0, level, mask_fraction, generator)
         clip = load_clip(record.video, self.vcfg.backend, Sampling.from_config(self.vcfg), noise,
-                         clean=lambda: self._clip(record), strict=self.strict)
+                         clean=lambda: self._clip(record), strict=self.strict, frame_fps=frame_fps(record))
         return clip.video.cpu()
 
     def encode(self, video: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:

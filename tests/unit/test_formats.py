@@ -51,7 +51,8 @@ def test_longvideobench():
     assert _drops(imp) == [
         ("lvb_val.json", 3, "ZdB5rZ_3hZM_2", "invalid_record",
          "correct_choice: expected an index into the 2 candidates, got 2"),
-        ("lvb_val.json", 4, "ZdB5rZ_3hZM_1", "duplicate_id", f"id: duplicate of {root / 'lvb_val.json'}:2")]
+        ("lvb_val.json", 4, "ZdB5rZ_3hZM_1", "duplicate_id",
+         f"id: duplicate id 'ZdB5rZ_3hZM_1' (first at {root / 'lvb_val.json'}:2)")]
     _round_trip(imp)
     # the file itself, and --videos
     imp2 = load_format("longvideobench").read(str(root / "lvb_val.json"), "/data/lvb", None)
@@ -93,41 +94,74 @@ def test_mvbench(tmp_path):
         load_format("mvbench").read(str(root / "json" / "nope.json"), None, None)
 
 
-def test_video_mme_json_export():
-    root = FIX / "video_mme"
-    imp = load_format("video-mme").read(str(root), None, "test")
+VIDEO_MME_SCHEMA = [("video_id", "string"), ("duration", "string"), ("domain", "string"), ("sub_category", "string"),
+                    ("url", "string"), ("videoID", "string"), ("question_id", "string"), ("task_type", "string"),
+                    ("question", "string"), ("options", "list<string>"), ("answer", "string")]
+"""The released table's columns (lmms-lab/Video-MME README.md dataset_info, config videomme: every feature
+``dtype: string`` but ``options``, ``sequence: string``)."""
+
+
+def _write_video_mme_parquet(root: Path, rows: list[dict]) -> Path:
+    """``root/videomme/test-00000-of-00001.parquet`` with the released schema (as HF datasets writes a
+    ``sequence: string`` feature: ``list<string>``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {"string": pa.string(), "list<string>": pa.list_(pa.string())}
+    schema = pa.schema([(n, types[t]) for n, t in VIDEO_MME_SCHEMA])
+    (root / "videomme").mkdir(parents=True)
+    path = root / "videomme" / "test-00000-of-00001.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def _check_video_mme(imp, root: Path):
     assert imp.benchmark == "video-mme"
     a, b = imp.records
     assert (a.id, a.answer, a.task, a.source) == ("001-1", "C", "Counting Problem", "fFjv93ACGo8")
     assert a.options == ["Apples.", "Candles.", "Berries.", "The three kinds are of the same number."]
+    assert a.question.startswith("When demonstrating the Germany modern Christmas tree")
     assert a.video == str(root / "data" / "fFjv93ACGo8.mp4") and a.duration is None and a.split == "test"
+    assert a.problem_type == "multiple_choice"
     assert a.meta == {"benchmark": "video-mme", "duration_group": "short", "domain": "Knowledge",
                       "sub_category": "Humanity & History", "video_id": "001", "videoID": "fFjv93ACGo8",
                       "url": "https://www.youtube.com/watch?v=fFjv93ACGo8",
                       "subtitles": str(root / "subtitle" / "fFjv93ACGo8.srt")}
     assert (b.id, b.answer, b.task) == ("001-2", "A", "Information Synopsis")
+    assert b.options[0] == "It is a news report that introduces the history behind Christmas decorations."
+    _round_trip(imp)
+
+
+def test_video_mme_parquet(tmp_path):
+    """The table as released (parquet, the published schema) -> the exact records and dropped rows."""
+    src = FIX / "video_mme" / "videomme" / "test-00000-of-00001.jsonl"
+    rows = [json.loads(x) for x in src.read_text().splitlines()[:3]]  # the 4th line is the export's broken JSON
+    path = _write_video_mme_parquet(tmp_path, rows)
+    shutil.copytree(FIX / "video_mme" / "subtitle", tmp_path / "subtitle")
+    imp = load_format("video-mme").read(str(tmp_path), None, None)
+    assert imp.sources == [str(path)]
+    _check_video_mme(imp, tmp_path)
+    assert _drops(imp) == [(path.name, 3, "601-1", "invalid_record", "answer: expected one of A, B, C, D, got 'E'")]
+    # the file itself, and --videos
+    one = load_format("video-mme").read(str(path), "/vm", "test")
+    assert [r.video for r in one.records] == ["/vm/fFjv93ACGo8.mp4", "/vm/fFjv93ACGo8.mp4"]
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"PAR1 not really")
+    with pytest.raises(DataError, match="bad.parquet: not a readable parquet file"):
+        load_format("video-mme").read(str(bad), None, None)
+
+
+def test_video_mme_json_export():
+    """A JSON/JSONL export of the same table reads to the same records; a broken JSONL line is reported."""
+    root = FIX / "video_mme"
+    imp = load_format("video-mme").read(str(root), None, "test")
+    _check_video_mme(imp, root)
     f = "test-00000-of-00001.jsonl"
     assert [d[:4] for d in _drops(imp)] == [(f, 3, "601-1", "invalid_record"), (f, 4, None, "invalid_json")]
     assert _drops(imp)[0][4] == "answer: expected one of A, B, C, D, got 'E'"
     assert _drops(imp)[1][4].startswith("json: ")
-    _round_trip(imp)
     with pytest.raises(DataError, match="one split, test"):
         load_format("video-mme").read(str(root), None, "val")
-
-
-def test_video_mme_parquet_same_records(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    import pyarrow.parquet as pq
-
-    src = FIX / "video_mme" / "videomme" / "test-00000-of-00001.jsonl"
-    rows = [json.loads(x) for x in src.read_text().splitlines()[:3]]
-    (tmp_path / "videomme").mkdir()
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "videomme" / "test-00000-of-00001.parquet")
-    shutil.copytree(FIX / "video_mme" / "subtitle", tmp_path / "subtitle")
-    par = load_format("video-mme").read(str(tmp_path), None, None)
-    js = load_format("video-mme").read(str(FIX / "video_mme"), None, None)
-    assert [(r.id, r.options, r.answer, r.meta["duration_group"]) for r in par.records] == \
-        [(r.id, r.options, r.answer, r.meta["duration_group"]) for r in js.records]
 
 
 def test_tgif_qa():

@@ -350,3 +350,32 @@ def test_dense_format_dispatch(tmp_path, monkeypatch):
     assert _import("--format", "fake-dense", "--annotations", ann, "--out", tmp_path / "d", "--split", "val") == 0
     assert read_dense_records(tmp_path / "d" / "val.jsonl", check_video=False) == [rec]
     assert _manifest(tmp_path / "d")["counts"]["written"] == 1
+
+
+def test_repeated_id_is_dropped_by_the_reader_only(tmp_path, monkeypatch):
+    """The duplicate-id rule has one owner (the readers' Collector); a reader that returns an id twice anyway is a
+    bug the command reports instead of silently dropping."""
+    import sys
+    import types
+
+    from dvr1.data.formats import Imported
+    from dvr1.vidchain import formats as vf
+    from dvr1.vidchain.data import DenseCaptionRecord
+
+    rec = DenseCaptionRecord(id="v1", video=str(tmp_path / "v1.mp4"), duration=10.0, events=[[0.0, 2.0]],
+                             captions=["a cat jumps"], split="val", source="v1", fps=0, meta={})
+    mod = types.ModuleType("dvr1.vidchain.formats._twice")
+    mod.NAME, mod.KIND, mod.DESCRIPTION = "twice", "dense", "returns one id twice"
+    mod.read = lambda a, v, s: Imported(records=[rec, rec], sources=[a])
+    monkeypatch.setitem(sys.modules, "dvr1.vidchain.formats._twice", mod)
+    monkeypatch.setitem(vf.DENSE_FORMATS, "twice", "_twice")
+    ann = tmp_path / "ann.json"
+    ann.write_text("{}")
+    with pytest.raises(RuntimeError, match="format twice: the reader returned id 'v1' twice"):
+        _import("--format", "twice", "--annotations", ann, "--out", tmp_path / "d", "--split", "val")
+    assert not (tmp_path / "d").exists()
+    # every reader's Skips carry stage "import" in the manifest
+    out = tmp_path / "vr"
+    assert _import("--format", "video-r1", "--annotations", FIX / "video_r1" / "Video-R1-data" / "Video-R1-260k.json",
+                   "--out", out) == 0
+    assert {d["stage"] for d in _manifest(out)["dropped"]} == {"import"}

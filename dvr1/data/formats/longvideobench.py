@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 
-from dvr1.data.formats._common import Collector, is_text, load_json
+from dvr1.data.formats._common import Collector, check_split, is_text, load_json
 from dvr1.data.schema import DataError, LETTERS
 
 NAME = "longvideobench"
@@ -46,11 +46,9 @@ def read(annotations: str, videos: str | None = None, split: str | None = None):
         DataError: unknown split, the test split (no ground truth), a missing or unreadable file, or a file that is
             not a JSON array.
     """
-    split = split or "val"
-    if split not in FILES:
-        raise DataError(f"longvideobench: unknown split {split!r}; known: val")
     if split == "test":
         raise DataError("longvideobench: the test split (lvb_test_wo_gt.json) has no ground truth; use --split val")
+    split = check_split(split, ("val",), "val", NAME)
     path = os.path.join(annotations, FILES[split]) if os.path.isdir(annotations) else annotations
     root = os.path.dirname(os.path.abspath(path))
     video_dir = os.path.abspath(videos) if videos else os.path.join(root, "videos")

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 
-from dvr1.data.formats._common import Collector, is_text, load_json
+from dvr1.data.formats._common import Collector, is_number, is_text, load_json
 from dvr1.data.schema import DataError, LETTERS
 
 NAME = "mvbench"
@@ -63,10 +63,6 @@ RENAMED = {"ssv2_video/": "ssv2_video_mp4/", "nturgbd/": "nturgbd_convert/"}
 FRAME_FPS = 3.0  # read_frame(fps=3): the tvqa frames were extracted at 3 fps
 
 _BY_FILE = {v[0]: k for k, v in TASKS.items()}
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _video(video_root: str, prefix: str, name: str) -> str:
@@ -119,7 +115,7 @@ def read(annotations: str, videos: str | None = None, split: str | None = None):
                 out.skip(path, line, rid, "video", f"expected a non-empty string, got {d.get('video')!r}")
                 continue
             cands = d.get("candidates")
-            if not isinstance(cands, list) or not all(isinstance(c, str) or _number(c) for c in cands):
+            if not isinstance(cands, list) or not all(isinstance(c, str) or is_number(c) for c in cands):
                 out.skip(path, line, rid, "candidates", f"expected a list of strings, got {cands!r}")
                 continue
             hits = [k for k, c in enumerate(cands) if c == d.get("answer")]
@@ -129,7 +125,7 @@ def read(annotations: str, videos: str | None = None, split: str | None = None):
             meta = {"benchmark": NAME, "data_type": data_type}
             if bound:
                 s, e = d.get("start"), d.get("end")
-                if not (_number(s) and _number(e) and 0 <= s < e):
+                if not (is_number(s) and is_number(e) and 0 <= s < e):
                     out.skip(path, line, rid, "start", f"task {task!r} samples [start, end] seconds; got start "
                                                        f"{s!r}, end {e!r}")
                     continue

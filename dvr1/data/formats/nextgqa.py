@@ -29,7 +29,8 @@ from __future__ import annotations
 import csv
 import os
 
-from dvr1.data.formats import Imported, check_split, load_json, progress, skip, to_record
+from dvr1.data.formats import Imported
+from dvr1.data.formats._common import Collector, check_split, load_json, progress
 from dvr1.data.schema import LETTERS, DataError
 
 NAME = "nextgqa"
@@ -66,8 +67,8 @@ def read(annotations: str, videos: str | None, split: str | None) -> Imported:
     if not isinstance(vmap, dict):
         raise DataError(f"{map_path}: expected an object {{video_id: path}}")
     root = os.path.abspath(videos if videos is not None else annotations)
-    out = Imported(records=[], sources=[csv_path, gsub_path, map_path], benchmark=BENCHMARK,
-                   notes={"segments_clipped": 0, "segments_removed_empty": 0})
+    out = Collector(notes={"segments_clipped": 0, "segments_removed_empty": 0})
+    out.sources += [csv_path, gsub_path, map_path]
 
     with open(csv_path, encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh)
@@ -93,52 +94,46 @@ def read(annotations: str, videos: str | None, split: str | None) -> Imported:
                 raise DataError(f"{csv_path}:{start}: not UTF-8 ({exc.reason})") from None
             except csv.Error as exc:
                 end = reader.line_num
-                out.dropped.append(skip(csv_path, start, None, "invalid_record", "row", str(exc)))
+                out.skip(csv_path, start, None, "row", str(exc))
                 continue
             end = reader.line_num
             if row:
                 rows.append((start, row))
     for line, row in progress(rows, f"nextgqa {split}"):
-        rec = _row(row, col, len(header), line, csv_path, gsub, gsub_path, vmap, root, split, out)
-        if rec is not None:
-            out.records.append(rec)
-    return out
+        _row(row, col, len(header), line, csv_path, gsub, gsub_path, vmap, root, split, out)
+    return out.imported(BENCHMARK)
 
 
-def _row(row, col, n_cols, line, csv_path, gsub, gsub_path, vmap, root, split, out: Imported):
+def _row(row, col, n_cols, line, csv_path, gsub, gsub_path, vmap, root, split, out: Collector) -> None:
     if len(row) != n_cols:
-        out.dropped.append(skip(csv_path, line, None, "invalid_record", "row",
-                                f"expected {n_cols} fields, got {len(row)}"))
-        return None
+        out.skip(csv_path, line, None, "row", f"expected {n_cols} fields, got {len(row)}")
+        return
     f = {c: row[i].strip() for c, i in col.items()}
     vid, qid = f["video_id"], f["qid"]
     rid = f"{vid}_{qid}" if vid and qid else None
     if rid is None:
-        out.dropped.append(skip(csv_path, line, None, "invalid_record", "video_id" if not vid else "qid", "empty"))
-        return None
+        out.skip(csv_path, line, None, "video_id" if not vid else "qid", "empty")
+        return
     ints = {}
     for name in ("frame_count", "width", "height"):
         try:
             ints[name] = int(f[name])
         except ValueError:
-            out.dropped.append(skip(csv_path, line, rid, "invalid_record", name,
-                                    f"expected an integer, got {f[name]!r}"))
-            return None
+            out.skip(csv_path, line, rid, name, f"expected an integer, got {f[name]!r}")
+            return
     ann = gsub.get(vid)
     locs = ann.get("location") if isinstance(ann, dict) else None
     if not isinstance(locs, dict) or qid not in locs:
-        out.dropped.append(skip(csv_path, line, rid, "no_location", "location",
-                                f"{gsub_path} has no time span for video {vid} question {qid}"))
-        return None
+        out.skip(csv_path, line, rid, "location", f"{gsub_path} has no time span for video {vid} question {qid}",
+                 reason="no_location")
+        return
     if vid not in vmap or not isinstance(vmap[vid], str) or not vmap[vid].strip():
-        out.dropped.append(skip(csv_path, line, rid, "no_video_mapping", "video_id",
-                                f"{vid} is not in {MAP_FILE}"))
-        return None
+        out.skip(csv_path, line, rid, "video_id", f"{vid} is not in {MAP_FILE}", reason="no_video_mapping")
+        return
     options = [f[f"a{k}"] for k in range(5)]
     if f["answer"] not in options:
-        out.dropped.append(skip(csv_path, line, rid, "invalid_record", "answer",
-                                f"{f['answer']!r} is none of a0..a4"))
-        return None
+        out.skip(csv_path, line, rid, "answer", f"{f['answer']!r} is none of a0..a4")
+        return
     duration, fps = ann.get("duration"), ann.get("fps")
     segments = _clip(locs[qid], duration, out.notes)
     obj = {
@@ -148,7 +143,7 @@ def _row(row, col, n_cols, line, csv_path, gsub, gsub_path, vmap, root, split, o
         "source": vid, "split": split,
         "meta": {"benchmark": BENCHMARK, "video_id": vid, "qid": qid, **ints},
     }
-    return to_record(obj, csv_path, line, out.dropped)
+    out.add_qa(obj, csv_path, line)
 
 
 def _clip(locs, duration, notes: dict):

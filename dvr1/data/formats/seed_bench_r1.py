@@ -31,11 +31,11 @@ the current-observation frame the official prompt shows after the video. A row w
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 
-from dvr1.data.formats import Imported, check_split, progress, skip, to_record
+from dvr1.data.formats import Imported
+from dvr1.data.formats._common import Collector, check_split
 from dvr1.data.schema import LETTERS, DataError
 
 NAME = "seed-bench-r1"
@@ -71,39 +71,15 @@ def read(annotations: str, videos: str | None, split: str | None) -> Imported:
     image_dir = os.path.join(root, "images")
     parts = [("train", TRAIN_FILE)] if split == "train" else [
         (lv, level_file(lv)) for lv in (LEVELS if split == "val" else (split,))]
-    out = Imported(records=[], benchmark=None if split == "train" else BENCHMARK)
-    if split == "train":
-        out.notes["options_sampled"] = 0
+    out = Collector(notes={"options_sampled": 0} if split == "train" else None)
     for level, name in parts:
         path = os.path.join(ann_dir, name)
         if not os.path.isfile(path):
             raise DataError(f"{path}: file not found")
         out.sources.append(path)
-        for line, obj in progress(_jsonl(path, out), f"seed-bench-r1 {level}"):
-            rec = _row(obj, path, line, level, split, video_dir, image_dir, out)
-            if rec is not None:
-                out.records.append(rec)
-    return out
-
-
-def _jsonl(path: str, out: Imported) -> list[tuple[int, dict]]:
-    """(line, object) of each non-blank line; lines that are not JSON are reported into ``out.dropped``."""
-    rows = []
-    with open(path, "rb") as fh:
-        for line, raw in enumerate(fh, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                out.dropped.append(skip(path, line, None, "invalid_utf8", "utf8",
-                                        f"invalid UTF-8 at byte {exc.start} of the line"))
-                continue
-            if not text.strip():
-                continue
-            try:
-                rows.append((line, json.loads(text)))
-            except json.JSONDecodeError as exc:
-                out.dropped.append(skip(path, line, None, "invalid_json", "json", str(exc)))
-    return rows
+        for line, obj in out.jsonl(path):  # training_6k: 6k rows, under progress()'s bar threshold
+            _row(obj, path, line, level, split, video_dir, image_dir, out)
+    return out.imported(None if split == "train" else BENCHMARK)
 
 
 def sampled_options(sample_id: str, answer: str, negatives: list[str]) -> list[str]:
@@ -115,58 +91,53 @@ def sampled_options(sample_id: str, answer: str, negatives: list[str]) -> list[s
     return opts
 
 
-def _row(obj, path, line, level, split, video_dir, image_dir, out: Imported):
+def _row(obj, path, line, level, split, video_dir, image_dir, out: Collector) -> None:
     if not isinstance(obj, dict):
-        out.dropped.append(skip(path, line, None, "invalid_record", "record",
-                                f"expected a JSON object, got {type(obj).__name__}"))
-        return None
+        out.skip(path, line, None, "record", f"expected a JSON object, got {type(obj).__name__}")
+        return
     sid = obj.get("sample_id")
     if isinstance(sid, bool) or not isinstance(sid, (int, str)) or not str(sid).strip():
-        out.dropped.append(skip(path, line, None, "invalid_record", "sample_id", f"expected an id, got {sid!r}"))
-        return None
+        out.skip(path, line, None, "sample_id", f"expected an id, got {sid!r}")
+        return
     rid = f"{level}-{sid}"
     for name in ("video_source", "current_observation_basename"):
         if not isinstance(obj.get(name), str) or not obj[name].strip():
-            out.dropped.append(skip(path, line, rid, "invalid_record", name,
-                                    f"expected a non-empty string, got {obj.get(name)!r}"))
-            return None
+            out.skip(path, line, rid, name, f"expected a non-empty string, got {obj.get(name)!r}")
+            return
     progress_meta = obj.get("task_progress_metadata")
     if not isinstance(progress_meta, list):
-        out.dropped.append(skip(path, line, rid, "invalid_record", "task_progress_metadata",
-                                f"expected a list, got {progress_meta!r}"))
-        return None
+        out.skip(path, line, rid, "task_progress_metadata", f"expected a list, got {progress_meta!r}")
+        return
     if not progress_meta:
-        out.dropped.append(skip(path, line, rid, "image_sample", "task_progress_metadata",
-                                "empty: the sample has no video, only the current-observation image"))
-        return None
+        out.skip(path, line, rid, "task_progress_metadata",
+                 "empty: the sample has no video, only the current-observation image", reason="image_sample")
+        return
     basename = obj.get("video_basename")
     if not isinstance(basename, str) or not basename.strip():
-        out.dropped.append(skip(path, line, rid, "invalid_record", "video_basename",
-                                f"expected a non-empty string, got {basename!r}"))
-        return None
+        out.skip(path, line, rid, "video_basename", f"expected a non-empty string, got {basename!r}")
+        return
     answer = obj.get("answer")
     if "golden_choice_idx" in obj:
         options = [obj.get(f"choice_{c}") for c in "abcd"]
         letter = obj["golden_choice_idx"]
         k = LETTERS.index(letter) if isinstance(letter, str) and letter in LETTERS[:4] else None
         if k is None:
-            out.dropped.append(skip(path, line, rid, "invalid_record", "golden_choice_idx",
-                                    f"expected one of A, B, C, D, got {letter!r}"))
-            return None
+            out.skip(path, line, rid, "golden_choice_idx", f"expected one of A, B, C, D, got {letter!r}")
+            return
         if isinstance(answer, str) and options[k] != answer:
-            out.dropped.append(skip(path, line, rid, "invalid_record", "answer", f"{answer!r} is not "
-                                    f"choice_{'abcd'[k]} {options[k]!r} (golden_choice_idx {letter})"))
-            return None
+            out.skip(path, line, rid, "answer",
+                     f"{answer!r} is not choice_{'abcd'[k]} {options[k]!r} (golden_choice_idx {letter})")
+            return
     else:
         negatives = obj.get("negative_answers")
         if (not isinstance(answer, str) or not isinstance(negatives, list) or not negatives
                 or not all(isinstance(n, str) for n in negatives)):
-            out.dropped.append(skip(path, line, rid, "invalid_record", "negative_answers",
-                                    "a row without golden_choice_idx needs answer and a list of negative_answers"))
-            return None
+            out.skip(path, line, rid, "negative_answers",
+                     "a row without golden_choice_idx needs answer and a list of negative_answers")
+            return
         options = sampled_options(rid, answer, negatives)
         letter = LETTERS[options.index(answer)]
-        out.notes["options_sampled"] = out.notes.get("options_sampled", 0) + 1
+        out.note("options_sampled")
     src = obj["video_source"]
     meta = {"level": level} if split != "train" else {}
     if split != "train":
@@ -180,4 +151,4 @@ def _row(obj, path, line, level, split, video_dir, image_dir, out: Imported):
     rec = {"id": rid, "video": os.path.join(video_dir, src, basename), "question": obj.get("question"),
            "options": options, "answer": letter, "task": level, "problem_type": "multiple_choice",
            "split": split, "source": f"{src}/{obj.get('video_id') or basename}", "meta": meta}
-    return to_record(rec, path, line, out.dropped)
+    out.add_qa(rec, path, line)

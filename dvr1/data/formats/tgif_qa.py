@@ -30,7 +30,7 @@ import csv
 import os
 import re
 
-from dvr1.data.formats._common import Collector, find_video, is_text
+from dvr1.data.formats._common import Collector, check_split, find_video, is_text
 from dvr1.data.schema import DataError, LETTERS
 
 NAME = "tgif-qa"
@@ -58,9 +58,7 @@ def _files(annotations: str, split: str | None) -> tuple[str, list[tuple[str, st
         if split is not None and split != file_split:
             raise DataError(f"{annotations}: a {file_split} file, but --split {split}")
         return file_split, [(m.group(2), annotations)]
-    split = split or "test"
-    if split not in SPLITS:
-        raise DataError(f"tgif-qa: unknown split {split!r}; known: {', '.join(SPLITS)}")
+    split = check_split(split, tuple(SPLITS), "test", NAME)
     found = []
     for infix in TASKS:
         for ext in ("tsv", "csv"):

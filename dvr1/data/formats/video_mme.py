@@ -18,24 +18,27 @@ Mapping: ``question_id`` -> id; ``options`` -> options without their ``"A. "`` l
 ``domain``, ``sub_category``, ``video_id``, ``videoID``, ``url`` and ``subtitles`` (the ``.srt`` path, only when it
 exists). The table's ``duration`` is a group name, not seconds: the record's ``duration`` is null.
 
-``annotations``: the dataset root (``videomme/*.parquet``, or a JSON/JSONL export under ``videomme/`` or the root),
-or one file: ``.parquet`` (needs ``pyarrow``, which dvr1 does not require), ``.json`` (an array of row objects,
-e.g. pandas ``to_json(orient="records")``) or ``.jsonl`` (one row object a line). ``videos``: the directory holding
-``{videoID}.mp4`` (``.MP4``/``.mkv`` are tried too; default ``{root}/data``). ``split``: ``test`` (the only one).
+``annotations``: the dataset root as released (``videomme/test-00000-of-00001.parquet``; read with ``pyarrow``, a
+dvr1 requirement; the columns above, all strings, ``options`` a list of strings; later revisions' extra columns
+``language``/``Subtitle`` are ignored), a JSON/JSONL export of that table under ``videomme/`` or the root, or one
+file: ``.parquet``, ``.json`` (an array of row objects, e.g. pandas ``to_json(orient="records")``) or ``.jsonl``
+(one row object a line). A row's line is its parquet / JSON array row + 1, or its JSONL line. ``videos``: the
+directory holding ``{videoID}.mp4`` (``.MP4``/``.mkv`` are tried too; default ``{root}/data``). ``split``: ``test``
+(the only one).
 """
 
 from __future__ import annotations
 
 import glob
-import json
 import os
+from typing import Iterable
 
-from dvr1.data.formats._common import Collector, find_video, is_text, load_json
+from dvr1.data.formats._common import Collector, check_split, find_video, is_text, load_json
 from dvr1.data.schema import DataError
 
 NAME = "video-mme"
 KIND = "qa"
-DESCRIPTION = "Video-MME annotation table (parquet with pyarrow, or its JSON/JSONL export): videoID, duration, options"
+DESCRIPTION = "Video-MME annotation table (videomme/*.parquet as released, or a JSON/JSONL export): videoID, duration"
 
 _EXTS = (".mp4", ".MP4", ".mkv")
 
@@ -51,37 +54,22 @@ def _table_files(annotations: str) -> list[str]:
                     "export) found")
 
 
-def _rows(path: str) -> list[tuple[int, object]]:
-    """(line, row) pairs of one table file; a JSONL line that is not JSON gives a :class:`json.JSONDecodeError`
-    as its row."""
+def _rows(path: str, out: Collector) -> Iterable[tuple[int, object]]:
+    """(line, row) pairs of one table file (line: the parquet / JSON array row + 1, or the JSONL line); a JSONL line
+    that is not UTF-8 or JSON is dropped into ``out``."""
     if path.endswith(".parquet"):
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow), or give the table's "
-                            "JSON/JSONL export") from None
+            raise DataError(f"{path}: reading parquet needs pyarrow (a dvr1 requirement: pip install pyarrow)") \
+                from None
         try:
             rows = pq.read_table(path).to_pylist()
         except Exception as exc:  # pyarrow raises several types for a bad file
             raise DataError(f"{path}: not a readable parquet file ({exc})") from None
         return [(i + 1, r) for i, r in enumerate(rows)]
     if path.endswith(".jsonl"):
-        rows = []
-        try:
-            with open(path, encoding="utf-8") as fh:
-                lines = fh.read().splitlines()
-        except FileNotFoundError:
-            raise DataError(f"{path}: file not found") from None
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}: not UTF-8 ({exc})") from None
-        for i, text in enumerate(lines):
-            if not text.strip():
-                continue
-            try:
-                rows.append((i + 1, json.loads(text)))
-            except json.JSONDecodeError as exc:
-                rows.append((i + 1, exc))
-        return rows
+        return out.jsonl(path)
     data = load_json(path)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of rows, got {type(data).__name__}")
@@ -94,9 +82,7 @@ def read(annotations: str, videos: str | None = None, split: str | None = None):
     Raises:
         DataError: an unknown split, no table found, a parquet file without pyarrow installed, an unreadable file.
     """
-    split = split or "test"
-    if split != "test":
-        raise DataError(f"video-mme: unknown split {split!r}; the table has one split, test")
+    split = check_split(split, ("test",), "test", NAME)
     files = _table_files(annotations)
     base = os.path.abspath(annotations if os.path.isdir(annotations) else os.path.dirname(annotations))
     root = os.path.dirname(base) if os.path.basename(base) == "videomme" else base
@@ -104,10 +90,7 @@ def read(annotations: str, videos: str | None = None, split: str | None = None):
     out = Collector()
     for path in files:
         out.sources.append(path)
-        for line, r in _rows(path):
-            if isinstance(r, json.JSONDecodeError):
-                out.skip(path, line, None, "json", str(r), reason="invalid_json")
-                continue
+        for line, r in _rows(path, out):
             if not isinstance(r, dict):
                 out.skip(path, line, None, "record", f"expected an object, got {type(r).__name__}")
                 continue

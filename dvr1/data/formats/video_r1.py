@@ -28,7 +28,8 @@ from __future__ import annotations
 import os
 import re
 
-from dvr1.data.formats import Imported, check_split, load_json, progress, skip, to_record
+from dvr1.data.formats import Imported
+from dvr1.data.formats._common import Collector, check_split, load_json, progress
 from dvr1.data.schema import DataError
 
 NAME = "video-r1"
@@ -73,47 +74,44 @@ def read(annotations: str, videos: str | None, split: str | None) -> Imported:
     if not isinstance(data, list):
         raise DataError(f"{annotations}: expected a JSON array of items, got {type(data).__name__}")
     root = os.path.abspath(videos if videos is not None else os.path.dirname(os.path.abspath(annotations)))
-    out = Imported(records=[], sources=[annotations], benchmark=BENCHMARK)
+    out = Collector()
+    out.sources.append(annotations)
     for k, item in enumerate(progress(data, "video-r1")):
-        rec = _item(item, k + 1, annotations, root, split, out)
-        if rec is not None:
-            out.records.append(rec)
-    return out
+        _item(item, k + 1, annotations, root, split, out)
+    return out.imported(BENCHMARK)
 
 
-def _item(item, line: int, file: str, root: str, split: str, out: Imported):
+def _item(item, line: int, file: str, root: str, split: str, out: Collector) -> None:
     if not isinstance(item, dict):
-        out.dropped.append(skip(file, line, None, "invalid_record", "item",
-                                f"expected a JSON object, got {type(item).__name__}"))
-        return None
+        out.skip(file, line, None, "item", f"expected a JSON object, got {type(item).__name__}")
+        return
     pid = item.get("problem_id")
     rid = str(pid) if isinstance(pid, (int, str)) and not isinstance(pid, bool) and str(pid).strip() else None
     if rid is None:
-        out.dropped.append(skip(file, line, None, "invalid_record", "problem_id", f"expected an id, got {pid!r}"))
-        return None
+        out.skip(file, line, None, "problem_id", f"expected an id, got {pid!r}")
+        return
     dtype = item.get("data_type")
     if dtype == "image":
-        out.dropped.append(skip(file, line, rid, "image_sample", "data_type", "image samples are not imported"))
-        return None
+        out.skip(file, line, rid, "data_type", "image samples are not imported", reason="image_sample")
+        return
     if dtype != "video":
-        out.dropped.append(skip(file, line, rid, "invalid_record", "data_type",
-                                f"expected 'video' or 'image', got {dtype!r}"))
-        return None
+        out.skip(file, line, rid, "data_type", f"expected 'video' or 'image', got {dtype!r}")
+        return
     ptype = PROBLEM_TYPES.get(item.get("problem_type"))
     if ptype is None:
-        out.dropped.append(skip(file, line, rid, "unsupported_problem_type", "problem_type",
-                                f"expected one of {', '.join(PROBLEM_TYPES)}, got {item.get('problem_type')!r}"))
-        return None
+        out.skip(file, line, rid, "problem_type",
+                 f"expected one of {', '.join(PROBLEM_TYPES)}, got {item.get('problem_type')!r}",
+                 reason="unsupported_problem_type")
+        return
     solution = item.get("solution")
     m = _ANSWER_RE.search(solution) if isinstance(solution, str) else None
     if m is None:
-        out.dropped.append(skip(file, line, rid, "invalid_record", "solution",
-                                f"expected '<answer>...</answer>', got {solution!r}"))
-        return None
+        out.skip(file, line, rid, "solution", f"expected '<answer>...</answer>', got {solution!r}")
+        return
     path = item.get("path")
     if not isinstance(path, str) or not path.strip():
-        out.dropped.append(skip(file, line, rid, "invalid_record", "path", f"expected a path, got {path!r}"))
-        return None
+        out.skip(file, line, rid, "path", f"expected a path, got {path!r}")
+        return
     options = item.get("options")
     if ptype != "multiple_choice" and options == []:
         options = None
@@ -124,4 +122,4 @@ def _item(item, line: int, file: str, root: str, split: str, out: Imported):
     obj = {"id": rid, "video": video_path(root, path.strip()), "question": item.get("problem"), "options": options,
            "answer": m.group(1), "task": task, "problem_type": ptype, "split": split,
            "reasoning": reasoning or None, "source": path.strip(), "meta": {"problem_id": pid, "data_source": source}}
-    return to_record(obj, file, line, out.dropped)
+    out.add_qa(obj, file, line)

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import math
-
-
-def _num(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+from dvr1.data.formats._common import is_number as _num
 
 
 def is_pairs(v) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 
-from dvr1.data.formats._common import Collector, find_video, load_json
+from dvr1.data.formats._common import Collector, check_split, find_video, load_json
 from dvr1.data.schema import DataError
 from dvr1.vidchain.data import DenseCaptionRecord, DenseRecordError
 from dvr1.vidchain.formats._dense import caption_text, clip_events, is_pairs, sort_events
@@ -37,9 +37,7 @@ def read(annotations: str, videos: str | None = None, split: str | None = None):
         DataError: an unknown split, a missing or unreadable file, a file that is not a JSON object.
     """
     if os.path.isdir(annotations):
-        split = split or "val_1"
-        if split not in SPLITS:
-            raise DataError(f"activitynet: unknown split {split!r}; known: {', '.join(SPLITS)}")
+        split = check_split(split, SPLITS, "val_1", NAME)
         path = os.path.join(annotations, f"{split}.json")
     else:
         path, split = annotations, split or os.path.splitext(os.path.basename(annotations))[0]

@@ -22,7 +22,7 @@ import csv
 import os
 import re
 
-from dvr1.data.formats._common import Collector, find_video
+from dvr1.data.formats._common import Collector, check_split, find_video
 from dvr1.data.schema import DataError
 from dvr1.vidchain.data import DenseCaptionRecord, DenseRecordError
 
@@ -64,9 +64,7 @@ def read(annotations: str, videos: str | None = None, split: str | None = None):
         DataError: an unknown split, a missing query file or Charades CSV.
     """
     if os.path.isdir(annotations):
-        split = split or "test"
-        if split not in SPLITS:
-            raise DataError(f"charades-sta: unknown split {split!r}; known: {', '.join(SPLITS)}")
+        split = check_split(split, SPLITS, "test", NAME)
         txt = os.path.join(annotations, f"charades_sta_{split}.txt")
     else:
         m = _FILE_RE.match(os.path.basename(annotations))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 
-from dvr1.data.formats._common import Collector, find_video, is_text, load_json
+from dvr1.data.formats._common import Collector, check_split, find_video, is_text, load_json
 from dvr1.data.schema import DataError
 from dvr1.vidchain.data import DenseCaptionRecord, DenseRecordError
 from dvr1.vidchain.formats._dense import caption_text, clip_events, is_pairs, sort_events
@@ -38,9 +38,7 @@ def read(annotations: str, videos: str | None = None, split: str | None = None):
     Raises:
         DataError: an unknown split, a missing or unreadable file, a file without a ``database`` object.
     """
-    split = split or "validation"
-    if split not in SPLITS:
-        raise DataError(f"youcook2: unknown split {split!r}; known: {', '.join(SPLITS)}")
+    split = check_split(split, SPLITS, "validation", NAME)
     path = os.path.join(annotations, FILE) if os.path.isdir(annotations) else annotations
     video_dir = os.path.abspath(videos) if videos else os.path.dirname(os.path.abspath(path))
     data = load_json(path)
