@@ -51,7 +51,9 @@ def collect(grid: Grid) -> list[RunResult]:
 
 def run_values(r: RunResult) -> dict[str, float]:
     """Scalars of one finished run: accuracy, acc/<task>, mean_iou (from the eval JSON, fractions in [0, 1]);
-    va_final / va_mean (last-step / mean-over-steps vanishing-advantage ratio, ALGORITHMS §5); wall_min."""
+    va_final / va_mean (last-step / mean-over-steps vanishing-advantage ratio, ALGORITHMS §5); rollouts_per_step
+    (mean responses generated per RL step, all ranks and rollout kinds: `rollouts/total`); reward_final (last step's
+    mean reward); wall_min."""
     v = {}
     if r.eval is not None:
         v["accuracy"] = float(r.eval["accuracy"])
@@ -62,6 +64,12 @@ def run_values(r: RunResult) -> dict[str, float]:
     if va:
         v["va_final"] = float(va[-1])
         v["va_mean"] = float(sum(va) / len(va))
+    spent = [row["rollouts/total"] for row in r.metrics if "rollouts/total" in row]
+    if spent:
+        v["rollouts_per_step"] = float(sum(spent) / len(spent))
+    rewards = [row["reward/mean"] for row in r.metrics if "reward/mean" in row]
+    if rewards:
+        v["reward_final"] = float(rewards[-1])
     if r.wall_s is not None:
         v["wall_min"] = r.wall_s / 60.0
     return v
@@ -119,21 +127,22 @@ def format_report(grid: Grid, agg: dict, sft_eval: Optional[dict] = None) -> str
     tasks = sorted({k[4:] for a in agg.values() for k in a["values"] if k.startswith("acc/")}
                    | set((sft_eval or {}).get("per_task", {})))
     head = (["arm", "seeds"] + [f"{t} acc. %" for t in tasks] +
-            ["all acc. %", "mean IoU", "VA ratio final", "VA ratio mean", "wall min", "not done"])
+            ["all acc. %", "mean IoU", "VA ratio final", "VA ratio mean", "rollouts / step", "wall min", "not done"])
     lines = [f"### Ablation `{grid.name}` ({len(grid.arms)} arms x seeds {grid.seeds})", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     if sft_eval is not None:
         row = ["SFT (no RL; shared init)", "–"]
         row += [f"{100 * sft_eval['per_task'][t]['accuracy']:.1f}" if t in sft_eval["per_task"] else "n/a"
                 for t in tasks]
-        row += [f"{100 * sft_eval['accuracy']:.1f}", f"{sft_eval['mean_iou']:.3f}", "–", "–", "–", ""]
+        row += [f"{100 * sft_eval['accuracy']:.1f}", f"{sft_eval['mean_iou']:.3f}", "–", "–", "–", "–", ""]
         lines.append("| " + " | ".join(row) + " |")
     for arm, a in agg.items():
         v = a["values"]
         row = [arm, f"{len(a['seeds_done'])}/{len(grid.seeds)}"]
         row += [_fmt(v.get(f"acc/{t}"), 100) for t in tasks]
         row += [_fmt(v.get("accuracy"), 100), _fmt(v.get("mean_iou"), 1, 3), _fmt(v.get("va_final"), 1, 3),
-                _fmt(v.get("va_mean"), 1, 3), _fmt(v.get("wall_min"), 1, 1), _notes(a["not_done"])]
+                _fmt(v.get("va_mean"), 1, 3), _fmt(v.get("rollouts_per_step"), 1, 0), _fmt(v.get("wall_min"), 1, 1),
+                _notes(a["not_done"])]
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Mean ± sample standard deviation (ddof=1) over the seeds that finished (n=1: no std). Accuracy "
               "in % of the test split (grounding: IoU ≥ 0.5); mean IoU over grounding questions; VA ratio = "

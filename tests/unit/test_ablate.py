@@ -222,7 +222,8 @@ def fabricate(run_dir: Path, acc: dict, iou: float, va: list, rewards: list, wal
     (run_dir / "metrics").mkdir(exist_ok=True)
     with open(run_dir / "metrics" / "rl.jsonl", "w") as f:
         for i, (v, r) in enumerate(zip(va, rewards)):
-            f.write(json.dumps({"step": i + 1, "vanishing_advantage_ratio": v, "reward/mean": r}) + "\n")
+            f.write(json.dumps({"step": i + 1, "vanishing_advantage_ratio": v, "reward/mean": r,
+                                "rollouts/total": 32 * (i + 1)}) + "\n")
     if wall_s is not None or failed:
         (run_dir / "ablate_run.json").write_text(json.dumps(
             {"status": "failed:train" if failed else "done",
@@ -278,11 +279,12 @@ def test_report_marks_missing_and_writes_pngs(fabricated):
     g, _ = fabricated
     rep = ablate.write_report(g)
     md = rep["markdown"]
+    # rollouts / step: the mean of rollouts/total over the two steps (32, 64 -> 48 in every seed)
     assert ("| grpo | 3/3 | 50.0 ± 10.0 | 70.0 ± 10.0 | 60.0 ± 10.0 | 0.400 ± 0.100 | 0.250 ± 0.250 | 0.417 ± 0.072 "
-            "| 11.0 ± 1.0 |  |") in md
+            "| 48 ± 0 | 11.0 ± 1.0 |  |") in md
     assert ("| reg_da | 1/3 | 90.0 (n=1) | 70.0 (n=1) | 80.0 (n=1) | 0.600 (n=1) | 0.250 (n=1) | 0.125 (n=1) "
-            "| 5.0 (n=1) | failed: seed 1; missing: seed 2 |") in md
-    assert "| SFT (no RL; shared init) | – | 20.0 | 30.0 | 25.0 | 0.125 | – | – | – |  |" in md
+            "| 48 (n=1) | 5.0 (n=1) | failed: seed 1; missing: seed 2 |") in md
+    assert "| SFT (no RL; shared init) | – | 20.0 | 30.0 | 25.0 | 0.125 | – | – | – | – |  |" in md
     assert "sample standard deviation (ddof=1)" in md
     assert ("Paper ordering grpo < reg_da by mean overall accuracy: **held** (observed: grpo < reg_da). "
             "reg_da − grpo = +20.0 pts, max std 10.0 (larger than the seed std).") in md
