@@ -67,6 +67,9 @@ class RLTrainer:
         self.noise_gen = torch.Generator().manual_seed(cfg.seed + 29)
         self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        # a mixture of problem types (docs/ALGORITHMS.md §10.1) logs each type's mean reward (every rank holds all
+        # records, so all take the same decision)
+        self.mixed_types = len({r.problem_type for r in records}) > 1
 
     # ---- state for checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -154,6 +157,19 @@ class RLTrainer:
             by_id = {id(g.prepared.record): g for g in aug_groups}
             return [by_id.get(id(g.prepared.record), g) for g in groups]
         return groups + aug_groups
+
+    def reward_by_type(self, groups: list[Group]) -> dict[str, float]:
+        """``{"reward/<problem_type>": mean total reward}`` over the responses of the whole global batch's groups of
+        each problem type present (gathered over DP, so every rank returns the same values and keys). Collective
+        over the DP group."""
+        sums: dict[str, list[float]] = {}
+        for rank_part in grid.dp_all_gather_object([(g.prepared.record.problem_type, float(g.rewards.sum()),
+                                                     len(g.scores)) for g in groups]):
+            for pt, total, n in rank_part:
+                acc = sums.setdefault(pt, [0.0, 0])
+                acc[0] += total
+                acc[1] += n
+        return {f"reward/{pt}": total / n for pt, (total, n) in sorted(sums.items())}
 
     def step(self) -> dict:
         """One RL step over this DP rank's B/dp prompts; returns the ALGORITHMS §5 metrics of this rank (the loop
@@ -248,6 +264,8 @@ class RLTrainer:
         }
         for comp in ("format", "accuracy", "iou"):
             m[f"reward/{comp}"] = sum(s[comp] for g in orig_groups for s in g.scores) / (B * G)
+        if self.mixed_types:
+            m.update(self.reward_by_type(orig_groups))
         total = sum(t.values())
         m.update({f"time/{k}": v for k, v in t.items()})
         m["time/step"] = total
