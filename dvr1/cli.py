@@ -3,6 +3,7 @@
 Commands:
   main       the whole job: data -> tiny checkpoint -> SFT -> eval -> RL -> eval -> plots (resumable)
   data       build the verifiable video-QA dataset at data.root
+  data import  convert a public dataset's annotations into dvr1 records (`dvr1 data import --help`)
   make-tiny  make the tiny random-init Qwen2.5-VL checkpoint (tokenizer trained on the dataset)
   sft        SFT cold start from model.path (or the tiny checkpoint)
   train      RL (algo.name=reg_grpo|grpo, da_aug.enabled=...) from --init (default <run_dir>/sft/hf)
@@ -61,6 +62,10 @@ def main(argv=None) -> int:
     # megatron-core warns at import that TransformerEngine/apex are absent; on CPU that is expected.
     warnings.filterwarnings("ignore", message=".*(Apex|apex|Transformer Engine|TransformerEngine).*")
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:2] == ["data", "import"]:  # its own parser; `dvr1 data` alone builds the synthetic set
+        from dvr1.importing import main as import_main
+
+        return import_main(argv[2:])
     if argv and argv[0] in ("convert", "ablate", "vidchain"):  # commands with their own argument parsers
         if argv[0] == "convert":
             from dvr1.models.convert import main as convert_main

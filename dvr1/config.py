@@ -12,8 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from omegaconf import OmegaConf
-
+from dvr1.rl.dynamic_sampling import METRICS as DYNAMIC_SAMPLING_METRICS
 from dvr1.rl.losses import ALGORITHMS, LOSS_AGG_MODES
 
 
@@ -130,6 +129,17 @@ class RewardConfig:
     format: float = 1.0
     accuracy: float = 1.0
     iou: float = 1.0
+    # DAPO's soft overlong punishment (ALGORITHMS §9, DAPO Eq. 13; dvr1.rl.rewards.overlong_penalty), added to the
+    # total: 0 up to L_max - L_cache response tokens, then linearly down to -1 at L_max, -1 beyond
+    overlong: bool = False
+    overlong_max: int = 0  # L_max in tokens; 0 = rollout.max_new_tokens
+    overlong_cache: int = 16  # L_cache in tokens (<= L_max)
+    # T-GRPO's temporal contrast (ALGORITHMS §9, Video-R1 Eq. 1; dvr1.rl.temporal): G/2 extra responses on shuffled
+    # frames (never trained on); if p >= mu * p_shuffled, every correct ordered response gets +alpha on its accuracy
+    # (the total gains accuracy-weight * alpha)
+    temporal_contrast: bool = False
+    temporal_mu: float = 0.8
+    temporal_alpha: float = 0.3
 
 
 @dataclass
@@ -172,6 +182,13 @@ class RLConfig:
     # (and the entropy) from the training pass, detached, instead of a separate forward pass. Same values (dropout is
     # off), one forward pass fewer per step; with ppo_epochs > 1 the separate pass always runs.
     reuse_old_logprobs: bool = True
+    # DAPO's dynamic sampling (ALGORITHMS §9; dvr1.rl.dynamic_sampling): drop groups whose `dynamic_sampling_metric`
+    # (accuracy | total) is equal over the group and roll out further rounds of prompts_per_step prompts until
+    # prompts_per_step groups are kept, at most dynamic_sampling_max_rounds rounds per step (the first included, as
+    # verl's max_num_gen_batches); at the bound the step trains on what it kept (logged as dyn/bound_hit)
+    dynamic_sampling: bool = False
+    dynamic_sampling_metric: str = "accuracy"
+    dynamic_sampling_max_rounds: int = 10
     lr: float = 2e-5
     weight_decay: float = 0.0
     clip_grad: float = 1.0
@@ -279,6 +296,7 @@ _CHOICES = {
     "algo.name": ALGORITHMS,
     "algo.loss_agg": LOSS_AGG_MODES,
     "algo.logratio_reduction": ("sum", "mean"),
+    "rl.dynamic_sampling_metric": DYNAMIC_SAMPLING_METRICS,
     "da_aug.reference": ("relative", "absolute"),
     "da_aug.scale": ("adaptive", "fixed"),
     "da_aug.directions": ("both", "up", "down"),
@@ -307,6 +325,8 @@ _RANGES = {
     "algo.beta": _AT_LEAST_0, "algo.adv_eps": _AT_LEAST_0, "algo.ddof": _AT_LEAST_0, "algo.clip_eps": _POSITIVE,
     "algo.eps_s": _POSITIVE, "algo.eps_rho": _AT_LEAST_0, "algo.ppo_epochs": _AT_LEAST_1,
     "reward.format": _AT_LEAST_0, "reward.accuracy": _AT_LEAST_0, "reward.iou": _AT_LEAST_0,
+    "reward.overlong_max": _AT_LEAST_0, "reward.overlong_cache": _AT_LEAST_1, "reward.temporal_mu": _AT_LEAST_0,
+    "reward.temporal_alpha": _AT_LEAST_0,
     "da_aug.r_ref": (None, None, ""), "da_aug.window": _AT_LEAST_1, "da_aug.margin": _AT_LEAST_0,
     "da_aug.max_level": _AT_LEAST_1, "da_aug.sigma0": _AT_LEAST_0,
     "da_aug.mask_fraction": (0.0, 0.99, "must be in [0, 0.99] (a fraction of the frames)"),
@@ -315,7 +335,7 @@ _RANGES = {
     "sft.lr": _AT_LEAST_0, "sft.warmup": _AT_LEAST_0, "sft.weight_decay": _AT_LEAST_0,
     "rl.steps": _AT_LEAST_0, "rl.prompts_per_step": _AT_LEAST_1, "rl.micro_batch_groups": _AT_LEAST_0,
     "rl.lr": _AT_LEAST_0, "rl.weight_decay": _AT_LEAST_0, "rl.clip_grad": _AT_LEAST_0, "rl.save_every": _AT_LEAST_1,
-    "rl.keep_last": _AT_LEAST_1,
+    "rl.keep_last": _AT_LEAST_1, "rl.dynamic_sampling_max_rounds": _AT_LEAST_1,
     "eval.max_samples": _AT_LEAST_0, "eval.max_new_tokens": _AT_LEAST_1,
 }
 
@@ -328,8 +348,15 @@ def mrope_after_video(cfg) -> str:
     return rule
 
 
+def overlong_max(cfg) -> int:
+    """L_max of the overlong punishment: `reward.overlong_max`, or rollout.max_new_tokens when it is 0."""
+    return cfg.reward.overlong_max or cfg.rollout.max_new_tokens
+
+
 def validate(cfg) -> None:
     """Checks beyond types. Raises ConfigError naming the field and the allowed values."""
+    from omegaconf import OmegaConf
+
     for key, allowed in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -356,6 +383,9 @@ def validate(cfg) -> None:
     if cfg.video.max_pixels < cfg.video.min_pixels:
         raise ConfigError(f"video.max_pixels={cfg.video.max_pixels}: must be >= video.min_pixels="
                           f"{cfg.video.min_pixels}")
+    if cfg.reward.overlong and cfg.reward.overlong_cache > overlong_max(cfg):
+        raise ConfigError(f"reward.overlong_cache={cfg.reward.overlong_cache}: must be <= L_max={overlong_max(cfg)} "
+                          "(reward.overlong_max, 0 = rollout.max_new_tokens)")
     if cfg.algo.ddof >= cfg.rollout.group_size:
         raise ConfigError(f"algo.ddof={cfg.algo.ddof}: must be < rollout.group_size={cfg.rollout.group_size}")
     if cfg.algo.name == "reg_grpo" and cfg.algo.normalize_logratio and cfg.algo.eps_rho <= 0:
@@ -372,6 +402,8 @@ def validate(cfg) -> None:
 
 def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = None):
     """Defaults <- YAML file <- `key=value` overrides; returns a validated OmegaConf `RunConfig`."""
+    from omegaconf import OmegaConf  # imported here: the dataclasses alone (tools/gpu_check.py) need no OmegaConf
+
     cfg = OmegaConf.structured(RunConfig)
     if path:
         cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
@@ -382,4 +414,6 @@ def load_config(path: Optional[str] = None, overrides: Optional[list[str]] = Non
 
 
 def to_yaml(cfg) -> str:
+    from omegaconf import OmegaConf
+
     return OmegaConf.to_yaml(cfg)

@@ -223,8 +223,9 @@ class Qwen25VLPolicy(torch.nn.Module):
     @torch.no_grad()
     def encode_video(self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> torch.Tensor:
         """Frozen vision tower. `[num_patches, C*2*14*14]`, `[num_videos, 3]` -> `[num_video_tokens, hidden]`."""
-        dtype = next(self.visual.parameters()).dtype
-        out = self.visual(pixel_values_videos.to(dtype), grid_thw=video_grid_thw)
+        param = next(self.visual.parameters())
+        out = self.visual(pixel_values_videos.to(device=param.device, dtype=param.dtype),
+                          grid_thw=video_grid_thw.to(param.device))
         return getattr(out, "pooler_output", out)
 
     def embed(self, input_ids: torch.Tensor, video_embeds: torch.Tensor | None,

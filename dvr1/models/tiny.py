@@ -101,17 +101,24 @@ def make_tiny_checkpoint(
     tie_word_embeddings: bool = True,
     text=None,
     vision=None,
+    model_vocab: int | None = None,
 ) -> str:
     """Train the tokenizer on `texts`, build a random-init tiny Qwen2.5-VL and `save_pretrained` both to `out_dir`.
 
-    The model's vocabulary is the tokenizer's rounded up to a multiple of 128 (divisible by any TP size we use).
-    Returns `out_dir`.
+    The model's vocabulary is the tokenizer's rounded up to a multiple of 128 (divisible by any TP size we use), or
+    `model_vocab` (>= the tokenizer's; e.g. 152,064 for a 7B-shaped benchmark policy). `text` / `vision` override
+    :data:`TINY_TEXT` / :data:`TINY_VISION` entries. Returns `out_dir`.
     """
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     tok = train_tokenizer(texts, vocab_size, out_dir)
-    cfg = tiny_config(special_ids(tok), _round_up(len(tok), 128), tie_word_embeddings, text, vision)
+    vocab = _round_up(len(tok), 128)
+    if model_vocab is not None:
+        if model_vocab < len(tok):
+            raise ValueError(f"make_tiny_checkpoint: model_vocab={model_vocab} < the tokenizer's {len(tok)} tokens")
+        vocab = model_vocab
+    cfg = tiny_config(special_ids(tok), vocab, tie_word_embeddings, text, vision)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(cfg).float()
     model.save_pretrained(out_dir)

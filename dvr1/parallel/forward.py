@@ -81,6 +81,7 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
     from megatron.core.utils import unwrap_model
 
     micro = batch.split(rows_per_microbatch)
+    device = next(unwrap_model(model).parameters()).device  # batches are built on the CPU; the policy may be on CUDA
     if grid.pp_layout()[1] > 1 and len({mb.num_rows for mb in micro}) > 1:
         raise ValueError(f"with pipeline parallelism every microbatch needs the same rows: {batch.num_rows} rows do "
                          f"not split evenly into microbatches of {rows_per_microbatch}")
@@ -111,6 +112,7 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
 
     def forward_step(data_iterator, m):
         mb, rows = next(data_iterator)
+        mb = mb.to(device)
         out = m(mb.input_ids, mb.position_ids, video_embeds=mb.video_embeds, video_mask=mb.video_mask,
                 return_hidden=fused)
         return out, make_loss_func(mb, rows)

@@ -501,3 +501,30 @@ def score_response(
         iou = 0.0
         total = wf * fmt + wa * acc
     return {"format": float(fmt), "accuracy": float(acc), "iou": float(iou), "total": float(total)}
+
+
+def overlong_penalty(length: int, l_max: int, l_cache: int) -> float:
+    """DAPO's soft overlong punishment (arXiv 2503.14476 Eq. 13; docs/ALGORITHMS.md §9), added to the total reward
+    when ``reward.overlong`` is on:
+
+        0                              if |y| <= L_max - L_cache
+        ((L_max - L_cache) - |y|) / L_cache   if L_max - L_cache < |y| <= L_max   (from 0 down to -1)
+        -1                             if |y| > L_max
+
+    Args:
+        length: |y|, the response's length in tokens as the rollout engine returned them (the stop token counted
+            when one was generated, as verl's response mask counts it).
+        l_max: the length budget L_max in tokens (>= 1); l_cache: the punishment window L_cache, 1 <= l_cache <= l_max.
+    Returns: the penalty, a float in [-1, 0].
+    Raises: ValueError for a negative length or a window outside [1, l_max].
+    """
+    if length < 0:
+        raise ValueError(f"overlong_penalty: length={length} must be >= 0")
+    if not 1 <= l_cache <= l_max:
+        raise ValueError(f"overlong_penalty: need 1 <= l_cache ({l_cache}) <= l_max ({l_max})")
+    expected = l_max - l_cache
+    if length <= expected:
+        return 0.0
+    if length <= l_max:
+        return (expected - length) / l_cache
+    return -1.0

@@ -43,8 +43,8 @@ class KVCache:
     for every row. `mask` / `causal` are the attention mask of the forward in progress (see `begin`).
     """
 
-    def __init__(self, start: torch.Tensor, capacity: int):
-        self.start, self.capacity, self.length = start, capacity, 0
+    def __init__(self, start: torch.Tensor, capacity: int, device=None):
+        self.start, self.capacity, self.length = start.to(device), capacity, 0
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.mask, self.causal = None, False
 
@@ -56,8 +56,8 @@ class KVCache:
         if self.causal or (new == 1 and not bool(self.start.any())):
             self.mask = None
             return
-        keys = torch.arange(end)
-        queries = torch.arange(self.length, end)
+        keys = torch.arange(end, device=self.start.device)
+        queries = torch.arange(self.length, end, device=self.start.device)
         real = keys[None, None, :] >= self.start[:, None, None]  # [rows, 1, end]
         self.mask = ((keys[None, :] <= queries[:, None]) & (real | (keys[None, :] == queries[:, None])))[:, None]
 
@@ -84,6 +84,7 @@ class KVCache:
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only `rows` (int64 indices, ascending): finished responses leave the batch."""
+        rows = rows.to(self.start.device)
         self.start = self.start[rows]
         self.kv = {i: (k[rows], v[rows]) for i, (k, v) in self.kv.items()}
 
@@ -154,6 +155,10 @@ class NativeRolloutEngine:
         finally:
             self.policy.train(was_training)
 
+    def _device(self) -> torch.device:
+        """Where the policy's weights are (``cuda:N`` under CUDA, else ``cpu``)."""
+        return next(self.policy.parameters()).device
+
     # ---- pipeline parallel plumbing (no-ops at PP=1) -----------------------------------------------------------
     def _pp(self):
         return grid.pp_layout()[1]
@@ -165,7 +170,8 @@ class NativeRolloutEngine:
         if self._pp() == 1:
             return p(ids, pos, video_embeds=video, video_mask=video_mask, return_hidden=True)
         if not p.pre_process:
-            hidden = torch.empty(ids.shape[1], ids.shape[0], p.config.hidden_size, dtype=p.config.params_dtype)
+            hidden = torch.empty(ids.shape[1], ids.shape[0], p.config.hidden_size, dtype=p.config.params_dtype,
+                                 device=ids.device)
             p.set_input_tensor(grid.recv_from_prev_stage(hidden))
         out = p(ids, pos, video_embeds=video, video_mask=video_mask, return_hidden=True)
         if not p.post_process:
@@ -182,13 +188,15 @@ class NativeRolloutEngine:
         """One forward of `ids` `[rows, new]` through the cache; the last position's logits `[rows, vocab]` (full
         vocabulary, gathered over TP) on the last stage, else None."""
         cache.begin(ids.shape[1])
-        hidden = self._stage_forward(ids, pos, video, video_mask)
+        dev = cache.start.device  # the policy's device; the sampler's bookkeeping and sampling stay on the CPU
+        hidden = self._stage_forward(ids.to(dev), pos.to(dev), None if video is None else video.to(dev),
+                                     None if video_mask is None else video_mask.to(dev))
         cache.advance(ids.shape[1])
         if hidden is None:
             return None
         logits, _ = self.policy.lm.output_layer(hidden[-1:], weight=self.policy.output_weight(),
                                                 runtime_gather_output=True)
-        return logits[0]
+        return logits[0].float().cpu()
 
     def _sample(self, logits, rows: int, sp: SamplingParams):
         if logits is not None:
@@ -226,7 +234,7 @@ class NativeRolloutEngine:
         length = torch.full((B * n,), T)
         finished = torch.zeros(B * n, dtype=torch.bool)
         rows = torch.arange(B * n)  # the output row of each row still decoding
-        cache = KVCache(start, ids.shape[1] + T)
+        cache = KVCache(start, ids.shape[1] + T, device=self._device())
         with _cached_attention(self.policy, cache):
             logits = self._next_logits(ids, pos, cache, video, video_mask)
             cache.repeat_rows(n)

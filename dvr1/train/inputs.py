@@ -47,6 +47,7 @@ class Prepared:
     video_grid_thw: torch.Tensor  # [1, 3]
     second_per_grid: float
     video_token_id: int
+    frame_order: Optional[list[int]] = None  # the permutation of the frames the model sees (T-GRPO), else None
 
 
 class PromptTooLong(ValueError):
@@ -166,8 +167,11 @@ class InputBuilder:
         return keep_t * self.info.temporal_patch_size
 
     def prepare(self, record: VideoQARecord, hint: Optional[str] = None, reveal_answer: bool = False,
-                video: Optional[torch.Tensor] = None) -> Prepared:
+                video: Optional[torch.Tensor] = None, shuffle: Optional[torch.Generator] = None) -> Prepared:
         """Build the rollout request for `record`. `video` overrides the clip (DA-Aug noise, ALGORITHMS §4).
+        `shuffle` (T-GRPO, ALGORITHMS §9): the frames the model sees (after any frame reduction) are permuted by
+        ``torch.randperm(T, generator=shuffle)`` before the vision tower, as Video-R1 permutes its sampled frames;
+        text and mrope positions are unchanged, the permutation is in `Prepared.frame_order`, nothing is cached.
 
         A prompt over `max_prompt_tokens` is built from fewer frames (logged once per clip); raises PromptTooLong when
         its text alone does not fit, VideoError for a bad video."""
@@ -191,6 +195,11 @@ class InputBuilder:
                 self._reduced.add(key)
                 log.warning("%s (id %r): prompt over model.max_prompt_tokens=%d: %d of %d frames kept",
                             record.where or record.video, record.id, self.max_prompt_tokens, keep, T)
+        order = None
+        if shuffle is not None:
+            src = clean if video is None else video
+            perm = torch.randperm(src.shape[0], generator=shuffle)
+            order, video = perm.tolist(), src[perm]
         if video is None:
             if key not in self._embeds:
                 self._cache(self._embeds, key, self.encode(clean))
@@ -205,7 +214,7 @@ class InputBuilder:
                              self.info.merge_size, self.info.tokens_per_second, self.info.mrope_after_video)[:, 0]
         req = RolloutRequest(prompt_ids=ids, position_ids=pos, video_embeds=embeds, video_grid_thw=grid,
                              second_per_grid=second_per_grid)
-        return Prepared(record, text, req, grid, second_per_grid, self.info.video_token_id)
+        return Prepared(record, text, req, grid, second_per_grid, self.info.video_token_id, order)
 
 
 @dataclass
@@ -229,6 +238,13 @@ class SeqBatch:
     @property
     def num_rows(self) -> int:
         return self.input_ids.shape[0]
+
+    def to(self, device) -> "SeqBatch":
+        """The same batch with every tensor on `device` (a no-op for tensors already there)."""
+        return SeqBatch(self.input_ids.to(device), self.position_ids.to(device),
+                        None if self.video_embeds is None else self.video_embeds.to(device),
+                        self.resp_index.to(device), self.resp_mask.to(device), self.video_mask.to(device),
+                        list(self.video_tokens))
 
     def split(self, rows_per_microbatch: int) -> list["SeqBatch"]:
         """Consecutive row blocks of `rows_per_microbatch` rows (0 = one block), same padded length S."""

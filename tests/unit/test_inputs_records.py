@@ -104,3 +104,25 @@ def test_default_prompt_budget_is_positions_minus_new_tokens(tmp_path):
                                 text={"num_hidden_layers": 2})
     assert max_prompt_tokens(load_config(None, ["rollout.max_new_tokens=80"]), path) == 4096 - 80
     assert max_prompt_tokens(load_config(None, ["model.max_prompt_tokens=1000"]), path) == 1000
+
+
+def test_shuffle_permutes_the_frames_the_vision_tower_sees(tmp_path, tiny):
+    """T-GRPO (docs/ALGORITHMS.md §9): prepare(shuffle=g) encodes clean[randperm(T, g)]; positions and text are those
+    of the ordered prompt, and the ordered prompt's cached embeddings are not touched."""
+    path = tmp_path / "ramp.webm"
+    write_webm(str(path), np.stack([np.full((56, 56, 3), 20 + 14 * t, dtype=np.uint8) for t in range(16)]), fps=8)
+    b = _builder(tiny)
+    seen = []
+    encode = b.encode
+    b.encode = lambda video: (seen.append(video.clone()), encode(video))[1]
+    rec = _rec(path)
+    ordered = b.prepare(rec)
+    clean = b.video(rec).video
+    shuffled = b.prepare(rec, shuffle=torch.Generator().manual_seed(7))
+    perm = torch.randperm(clean.shape[0], generator=torch.Generator().manual_seed(7))
+    assert shuffled.frame_order == perm.tolist() != list(range(8)) and ordered.frame_order is None
+    assert len(seen) == 2 and torch.equal(seen[0], clean) and torch.equal(seen[1], clean[perm])
+    assert torch.equal(shuffled.request.prompt_ids, ordered.request.prompt_ids)
+    assert torch.equal(shuffled.request.position_ids, ordered.request.position_ids)
+    b.prepare(rec)  # the ordered prompt again: its cached embeddings, no new encode
+    assert len(seen) == 2

@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SLURM = REPO / "examples" / "slurm"
-SCRIPTS = sorted(SLURM.glob("*.sbatch")) + [SLURM / "launch.sh"]
+SCRIPTS = sorted(SLURM.glob("*.sbatch")) + [SLURM / "launch.sh", REPO / "tools" / "gpu_check.sh"]
 
 # `scontrol show hostnames gpu-[001-004]` -> one host per line (the bracket range form Slurm uses)
 FAKE_SCONTROL = r"""#!/usr/bin/env python3

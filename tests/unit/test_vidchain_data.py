@@ -1,43 +1,12 @@
-"""Dense-captioning records: readers of ActivityNet Captions / YouCook2 / Charades-STA annotation formats, exact
-error messages, JSONL round trip, and the verifiable builder's events/captions against its construction metadata."""
+"""Dense-captioning records: exact error messages, JSONL round trip, and the verifiable builder's events/captions
+against its construction metadata (the public-format readers: test_vidchain_formats.py)."""
 
 import json
 
 import av
 import pytest
 
-from dvr1.vidchain.data import (DenseRecordError, build_dense_dataset, read_activitynet,
-                                read_charades_sta, read_dense_records, read_youcook2, write_dense_records)
-
-
-def test_activitynet_youcook2_charades(tmp_path):
-    anet = tmp_path / "val_1.json"
-    anet.write_text(json.dumps({"v_a": {"duration": 20.0, "timestamps": [[8, 12], [0, 5.5]],
-                                        "sentences": ["B  happens.", "A happens."]}}))
-    (r,) = read_activitynet(str(anet), "/vids", "val")
-    assert r.events == [[0.0, 5.5], [8.0, 12.0]] and r.captions == ["A happens.", "B happens."]
-    assert r.video == "/vids/v_a.mp4" and r.duration == 20.0 and r.split == "val"
-
-    yc = tmp_path / "yc.json"
-    yc.write_text(json.dumps({"database": {
-        "x1": {"duration": 100, "subset": "validation", "annotations": [{"segment": [10, 20], "sentence": "cut"},
-                                                                        {"segment": [30, 120], "sentence": "fry"}]},
-        "x2": {"duration": 50, "subset": "training", "annotations": [{"segment": [1, 2], "sentence": "boil"}]}}}))
-    (y,) = read_youcook2(str(yc), "/v", "validation")
-    assert y.id == "x1" and y.events == [[10.0, 20.0], [30.0, 100.0]] and y.captions == ["cut", "fry"]
-
-    sta = tmp_path / "sta.txt"
-    sta.write_text("AO8RW 0.0 6.9##a person is putting a book on a shelf.\n\nY6R7T 2.5 9##person opens the door\n")
-    recs = read_charades_sta(str(sta), "/c", {"AO8RW": 33.0, "Y6R7T": 8.0}, "test")
-    assert [(r.id, r.events, r.captions[0]) for r in recs] == [
-        ("AO8RW#1", [[0.0, 6.9]], "a person is putting a book on a shelf."),
-        ("Y6R7T#3", [[2.5, 8.0]], "person opens the door")]
-    sta.write_text("AO8RW 0.0 6.9 a person\n")
-    with pytest.raises(DenseRecordError, match=r"sta.txt:1: line: expected 'vid start end##sentence', got "):
-        read_charades_sta(str(sta), "/c", {"AO8RW": 33.0}, "test")
-    sta.write_text("ZZ 0.0 6.9##x\n")
-    with pytest.raises(DenseRecordError, match=r"sta.txt:1: duration: no duration for video 'ZZ'$"):
-        read_charades_sta(str(sta), "/c", {}, "test")
+from dvr1.vidchain.data import DenseRecordError, build_dense_dataset, read_dense_records, write_dense_records
 
 
 def test_record_validation_and_round_trip(tmp_path):

@@ -1,0 +1,479 @@
+"""One-GPU check of a dvr1 install (run by tools/gpu_check.sh; docs/BENCHMARKS.md "GPU check").
+
+Rows (each in a fresh subprocess, so one row's allocations and CUDA state never affect another's):
+  env        torch / CUDA device / megatron-core / transformers, and which optional libraries are installed
+  policy     forward + backward of the tiny policy (Reg-GRPO loss on a fixed video batch) on CUDA in bf16 and fp32
+             against the same computation on CPU in fp32 (a subprocess with CUDA_VISIBLE_DEVICES=""): response
+             log-probs (max |diff|), loss (relative diff) and every parameter's gradient (min cosine, max relative
+             norm diff); pass within bf16 tolerance (fp32 within 1e-3)
+  logprobs   fused vs naive log-probs at vocab 151,936 and 8,192 tokens, hidden 3,584, bf16: peak CUDA memory and
+             forward+backward time, as ratios fused / naive, and the largest log-prob difference
+  rl_step    one Reg-GRPO step of a 2-layer Qwen2.5-VL-7B-shaped policy (7B's hidden, heads, FFN, vocab and vision
+             tower width, 2 text and 2 vision layers) in bf16: rollout (native sampler, G=8) -> reference pass ->
+             training pass -> optimizer step; tokens/s of the training pass and each phase's share of the step
+  te_fp8     TransformerEngine spec with FP8 against the same policy in BF16 (only where TE is installed)
+  dali       DALI `mixed` (GPU) decoding against CPU decoding of the same clip (only where DALI is installed)
+  vllm       colocated CUDA vLLM: refit from the trained policy, greedy tokens equal to the native sampler's (only
+             where vLLM is installed)
+On a machine without a GPU every GPU row reports "no GPU" and the script still runs to its end (CI runs it that
+way). ``--cpu-smoke`` runs every row's code on the CPU at toy sizes instead (the device is the only difference), so
+everything up to the first CUDA call is exercised without a GPU; its numbers say nothing about a GPU.
+
+Needs only torch, transformers and megatron-core (any Python >= 3.11, torch >= 2.11): run from a source tree with
+``PYTHONPATH=<repo>``, no ``pip install`` (which would move torch to the pinned version). Exit status 1 when a row
+fails, else 0.
+
+Usage: tools/gpu_check.sh [--cpu-smoke] [--rows env,policy,...] [--json OUT.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROWS = ("env", "policy", "logprobs", "rl_step", "te_fp8", "dali", "vllm")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BF16_TOL = {"logp_abs": 0.1, "loss_rel": 0.05, "grad_cos": 0.98}  # bf16: 8 mantissa bits, ~4e-3 per op
+FP32_TOL = {"logp_abs": 1e-3, "loss_rel": 1e-3, "grad_cos": 0.9999}  # TF32 matmuls on Ampere+ included
+
+
+def _installed(mod: str) -> bool:
+    try:
+        return importlib.util.find_spec(mod) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# ---- workers (run in subprocesses) ----------------------------------------------------------------------------
+
+def _init(dtype: str):
+    """Single-process dvr1 parallel state and a default run config (a plain dataclass: no OmegaConf needed)."""
+    import torch
+
+    from dvr1.config import RunConfig
+    from dvr1.train import job
+
+    cfg = RunConfig()
+    cfg.model.dtype = dtype
+    cfg.threads = 0
+    pinfo = job.init(cfg)
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows compare fp32 arithmetic
+    torch.backends.cudnn.allow_tf32 = False
+    return cfg, pinfo
+
+
+def _tiny_checkpoint(out_dir: str, text=None, vision=None, model_vocab: int | None = None) -> str:
+    from dvr1.models.tiny import make_tiny_checkpoint
+
+    texts = [f"question {i} about the video? answer <think>reasoning {i}</think> <answer>{'ABCD'[i % 4]}</answer>"
+             for i in range(64)]
+    if not os.path.exists(os.path.join(out_dir, "config.json")):
+        make_tiny_checkpoint(out_dir, texts, seed=0, vocab_size=512, text=text, vision=vision,
+                             model_vocab=model_vocab)
+    return out_dir
+
+
+def _video_batch(policy, tok, hf_cfg, device, B: int, G: int, frames_hw=(56, 84), n_frames=4, resp_len=(3, 9),
+                 seed: int = 0):
+    """A fixed seeded batch: B prompts with a random video each, G random responses per prompt, on `device`.
+    Returns (prepared list, SeqBatch, rewards [B, G])."""
+    import torch
+
+    from dvr1.data.processing import normalize_frames, num_video_tokens, patchify
+    from dvr1.models.rope import get_rope_index
+    from dvr1.models.tokenizer import chat_prompt
+    from dvr1.rollout.base import RolloutRequest
+    from dvr1.train.inputs import Prepared, build_batch
+
+    g = torch.Generator().manual_seed(seed)
+    vocab = min(len(tok), hf_cfg.text_config.vocab_size)
+    items, prepared = [], []
+    for b in range(B):
+        frames = torch.randint(0, 256, (n_frames, *frames_hw, 3), generator=g, dtype=torch.uint8)
+        pv, grid = patchify(normalize_frames(frames))
+        grid = grid.view(1, 3)
+        ids = torch.tensor(tok(chat_prompt(f"question {b}?", num_video_tokens(grid[0])))["input_ids"])
+        pos = get_rope_index(ids.view(1, -1), hf_cfg.video_token_id, grid, [0.5], 2, 2)[:, 0]
+        with torch.no_grad():
+            embeds = policy.encode_video(pv.to(device), grid.to(device))
+        p = Prepared(None, "", RolloutRequest(ids.to(device), pos.to(device), embeds), grid, 0.5,
+                     hf_cfg.video_token_id)
+        prepared.append(p)
+        for _ in range(G):
+            n = int(torch.randint(resp_len[0], resp_len[1], (1,), generator=g))
+            items.append((p, torch.randint(10, vocab, (n,), generator=g).tolist()))
+    batch = build_batch(items, tok.convert_tokens_to_ids("<|endoftext|>"))
+    rewards = torch.rand(B, G, generator=g)
+    return prepared, batch.to(device), rewards.to(device)
+
+
+def worker_policy(args) -> dict:
+    """Forward + backward of the tiny policy on a fixed batch; saves log-probs, loss and gradients (fp32, CPU)."""
+    import torch
+
+    from dvr1.models.qwen2_5_vl import load_hf_config
+    from dvr1.parallel.forward import forward_backward
+    from dvr1.rl.advantages import group_advantages
+    from dvr1.rl.losses import Normalizers, reg_grpo_loss
+    from dvr1.train import job
+
+    cfg, pinfo = _init(args.dtype)
+    policy = job.build_policy(cfg, args.ckpt, pinfo)
+    model, opt, _ = job.optimizer_for(policy, 1e-3, 0.0, 0.0, 0, cfg)
+    hf_cfg, tok = load_hf_config(args.ckpt), job.tokenizer(args.ckpt)
+    B, G = 2, 4
+    _, batch, rewards = _video_batch(policy, tok, hf_cfg, pinfo.device, B, G)
+    stats = group_advantages(rewards)
+    T = batch.resp_mask.shape[1]
+    mask = batch.resp_mask.view(B, G, T)
+    g = torch.Generator().manual_seed(1)
+    noise = (torch.randn(B * G, T, generator=g) * 0.1).to(pinfo.device)
+    with torch.no_grad():
+        logp0 = forward_backward(model, batch).logp
+    # fixed old/reference log-probs (not the model's own): the loss then depends on the model's numbers
+    old, ref = (noise - 3.0) * batch.resp_mask, (-3.0 - 0.5 * noise) * batch.resp_mask
+    norm = Normalizers.of(mask, stats.valid)
+
+    def loss_fn(logp, _, rows):
+        return reg_grpo_loss(logp.view(B, G, T), old.view(B, G, T), ref.view(B, G, T), stats.advantages, mask,
+                             stats.valid, beta=0.1, norm=norm)
+
+    model.zero_grad_buffer()
+    opt.zero_grad()
+    res = forward_backward(model, batch, loss_fn, forward_only=False)
+    grads = {n: p.main_grad.detach().float().cpu().clone() for n, p in policy.lm.named_parameters()
+             if getattr(p, "main_grad", None) is not None}
+    torch.save({"logp": logp0.float().cpu(), "loss": float(res.loss), "grads": grads}, args.out)
+    return {"device": str(pinfo.device), "dtype": args.dtype}
+
+
+def worker_logprobs(args) -> dict:
+    """Naive vs fused log-probs: peak memory above the inputs and median forward+backward time."""
+    import torch
+
+    from dvr1.parallel.logprobs import fused_linear_logprobs
+
+    cuda = args.device == "cuda"
+    dev = torch.device(args.device)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    torch.manual_seed(0)
+    n, h, v = args.tokens, args.hidden, args.vocab
+    hidden = torch.randn(n, h, device=dev, dtype=dtype).requires_grad_(True)
+    weight = (torch.randn(v, h, device=dev, dtype=dtype) * 0.02).requires_grad_(True)
+    target = torch.randint(0, v, (n,), device=dev)
+    wts = torch.rand(n, device=dev) + 0.5
+    out = {}
+    for variant in ("naive", "fused"):
+        times, peaks, lps = [], [], None
+        for _ in range(args.repeats):
+            hidden.grad = weight.grad = None
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            t0 = time.perf_counter()
+            if variant == "naive":
+                lp = torch.log_softmax((hidden @ weight.t()).float(), -1).gather(-1, target[:, None]).squeeze(-1)
+            else:
+                lp, _ = fused_linear_logprobs(hidden, weight, target, chunk_size=1024)
+            (lp * wts).sum().backward()
+            if cuda:
+                torch.cuda.synchronize()
+                peaks.append(torch.cuda.max_memory_allocated() - base)
+            times.append(time.perf_counter() - t0)
+            lps = lp.detach().float()
+        out[variant] = {"time": sorted(times)[len(times) // 2], "peak": max(peaks) if peaks else None, "lp": lps}
+    return {"time_ratio": out["fused"]["time"] / out["naive"]["time"],
+            "mem_ratio": (out["fused"]["peak"] / out["naive"]["peak"]) if cuda else None,
+            "naive_peak_gib": out["naive"]["peak"] / 2**30 if cuda else None,
+            "naive_time_s": out["naive"]["time"], "fused_time_s": out["fused"]["time"],
+            "max_abs_diff": float((out["fused"]["lp"] - out["naive"]["lp"]).abs().max())}
+
+
+def worker_rl_step(args) -> dict:
+    """One Reg-GRPO step (rollout, reference pass, training pass, optimizer step) with phase times."""
+    import torch
+
+    from dvr1.models.qwen2_5_vl import load_hf_config
+    from dvr1.parallel.forward import forward_backward
+    from dvr1.rl.advantages import group_advantages
+    from dvr1.rl.losses import Normalizers, reg_grpo_loss
+    from dvr1.rollout.base import SamplingParams
+    from dvr1.rollout.native import NativeRolloutEngine
+    from dvr1.train import job
+    from dvr1.train.inputs import build_batch
+
+    cfg, pinfo = _init(args.dtype)
+    cuda = pinfo.device.type == "cuda"
+
+    def now():
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    policy = job.build_policy(cfg, args.ckpt, pinfo)
+    reference = job.build_policy(cfg, args.ckpt, pinfo, trainable=False)
+    model, opt, _ = job.optimizer_for(policy, 1e-6, 0.0, 1.0, 0, cfg)
+    hf_cfg, tok = load_hf_config(args.ckpt), job.tokenizer(args.ckpt)
+    B, G = args.prompts, 8
+    prepared, _, _ = _video_batch(policy, tok, hf_cfg, pinfo.device, B, 1, frames_hw=tuple(args.frames_hw),
+                                  n_frames=args.frames)
+    engine = NativeRolloutEngine(policy, seed=0, progress=False)
+    times = {}
+    t0 = now()
+    outs = engine.generate([p.request for p in prepared],
+                           SamplingParams(n=G, temperature=1.0, max_new_tokens=args.max_new_tokens))
+    t1 = now()
+    times["rollout"] = t1 - t0
+    items = [(p, list(r)) for p, o in zip(prepared, outs) for r in o.token_ids]
+    items = [(p, r if r else [tok.convert_tokens_to_ids("<|endoftext|>")]) for p, r in items]
+    batch = build_batch(items, tok.convert_tokens_to_ids("<|endoftext|>")).to(pinfo.device)
+    rewards = torch.rand(B, G, generator=torch.Generator().manual_seed(0)).to(pinfo.device)
+    stats = group_advantages(rewards)
+    T = batch.resp_mask.shape[1]
+    mask = batch.resp_mask.view(B, G, T)
+    t2 = now()
+    with torch.no_grad():
+        ref = forward_backward(reference, batch).logp
+    t3 = now()
+    times["reference"] = t3 - t2
+    norm = Normalizers.of(mask, stats.valid)
+
+    def loss_fn(logp, _, rows):  # a microbatch of whole groups: rows of the batch
+        groups = slice(rows.start // G, rows.stop // G)
+        lp = logp.view(-1, G, T)
+        return reg_grpo_loss(lp, lp.detach(), ref[rows].view(-1, G, T), stats.advantages[groups], mask[groups],
+                             stats.valid[groups], beta=0.1, norm=norm)
+
+    model.zero_grad_buffer()
+    opt.zero_grad()
+    res = forward_backward(model, batch, loss_fn, forward_only=False, rows_per_microbatch=G)
+    t4 = now()
+    times["training"] = t4 - t3
+    opt.step()
+    t5 = now()
+    times["optimizer"] = t5 - t4
+    total = t5 - t0
+    tokens = int(batch.input_ids.numel())
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    return {"step_s": total, "shares": {k: v / total for k, v in times.items()}, "train_tokens_per_s":
+            tokens / times["training"], "tokens": tokens, "response_tokens": int(batch.resp_mask.sum()),
+            "loss": float(res.loss), "peak_gib": peak}
+
+
+WORKERS = {"policy": worker_policy, "logprobs": worker_logprobs, "rl_step": worker_rl_step}
+
+
+# ---- driver ---------------------------------------------------------------------------------------------------
+
+def _run_worker(name: str, extra: list[str], env_update: dict | None = None, timeout: int = 900) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(env_update or {})
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if p.returncode != 0:
+        lines = [x.strip() for x in p.stderr.strip().splitlines() if x.strip()]
+        errors = [x for x in lines if "Error" in x.split(":")[0] or "Error:" in x]
+        raise RuntimeError(f"worker {name} failed ({p.returncode}): {(errors or lines or ['?'])[-1][:1000]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _compare(ref: dict, got: dict) -> dict:
+    import torch
+
+    logp_abs = float((ref["logp"] - got["logp"]).abs().max())
+    loss_rel = abs(ref["loss"] - got["loss"]) / max(abs(ref["loss"]), 1e-12)
+    cos, rel = 1.0, 0.0
+    for k, g in ref["grads"].items():
+        h = got["grads"][k]
+        if g.norm() == 0 and h.norm() == 0:
+            continue
+        cos = min(cos, float(torch.nn.functional.cosine_similarity(g.flatten(), h.flatten(), dim=0)))
+        rel = max(rel, float((g.norm() - h.norm()).abs() / g.norm().clamp_min(1e-12)))
+    return {"logp_abs": logp_abs, "loss_rel": loss_rel, "grad_cos": cos, "grad_norm_rel": rel}
+
+
+def _within(d: dict, tol: dict) -> bool:
+    return d["logp_abs"] <= tol["logp_abs"] and d["loss_rel"] <= tol["loss_rel"] and d["grad_cos"] >= tol["grad_cos"]
+
+
+def row_env(ctx) -> tuple[str, str]:
+    import torch
+
+    parts = [f"python {sys.version.split()[0]}", f"torch {torch.__version__}"]
+    if torch.cuda.is_available():
+        parts.append(f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}, "
+                     f"{torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)")
+    else:
+        parts.append("no GPU")
+    for mod, name in (("megatron.core", "megatron-core"), ("transformers", "transformers")):
+        try:
+            m = __import__(mod, fromlist=["__version__"])
+            parts.append(f"{name} {getattr(m, '__version__', '?')}")
+        except ImportError:
+            parts.append(f"{name} MISSING")
+    opt = [n for m, n in (("transformer_engine", "TE"), ("nvidia.dali", "DALI"), ("vllm", "vLLM")) if _installed(m)]
+    parts.append("optional: " + (", ".join(opt) if opt else "none"))
+    return "pass", "; ".join(parts)
+
+
+def row_policy(ctx) -> tuple[str, str]:
+    ckpt = _tiny_checkpoint(os.path.join(ctx.tmp, "tiny"))
+    ref_path = os.path.join(ctx.tmp, "policy_cpu.pt")
+    _run_worker("policy", ["--ckpt", ckpt, "--dtype", "float32", "--out", ref_path], {"CUDA_VISIBLE_DEVICES": ""})
+    import torch
+
+    ref = torch.load(ref_path, weights_only=True)
+    cells, ok = [], True
+    for dtype, tol in (("bfloat16", BF16_TOL), ("float32", FP32_TOL)):
+        path = os.path.join(ctx.tmp, f"policy_{ctx.device}_{dtype}.pt")
+        # bf16 megatron optimizers on CPU need the opt-in Tensor.type alias (megatron_patches)
+        env = {"CUDA_VISIBLE_DEVICES": "", "DVR1_MEGATRON_TENSOR_TYPE_ALIAS": "1"} if ctx.device == "cpu" else {}
+        _run_worker("policy", ["--ckpt", ckpt, "--dtype", dtype, "--out", path], env)
+        d = _compare(ref, torch.load(path, weights_only=True))
+        good = _within(d, tol)
+        ok &= good
+        cells.append(f"{ctx.device} {dtype} vs cpu float32: max|dlogp| {d['logp_abs']:.2e}, loss rel "
+                     f"{d['loss_rel']:.2e}, min grad cos {d['grad_cos']:.5f}, grad norm rel {d['grad_norm_rel']:.2e}"
+                     f" ({'ok' if good else 'OUT OF TOLERANCE'})")
+    return ("pass" if ok else "FAIL"), "; ".join(cells)
+
+
+def row_logprobs(ctx) -> tuple[str, str]:
+    size = ["--vocab", "151936", "--tokens", "8192", "--hidden", "3584"] if not ctx.smoke else \
+        ["--vocab", "4096", "--tokens", "512", "--hidden", "64"]
+    r = _run_worker("logprobs", [*size, "--device", ctx.device, "--repeats", "3"])
+    mem = f"peak memory fused/naive {r['mem_ratio']:.3f} (naive {r['naive_peak_gib']:.2f} GiB), " \
+        if r["mem_ratio"] is not None else "peak memory: CPU (not measured), "
+    ok = r["max_abs_diff"] < (0.05 if ctx.device == "cuda" else 1e-3)
+    return ("pass" if ok else "FAIL"), (f"vocab {size[1]}, {size[3]} tokens: {mem}time fused/naive "
+                                        f"{r['time_ratio']:.2f} ({r['fused_time_s']:.3f} s vs "
+                                        f"{r['naive_time_s']:.3f} s), max|dlogp| {r['max_abs_diff']:.1e}")
+
+
+def row_rl_step(ctx) -> tuple[str, str]:
+    if ctx.smoke:
+        ckpt = _tiny_checkpoint(os.path.join(ctx.tmp, "tiny"))
+        extra = ["--prompts", "2", "--frames", "4", "--frames-hw", "56", "84", "--max-new-tokens", "8"]
+        dtype = "float32"
+    else:
+        from dvr1.models.presets import TEXT, VISION
+
+        t = TEXT["7B"]
+        text = dict(hidden_size=t["hidden_size"], intermediate_size=t["intermediate_size"], num_hidden_layers=2,
+                    num_attention_heads=t["num_attention_heads"], num_key_value_heads=t["num_key_value_heads"],
+                    mrope_section=[16, 24, 24])
+        vision = dict(depth=2, hidden_size=VISION["hidden_size"], intermediate_size=VISION["intermediate_size"],
+                      num_heads=VISION["num_heads"], window_size=VISION["window_size"], fullatt_block_indexes=[1])
+        ckpt = _tiny_checkpoint(os.path.join(ctx.tmp, "qwen7b_2layer"), text, vision, model_vocab=t["vocab_size"])
+        extra = ["--prompts", "4", "--frames", "16", "--frames-hw", "252", "252", "--max-new-tokens", "256"]
+        dtype = "bfloat16"
+    env = {"CUDA_VISIBLE_DEVICES": ""} if ctx.device == "cpu" else {}
+    r = _run_worker("rl_step", ["--ckpt", ckpt, "--dtype", dtype, *extra], env)
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in r["shares"].items())
+    peak = f", peak {r['peak_gib']:.1f} GiB" if r["peak_gib"] is not None else ""
+    return "pass", (f"{'tiny (smoke)' if ctx.smoke else '2-layer 7B shape'} {dtype}: step {r['step_s']:.2f} s "
+                    f"({shares}); training pass {r['train_tokens_per_s']:.0f} tokens/s over {r['tokens']} tokens"
+                    f"{peak}")
+
+
+def row_optional(lib: str, what: str):
+    def row(ctx) -> tuple[str, str]:
+        if not _installed(lib):
+            return "skipped", f"{what}: {lib} is not installed"
+        return "skipped", (f"{what}: {lib} is installed, but this check is not implemented in gpu_check yet "
+                           "(tests/unit covers the CPU side)")
+
+    return row
+
+
+ROW_FUNCS = {"env": row_env, "policy": row_policy, "logprobs": row_logprobs, "rl_step": row_rl_step,
+             "te_fp8": row_optional("transformer_engine", "TE spec + FP8 vs BF16"),
+             "dali": row_optional("nvidia.dali", "DALI mixed vs CPU decoding"),
+             "vllm": row_optional("vllm", "colocated CUDA vLLM refit vs native greedy")}
+GPU_ROWS = ("policy", "logprobs", "rl_step", "te_fp8", "dali", "vllm")
+
+
+class _Ctx:
+    def __init__(self, device: str, smoke: bool, tmp: str):
+        self.device, self.smoke, self.tmp = device, smoke, tmp
+
+
+def run(rows, smoke: bool = False) -> list[dict]:
+    """Run the rows; returns ``[{"row", "status", "detail", "seconds"}]``. status: pass | FAIL | skipped | no GPU."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    device = "cpu" if smoke else "cuda"
+    out = []
+    with tempfile.TemporaryDirectory(prefix="dvr1_gpu_check_") as tmp:
+        ctx = _Ctx(device, smoke, tmp)
+        for name in rows:
+            t0 = time.perf_counter()
+            if name in GPU_ROWS and not cuda and not smoke:
+                status, detail = "no GPU", "skipped: torch.cuda.is_available() is False"
+            else:
+                try:
+                    status, detail = ROW_FUNCS[name](ctx)
+                except Exception as e:  # a failing row is reported, the others still run
+                    status, detail = "FAIL", " ".join(f"{type(e).__name__}: {e}".split())[:1500]
+            out.append({"row": name, "status": status, "detail": detail,
+                        "seconds": round(time.perf_counter() - t0, 1)})
+            print(f"[gpu_check] {name}: {status} ({out[-1]['seconds']} s)", file=sys.stderr, flush=True)
+    return out
+
+
+def format_table(results: list[dict]) -> str:
+    lines = ["| check | status | seconds | result |", "|---|---|---|---|"]
+    lines += [f"| {r['row']} | {r['status']} | {r['seconds']} | {r['detail']} |" for r in results]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of " + ",".join(ROWS))
+    p.add_argument("--cpu-smoke", action="store_true", help="run every row's code on the CPU at toy sizes")
+    p.add_argument("--json", default=None, help="also write the results as JSON here")
+    # worker options
+    p.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
+    p.add_argument("--ckpt", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
+    p.add_argument("--vocab", type=int, default=151936, help=argparse.SUPPRESS)
+    p.add_argument("--tokens", type=int, default=8192, help=argparse.SUPPRESS)
+    p.add_argument("--hidden", type=int, default=3584, help=argparse.SUPPRESS)
+    p.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
+    p.add_argument("--prompts", type=int, default=4, help=argparse.SUPPRESS)
+    p.add_argument("--frames", type=int, default=16, help=argparse.SUPPRESS)
+    p.add_argument("--frames-hw", type=int, nargs=2, default=[252, 252], help=argparse.SUPPRESS)
+    p.add_argument("--max-new-tokens", type=int, default=256, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    sys.path.insert(0, REPO)
+    if a.worker:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        print(json.dumps(WORKERS[a.worker](a)))
+        return 0
+    rows = [r for r in a.rows.split(",") if r]
+    bad = [r for r in rows if r not in ROWS]
+    if bad:
+        p.error(f"--rows: unknown {bad}; choose from {', '.join(ROWS)}")
+    results = run(rows, smoke=a.cpu_smoke)
+    print(format_table(results), flush=True)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 1 if any(r["status"] == "FAIL" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
