@@ -8,7 +8,8 @@ Commands:
   sft        SFT cold start from model.path (or the tiny checkpoint)
   train      RL (algo.name=reg_grpo|grpo, da_aug.enabled=...) from --init (default <run_dir>/sft/hf)
   eval       greedy eval of --model: video QA on eval.split (--task qa), or dense captioning + grounding on the
-             VidChain set (--task dvc: METEOR/CIDEr@tIoU, SODA_c, mIoU, R1; writes <run_dir>/eval_vidchain_<name>.json)
+             VidChain set (--task dvc: METEOR/CIDEr@tIoU, SODA_c, mIoU, R1; writes <run_dir>/eval_vidchain_<name>.json),
+             or a benchmark's own metrics on imported sets (--benchmark NAME|all --data DIR; the paper's table)
   plot       PNG plots from a run directory's metrics
   convert    HF <-> megatron-core checkpoint conversion at any TP/PP (`dvr1 convert --help`)
   ablate     run a grid of RL ablations x seeds and write the report (`dvr1 ablate --help`)
@@ -18,6 +19,7 @@ Examples:
   dvr1 main -c examples/tiny_cpu.yaml
   dvr1 train -c examples/tiny_cpu.yaml algo.name=grpo da_aug.enabled=false run_dir=runs/grpo
   dvr1 eval --task dvc --model runs/vidchain_tiny/vidchain_sft/hf -c examples/vidchain_tiny.yaml --name sft
+  dvr1 eval --benchmark all --data data/benchmarks --model runs/paper_3b/rl/hf -c examples/paper_3b.yaml --name rl
   torchrun --nproc-per-node 2 -m dvr1.cli main -c examples/tiny_cpu_tp2.yaml
 """
 
@@ -43,7 +45,14 @@ def _parser() -> argparse.ArgumentParser:
                            help="qa: video QA/grounding (dvr1.train.evaluate); dvc: VidChain dense captioning")
             s.add_argument("--name", default="model",
                            help="writes <run_dir>/eval_<name>.json (qa) or <run_dir>/eval_vidchain_<name>.json (dvc)")
-            s.add_argument("--split", default=None, help="default: eval.split (qa), test (dvc)")
+            s.add_argument("--split", default=None, help="default: eval.split (qa), test (dvc), the manifest's split "
+                                                         "(--benchmark)")
+            s.add_argument("--benchmark", default=None,
+                           help="a benchmark's metric set on the imported set(s) at --data (seed-bench-r1, nextgqa, "
+                                "longvideobench, mvbench, video-mme, tgif-qa, another name: accuracy per task; all: "
+                                "every set under --data, one table); writes <run_dir>/eval_<benchmark>_<name>.json")
+            s.add_argument("--data", default=None, help="--benchmark: a `dvr1 data import` output directory, or a "
+                                                        "directory of them")
     return p
 
 
@@ -118,7 +127,7 @@ def _run(args) -> int:
         print("\n".join(plot_run(cfg.run_dir)))
     else:
         pinfo = job.init(cfg)
-        if args.command == "train" or args.command == "eval" and args.task == "qa":
+        if args.command == "train" or args.command == "eval" and args.task == "qa" and not args.benchmark:
             job.check_data_root(cfg)  # read-only: refuses a data.root that is neither dvr1's nor a dataset
         if args.command == "sft":
             job.ensure_data(cfg)
@@ -132,6 +141,13 @@ def _run(args) -> int:
             print(job.run_rl(cfg, pinfo, init_hf))
         elif args.command == "eval" and not os.path.isfile(os.path.join(args.model, "config.json")):
             raise FileNotFoundError(f"--model {args.model}: not a Hugging Face checkpoint directory (no config.json)")
+        elif args.command == "eval" and args.benchmark:
+            if not args.data:
+                raise FileNotFoundError("--benchmark needs --data DIR (a `dvr1 data import` output directory)")
+            _, table = job.run_benchmark(cfg, pinfo, os.path.abspath(args.model), args.benchmark, args.data,
+                                         args.name, args.split)
+            if pinfo.rank == 0:
+                print(table, flush=True)
         elif args.command == "eval" and args.task == "dvc":
             from dvr1.vidchain.job import format_results, run_eval
 

@@ -30,10 +30,15 @@ class DataConfig:
     # fail on the first malformed record / duplicate id / corrupt video / over-long prompt instead of reporting it
     # (log and <run_dir>/skipped.jsonl) and skipping it
     strict: bool = False
+    # prompt template (dvr1/data/prompts.py format_question): auto (Video-R1's per problem type for an imported set,
+    # i.e. a data.root whose manifest.json `dvr1 data import` wrote; else the synthetic set's §6 template) | dvr1 |
+    # video_r1
+    prompt: str = "auto"
 
 
 @dataclass
 class VideoConfig:
+    # DeepVideo-R1's setting at 3B (SEED-Bench-R1; examples/paper_3b.yaml): num_frames=16, max_pixels=252*252=63504
     backend: str = "pyav"  # pyav | dali (DALI decoding; CPU operators here, mixed/GPU on clusters)
     num_frames: int = 8  # uniform sampling; set 0 to use fps-based sampling
     fps: float = 2.0
@@ -291,6 +296,7 @@ class ConfigError(ValueError):
 
 
 _CHOICES = {
+    "data.prompt": ("auto", "dvr1", "video_r1"),
     "video.backend": ("pyav", "dali"),
     "model.spec": ("local", "te"),
     "model.dtype": ("float32", "bfloat16"),

@@ -4,6 +4,10 @@ The user turn is ``QA_TEMPLATE.format(question=body)`` where ``body`` is the que
 options and/or the answer format of the record's problem type (:data:`ANSWER_FORMATS`), an optional ``Hint: ...``
 line (DA-Aug difficulty decrease, ALGORITHMS §4) and, only to produce a successful trace for a hint,
 ``The correct answer is X.``
+
+Imported records (``dvr1 data import``: the paper's training and benchmark sets) are asked as Video-R1 asks them
+(``style="video_r1"``, :data:`VIDEO_R1_QUESTION_TEMPLATE` + :data:`VIDEO_R1_TYPE_TEMPLATE`, verbatim from
+tulerfeng/Video-R1 ``src/r1-v/src/open_r1/grpo.py``); the synthetic set keeps the §6 template (``style="dvr1"``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,37 @@ ANSWER_FORMATS = {
 }
 """The line after the question (and options) per problem type; multiple choice has none."""
 
+VIDEO_R1_QUESTION_TEMPLATE = (
+    "{Question}\n"
+    "Please think about this question as if you were a human pondering deeply. "
+    "Engage in an internal dialogue using expressions such as 'let me think', 'wait', 'Hmm', 'oh, I see', "
+    "'let's break it down', etc, or other natural language thought expressions "
+    "It's encouraged to include self-reflection or verification in the reasoning process. "
+    "Provide your detailed reasoning between the <think> </think> tags, and then give your final answer between the "
+    "<answer> </answer> tags."
+)
+"""Video-R1's ``QUESTION_TEMPLATE`` (tulerfeng/Video-R1 ``src/r1-v/src/open_r1/grpo.py``), verbatim, the missing
+full stop after "expressions" included. (Its ``src/eval_bench.py`` says "between the <think> and </think> tags";
+dvr1 uses the training wording for training and evaluation alike.)"""
+
+VIDEO_R1_TYPE_TEMPLATE = {
+    "multiple_choice": " Please provide only the single option letter (e.g., A, B, C, D, etc.) within the <answer> "
+                       "</answer> tags.",
+    "numerical": " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags.",
+    "ocr": " Please transcribe text from the image/video clearly and provide your text answer within the <answer> "
+           "</answer> tags.",
+    "free_form": " Please provide your text answer within the <answer> </answer> tags.",
+    "regression": " Please provide the numerical value (e.g., 42 or 3.14) within the <answer> </answer> tags.",
+    # not in Video-R1 (no temporal types there): the option letter, then dvr1's answer-format line
+    "grounded_qa": " Please provide only the single option letter (e.g., A, B, C, D, etc.) within the <answer> "
+                   "</answer> tags. " + GLUE_FORMAT,
+    "grounding": " " + GROUNDING_FORMAT + " Provide it within the <answer> </answer> tags.",
+}
+"""Video-R1's ``TYPE_TEMPLATE`` per problem type (keys are its ``"multiple choice"``, ``"numerical"``, ``"OCR"``,
+``"free-form"``, ``"regression"`` in dvr1's spelling), verbatim, plus dvr1's lines for the two temporal types."""
+
+PROMPT_STYLES = ("dvr1", "video_r1")
+
 SFT_SOURCES = ("reasoning", "meta", "answer_only")
 """Where an SFT target's reasoning comes from (:func:`sft_target`)."""
 
@@ -37,10 +72,11 @@ RESPONSE_PATTERN = r"^<think>.*?</think>\s*<answer>.*?</answer>$"
 """The format-reward pattern of ALGORITHMS §6 (use with ``re.DOTALL``)."""
 
 
-def format_question(record: VideoQARecord, hint: str | None = None, reveal_answer: bool = False) -> str:
+def format_question(record: VideoQARecord, hint: str | None = None, reveal_answer: bool = False,
+                    style: str = "dvr1") -> str:
     """The user prompt for ``record``.
 
-    Layout (lines joined by ``"\\n"``, then the template sentence after a space)::
+    ``style="dvr1"`` (the synthetic set; lines joined by ``"\\n"``, then the template sentence after a space)::
 
         {question}
         A. {option 0}          (multiple choice, grounded QA)
@@ -50,14 +86,33 @@ def format_question(record: VideoQARecord, hint: str | None = None, reveal_answe
         The correct answer is {answer}.   (if reveal_answer)
         ... Output the thinking process in <think> </think> ...
 
+    ``style="video_r1"`` (imported records; Video-R1's ``make_conversation_image_and_video``): with options,
+    ``question + "Options:\\n" + "A. {option}\\n" ...`` (no separator before "Options:": Video-R1 concatenates them
+    so); the hint and revealed-answer lines as above, each
+    ending in ``"\\n"``; then ``VIDEO_R1_QUESTION_TEMPLATE.format(Question=...) + VIDEO_R1_TYPE_TEMPLATE[type]``.
+
     Args:
         record: the sample.
         hint: a partial reasoning trace (ALGORITHMS §4 difficulty decrease); ``None`` or empty for none.
         reveal_answer: add the ground truth; used only to sample a successful trace for hints (ALGORITHMS §4).
+        style: one of :data:`PROMPT_STYLES`.
 
     Returns:
         The prompt text (no chat markup, no vision tokens).
+    Raises:
+        ValueError: an unknown ``style``.
     """
+    if style == "video_r1":
+        body = record.question
+        if record.options is not None:
+            body += "Options:\n" + "".join(f"{letter}. {opt}\n" for letter, opt in zip(LETTERS, record.options))
+        if hint:
+            body += f"Hint: {hint.strip()}\n"
+        if reveal_answer:
+            body += f"The correct answer is {record.answer}.\n"
+        return VIDEO_R1_QUESTION_TEMPLATE.format(Question=body) + VIDEO_R1_TYPE_TEMPLATE[record.problem_type]
+    if style != "dvr1":
+        raise ValueError(f"format_question: style must be one of {', '.join(PROMPT_STYLES)}, got {style!r}")
     lines = [record.question.strip()]
     if record.options is not None:
         lines.extend(f"{letter}. {opt}" for letter, opt in zip(LETTERS, record.options))

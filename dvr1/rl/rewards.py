@@ -17,18 +17,22 @@ from __future__ import annotations
 import math
 import re
 from decimal import ROUND_HALF_UP, Decimal, localcontext
+from fractions import Fraction
 
 __all__ = [
     "accuracy_reward",
     "format_reward",
+    "has_decimal_mark",
     "parse_answer",
     "parse_choice",
     "parse_glue",
     "parse_number",
     "parse_segment",
-    "rouge_l_f1",
+    "mean_relative_accuracy",
+    "rouge_mean_f",
     "score_response",
     "temporal_iou",
+    "wer_reward",
 ]
 
 # any <think>/<answer>/<glue> tag, opening or closing, with stray spaces (also used by the hint builder)
@@ -269,42 +273,91 @@ def _normalise_text(text: str) -> list[str]:
     return re.sub(r"[^\w\s]", " ", text.lower()).split()
 
 
-def rouge_l_f1(pred: str, ref: str) -> float:
-    """ROUGE-L F1 ∈ [0, 1] over lower-cased word tokens (punctuation removed) via the longest common subsequence;
-    0.0 when either side is empty. The "optional ROUGE-based partial credit" of ALGORITHMS §6."""
-    a, b = _normalise_text(pred), _normalise_text(ref)
-    if not a or not b:
+def has_decimal_mark(text: str) -> bool:
+    """Whether a number string holds ``"."`` or ``","`` (the decimal-point condition of Video-R1's ``numerical``
+    reward: tulerfeng/Video-R1 ``src/r1-v/src/open_r1/grpo.py`` ``accuracy_reward``, which counts a comma too)."""
+    return "." in text or "," in text
+
+
+def wer_reward(pred: str, ref: str) -> float:
+    """OCR reward ``clip(1 − WER(ref, pred), 0, 1)`` ∈ [0, 1] (docs/ALGORITHMS.md §10.1), WER by ``jiwer.wer``
+    (words split at whitespace, case and punctuation kept, as Video-R1's ``wer``). An empty/blank ``pred`` scores 0.
+
+    Raises:
+        ValueError: a blank ``ref`` (the ground truth has no word; WER is undefined).
+    """
+    import jiwer
+
+    if _blank(ref):
+        raise ValueError(f"wer_reward: the reference text is empty ({ref!r})")
+    if _blank(pred):
         return 0.0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
+    return min(max(1.0 - float(jiwer.wer(ref, pred)), 0.0), 1.0)
+
+
+_ROUGE_SCORER = None
+
+
+def rouge_mean_f(pred: str, ref: str) -> float:
+    """Free-form reward: the mean of the ROUGE-1, ROUGE-2 and ROUGE-L F-measures ∈ [0, 1] of ``pred`` against
+    ``ref`` (docs/ALGORITHMS.md §10.1), by the ``rouge-score`` library with its stemmer on (as Video-R1's
+    ``compute_rouge_score``); 0.0 when either side has no token."""
+    global _ROUGE_SCORER
+    if _ROUGE_SCORER is None:
+        from rouge_score import rouge_scorer
+
+        _ROUGE_SCORER = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    s = _ROUGE_SCORER.score(ref, pred)
+    return min(max((s["rouge1"].fmeasure + s["rouge2"].fmeasure + s["rougeL"].fmeasure) / 3.0, 0.0), 1.0)
+
+
+MRA_THRESHOLDS = tuple(Fraction(50 + 5 * k, 100) for k in range(10))
+"""θ ∈ {0.50, 0.55, …, 0.95} of the mean relative accuracy (docs/ALGORITHMS.md §10.1), exact."""
+
+
+def mean_relative_accuracy(pred: str, answer: str) -> float:
+    """MRA ``(1/10) Σ_θ 1[|pred − gt| / |gt| < 1 − θ]`` ∈ {0, 0.1, …, 1} (docs/ALGORITHMS.md §10.1; Video-R1's
+    ``src/eval_bench.py`` ``mean_relative_accuracy``), in exact arithmetic (numbers parsed as decimals, thresholds
+    as fractions, so ``rel = 0.05`` is not below ``1 − 0.95``). ``pred`` is the graded answer text (parsed with
+    ``parse_number``'s rules; unparseable → 0.0).
+
+    Raises:
+        ValueError: ``answer`` is not a non-zero finite number.
+    """
+    key = _parse_decimal(answer)
+    if key is None or key == 0:
+        raise ValueError(f"mean_relative_accuracy: answer {answer!r} is not a non-zero finite number")
+    value = _parse_decimal(pred) if _is_str(pred) else None
+    if value is None:
         return 0.0
-    p, r = lcs / len(a), lcs / len(b)
-    return 2 * p * r / (p + r)
+    rel = Fraction(abs(value - key)) / Fraction(abs(key))
+    return sum(1 for t in MRA_THRESHOLDS if rel < 1 - t) / len(MRA_THRESHOLDS)
+
+
+ACCURACY_KINDS = ("choice", "numeric", "text", "wer", "rouge")
 
 
 def accuracy_reward(text: str, answer: str, kind: str = "choice", ndigits: int = 2) -> float:
-    """Accuracy reward (ALGORITHMS §6) of a full response against the ground-truth ``answer``.
+    """Accuracy reward (docs/ALGORITHMS.md §6, §10.1) of a full response against the ground-truth ``answer``.
 
     Args:
         text: full response; its last ``<answer>`` content is graded (missing → 0.0).
         answer: the ground-truth key: an option letter (``"B"``, ``"(B)"``, ``"B. text"``) for ``"choice"``, a
-            number for ``"numeric"``, a string for ``"text"``/``"rouge"``.
-        kind: ``"choice"`` (letters equal; an answer naming several options is wrong), ``"numeric"`` (equal after
-            rounding both to ``ndigits`` decimals, ALGORITHMS §10; parsed as exact decimals and rounded half up, so
-            ``"2.675"`` rounds to ``2.68`` — binary floats would give 2.67), ``"text"`` (equal after lower-casing and removing punctuation/extra spaces), or
-            ``"rouge"`` (ROUGE-L F1 partial credit ∈ [0, 1]).
-    Returns: 1.0 / 0.0 (or the ROUGE-L F1 for ``"rouge"``).
+            number for ``"numeric"``, a string for ``"text"``/``"wer"``/``"rouge"``.
+        kind: ``"choice"`` (letters equal; an answer naming several options is wrong); ``"numeric"`` (Video-R1's
+            ``numerical`` rule: both or neither of the two number strings hold a decimal mark ``.``/``,``
+            (:func:`has_decimal_mark`), and they are equal after rounding both to ``ndigits`` decimals; parsed as
+            exact decimals and rounded half up, so ``"2.675"`` rounds to ``2.68`` — binary floats would give
+            2.67); ``"text"`` (equal after lower-casing and removing punctuation/extra spaces); ``"wer"`` (OCR:
+            ``clip(1 − WER, 0, 1)``, :func:`wer_reward`); ``"rouge"`` (free-form: mean ROUGE-1/2/L F,
+            :func:`rouge_mean_f`).
+    Returns: 1.0 / 0.0, or the partial credit ∈ [0, 1] of ``"wer"`` / ``"rouge"``.
     Raises:
-        ValueError: unknown ``kind``, or an ``answer`` key that does not parse for its kind.
+        ValueError: unknown ``kind``, or an ``answer`` key that does not parse for its kind (an empty text for
+            ``"wer"``).
     """
-    if kind not in ("choice", "numeric", "text", "rouge"):
-        raise ValueError(f"accuracy_reward: kind must be 'choice', 'numeric', 'text' or 'rouge', got {kind!r}")
+    if kind not in ACCURACY_KINDS:
+        raise ValueError(f"accuracy_reward: kind must be one of {', '.join(map(repr, ACCURACY_KINDS))}, got {kind!r}")
     if not _is_str(answer):
         raise ValueError(f"accuracy_reward: answer must be a string, got {type(answer).__name__}")
     pred = parse_answer(text)
@@ -318,12 +371,18 @@ def accuracy_reward(text: str, answer: str, kind: str = "choice", ndigits: int =
         if key is None:
             raise ValueError(f"accuracy_reward: answer {answer!r} is not a finite number")
         value = _parse_decimal(pred) if pred is not None else None
-        return 1.0 if value is not None and _round_half_up(value, ndigits) == _round_half_up(key, ndigits) else 0.0
+        if value is None or has_decimal_mark(pred) != has_decimal_mark(answer.strip()):
+            return 0.0
+        return 1.0 if _round_half_up(value, ndigits) == _round_half_up(key, ndigits) else 0.0
+    if kind == "wer":
+        if _blank(answer):
+            raise ValueError(f"accuracy_reward: answer {answer!r} is empty (OCR needs the reference text)")
+        return 0.0 if pred is None else wer_reward(pred, answer)
     if pred is None:
         return 0.0
     if kind == "text":
         return 1.0 if _normalise_text(pred) == _normalise_text(answer) else 0.0
-    return rouge_l_f1(pred, answer)
+    return rouge_mean_f(pred, answer)
 
 
 def _merge(intervals) -> list[tuple[float, float]]:
@@ -369,7 +428,7 @@ def temporal_iou(pred, gt) -> float:
     return inter / union if union > 0 else 0.0
 
 
-_PROBLEM_TYPE_TASKS = {"multiple_choice": "choice", "numerical": "numeric", "ocr": "text", "free_form": "rouge"}
+_PROBLEM_TYPE_TASKS = {"multiple_choice": "choice", "numerical": "numeric", "ocr": "wer", "free_form": "rouge"}
 
 
 def score_response(
@@ -388,12 +447,12 @@ def score_response(
         ``"grounded_qa"`` (NExT-GQA style): grounded format (``<glue>`` required), choice accuracy, and
             ``iou = temporal_iou(glue segments, [segment])`` when ``segment`` is given (else 0):
             ``total = w_f·format + w_a·accuracy + w_i·iou``.
-        ``"numeric"`` / ``"text"``: accuracy of that kind (``accuracy_reward``), iou = 0.
+        ``"numeric"`` / ``"text"`` / ``"wer"`` / ``"rouge"``: accuracy of that kind (``accuracy_reward``), iou = 0.
         ``"regression"``: ``accuracy = 1 − clip(|pred − gt| / |gt|, 0, 1)`` (ALGORITHMS §10.1), iou = 0.
         The record problem types (``dvr1.data.schema.PROBLEM_TYPES``) map onto these: ``multiple_choice`` ->
-            choice, ``numerical`` -> ``"numeric"``, ``ocr`` -> ``"text"``, ``free_form`` -> ``"rouge"`` (ROUGE-L F1
-            partial credit; §10.1's WER and ROUGE-1/2/L mean come with issue 15), ``regression``, ``grounding``,
-            ``grounded_qa`` as above.
+            choice, ``numerical`` -> ``"numeric"`` (Video-R1's rule), ``ocr`` -> ``"wer"`` (``1 − WER``),
+            ``free_form`` -> ``"rouge"`` (mean ROUGE-1/2/L F), ``regression``, ``grounding``, ``grounded_qa`` as
+            above (docs/ALGORITHMS.md §10.1).
         any other task (multiple-choice QA): choice accuracy, iou = 0: ``total = w_f·format + w_a·accuracy``.
     Args:
         text: full response; answer: ground-truth key (ignored for grounding); segment: ground-truth
@@ -438,7 +497,7 @@ def score_response(
         total = wf * fmt + wa * acc
     else:
         fmt = format_reward(text)
-        acc = accuracy_reward(text, answer, task if task in ("numeric", "text", "rouge") else "choice")
+        acc = accuracy_reward(text, answer, task if task in ACCURACY_KINDS else "choice")
         iou = 0.0
         total = wf * fmt + wa * acc
     return {"format": float(fmt), "accuracy": float(acc), "iou": float(iou), "total": float(total)}

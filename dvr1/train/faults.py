@@ -25,6 +25,8 @@ Points, in the order one training step reaches them (``n`` counts from 1 within 
 ``ckpt.rename``     ``step_N.tmp`` renamed to ``step_N``, ``latest`` still names the previous step
 ``ckpt.latest``     ``latest`` names step N, older checkpoints not yet pruned
 ``export``          the stage's last checkpoint saved, its HF export not written
+``eval``            a benchmark eval appended a batch of predictions (stage ``eval_<benchmark>``, step 0;
+                    ``n`` counts the batches of this run)
 ==================  ====================================================================================
 """
 
@@ -37,7 +39,7 @@ import signal
 KILL_ENV = "DVR1_KILL_AT"
 TRACE_ENV = "DVR1_FAULT_TRACE"
 POINTS = ("rollout", "decode", "update", "updated", "ckpt.begin", "ckpt.dist", "ckpt.rank_file", "ckpt.meta",
-          "ckpt.swap", "ckpt.rename", "ckpt.latest", "export")
+          "ckpt.swap", "ckpt.rename", "ckpt.latest", "export", "eval")
 _SPEC = re.compile(r"^(?P<stage>[\w-]+):(?P<step>\d+):(?P<point>[\w.]+)(?::(?P<n>[1-9]\d*))?$")
 
 _stage: str | None = None

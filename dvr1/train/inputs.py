@@ -66,17 +66,19 @@ class InputBuilder:
     `max_prompt_tokens` > 0 bounds the prompt length in tokens: a prompt over it gets fewer frames (whole temporal
     patches, uniformly over the sampled ones), and one whose text alone does not fit raises `PromptTooLong`.
     `skips` (a `dvr1.data.schema.SkipReport`) collects the records `prepare_or_skip` skips. `strict`
-    (`data.strict`): a truncated video file is a `VideoError` instead of a warning.
+    (`data.strict`): a truncated video file is a `VideoError` instead of a warning. `prompt_style`: the
+    `dvr1.data.prompts.format_question` style ("dvr1": the synthetic set's §6 template; "video_r1": imported data).
 
     Raises (from `prepare`): `dvr1.data.video.VideoError` for a missing/corrupt video, `PromptTooLong` (callers
     report and skip).
     """
 
     def __init__(self, policy, tokenizer, video_cfg, cache_size: int = 4096, max_prompt_tokens: int = 0,
-                 skips=None, strict: bool = False):
+                 skips=None, strict: bool = False, prompt_style: str = "dvr1"):
         from megatron.core.utils import unwrap_model  # the policy inside megatron's DDP / Float16Module wrappers
 
         self.strict = strict
+        self.prompt_style = prompt_style
         self.policy = unwrap_model(policy)
         self.tokenizer = tokenizer
         self.vcfg = video_cfg
@@ -177,7 +179,7 @@ class InputBuilder:
         base = self.clip_key(record)  # one stat of the file per prompt
         vin = self.video(record, base)
         key = (base, None)
-        text = format_question(record, hint=hint, reveal_answer=reveal_answer)
+        text = format_question(record, hint=hint, reveal_answer=reveal_answer, style=self.prompt_style)
         T = vin.video.shape[0]
         grid_full = torch.tensor([[-(-T // self.info.temporal_patch_size),
                                    vin.video.shape[2] // self.info.patch_size, vin.video.shape[3] // self.info.patch_size]])

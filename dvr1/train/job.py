@@ -93,6 +93,16 @@ def check_data_root(cfg) -> None:
         check_buildable(data_root(cfg))
 
 
+def prompt_style(cfg, root: str | None = None) -> str:
+    """`data.prompt` resolved for the records at `root` (default `data.root`): "auto" is "video_r1" for an imported
+    set (a manifest.json `dvr1 data import` wrote, `dvr1.train.benchmarks.read_manifest`), else "dvr1"."""
+    if cfg.data.prompt != "auto":
+        return cfg.data.prompt
+    from dvr1.train.benchmarks import read_manifest
+
+    return "video_r1" if read_manifest(root or data_root(cfg)) is not None else "dvr1"
+
+
 def skip_report(cfg, stage: str):
     """The `SkipReport` of a stage: appends to `<run_dir>/skipped.jsonl` (writer rank only)."""
     from dvr1.data.schema import SkipReport
@@ -169,7 +179,7 @@ def ensure_model(cfg) -> str:
             for split in ("train", "val"):  # the user's records may have no val split
                 if split == "train" or os.path.exists(os.path.join(data_root(cfg), f"{split}.jsonl")):
                     for r in records(cfg, split):
-                        texts += [format_question(r), sft_response(r)]
+                        texts += [format_question(r, style=prompt_style(cfg)), sft_response(r)]
             log.info("making the tiny Qwen2.5-VL checkpoint at %s (tokenizer on %d texts)", path, len(texts))
             make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab)
         if dist.is_initialized():
@@ -304,7 +314,7 @@ def run_sft(cfg, pinfo, init_hf: str) -> str:
     model, opt, sched = optimizer_for(policy, cfg.sft.lr, cfg.sft.weight_decay, 1.0, cfg.sft.warmup, cfg)
     tok = tokenizer(init_hf)
     builder = InputBuilder(policy, tok, cfg.video, max_prompt_tokens=max_prompt_tokens(cfg, init_hf), skips=report,
-                           strict=cfg.data.strict)
+                           strict=cfg.data.strict, prompt_style=prompt_style(cfg))
     trainer = SFTTrainer(cfg, model, opt, sched, builder, tok, recs)
     out = _train_loop(cfg, "sft", trainer, model, opt, sched, cfg.sft.steps, max(cfg.sft.steps // 3, 1), 1, init_hf)
     write_counts(cfg, "sft", report, len(recs), "train")
@@ -329,7 +339,7 @@ def run_rl(cfg, pinfo, init_hf: str) -> str:
     report = skip_report(cfg, "rl")
     recs = records(cfg, "train", report)
     builder = InputBuilder(policy, tok, cfg.video, max_prompt_tokens=max_prompt_tokens(cfg, init_hf), skips=report,
-                           strict=cfg.data.strict)
+                           strict=cfg.data.strict, prompt_style=prompt_style(cfg))
     engine = rollout_engine(cfg, policy, init_hf)
     trainer = RLTrainer(cfg, model, opt, sched, reference, engine, builder, tok, recs)
     out = _train_loop(cfg, "rl", trainer, model, opt, sched, cfg.rl.steps, cfg.rl.save_every, cfg.rl.keep_last,
@@ -357,7 +367,7 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None) -> d
     engine = NativeRolloutEngine(policy, seed=cfg.seed)
     out = os.path.join(os.path.abspath(cfg.run_dir), f"eval_{name}.json")
     builder = InputBuilder(policy, tok, cfg.video, max_prompt_tokens=max_prompt_tokens(cfg, hf_path), skips=report,
-                           strict=cfg.data.strict)
+                           strict=cfg.data.strict, prompt_style=prompt_style(cfg))
     res = evaluate(engine, builder, tok, recs, cfg.eval.max_new_tokens, strict=cfg.data.strict, out_path=out,
                    progress=cfg.log.progress, n_read=n_read)
     log.info("eval[%s] %s: accuracy %.3f, mean IoU %.3f, format %.3f (n=%d; %d read, skipped: %s)", name, split,
@@ -365,6 +375,97 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None) -> d
     if res["n_used"] == 0:
         raise NoUsableRecords(f"eval[{name}]: no usable records in {split} (skipped: {report.describe()})")
     return res
+
+
+def benchmark_dirs(benchmark: str, data: str) -> list[tuple[str, str, dict]]:
+    """The imported sets `dvr1 eval --benchmark` evaluates: ``[(benchmark, directory, manifest)]``. `benchmark`
+    "all": every one at `data` (`dvr1.train.benchmarks.find_benchmarks`); a name: `data` itself when it holds an
+    import manifest (its records get that name's metric set), else the set at `data` of that benchmark.
+    Raises FileNotFoundError naming `data` and what it holds."""
+    from dvr1.train.benchmarks import find_benchmarks, read_manifest
+
+    if not os.path.isdir(data):
+        raise FileNotFoundError(f"--data {data}: not a directory")
+    found = find_benchmarks(data)
+    if benchmark != "all":
+        own = read_manifest(data)
+        found = [(benchmark, data, own)] if own is not None else [f for f in found if f[0] == benchmark]
+    if not found:
+        have = ", ".join(sorted({f[0] for f in find_benchmarks(data)})) or "none"
+        raise FileNotFoundError(f"--data {data}: no imported set for --benchmark {benchmark} (a directory with the "
+                                f"manifest.json of `dvr1 data import`; found: {have})")
+    return found
+
+
+def run_benchmark(cfg, pinfo, hf_path: str, benchmark: str, data: str, name: str, split: str | None = None):
+    """Greedy eval of the HF checkpoint `hf_path` on the imported benchmark set(s) at `data` with each benchmark's
+    metric set (docs/ALGORITHMS.md §10.2; `benchmark_dirs`; several sets of one benchmark are evaluated as one, their
+    ids unique across them, else DataError). Per benchmark: predictions resumably in
+    `<run_dir>/eval_<benchmark>_<name>.predictions.jsonl`, the result in `<run_dir>/eval_<benchmark>_<name>.json`
+    ({"benchmark", "name", "model", "data", "split", "metrics", "columns", "headline", "per_task", "n", "n_read",
+    "n_used", "n_skipped"}); frames by `video.*` as for training. Returns (results, the paper-style table)."""
+    from omegaconf import OmegaConf
+
+    from dvr1.data.schema import DataError, NoUsableRecords, read_records
+    from dvr1.train import faults
+    from dvr1.train.benchmarks import benchmark_metrics, format_benchmark_table
+    from dvr1.train.evaluate import evaluate_benchmark
+    from dvr1.train.inputs import InputBuilder
+
+    sets = benchmark_dirs(benchmark, os.path.abspath(data))
+    run_dir = os.path.abspath(cfg.run_dir)
+    loaded: dict[str, dict] = {}  # benchmark -> its sets; several sets of one benchmark (e.g. L1, L2, L3 imported
+    for bench, d, manifest in sets:  # apart) are evaluated as one. Every record file before the model
+        sp = split or manifest.get("split") or cfg.eval.split
+        b = loaded.setdefault(bench, {"report": skip_report(cfg, f"eval_{bench}_{name}"), "dirs": [], "splits": [],
+                                      "paths": [], "recs": [], "n_read": 0})
+        path = os.path.join(d, f"{sp}.jsonl")
+        before = len(b["report"].entries)
+        recs = read_records(path, strict=cfg.data.strict, report=b["report"])
+        if not recs:
+            raise NoUsableRecords(f"{path}: no usable records (skipped: {b['report'].describe()})")
+        ids = {r.id for r in b["recs"]}
+        clash = next((r for r in recs if r.id in ids), None)
+        if clash is not None:
+            raise DataError(f"{clash.where}: id: {clash.id!r} also in another {bench} set under --data (ids must be "
+                            "unique across the sets of one benchmark)")
+        b["n_read"] += len(recs) + len(b["report"].entries) - before
+        b["recs"] += recs[: cfg.eval.max_samples] if cfg.eval.max_samples else recs
+        b["dirs"].append(d)
+        b["splits"].append(sp)
+        b["paths"].append(path)
+    policy = build_policy(cfg, hf_path, pinfo, trainable=False)
+    tok = tokenizer(hf_path)
+    engine = rollout_engine(cfg, policy, hf_path)
+    results = []
+    for bench, b in loaded.items():
+        report, recs = b["report"], b["recs"]
+        one = len(b["dirs"]) == 1
+        builder = InputBuilder(policy, tok, cfg.video, max_prompt_tokens=max_prompt_tokens(cfg, hf_path),
+                               skips=report, strict=cfg.data.strict, prompt_style=prompt_style(cfg, b["dirs"][0]))
+        stem = os.path.join(run_dir, f"eval_{bench}_{name}")
+        header = {"benchmark": bench, "model": hf_path, "records": b["paths"][0] if one else b["paths"],
+                  "n_records": len(recs), "max_new_tokens": cfg.eval.max_new_tokens,
+                  "video": OmegaConf.to_container(cfg.video), "prompt": builder.prompt_style}
+        faults.position(f"eval_{bench}", 0)
+        rows = evaluate_benchmark(engine, builder, tok, recs, stem + ".predictions.jsonl", header,
+                                  cfg.eval.max_new_tokens, strict=cfg.data.strict, progress=cfg.log.progress,
+                                  desc=f"eval[{bench}]", weights=cfg.reward)
+        res = {"benchmark": bench, "name": name, "model": hf_path, "data": b["dirs"][0] if one else b["dirs"],
+               "split": b["splits"][0] if one else b["splits"], **benchmark_metrics(bench, rows),
+               **report.summary(len(recs))}
+        res["n_read"] = b["n_read"]
+        if res["n_used"] == 0:
+            raise NoUsableRecords(f"eval[{bench}]: no usable records in {', '.join(b['paths'])} (skipped: "
+                                  f"{report.describe()})")
+        if grid.is_writer():
+            with open(stem + ".json", "w") as f:
+                json.dump(res, f, indent=1)
+        log.info("eval[%s] %s: %s (n=%d; %d read, skipped: %s)", bench, name,
+                 ", ".join(f"{k} {res['metrics'][k]:.1f}" for k in res["columns"]), res["n"], b["n_read"],
+                 report.describe())
+        results.append(res)
+    return results, format_benchmark_table(results)
 
 
 def run_main(cfg) -> dict:

@@ -79,6 +79,9 @@ class RLTrainer:
         self.eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
         self.steps_done = 0  # RL steps finished (seeds REBEL's pairs, docs/ALGORITHMS.md §9.7)
+        # a mixture of problem types (docs/ALGORITHMS.md §10.1) logs each type's mean reward (every rank holds all
+        # records, so all take the same decision)
+        self.mixed_types = len({r.problem_type for r in records}) > 1
 
     # ---- state for checkpoints -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -269,6 +272,19 @@ class RLTrainer:
             return [by_id.get(id(g.prepared.record), g) for g in groups]
         return groups + aug_groups
 
+    def reward_by_type(self, groups: list[Group]) -> dict[str, float]:
+        """``{"reward/<problem_type>": mean total reward}`` over the responses of the whole global batch's groups of
+        each problem type present (gathered over DP, so every rank returns the same values and keys). Collective
+        over the DP group."""
+        sums: dict[str, list[float]] = {}
+        for rank_part in grid.dp_all_gather_object([(g.prepared.record.problem_type, float(g.rewards.sum()),
+                                                     len(g.scores)) for g in groups]):
+            for pt, total, n in rank_part:
+                acc = sums.setdefault(pt, [0.0, 0])
+                acc[0] += total
+                acc[1] += n
+        return {f"reward/{pt}": total / n for pt, (total, n) in sorted(sums.items())}
+
     def step(self) -> dict:
         """One RL step over this DP rank's B/dp prompts; returns the ALGORITHMS §5 metrics of this rank (the loop
         averages them over DP). Gradients are averaged over DP by megatron DDP, so each rank's loss is the mean over
@@ -373,6 +389,8 @@ class RLTrainer:
             (("temporal",) if cfg.reward.temporal_contrast else ())
         for comp in comps:
             m[f"reward/{comp}"] = sum(s[comp] for g in orig_groups for s in g.scores) / (B * G)
+        if self.mixed_types:
+            m.update(self.reward_by_type(orig_groups))
         m.update(dyn_stats)
         m.update(tem_stats)
         # responses generated in the step, over all DP ranks (x dp: the loop averages the metrics over DP)

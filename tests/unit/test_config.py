@@ -26,8 +26,17 @@ GRIDS = sorted(p.name for p in (REPO / "examples" / "ablations").glob("*.yaml"))
 
 
 def test_every_example_is_listed():
-    assert {"tiny_cpu.yaml", "smoke.yaml", "qwen2_5_vl_7b.yaml", "qwen2_5_vl_72b.yaml", "vidchain_tiny.yaml"} \
-        <= set(EXAMPLES)
+    assert {"tiny_cpu.yaml", "smoke.yaml", "qwen2_5_vl_7b.yaml", "qwen2_5_vl_72b.yaml", "vidchain_tiny.yaml",
+            "paper_3b.yaml", "paper_7b.yaml"} <= set(EXAMPLES)
+
+
+@pytest.mark.parametrize("name", ["paper_3b.yaml", "paper_7b.yaml"])
+def test_paper_examples_are_the_papers_setting(name):
+    """DeepVideo-R1 at 3B on SEED-Bench-R1: G = 8, beta = 0.1, Reg-GRPO + DA-Aug, 16 frames of <= 252 x 252."""
+    cfg = load_config(str(REPO / "examples" / name))
+    assert (cfg.rollout.group_size, cfg.algo.beta, cfg.algo.name, cfg.da_aug.enabled) == (8, 0.1, "reg_grpo", True)
+    assert (cfg.video.num_frames, cfg.video.max_pixels) == (16, 252 * 252)
+    assert cfg.model.path.endswith(("Qwen2.5-VL-3B-Instruct", "Qwen2.5-VL-7B-Instruct"))
     assert "paper_table4.yaml" in GRIDS
 
 

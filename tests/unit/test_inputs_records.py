@@ -80,10 +80,12 @@ def test_rewards_by_problem_type():
     ans = lambda a: f"<think>t</think><answer>{a}</answer>"  # noqa: E731
     assert score_response(ans("B"), "multiple_choice", "B") == {"format": 1.0, "accuracy": 1.0, "iou": 0.0,
                                                                 "total": 2.0}
-    assert score_response(ans("3.00"), "numerical", "3")["accuracy"] == 1.0
-    assert score_response(ans("stop"), "ocr", "STOP")["accuracy"] == 1.0
+    assert score_response(ans("3"), "numerical", "3")["accuracy"] == 1.0
+    assert score_response(ans("3.00"), "numerical", "3")["accuracy"] == 0.0  # Video-R1's decimal-mark rule
+    assert score_response(ans("STOP"), "ocr", "STOP")["accuracy"] == 1.0
+    # mean ROUGE-1/2/L F: P = 3/4, R = 1 -> R1 = RL = 6/7; bigrams 2/3 and 2/2 -> R2 = 4/5
     assert score_response(ans("a dog runs fast"), "free_form", "a dog runs")["accuracy"] == pytest.approx(
-        2 * 1.0 * 0.75 / 1.75)  # ROUGE-L F1: P = 3/4, R = 1
+        (6 / 7 + 6 / 7 + 4 / 5) / 3)
     assert score_response(ans("2.0"), "regression", "2.5")["accuracy"] == pytest.approx(0.8)
     assert score_response(ans("9"), "regression", "2.5")["accuracy"] == 0.0
     # several ground-truth segments: IoU against their union

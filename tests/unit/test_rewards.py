@@ -14,7 +14,6 @@ from dvr1.rl.rewards import (
     parse_glue,
     parse_number,
     parse_segment,
-    rouge_l_f1,
     score_response,
     temporal_iou,
 )
@@ -269,30 +268,87 @@ def test_accuracy_choice():
 
 def test_accuracy_numeric_and_text():
     r = lambda a: f"<think>x</think><answer>{a}</answer>"  # noqa: E731
-    assert accuracy_reward(r("3.0"), "3", "numeric") == 1.0
-    assert accuracy_reward(r("3.004"), "3", "numeric") == 1.0
-    assert accuracy_reward(r("3.01"), "3", "numeric") == 0.0
-    assert accuracy_reward(r("1,000"), "1000", "numeric") == 1.0
+    assert accuracy_reward(r("3"), "3", "numeric") == 1.0
+    assert accuracy_reward(r("3.0"), "3.00", "numeric") == 1.0
+    assert accuracy_reward(r("3.004"), "3.0", "numeric") == 1.0
+    assert accuracy_reward(r("3.01"), "3.0", "numeric") == 0.0
     assert accuracy_reward(r("three"), "3", "numeric") == 0.0
     with pytest.raises(ValueError, match=r"accuracy_reward: answer 'x' is not a finite number"):
         accuracy_reward(r("3"), "x", "numeric")
-    assert accuracy_reward(r("1,0,2,4"), "1024", "numeric") == 0.0
-    assert accuracy_reward(r("1,024"), "1024", "numeric") == 1.0
+    assert accuracy_reward(r("1,0,2,4"), "1,024", "numeric") == 0.0
+    assert accuracy_reward(r("1,024"), "1,024", "numeric") == 1.0
     # issue 19 item 5: exact decimal rounding to 2 places, ties up (binary floats round 2.675 down to 2.67)
     assert accuracy_reward(r("2.675"), "2.68", "numeric") == 1.0
     assert accuracy_reward(r("2.665"), "2.67", "numeric") == 1.0
     assert accuracy_reward(r("1.005"), "1.01", "numeric") == 1.0
     assert accuracy_reward(r("2.6749999"), "2.68", "numeric") == 0.0
     assert accuracy_reward(r("-2.675"), "-2.68", "numeric") == 1.0  # ties away from zero
-    assert accuracy_reward(r("3.005"), "3", "numeric") == 0.0  # 3.01 != 3.00
-    assert accuracy_reward(r("9" * 300), "9" * 300 + ".001", "numeric") == 1.0  # exact at any magnitude
+    assert accuracy_reward(r("3.005"), "3.0", "numeric") == 0.0  # 3.01 != 3.00
+    assert accuracy_reward(r("9" * 300 + ".0"), "9" * 300 + ".001", "numeric") == 1.0  # exact at any magnitude
     assert accuracy_reward(r("9" * 400), "3", "numeric") == 0.0
     assert accuracy_reward(r("A Red, cup!"), "a red cup", "text") == 1.0
     assert accuracy_reward(r("a blue cup"), "a red cup", "text") == 0.0
-    # ROUGE-L: LCS("the red cup", "a red cup") = 2 → P = R = 2/3 → F1 = 2/3.
-    assert accuracy_reward(r("the red cup"), "a red cup", "rouge") == pytest.approx(2 / 3)
-    assert rouge_l_f1("a b c d", "a c") == pytest.approx(2 * 0.5 * 1.0 / 1.5)
-    assert rouge_l_f1("", "a") == 0.0
+
+
+def test_numeric_decimal_mark_condition_is_video_r1s():
+    """tulerfeng/Video-R1 src/r1-v/src/open_r1/grpo.py: `gt_has_decimal = ("." in gt_ans) or ("," in gt_ans)`, same
+    for the output; unequal -> 0 before any number is compared."""
+    r = lambda a: f"<think>x</think><answer>{a}</answer>"  # noqa: E731
+    assert accuracy_reward(r("3.0"), "3", "numeric") == 0.0
+    assert accuracy_reward(r("3"), "3.0", "numeric") == 0.0
+    assert accuracy_reward(r("1,000"), "1000", "numeric") == 0.0  # a comma counts as a decimal mark there
+    assert accuracy_reward(r("1000"), "1000", "numeric") == 1.0
+    assert accuracy_reward(r("3."), "3", "numeric") == 0.0
+    assert accuracy_reward(r("0.5"), ".5", "numeric") == 1.0
+
+
+def test_ocr_reward_is_one_minus_jiwer_wer():
+    import jiwer
+
+    r = lambda a: f"<think>x</think><answer>{a}</answer>"  # noqa: E731
+    # reference 4 words, one substitution, one deletion: WER = 2/4
+    assert accuracy_reward(r("STOP here now"), "STOP HERE right now", "wer") == pytest.approx(0.5)
+    assert jiwer.wer("STOP HERE right now", "STOP here now") == pytest.approx(0.5)
+    assert accuracy_reward(r("no entry"), "no entry", "wer") == 1.0
+    # 1 ref word, 3 inserted + 1 substituted: WER = 4 -> clipped to reward 0
+    assert accuracy_reward(r("a b c d"), "x", "wer") == 0.0
+    assert accuracy_reward(r("stop"), "STOP", "wer") == 0.0  # case counts, as in Video-R1's wer()
+    assert accuracy_reward(r(" "), "STOP", "wer") == 0.0 and accuracy_reward("STOP", "STOP", "wer") == 0.0
+    with pytest.raises(ValueError, match="OCR needs the reference text"):
+        accuracy_reward(r("a"), " ", "wer")
+    assert score_response(r("STOP here now"), "ocr", "STOP HERE right now")["accuracy"] == pytest.approx(0.5)
+
+
+def test_free_form_reward_is_mean_rouge_1_2_l():
+    from rouge_score import rouge_scorer
+
+    r = lambda a: f"<think>x</think><answer>{a}</answer>"  # noqa: E731
+    # by hand: ref "a red cup falls" (4 tokens), pred "the red cup fell" -> stemmed "the red cup fell"
+    # ROUGE-1: overlap {red, cup} = 2 -> P = R = 1/2, F = 1/2; ROUGE-2: {"red cup"} -> P = R = 1/3, F = 1/3;
+    # ROUGE-L: LCS "red cup" = 2 -> F = 1/2. Mean = (1/2 + 1/3 + 1/2) / 3 = 4/9.
+    assert accuracy_reward(r("the red cup fell"), "a red cup falls", "rouge") == pytest.approx(4 / 9)
+    lib = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True).score("a red cup falls",
+                                                                                          "the red cup fell")
+    assert sum(v.fmeasure for v in lib.values()) / 3 == pytest.approx(4 / 9)
+    assert accuracy_reward(r("a red cup falls"), "a red cup falls", "rouge") == 1.0
+    assert accuracy_reward(r("!!"), "a red cup", "rouge") == 0.0
+    assert score_response(r("the red cup fell"), "free_form", "a red cup falls")["accuracy"] == pytest.approx(4 / 9)
+
+
+def test_mean_relative_accuracy():
+    from dvr1.rl.rewards import mean_relative_accuracy as mra
+
+    # rel = |pred - gt| / |gt|; counted thresholds are those with rel < 1 - theta, theta in 0.50..0.95
+    assert mra("10", "10") == 1.0  # rel 0 < 0.05
+    assert mra("10.4", "10") == 1.0  # rel 0.04 < 0.05: all ten thresholds
+    assert mra("11", "10") == pytest.approx(0.8)  # rel 0.1: 1-theta in {0.5,...,0.15} (8 values) > 0.1; 0.1, 0.05 not
+    assert mra("10.5", "10") == pytest.approx(0.9)  # rel exactly 0.05: not < 0.05 -> 9 of 10
+    assert mra("13", "10") == pytest.approx(0.4)  # rel 0.3: 0.5, 0.45, 0.4, 0.35 -> 4
+    assert mra("15", "10") == 0.0 and mra("5", "10") == 0.0  # rel 0.5 is not < 0.5
+    assert mra("-9", "-10") == pytest.approx(0.8)
+    assert mra("x", "10") == 0.0
+    with pytest.raises(ValueError, match="non-zero finite number"):
+        mra("1", "0")
 
 
 def test_temporal_iou():
@@ -345,8 +401,9 @@ def test_score_grounded_qa_and_numeric():
     assert s["format"] == 1.0 and s["accuracy"] == 1.0
     assert s["iou"] == pytest.approx(2 / 6)
     assert s["total"] == pytest.approx(2 + 2 / 6)
-    s = score_response("<think>t</think><answer>7</answer>", "numeric", "7.0", None)
+    s = score_response("<think>t</think><answer>7</answer>", "numeric", "7", None)
     assert s == {"format": 1.0, "accuracy": 1.0, "iou": 0.0, "total": 2.0}
+    assert score_response("<think>t</think><answer>7</answer>", "numeric", "7.0", None)["accuracy"] == 0.0
 
 
 MALFORMED = [
