@@ -62,10 +62,10 @@ class ModelConfig:
     # longest prompt in tokens (text + video): a longer one gets fewer frames, or is skipped when its text alone does not
     # fit (dvr1/train/inputs.py). 0 = the model's max_position_embeddings minus rollout.max_new_tokens
     max_prompt_tokens: int = 0
-    # where the text after a video resumes in mrope (dvr1/models/rope.py): transformers (5.19's rule, equal to HF's
-    # model) | qwen (Qwen2.5-VL's original rule, which vLLM samples with) | auto (qwen with rollout.engine=vllm,
-    # else transformers): the trainer must see the positions the rollout engine sampled with
-    mrope_after_video: str = "auto"
+    # where the text after a video resumes in mrope (dvr1/models/rope.py), one rule for training, both samplers, eval
+    # and export: qwen (Qwen2.5-VL's original code, what the released checkpoints were trained with, and vLLM's) |
+    # transformers5 (transformers 5.3-5.19's start + max(H, W)/merge; native sampler only)
+    mrope_rule: str = "qwen"
     # TransformerEngine FP8 and activation recompute (dvr1/parallel/precision.py; GPU image only for FP8)
     fp8: Optional[str] = None  # None | e4m3 | hybrid
     fp8_recipe: str = "delayed"  # delayed | tensorwise | blockwise | mxfp8
@@ -300,7 +300,7 @@ _CHOICES = {
     "video.backend": ("pyav", "dali"),
     "model.spec": ("local", "te"),
     "model.dtype": ("float32", "bfloat16"),
-    "model.mrope_after_video": ("auto", "transformers", "qwen"),
+    "model.mrope_rule": ("qwen", "transformers5"),
     "rollout.engine": ("native", "vllm"),
     "algo.name": ALGORITHMS,
     "algo.loss_agg": LOSS_AGG_MODES,
@@ -352,14 +352,6 @@ _RANGES = {
 }
 
 
-def mrope_after_video(cfg) -> str:
-    """`model.mrope_after_video` with "auto" resolved: "qwen" when rollout.engine=vllm, else "transformers"."""
-    rule = cfg.model.mrope_after_video
-    if rule == "auto":
-        return "qwen" if cfg.rollout.engine == "vllm" else "transformers"
-    return rule
-
-
 def overlong_max(cfg) -> int:
     """L_max of the overlong punishment: `reward.overlong_max`, or rollout.max_new_tokens when it is 0."""
     return cfg.reward.overlong_max or cfg.rollout.max_new_tokens
@@ -377,6 +369,9 @@ def validate(cfg) -> None:
         if cfg.rollout.tensor_parallel_size not in (1, cfg.parallel.tp):
             raise ConfigError(f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size}: must be 1 or "
                               f"parallel.tp={cfg.parallel.tp} (vLLM shares the trainer's ranks)")
+        if cfg.model.mrope_rule != "qwen":
+            raise ConfigError(f"model.mrope_rule={cfg.model.mrope_rule!r}: rollout.engine=vllm samples with "
+                              "Qwen2.5-VL's original rule (vLLM's own mrope), so it needs model.mrope_rule=qwen")
     if cfg.rollout.group_size < 2:
         raise ConfigError(f"rollout.group_size={cfg.rollout.group_size}: a group needs at least 2 responses")
     if cfg.rollout.group_size > 1 and cfg.rollout.temperature <= 0:

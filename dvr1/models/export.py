@@ -66,6 +66,9 @@ def iter_full_state_for_hf(policy):
             yield name, grid.pp_broadcast(t, stage)
 
 
+MROPE_RULE_KEY = "dvr1_mrope_rule"  # config.json key of an exported checkpoint: the rule it was trained with
+
+
 def export_hf(policy, src_dir: str, out_dir: str) -> str:
     """Write the HF checkpoint (`model.safetensors`, or one shard per PP stage + index) and the config/tokenizer
     files of `src_dir` to `out_dir`. Every rank must call it (TP gathers are collective); TP/DP rank 0 of each stage
@@ -105,6 +108,13 @@ def export_hf(policy, src_dir: str, out_dir: str) -> str:
     for f in _COPY:
         if os.path.exists(os.path.join(src_dir, f)):
             shutil.copy(os.path.join(src_dir, f), tmp)
+    # the mrope rule these weights were trained with (model.mrope_rule); dvr1.train.job.build_policy refuses to load
+    # them under another one. Hugging Face keeps the unknown key as a config attribute; vLLM ignores it
+    with open(os.path.join(tmp, "config.json")) as f:
+        hf_config = json.load(f)
+    hf_config[MROPE_RULE_KEY] = policy.info.mrope_rule
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(hf_config, f, indent=2, sort_keys=True)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     if dist.is_initialized():

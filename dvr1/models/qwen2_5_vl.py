@@ -36,7 +36,7 @@ class VLInfo:
     temporal_patch_size: int
     tokens_per_second: float
     vocab_size: int
-    mrope_after_video: str = "transformers"  # dvr1.models.rope.get_rope_index(after_video=...)
+    mrope_rule: str = "qwen"  # dvr1.models.rope.get_rope_index(rule=...); set from model.mrope_rule
 
 
 def load_hf_config(path: str):

@@ -17,11 +17,12 @@ vLLM 0.32's Qwen2-VL embedding parser drops ``second_per_grid_ts`` (its field fa
 1 s per grid step; :func:`register_qwen2_5_vl` registers vLLM's own Qwen2.5-VL model class with a data parser that
 keeps the field.
 
-Position convention: vLLM starts the text after a video at (largest position so far) + 1, as Qwen2.5-VL's original
-code does; transformers 5.19 starts it at start + max(H, W)/merge. ``model.mrope_after_video=auto`` makes the trainer
-use vLLM's rule whenever ``rollout.engine=vllm`` (`dvr1.models.rope`), so the loss sees the positions the rollout was
-sampled with; if a user forces the transformers rule, the engine logs a warning (once) on the first prompt where the
-two differ. The loss never uses the engine's log-probs (ALGORITHMS §3): the trainer recomputes them itself.
+Position convention: vLLM computes the mrope positions itself, with Qwen2.5-VL's original rule (the text after a
+video resumes at the largest position + 1; `dvr1.models.rope`), from the grid and ``second_per_grid_ts``, which is
+sent as float64 so vLLM's float64 arithmetic sees the trainer's exact value. The trainer must score the positions
+vLLM sampled with: the config refuses ``rollout.engine=vllm`` with ``model.mrope_rule`` other than ``qwen``, and
+:meth:`VLLMRolloutEngine.generate` raises if a request's positions are not the ones vLLM will compute. The loss never
+uses the engine's log-probs (ALGORITHMS §3): the trainer recomputes them itself.
 
 Parallel layout: every trainer rank builds an engine with ``distributed_executor_backend="external_launcher"`` (vLLM
 joins the trainer's ``torch.distributed`` world; verl's colocated mode). ``rollout.tensor_parallel_size`` = 1: each
@@ -178,6 +179,7 @@ class VLLMRolloutEngine:
         self.video_token_id = hf_config.video_token_id
         self.hidden_size = hf_config.text_config.hidden_size
         self.merge_size = hf_config.vision_config.spatial_merge_size
+        self.tokens_per_second = getattr(hf_config.vision_config, "tokens_per_second", 1.0)  # vLLM's default too
         self.seed = seed
         self.calls = 0
         self.progress = progress
@@ -299,21 +301,20 @@ class VLLMRolloutEngine:
         return embeds
 
     def _check_positions(self, r: RolloutRequest) -> None:
-        """Warn once if vLLM's mrope rule (text after a video at max position + 1) gives this prompt other positions
-        than the trainer's (`r.position_ids`, transformers 5.19's rule); module docstring."""
-        if getattr(self, "_warned_positions", False) or r.video_grid_thw is None:
+        """Raise ValueError unless `r.position_ids` are the positions vLLM computes for the prompt (Qwen2.5-VL's
+        original rule from its grid and seconds per grid step, `dvr1.models.rope`); module docstring."""
+        if r.video_grid_thw is None:
             return
-        ids = r.prompt_ids
-        pads = (ids == self.video_token_id).nonzero().flatten()
-        if len(pads) == 0 or int(pads[-1]) + 1 >= len(ids):
-            return
-        v0, v1 = int(pads[0]), int(pads[-1]) + 1
-        ours, theirs = int(r.position_ids[0, v1]), int(r.position_ids[:, v0:v1].max()) + 1
-        if ours != theirs:
-            self._warned_positions = True
-            log.warning("vllm: the text after this prompt's video starts at mrope position %d in the trainer "
-                        "(transformers 5.19) but %d in vLLM (max + 1): the engine's log-probs of that text differ "
-                        "from the trainer's (docs/ROLLOUT.md); logged once", ours, theirs)
+        from dvr1.models.rope import get_rope_index
+
+        spg = None if r.second_per_grid is None else [r.second_per_grid]
+        want = get_rope_index(r.prompt_ids.view(1, -1), self.video_token_id, r.video_grid_thw.view(-1, 3), spg,
+                              self.merge_size, self.tokens_per_second, "qwen")[:, 0]
+        if not torch.equal(want, r.position_ids):
+            bad = int((want != r.position_ids).any(0).nonzero()[0])
+            raise ValueError(f"vllm rollout: the request's mrope position at token {bad} is "
+                             f"{r.position_ids[:, bad].tolist()}, vLLM's (Qwen2.5-VL's original rule, "
+                             f"model.mrope_rule=qwen) is {want[:, bad].tolist()}")
 
     def _prompt_ids(self, r: RolloutRequest, video_embeds=None) -> list[int]:
         """The prompt with its ``<|video_pad|>`` run collapsed to one token (vLLM expands it from the grid).
@@ -329,12 +330,14 @@ class VLLMRolloutEngine:
 
     @staticmethod
     def _mm(r: RolloutRequest, video_embeds=None) -> dict:
-        """vLLM's ``multi_modal_data`` for the request: the embeddings, the grid and the seconds per grid step."""
+        """vLLM's ``multi_modal_data`` for the request: the embeddings, the grid and the seconds per grid step
+        (float64)."""
         if video_embeds is None:
             return {}
         if r.video_grid_thw is None:
             raise ValueError("vllm rollout: a request with video_embeds needs video_grid_thw")
         video = {"video_embeds": video_embeds, "video_grid_thw": r.video_grid_thw.view(1, 3)}
         if r.second_per_grid is not None:
-            video["second_per_grid_ts"] = torch.tensor([float(r.second_per_grid)])
+            # float64: vLLM's mrope multiplies it in float64 (module docstring; a float32 0.7 lands a step lower)
+            video["second_per_grid_ts"] = torch.tensor([float(r.second_per_grid)], dtype=torch.float64)
         return {"multi_modal_data": {"video": video}}

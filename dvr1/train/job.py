@@ -187,12 +187,27 @@ def ensure_model(cfg) -> str:
     return path
 
 
+def check_trained_rule(hf_config, hf_path: str, rule: str) -> None:
+    """Raise ConfigError if the checkpoint was exported by dvr1 after training with another mrope rule than `rule`
+    (`model.mrope_rule`): its text would sit at positions it never saw (e.g. a finished SFT stage of an earlier run
+    in the same run_dir, reused by the next stage). Checkpoints without the key (released ones, the tiny init) pass:
+    Qwen2.5-VL was trained with the "qwen" rule."""
+    from dvr1.config import ConfigError
+    from dvr1.models.export import MROPE_RULE_KEY
+
+    trained = getattr(hf_config, MROPE_RULE_KEY, None)
+    if trained is not None and trained != rule:
+        raise ConfigError(f"{hf_path}: trained with model.mrope_rule={trained}, but this run uses "
+                          f"model.mrope_rule={rule}; pass model.mrope_rule={trained}, or use another run_dir")
+
+
 def build_policy(cfg, hf_path: str, pinfo, trainable: bool = True):
     """The megatron-core policy of this rank, with weights from a HF checkpoint directory."""
     from dvr1.models.qwen2_5_vl import Qwen25VLPolicy, load_hf_config, load_hf_weights
     from dvr1.parallel.precision import check_device, precision_overrides
 
     hf_config = load_hf_config(hf_path)
+    check_trained_rule(hf_config, hf_path, cfg.model.mrope_rule)
     dtype = torch.bfloat16 if cfg.model.dtype == "bfloat16" else torch.float32
     n_layers = hf_config.text_config.num_hidden_layers
     if n_layers % pinfo.pp_size:
@@ -202,9 +217,7 @@ def build_policy(cfg, hf_path: str, pinfo, trainable: bool = True):
     policy = Qwen25VLPolicy(hf_config, tp=pinfo.tp_size, pp=pinfo.pp_size, pre_process=pinfo.is_first_stage,
                             post_process=pinfo.is_last_stage, params_dtype=dtype, spec=cfg.model.spec,
                             **precision_overrides(cfg.model, cfg.parallel))
-    from dvr1.config import mrope_after_video
-
-    policy.info.mrope_after_video = mrope_after_video(cfg)  # the positions the rollout engine samples with
+    policy.info.mrope_rule = cfg.model.mrope_rule  # every prompt builder of this policy uses it
     per_stage = n_layers // pinfo.pp_size
     load_hf_weights(policy, hf_path, pinfo.tp_rank, pinfo.tp_size, layer_offset=pinfo.pp_rank * per_stage)
     if not trainable:

@@ -65,7 +65,7 @@ class ChainInputs:
         text = multiturn_prompt(turns, k, num_video_tokens(grid[0], self.info.merge_size))
         ids = torch.tensor(self.tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
         pos = get_rope_index(ids.view(1, -1), self.info.video_token_id, grid, [spg], self.info.merge_size,
-                             self.info.tokens_per_second, self.info.mrope_after_video)[:, 0]
+                             self.info.tokens_per_second, self.info.mrope_rule)[:, 0]
         req = RolloutRequest(prompt_ids=ids, position_ids=pos, video_embeds=embeds, video_grid_thw=grid,
                              second_per_grid=spg)
         return Prepared(record, text, req, grid, spg, self.info.video_token_id)

@@ -38,9 +38,9 @@ def test_vllm_after_sync_equals_trainer(tmp_path, ckpt, nproc, tp, pp):
         diff = max(abs(a - float(b)) for i, x in enumerate(r["vllm_logp"]) for a, b in zip(x, r["trainer_logp"][i]))
         print(f"max |vLLM - trainer| sampled-token log-prob ({tp=}, {pp=}): {diff:.2e}")
         assert diff < 1e-4
-        # prompt log-probs: the video tokens' temporal positions come from second_per_grid_ts = 0.75 s (vLLM's
-        # default of 1 s gives others), and the text after the video resumes at max + 1 in both (the "qwen" rule;
-        # under transformers 5.19's rule it would start 2 positions earlier)
+        # prompt log-probs: the video tokens' temporal positions come from second_per_grid_ts = 0.7 s, sent as
+        # float64 (vLLM's default of 1 s, or a float32 0.7 s, gives others), and the text after the video resumes at
+        # max + 1 in both (the default "qwen" rule; transformers 5.19's rule would start it 5 positions earlier)
         assert r["rule"] == "qwen"
         prompt = torch.tensor(r["vllm_prompt_logp"]) - r["trainer_prompt_logp"]
         assert prompt.abs().max() < 1e-4

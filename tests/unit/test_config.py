@@ -136,14 +136,16 @@ def test_vllm_engine_sizes():
                             "ranks)")
 
 
-def test_mrope_rule_follows_the_rollout_engine():
-    """model.mrope_after_video=auto: the trainer uses the positions the rollout engine samples with."""
-    from dvr1.config import mrope_after_video
-
-    assert mrope_after_video(load_config(None)) == "transformers"
-    assert mrope_after_video(load_config(None, ["rollout.engine=vllm"])) == "qwen"
-    assert mrope_after_video(load_config(None, ["rollout.engine=vllm", "model.mrope_after_video=transformers"])) \
-        == "transformers"
+def test_mrope_rule_is_one_for_both_engines():
+    """model.mrope_rule: Qwen2.5-VL's original rule by default whatever the engine (the native sampler and vLLM use
+    the same positions); transformers 5.19's rule only by name, and never with vLLM (which cannot sample with it)."""
+    assert load_config(None).model.mrope_rule == "qwen"
+    assert load_config(None, ["rollout.engine=vllm"]).model.mrope_rule == "qwen"
+    assert load_config(None, ["model.mrope_rule=transformers5"]).model.mrope_rule == "transformers5"
     with pytest.raises(ConfigError) as e:
-        load_config(None, ["model.mrope_after_video=max"])
-    assert str(e.value) == "model.mrope_after_video='max': must be one of auto, transformers, qwen"
+        load_config(None, ["rollout.engine=vllm", "model.mrope_rule=transformers5"])
+    assert str(e.value) == ("model.mrope_rule='transformers5': rollout.engine=vllm samples with Qwen2.5-VL's "
+                            "original rule (vLLM's own mrope), so it needs model.mrope_rule=qwen")
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["model.mrope_rule=auto"])
+    assert str(e.value) == "model.mrope_rule='auto': must be one of qwen, transformers5"

@@ -1,8 +1,10 @@
 """The megatron-core policy against Hugging Face's Qwen2_5_VLForConditionalGeneration on tiny checkpoints.
 
-Real numbers only: logits equal (fp32, <= 1e-4) on the same video + text input; the KV-cache decode equals the full
-forward; mrope positions equal transformers' get_rope_index; HF -> megatron -> HF is bit-identical; the native
-rollout's log-probs equal the trainer's recomputation on the same sequences (same positions, same mask).
+Real numbers only: logits equal (fp32, <= 1e-4) on the same video + text input -- with transformers' own positions
+where the two mrope rules agree, and with Qwen2.5-VL's original positions (tests/unit/test_rope.py's plain reference)
+passed to HF's model where they do not; the KV-cache decode equals the full forward; the transformers5 rule equals
+transformers' get_rope_index; HF -> megatron -> HF is bit-identical; the native rollout's log-probs equal the
+trainer's recomputation on the same sequences (same positions, same mask).
 """
 
 import numpy as np
@@ -71,7 +73,9 @@ def test_logits_equal_hugging_face(checkpoints, variant):
     ids = _ids(cfg, grid)
     spg = torch.tensor([0.5])
     pos = get_rope_index(ids, cfg.video_token_id, grid, spg, cfg.vision_config.spatial_merge_size,
-                         cfg.vision_config.tokens_per_second)
+                         cfg.vision_config.tokens_per_second)  # the default, Qwen2.5-VL's original rule
+    # HF's model computes transformers 5.19's positions itself: compare only where the two rules agree
+    assert torch.equal(pos, get_rope_index(ids, cfg.video_token_id, grid, spg, 2, 2, "transformers5"))
     mm = (ids == cfg.video_token_id).int() * 2
     with torch.no_grad():
         ref = hf(input_ids=ids, pixel_values_videos=pv, video_grid_thw=grid, second_per_grid_ts=spg,
@@ -82,6 +86,8 @@ def test_logits_equal_hugging_face(checkpoints, variant):
 
 
 def test_rope_index_equals_hugging_face(checkpoints):
+    """The transformers5 rule is transformers 5.19's get_rope_index; the default (qwen) rule equals it exactly where
+    the video's temporal positions stay within its spatial extent (the first case), and not otherwise."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     path = checkpoints["tied_gqa2"]
@@ -90,26 +96,62 @@ def test_rope_index_equals_hugging_face(checkpoints):
     for i, (frames, h, w, spg) in enumerate([(4, 56, 56, 0.25), (8, 112, 84, 1.0), (6, 84, 112, 2.0)]):
         _, grid = _video_inputs(i, frames, h, w)
         ids = _ids(cfg, grid, seed=i, pre=3 + i, post=5)
-        pos = get_rope_index(ids, cfg.video_token_id, grid, [spg], 2, cfg.vision_config.tokens_per_second)
+        tps = cfg.vision_config.tokens_per_second
+        pos = get_rope_index(ids, cfg.video_token_id, grid, [spg], 2, tps, "transformers5")
         ref, _ = hf.model.get_rope_index(ids, (ids == cfg.video_token_id).int() * 2, None, grid, torch.tensor([spg]))
         assert torch.equal(pos, ref), (frames, h, w, spg)
+        assert torch.equal(get_rope_index(ids, cfg.video_token_id, grid, [spg], 2, tps), ref) == (i == 0)
+
+
+def test_logits_under_the_original_rule_equal_hugging_face_given_those_positions(checkpoints):
+    """Where the rules disagree (8 frames at 1 s per grid step: temporal 0, 2, 4, 6 past the spatial 0..3), the
+    policy with its default positions equals HF's network fed Qwen2.5-VL's original positions from the independent
+    plain implementation (tests/unit/test_rope.py) -- and differs from HF with HF's own (transformers 5.19) ones."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from tests.unit.test_rope import reference_qwen
+
+    path = checkpoints["untied_gqa1"]  # mrope_section [8, 4, 4]: the temporal section is the widest
+    cfg = load_hf_config(path)
+    policy = Qwen25VLPolicy(cfg)
+    load_hf_weights(policy, path)
+    policy.eval()
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
+    pv, grid = _video_inputs(1, 8, 112, 84)
+    ids = _ids(cfg, grid, seed=1, pre=4, post=9)
+    ref_pos = torch.tensor(reference_qwen(ids[0].tolist(), [tuple(grid[0].tolist())], [1.0], 2,
+                                          cfg.video_token_id)).view(3, 1, -1)
+    pos = get_rope_index(ids, cfg.video_token_id, grid, [1.0], 2, 2)
+    assert torch.equal(pos, ref_pos)
+    mm = (ids == cfg.video_token_id).int() * 2
+    with torch.no_grad():
+        out = policy(ids, pos, pixel_values_videos=pv, video_grid_thw=grid)
+        ref = hf(input_ids=ids, pixel_values_videos=pv, video_grid_thw=grid, position_ids=ref_pos,
+                 mm_token_type_ids=mm).logits
+        own = hf(input_ids=ids, pixel_values_videos=pv, video_grid_thw=grid, second_per_grid_ts=torch.tensor([1.0]),
+                 mm_token_type_ids=mm).logits
+    assert torch.allclose(out, ref, atol=1e-4, rtol=0), (out - ref).abs().max()
+    n_video = int(mm.bool().sum()) + 5  # prompt up to and including the video (and <|vision_end|>) agrees
+    assert torch.allclose(out[:, :n_video], own[:, :n_video], atol=1e-4, rtol=0)
+    assert (out[:, n_video + 1:] - own[:, n_video + 1:]).abs().max() > 1e-3
 
 
 def test_rope_index_qwen_rule_resumes_after_the_largest_position():
-    """after_video="qwen" (Qwen2.5-VL's original code, vLLM): text after the video starts at max + 1; equal to the
-    transformers rule (start + max(H, W)/merge) while the temporal positions stay within the spatial extent."""
+    """rule="qwen" (Qwen2.5-VL's original code, vLLM): text after the video starts at max + 1; equal to the
+    transformers5 rule (start + max(H, W)/merge) while the temporal positions stay within the spatial extent."""
     ids = torch.tensor([[9, 9] + [6] * 24 + [9, 9, 9]])  # grid (4, 4, 6): 4 steps x (2 x 3) merged = 24 tokens
     grid = torch.tensor([[4, 4, 6]])
     # 0.25 s/step at 2 tokens/s: temporal 0, 0, 1, 1 -> max position 2 + 2 = 4 (width): both resume at 5
     # 0.75 s/step: temporal 0, 1, 3, 4 -> max position 6: qwen resumes at 7, transformers at 2 + 6/2 = 5
     for spg, resume_tf, resume_qwen in ((0.25, 5, 5), (0.75, 5, 7)):
-        tf = get_rope_index(ids, 6, grid, [spg], 2, 2, "transformers")[:, 0]
+        tf = get_rope_index(ids, 6, grid, [spg], 2, 2, "transformers5")[:, 0]
         qw = get_rope_index(ids, 6, grid, [spg], 2, 2, "qwen")[:, 0]
         assert torch.equal(tf[:, :26], qw[:, :26])  # identical up to the end of the video
         assert tf[:, 26:].tolist() == [[resume_tf, resume_tf + 1, resume_tf + 2]] * 3
         assert qw[:, 26:].tolist() == [[resume_qwen, resume_qwen + 1, resume_qwen + 2]] * 3
         assert int(qw[:, 2:26].max()) + 1 == resume_qwen
-    with pytest.raises(ValueError, match="after_video='vllm': must be 'transformers' or 'qwen'"):
+    assert torch.equal(get_rope_index(ids, 6, grid, [0.75], 2, 2), get_rope_index(ids, 6, grid, [0.75], 2, 2, "qwen"))
+    with pytest.raises(ValueError, match="mrope rule 'vllm': must be one of qwen, transformers5"):
         get_rope_index(ids, 6, grid, [1.0], 2, 2, "vllm")
 
 

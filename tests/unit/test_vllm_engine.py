@@ -13,7 +13,7 @@ from dvr1.rollout.vllm import VLLMRolloutEngine, request_seed
 
 def _engine(video_token_id=6):
     e = object.__new__(VLLMRolloutEngine)  # the helpers below read only these attributes
-    e.video_token_id, e.on_gpu = video_token_id, False
+    e.video_token_id, e.on_gpu, e.merge_size, e.tokens_per_second = video_token_id, False, 2, 2
     return e
 
 
@@ -26,6 +26,8 @@ def test_prompt_video_run_collapsed_to_one_token():
     assert _engine()._prompt_ids(r, None) == ids.tolist()  # text-only: unchanged
     mm = VLLMRolloutEngine._mm(r, emb)["multi_modal_data"]["video"]
     assert mm["video_grid_thw"].tolist() == [[1, 4, 4]] and mm["second_per_grid_ts"].tolist() == [0.5]
+    # float64: vLLM multiplies it in float64; a float32 0.7 s would put grid step 5 at 6 instead of 7 (rope.py)
+    assert mm["second_per_grid_ts"].dtype == torch.float64
     with pytest.raises(ValueError) as e:
         _engine()._prompt_ids(r, torch.zeros(5, 8))
     assert str(e.value) == "vllm rollout: expected one run of 5 video tokens (id 6) in the prompt, found 4"
@@ -34,21 +36,29 @@ def test_prompt_video_run_collapsed_to_one_token():
         _engine()._prompt_ids(split, torch.zeros(4, 8))
 
 
-def test_position_convention_warning(caplog):
-    """Warn (once) when the trainer's text-after-video position differs from vLLM's max + 1."""
+def test_requests_must_carry_vllms_positions():
+    """vLLM computes Qwen2.5-VL's original positions itself: a request built under another rule (or with another
+    seconds per grid step) is refused before sampling, naming the first token where the positions differ."""
     from dvr1.models.rope import get_rope_index
 
     ids = torch.tensor([1] + [6] * 8 + [2, 3])  # 8 video tokens, then text
     # grid (2, 4, 4), 0.5 s/step: temporal 0, 1, spatial 2 x 2 -> both rules resume at 1 + 2 = 3
-    # grid (4, 4, 2), 2 s/step: temporal 0, 4, 8, 12, spatial 2 x 1 -> trainer 1 + 2 = 3, vLLM 1 + 12 + 1 = 14
-    for grid, spg, expected in (([2, 4, 4], 0.5, ""), ([4, 4, 2], 2.0, "position 3 in the trainer (transformers "
-                                                                         "5.19) but 14 in vLLM")):
-        caplog.clear()
-        pos = get_rope_index(ids.view(1, -1), 6, torch.tensor([grid]), [spg], 2, 2)[:, 0]
+    # grid (4, 4, 2), 2 s/step: temporal 0, 4, 8, 12, spatial 2 x 1 -> transformers5 1 + 2 = 3, vLLM 1 + 12 + 1 = 14
+    for grid, spg, rule, error in (([2, 4, 4], 0.5, "transformers5", None), ([4, 4, 2], 2.0, "qwen", None),
+                                   ([4, 4, 2], 2.0, "transformers5", "at token 9 is [3, 3, 3], vLLM's (Qwen2.5-VL's "
+                                    "original rule, model.mrope_rule=qwen) is [14, 14, 14]")):
+        pos = get_rope_index(ids.view(1, -1), 6, torch.tensor([grid]), [spg], 2, 2, rule)[:, 0]
         r = RolloutRequest(ids, pos, video_grid_thw=torch.tensor([grid]), second_per_grid=spg)
-        with caplog.at_level("WARNING", logger="dvr1.rollout.vllm"):
+        if error is None:
             _engine()._check_positions(r)
-        assert (expected in caplog.text) and (bool(caplog.text) == bool(expected))
+        else:
+            with pytest.raises(ValueError) as e:
+                _engine()._check_positions(r)
+            assert str(e.value) == "vllm rollout: the request's mrope position " + error
+    pos = get_rope_index(ids.view(1, -1), 6, torch.tensor([[4, 4, 2]]), [2.0], 2, 2)[:, 0]
+    with pytest.raises(ValueError, match="at token 3 is"):  # the video's own spacing: 1 s/step differs at step 1
+        _engine()._check_positions(RolloutRequest(ids, pos, video_grid_thw=torch.tensor([[4, 4, 2]]),
+                                                  second_per_grid=1.0))
 
 
 def test_request_seeds_differ_per_call_and_request_and_are_reproducible():

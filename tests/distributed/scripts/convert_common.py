@@ -54,6 +54,8 @@ def model_inputs(hf_cfg, seed: int = 0, pre: int = 7, post: int = 15):
     spg = torch.tensor([0.5])
     pos = get_rope_index(ids, hf_cfg.video_token_id, grid, spg, hf_cfg.vision_config.spatial_merge_size,
                          hf_cfg.vision_config.tokens_per_second)
+    # hf_logits lets HF's model compute its own (transformers 5.19) positions: an input where both rules agree
+    assert torch.equal(pos, get_rope_index(ids, hf_cfg.video_token_id, grid, spg, 2, 2, "transformers5"))
     return dict(ids=ids, pos=pos, pv=pv, grid=grid, spg=spg)
 
 

@@ -13,11 +13,13 @@ import sys
 
 import torch
 
+SPG = 0.7  # seconds per grid step of the test prompts (see below)
+
 
 def main(ckpt, out, tp, pp):
     import torch.distributed as dist
 
-    from dvr1.config import load_config, mrope_after_video
+    from dvr1.config import load_config
     from dvr1.data.processing import normalize_frames, num_video_tokens, patchify
     from dvr1.models.qwen2_5_vl import load_hf_config
     from dvr1.models.rope import get_rope_index
@@ -41,20 +43,20 @@ def main(ckpt, out, tp, pp):
 
     g = torch.Generator().manual_seed(0)
     prepared = []
-    # 8 frames of 56x84 -> grid (4, 4, 6), 0.75 s per grid step: temporal positions 0, 1, 3, 4 (vLLM's default of
-    # 1 s would give 0, 2, 4, 6), spatial 2 x 3, so the text after the video resumes at +5 under the "qwen" rule that
-    # model.mrope_after_video=auto picks with rollout.engine=vllm (+3 under transformers 5.19's rule)
-    rule = mrope_after_video(cfg)
+    # 12 frames of 56x84 -> grid (6, 4, 6), 0.7 s per grid step: temporal positions 0, 1, 2, 4, 5, 7 (vLLM's default
+    # of 1 s would give 0, 2, ..., 10; a float32 0.7 s reaching vLLM's float64 product gives 6 at step 5), spatial
+    # 2 x 3, so the text after the video resumes at +8 under the default "qwen" rule (+3 under transformers 5.19's)
+    rule = cfg.model.mrope_rule
     for b in range(3):
-        frames = torch.randint(0, 256, (8, 56, 84, 3), generator=g, dtype=torch.uint8)
+        frames = torch.randint(0, 256, (12, 56, 84, 3), generator=g, dtype=torch.uint8)
         pv, grid = patchify(normalize_frames(frames))
         grid = grid.view(1, 3)
         prompt = chat_prompt(f"question {b}? describe the motion", num_video_tokens(grid[0]))
         ids = torch.tensor(tok(prompt)["input_ids"])
-        pos = get_rope_index(ids.view(1, -1), hf_cfg.video_token_id, grid, [0.75], 2, 2, rule)[:, 0]
+        pos = get_rope_index(ids.view(1, -1), hf_cfg.video_token_id, grid, [SPG], 2, 2, rule)[:, 0]
         embeds = policy.encode_video(pv, grid) if policy.visual is not None else None
-        prepared.append(Prepared(None, "", RolloutRequest(ids, pos, embeds, video_grid_thw=grid, second_per_grid=0.75),
-                                 grid, 0.75, hf_cfg.video_token_id))
+        prepared.append(Prepared(None, "", RolloutRequest(ids, pos, embeds, video_grid_thw=grid, second_per_grid=SPG),
+                                 grid, SPG, hf_cfg.video_token_id))
     engine = job.rollout_engine(cfg, policy, ckpt)
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=12, stop_token_ids=(eos,))
     before = engine.generate([p.request for p in prepared], greedy)
@@ -91,11 +93,11 @@ def main(ckpt, out, tp, pp):
     ids = r.prompt_ids.tolist()
     result["vllm_prompt_logp"] = [d[t].logprob for d, t in zip(o.prompt_logprobs[1:], ids[1:])]
     p0 = prepared[0]
-    other = "transformers" if rule == "qwen" else "qwen"  # the other rule: its log-probs must NOT match vLLM's
-    pos_other = get_rope_index(r.prompt_ids.view(1, -1), hf_cfg.video_token_id, p0.video_grid_thw, [0.75], 2, 2,
+    other = "transformers5" if rule == "qwen" else "qwen"  # the other rule: its log-probs must NOT match vLLM's
+    pos_other = get_rope_index(r.prompt_ids.view(1, -1), hf_cfg.video_token_id, p0.video_grid_thw, [SPG], 2, 2,
                                other)[:, 0]
-    p_other = Prepared(None, "", RolloutRequest(r.prompt_ids, pos_other, r.video_embeds, p0.video_grid_thw, 0.75),
-                       p0.video_grid_thw, 0.75, hf_cfg.video_token_id)
+    p_other = Prepared(None, "", RolloutRequest(r.prompt_ids, pos_other, r.video_embeds, p0.video_grid_thw, SPG),
+                       p0.video_grid_thw, SPG, hf_cfg.video_token_id)
     for key, p in (("trainer_prompt_logp", p0), ("trainer_prompt_logp_other_rule", p_other)):
         whole = build_batch([(p, ids[-1:])], pad)  # the prompt's tokens are targets of the shifted logits
         whole.resp_index = torch.arange(len(ids) - 1).view(1, -1)
