@@ -101,6 +101,9 @@ class RolloutConfig:
     enable_sleep_mode: bool = True
     cpu_kv_cache_gb: int = 1
     max_model_len: int = 0
+    # move the trainer's grads and optimizer state (and, with engine=vllm, its trainable weights) to host memory
+    # while the engine generates; back before the update, bit-exact (dvr1/train/offload.py)
+    offload_trainer_state: bool = False
 
 
 @dataclass

@@ -53,6 +53,7 @@ import torch.distributed as dist
 
 from dvr1.parallel import grid
 from dvr1.train import faults
+from dvr1.train.offload import is_offloaded, onload
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +315,13 @@ def _remove(path: Path) -> None:
     shutil.rmtree(doomed)
 
 
+def _onload_first(optimizer, what: str) -> None:
+    """Bring offloaded trainer state back before a save reads it or a load writes into it."""
+    if optimizer is not None and is_offloaded(optimizer):
+        logger.info("checkpoint %s: trainer state is offloaded; bringing it back first", what)
+        onload(optimizer)
+
+
 def save_checkpoint(
     run_dir: Union[str, Path],
     step: int,
@@ -336,6 +344,9 @@ def save_checkpoint(
 
     Returns the final directory. Raises ValueError for ``step < 0``, ``keep_last < 1`` or an ``extra_state`` that
     does not load back with ``weights_only=True`` (nothing becomes ``latest`` then).
+
+    Trainer state offloaded by ``dvr1.train.offload`` (``rollout.offload_trainer_state``) is brought back first and
+    stays on the device (the next ``offload`` releases it again).
     """
     from megatron.core import dist_checkpointing
 
@@ -354,6 +365,7 @@ def save_checkpoint(
     _barrier()
     faults.point("ckpt.begin")
 
+    _onload_first(optimizer, "save")
     chunks = _chunks(model_chunks)
     # A never-stepped Adam has no state to save (megatron-core cannot round-trip step 0: optimizer.py:1033 drops a
     # zero common step); it is recorded as "fresh" and re-created empty on load, which is what it was.
@@ -477,7 +489,10 @@ def load_checkpoint(
 
     Raises CheckpointError, its message naming the file: ``step`` given and ``ckpt/step_{step}`` missing,
     incomplete or unreadable; or ``step`` None and no checkpoint left to fall back to.
+
+    Offloaded trainer state (``dvr1.train.offload``) is brought back first, as for :func:`save_checkpoint`.
     """
+    _onload_first(optimizer, "load")
     chunks = _chunks(model_chunks)
     if step is not None:
         return _load_step(run_dir, step, chunks, optimizer, scheduler, restore_rng)

@@ -17,6 +17,10 @@ One `RLTrainer.step()`:
      the batch's normalisers);
   6. the §5 metrics; the loss metrics are those of the (last) training pass.
 
+With rollout.offload_trainer_state the grads and optimizer state (and under vLLM the trainable weights) are released
+to host memory (`dvr1.train.offload`) from the end of one update, through the refit and the rollout phase, to the
+next step's old-policy log-probs.
+
 Sections cite docs/ALGORITHMS.md.
 """
 
@@ -42,6 +46,7 @@ from dvr1.rl.rewards import overlong_penalty, score_response
 from dvr1.rl.temporal import shuffled_group_size, temporal_bonus
 from dvr1.rollout.base import SamplingParams
 from dvr1.train.inputs import PromptTooLong, build_batch, prepare_or_skip, token_logprobs
+from dvr1.train.offload import offload, onload
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +297,9 @@ class RLTrainer:
         cfg, t = self.cfg, {}
         G = cfg.rollout.group_size
         self.rollouts = {}
+        offloading = cfg.rollout.offload_trainer_state  # grads + optimizer (+ weights under vLLM) off during rollout
+        if offloading:
+            t["offload"] = offload(self.model, self.optimizer, weights=cfg.rollout.engine == "vllm")
 
         t0 = time.perf_counter()
         if cfg.rl.dynamic_sampling:  # the draws happen round by round, inside the rollout phase
@@ -313,6 +321,8 @@ class RLTrainer:
             groups = self.merge_augmented(groups, aug_groups)
         t["rollout"] = time.perf_counter() - t0
         self.engine.sleep()  # vLLM on GPUs frees its memory while the trainer runs (no-op otherwise)
+        if offloading:
+            t["onload"] = onload(self.optimizer)
 
         rewards = torch.stack([g.rewards for g in groups])  # [B', G]
         stats = algo_advantages(cfg.algo, rewards)
@@ -354,6 +364,8 @@ class RLTrainer:
             ok, grad_norm, _ = self.optimizer.step()
             self.scheduler.step(1)
         t["train"] = time.perf_counter() - t0
+        if offloading:  # grads and optimizer state are not needed until the next update: off before vLLM wakes
+            t["offload"] += offload(self.model, self.optimizer)
         if on_policy and res is not None:
             entropy = res.entropy
         t["weight_sync"] = self.engine.sync_weights(self.model)
