@@ -233,7 +233,7 @@ def rl_trainer(tiny_gpt, offloading):
     t.history = RewardHistory(t.cfg.da_aug.window)
     t.controller = DifficultyController(t.cfg.da_aug, t.history)
     t.noise_gen, t.shuffle_gen = torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)
-    t.rollouts, t.steps_done = {}, 0
+    t.rollouts, t.steps_done, t.mixed_types = {}, 0, False
     return t
 
 
