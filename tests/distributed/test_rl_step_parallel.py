@@ -1,6 +1,6 @@
-"""A full Reg-GRPO step of the Qwen2.5-VL policy at TP=2 and at PP=2 equals TP=1/PP=1 (torchrun, gloo, CPU):
-per-token log-probs, the loss, every parameter's gradient (gathered and mapped to HF names), and the rollout
-(greedy and sampled tokens, pipelined decode at PP=2)."""
+"""A full Reg-GRPO step of the Qwen2.5-VL policy at TP=2, at TP=2 with sequence parallel and at PP=2 equals
+TP=1/PP=1 (torchrun, gloo, CPU): per-token log-probs, the loss, every parameter's gradient (gathered and mapped to
+HF names), and the rollout (greedy and sampled tokens, pipelined decode at PP=2)."""
 
 import pytest
 import torch
@@ -19,15 +19,17 @@ def ckpt(tmp_path_factory):
                                 seed=1, vocab_size=320)
 
 
-def _run(tmp_path, ckpt, nproc, tp, pp, fused=False):
-    out = tmp_path / f"tp{tp}pp{pp}{'fused' if fused else ''}"
+def _run(tmp_path, ckpt, nproc, tp, pp, fused=False, flags=""):
+    """`flags`: the script's FLAGS (comma-separated, see rl_step_parallel.py); `fused` adds "fused"."""
+    flags = ",".join(f for f in (["fused"] if fused else []) + flags.split(",") if f)
+    out = tmp_path / f"tp{tp}pp{pp}{flags.replace(',', '_')}"
     out.mkdir()
-    run_torchrun(SCRIPT, ckpt, out, tp, pp, *(["fused"] if fused else []), nproc=nproc, timeout=400)
+    run_torchrun(SCRIPT, ckpt, out, tp, pp, *([flags] if flags else []), nproc=nproc, timeout=400)
     stages = [torch.load(out / f"pp{i}.pt") for i in range(pp)]
     merged = {"grads": {}}
     for s in stages:
         merged["grads"].update(s["grads"])
-        for k in ("logp", "loss"):
+        for k in ("logp", "loss", "logp_train", "seq_len", "other"):
             if k in s:
                 merged[k] = s[k]
         merged["greedy"], merged["sampled"] = s["greedy"], s["sampled"]
@@ -63,6 +65,26 @@ def test_rl_step_equals_single_process(tmp_path, ckpt, reference, tp, pp, fused)
     assert got["greedy"] == reference["greedy"]
     assert got["sampled"] == reference["sampled"]
     assert not got["output_grad_in_main_grad"]  # a tied head keeps the ordinary gradient path
+
+
+def test_rl_step_sequence_parallel_equals_single_process(tmp_path, ckpt, reference):
+    """TP=2 with parallel.sequence_parallel=true (local spec, megatron_patches.sequence_parallel_norm; video merged
+    before the SP scatter) equals TP=1 through both log-prob paths in one launch: the logits path, then fused.
+    The norms' gradients only match because finalize_model_grads sums them over TP (each rank saw half the
+    tokens); the batch's odd length exercises the padding to a multiple of TP. The rollout runs with SP off."""
+    got = _run(tmp_path, ckpt, 2, 2, 1, flags="sp,both")
+    assert got["seq_len"] % 2 == 1  # padded to 2 inside the policy
+    _close(got["logp"], reference["logp"], "logp (no-grad pass)")
+    norms = [k for k in reference["grads"] if "layernorm" in k or k == "model.norm.weight"]
+    assert norms and all(float(reference["grads"][k].abs().sum()) > 0 for k in norms)
+    for path, res in (("logits", got), ("fused", got["other"])):
+        _close(res["logp_train"], reference["logp_train"], f"{path}: logp")
+        _close(res["loss"], reference["loss"], f"{path}: loss")
+        assert set(res["grads"]) == set(reference["grads"])
+        for k, g in reference["grads"].items():
+            _close(res["grads"][k], g, f"{path}: {k}")
+    assert got["greedy"] == reference["greedy"]
+    assert got["sampled"] == reference["sampled"]
 
 
 @pytest.fixture(scope="module")
