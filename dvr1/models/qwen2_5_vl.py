@@ -258,6 +258,8 @@ class Qwen25VLPolicy(torch.nn.Module):
             from megatron.core import tensor_parallel
 
             emb = tensor_parallel.scatter_to_sequence_parallel_region(emb)
+            if self.config.clone_scatter_output_in_embedding:  # the shard is a view: free the whole (as megatron)
+                emb = emb.clone()
         return emb
 
     # ---- sequence parallel ---------------------------------------------------------------------------------------
