@@ -96,11 +96,13 @@ def untied(tmp_path_factory):
     return path, _run(tmp_path_factory.mktemp("ref_untied"), path, 1, 1, 1)
 
 
-def test_fused_untied_output_layer_grads_go_to_main_grad(tmp_path, untied):
+@pytest.mark.parametrize("flags", ["", "sp"])
+def test_fused_untied_output_layer_grads_go_to_main_grad(tmp_path, untied, flags):
     """Untied output layer under megatron DDP at TP=2: the fused backward adds its weight gradient straight into
-    main_grad (dvr1.parallel.logprobs.accumulates_into_main_grad); every gradient still equals the reference."""
+    main_grad (dvr1.parallel.logprobs.accumulates_into_main_grad); every gradient still equals the reference.
+    "sp": the same with sequence parallel on (the 7B/72B examples' setting: untied, fused, SP)."""
     path, ref = untied
-    got = _run(tmp_path, path, 2, 2, 1, True)
+    got = _run(tmp_path, path, 2, 2, 1, True, flags=flags)
     assert got["output_grad_in_main_grad"] and not ref["output_grad_in_main_grad"]  # fused path vs logits path
     _close(got["loss"], ref["loss"], "loss")
     assert "lm_head.weight" in ref["grads"] and float(ref["grads"]["lm_head.weight"].abs().sum()) > 0
