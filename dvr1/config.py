@@ -83,7 +83,7 @@ class ParallelConfig:
     tp: int = 1
     pp: int = 1
     seed: int = 1234
-    sequence_parallel: bool = False  # needs tp > 1 (and the TE spec: megatron's local norm cannot shard)
+    sequence_parallel: bool = False  # needs tp > 1 (local spec: megatron_patches.sequence_parallel_norm)
     distributed_optimizer: bool = False  # ZeRO-1 over DP (megatron-core DistributedOptimizer)
 
 

@@ -14,6 +14,7 @@ Modules (``NAME``):
     dist_checkpointing   dist_checkpointing/strategies/filesystem_async.py synchronize, state_dict_saver.py flags
     inference_kv_cache   transformer/attention.py static KV-cache allocation
     tied_embeddings      language_module.py: tied embedding copy across PP stages (.cuda() before all-reduce)
+    sequence_parallel_norm  transformer/torch_norm.py: the local norm under sequence parallel (no TE/apex)
     tensor_type_alias    (opt-in) Tensor.type() CUDA spelling inside the bf16 / DistributedOptimizer constructors
 """
 
@@ -31,6 +32,7 @@ from megatron_patches import (
     optimizer,
     pipeline_schedules,
     rng_tracker,
+    sequence_parallel_norm,
     tied_embeddings,
 )
 from megatron_patches import tensor_type_alias as type_alias_patch
@@ -47,6 +49,7 @@ DEFAULT_PATCHES = (
     dist_checkpointing,
     inference_kv_cache,
     tied_embeddings,
+    sequence_parallel_norm,
 )
 
 TENSOR_TYPE_ALIAS_ENV = "DVR1_MEGATRON_TENSOR_TYPE_ALIAS"

@@ -6,7 +6,11 @@ Upstream call sites (no config flag avoids them), each gets ``torch.device("cpu"
   gather/scatter buffers in that module (:90-:160);
 - ``models/common/embeddings/rotary_pos_embedding.py:162`` (``RotaryEmbedding.get_emb`` moves ``inv_freq``);
 - ``utils.py:631`` (``GlobalMemoryBuffer.get_tensor``, used by ``transformer/dot_product_attention.py:189``);
-- ``distributed/param_and_grad_buffer.py:783-806`` (the DDP grad/param buffers).
+- ``distributed/param_and_grad_buffer.py:783-806`` (the DDP grad/param buffers);
+- ``tensor_parallel/layers.py:552`` (``LinearWithGradAccumulationAndAsyncCommunication.backward``: the
+  reduce-scatter buffer of a column-parallel layer's input gradient under sequence parallel; the module's other
+  ``current_device()`` calls are GPU-only paths: weight allocation without ``use_cpu_initialization``, apex's
+  gradient-accumulation fusion).
 
 Patched per module: the module's ``torch`` becomes a :class:`megatron_patches._torch_view.TorchView` whose
 ``cuda.current_device`` returns the CPU device; nothing else in torch changes.
@@ -21,6 +25,7 @@ _MODULES = (
     "megatron.core.models.common.embeddings.rotary_pos_embedding",
     "megatron.core.utils",
     "megatron.core.distributed.param_and_grad_buffer",
+    "megatron.core.tensor_parallel.layers",
 )
 
 

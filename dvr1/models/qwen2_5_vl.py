@@ -15,6 +15,7 @@ Shapes: `input_ids` `[batch, seq]` int64; `position_ids` `[3, batch, seq]` int64
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -162,11 +163,10 @@ class Qwen25VLPolicy(torch.nn.Module):
         self.info = vl_info(hf_config)
         self.shape = lm_shape(hf_config)
         self.config = transformer_config(hf_config, tp, pp, params_dtype, **config_overrides)
-        if self.config.sequence_parallel and pre_process:
-            # megatron's embedding reduce-scatters along the sequence before we could place the video features
-            # (LLaVA turns that off and scatters after merging); not built here yet, and untestable on CPU
-            raise NotImplementedError("parallel.sequence_parallel=true is not supported with video inputs yet: the "
-                                      "video features must be merged before the sequence-parallel scatter")
+        if self.config.sequence_parallel and spec == "local":
+            from megatron_patches import sequence_parallel_norm
+
+            sequence_parallel_norm.apply()  # the local norm asserts under SP without it (torch_norm.py:32)
         self.spec = spec
         self.pre_process, self.post_process = pre_process, post_process
         self.visual = None
@@ -187,6 +187,8 @@ class Qwen25VLPolicy(torch.nn.Module):
             share_embeddings_and_output_weights=self.shape.tie_word_embeddings,
             position_embedding_type="mrope",
             rotary_base=int(t.rope_parameters["rope_theta"]),
+            # under SP the video features are merged first, then `embed` scatters (LLaVA: llava_model.py:222, 748)
+            scatter_embedding_sequence_parallel=False,
         )
         self.model_type = self.lm.model_type  # megatron schedules read it
 
@@ -230,11 +232,17 @@ class Qwen25VLPolicy(torch.nn.Module):
 
     def embed(self, input_ids: torch.Tensor, video_embeds: torch.Tensor | None,
               video_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Token embeddings with video features scattered into the video positions. -> `[seq, batch, h]`.
+        """Token embeddings with video features scattered into the video positions. -> `[seq, batch, h]`, or
+        under sequence parallel this rank's sequence shard `[seq/tp, batch, h]` (`seq` must then be a multiple of
+        TP: `forward` pads to `padded_seq_len`).
 
         `video_mask` bool `[batch, seq]` marks the positions that take `video_embeds` (default: every
         `<|video_pad|>` token; pass it explicitly when responses are appended, since a sampled response may
         itself contain that token id, which then stays an ordinary embedding).
+
+        Under SP the order is megatron LLaVA's (``models/multimodal/llava_model.py:222, 747-750``): the embedding
+        without its SP scatter (``scatter_embedding_sequence_parallel=False``), the merge over the whole sequence,
+        then ``tensor_parallel.scatter_to_sequence_parallel_region`` (backward: all-gather along the sequence).
         """
         emb = self.lm.embedding(input_ids=input_ids, position_ids=None)  # [s, b, h] (TP all-reduced)
         if video_embeds is not None:
@@ -246,7 +254,60 @@ class Qwen25VLPolicy(torch.nn.Module):
             # scatter in [b, s, h] order: video_embeds are in batch-row order (row 0's tokens first)
             emb = emb.transpose(0, 1).masked_scatter(video_mask.unsqueeze(-1), video_embeds.to(emb.dtype))
             emb = emb.transpose(0, 1).contiguous()
+        if self.config.sequence_parallel:
+            from megatron.core import tensor_parallel
+
+            emb = tensor_parallel.scatter_to_sequence_parallel_region(emb)
+            if self.config.clone_scatter_output_in_embedding:  # the shard is a view: free the whole (as megatron)
+                emb = emb.clone()
         return emb
+
+    # ---- sequence parallel ---------------------------------------------------------------------------------------
+    def padded_seq_len(self, seq: int) -> int:
+        """The length a forward of `seq` tokens runs at: under SP the next multiple of TP (megatron splits the
+        sequence evenly, ``tensor_parallel/mappings.py:68-70`` asserts it), else `seq`. The pipeline schedule's
+        ``seq_length`` must be this value (``pipeline_parallel/schedules.py:1965-1966`` divides it by TP)."""
+        tp = self.config.tensor_model_parallel_size if self.config.sequence_parallel else 1
+        return -(-seq // tp) * tp
+
+    @contextmanager
+    def sequence_parallel_off(self):
+        """Run the policy with sequence parallel switched off (no-grad use only; a no-op without SP).
+
+        The TP math is the same without SP (activations replicated over TP, an all-reduce after each row-parallel
+        layer instead of reduce-scatter + all-gather), so the numbers agree with SP to rounding. The native sampler
+        decodes in this mode: a decode step holds one token per row, which cannot be split over the sequence.
+        Flips ``config.sequence_parallel`` of every config object in the model and the ``sequence_parallel``
+        attribute megatron's parallel linears cache (``tensor_parallel/layers.py:912, 1151``); restored on exit.
+
+        Raises: RuntimeError when entered with gradients enabled (the linears' cached backward communication,
+            ``allreduce_dgrad``, stays that of SP).
+        """
+        if not self.config.sequence_parallel:
+            yield
+            return
+        if torch.is_grad_enabled():
+            raise RuntimeError("Qwen25VLPolicy.sequence_parallel_off() is for no-grad use (decoding): wrap the call "
+                               "in torch.no_grad()")
+        configs = {id(self.config): self.config}
+        flipped = []
+        for m in self.lm.modules():
+            cfg = getattr(m, "config", None)
+            if cfg is not None and getattr(cfg, "sequence_parallel", False):
+                configs[id(cfg)] = cfg
+            if getattr(m, "sequence_parallel", False) is True:
+                flipped.append(m)
+        try:
+            for cfg in configs.values():
+                cfg.sequence_parallel = False
+            for m in flipped:
+                m.sequence_parallel = False
+            yield
+        finally:
+            for cfg in configs.values():
+                cfg.sequence_parallel = True
+            for m in flipped:
+                m.sequence_parallel = True
 
     def forward(self, input_ids, position_ids, video_embeds=None, pixel_values_videos=None, video_grid_thw=None,
                 attention_mask=None, inference_context=None, labels=None, runtime_gather_output=None,
@@ -257,31 +318,77 @@ class Qwen25VLPolicy(torch.nn.Module):
         `video_embeds` `[num_video_tokens, hidden]` (precomputed by `encode_video`, in batch-row order) or
         `pixel_values_videos` + `video_grid_thw` to run the vision tower here. `position_ids` must cover
         positions [0, seq_end) when decoding with a static KV cache (megatron slices the rotary table).
+
+        Sequence parallel (``config.sequence_parallel``): the inputs are right-padded to `padded_seq_len(seq)`
+        (pad tokens after the last real one: causal attention keeps them out of every real position), the decoder
+        runs on `[padded/tp, batch, hidden]` shards, and the last stage returns the same shapes as without SP:
+        logits `[batch, seq, vocab/tp]` (the output layer all-gathers the sequence) or, with `return_hidden`, the
+        hidden states all-gathered over the sequence by ``gather_from_sequence_parallel_region`` (backward:
+        reduce-scatter, which sums the gradient over TP; pass ``sequence_parallel=True`` to
+        `dvr1.parallel.logprobs.fused_linear_logprobs`). Non-last PP stages return their `[padded/tp, batch,
+        hidden]` shard for the schedule to send.
+
+        Raises: ValueError for `inference_context` under SP (decode inside `sequence_parallel_off`).
         """
+        seq = input_ids.shape[1]
+        sp = self.config.sequence_parallel
+        if sp:
+            if inference_context is not None:
+                raise ValueError("Qwen25VLPolicy.forward: inference_context under sequence parallel; decode inside "
+                                 "policy.sequence_parallel_off()")
+            pad = self.padded_seq_len(seq) - seq
+            if pad:
+                input_ids, position_ids, video_mask, attention_mask, labels = _pad_seq(
+                    pad, input_ids, position_ids, video_mask, attention_mask, labels)
         decoder_input = None
         if self.pre_process:
             if video_embeds is None and pixel_values_videos is not None:
                 video_embeds = self.encode_video(pixel_values_videos, video_grid_thw)
             decoder_input = self.embed(input_ids, video_embeds, video_mask)
         if not return_hidden:
-            return self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                           decoder_input=decoder_input, labels=labels, inference_context=inference_context,
-                           runtime_gather_output=runtime_gather_output)
+            out = self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                          decoder_input=decoder_input, labels=labels, inference_context=inference_context,
+                          runtime_gather_output=runtime_gather_output)
+            return out[:, :seq] if sp and self.post_process else out  # [b, s, vocab/tp] logits or [b, s] loss
         # the final-norm hidden states instead of logits: GPTModel returns them when post_process is off (its decoder
         # was built with the final norm, which stays); the output layer is then applied by the caller, fused with
         # the log-prob reduction (`output_weight`, `dvr1.parallel.logprobs.fused_linear_logprobs`)
         post, self.lm.post_process = self.lm.post_process, False
         try:
-            return self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                           decoder_input=decoder_input, inference_context=inference_context)
+            hidden = self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                             decoder_input=decoder_input, inference_context=inference_context)
         finally:
             self.lm.post_process = post
+        if sp and post:
+            from megatron.core import tensor_parallel
+
+            hidden = tensor_parallel.gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=True)
+            hidden = hidden[:seq]
+        return hidden
 
     def output_weight(self) -> torch.Tensor:
         """The output layer's weight shard `[vocab/tp, hidden]` (the word embeddings when tied)."""
         if self.lm.share_embeddings_and_output_weights:
             return self.lm.shared_embedding_or_output_weight()
         return self.lm.output_layer.weight
+
+
+def _pad_seq(pad: int, input_ids, position_ids, video_mask, attention_mask, labels):
+    """Right-pad the sequence dim by `pad` slots: token id 0, the last position repeated, no video, label 0;
+    an explicit attention mask `[b, 1, s, s]` (True = masked) keeps the real rows as they are and lets each padding
+    query see only itself (a fully masked row would be NaN)."""
+    input_ids = F.pad(input_ids, (0, pad))
+    position_ids = torch.cat([position_ids, position_ids[..., -1:].expand(*position_ids.shape[:-1], pad)], -1)
+    if video_mask is not None:
+        video_mask = F.pad(video_mask, (0, pad), value=False)
+    if labels is not None:
+        labels = F.pad(labels, (0, pad))
+    if attention_mask is not None:
+        s = attention_mask.shape[-1]
+        attention_mask = F.pad(attention_mask, (0, pad, 0, pad), value=True)
+        idx = torch.arange(s, s + pad, device=attention_mask.device)
+        attention_mask[..., idx, idx] = False
+    return input_ids, position_ids, video_mask, attention_mask, labels
 
 
 # ---- loading -------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ class ForwardResult:
 
 
 def response_logprobs(output: torch.Tensor, batch, compute_entropy: bool = False, output_weight=None,
-                      chunk_size: int = 1024, weight_grad_to_main_grad: bool = False):
+                      chunk_size: int = 1024, weight_grad_to_main_grad: bool = False, sequence_parallel: bool = False):
     """The last stage's output -> response-token log-probs `[rows, T]` (and entropy), zero on padding.
 
     `output` is either logits `[rows, S, vocab/tp]` (reduced by `vocab_parallel_logprobs`: only max, sum-exp and
@@ -46,11 +46,15 @@ def response_logprobs(output: torch.Tensor, batch, compute_entropy: bool = False
     `[S, rows, hidden]`, for `fused_linear_logprobs`: the output-layer GEMM runs chunk by chunk inside the log-prob
     reduction, so no logits tensor is ever materialised (forward or backward); `weight_grad_to_main_grad` (an
     untied output layer under megatron DDP) adds its weight gradient straight into `main_grad`.
+    Under sequence parallel the policy hands over full-sequence tensors of the same shapes (it pads, shards and
+    gathers the sequence itself, `Qwen25VLPolicy.forward`); `sequence_parallel` tells the fused reduction that the
+    hidden states' backward already sums over TP (`fused_linear_logprobs(sequence_parallel=True)`).
     """
     if output_weight is not None:
         lp, ent = fused_linear_logprobs(output[:-1], output_weight, batch.input_ids[:, 1:].t(),
                                         chunk_size=chunk_size, compute_entropy=compute_entropy,
-                                        weight_grad_to_main_grad=weight_grad_to_main_grad)
+                                        weight_grad_to_main_grad=weight_grad_to_main_grad,
+                                        sequence_parallel=sequence_parallel)
         lp, ent = lp.t(), (ent.t() if ent is not None else None)
     else:
         lp, ent = vocab_parallel_logprobs(output[:, :-1], batch.input_ids[:, 1:], compute_entropy=compute_entropy)
@@ -98,7 +102,8 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
             weight = policy.output_weight() if fused else None
             untied = not policy.lm.share_embeddings_and_output_weights  # the output layer is the weight's only user
             logp, ent = response_logprobs(output_tensor, mb, compute_entropy, output_weight=weight,
-                                          chunk_size=chunk_size, weight_grad_to_main_grad=untied)
+                                          chunk_size=chunk_size, weight_grad_to_main_grad=untied,
+                                          sequence_parallel=policy.config.sequence_parallel)
             logps.append(logp.detach())
             ents.append(None if ent is None else ent.detach())
             if loss_fn is None:
@@ -122,7 +127,7 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
         data_iterator=iter(list(zip(micro, bounds))),
         model=[model],
         num_microbatches=k,
-        seq_length=batch.input_ids.shape[1],
+        seq_length=unwrap_model(model).padded_seq_len(batch.input_ids.shape[1]),  # SP: a multiple of TP
         micro_batch_size=max(mb.num_rows for mb in micro),
         forward_only=forward_only,
     )

@@ -395,6 +395,7 @@ def fused_linear_logprobs(
     compute_entropy: bool = False,
     vocab_start: Optional[int] = None,
     weight_grad_to_main_grad: bool = False,
+    sequence_parallel: bool = False,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Per-token log-probs of `target` under `softmax(hidden @ weight.T)` without materialising the logits.
 
@@ -434,6 +435,12 @@ def fused_linear_logprobs(
     Communication: as `vocab_parallel_logprobs` in forward (MAX + one SUM of per-token scalars), plus the one
     all-reduce of `grad_hidden` `[n, h]` in backward under TP.
 
+    `sequence_parallel`: `hidden` is a sequence-parallel activation already all-gathered over the sequence by
+    megatron's `gather_from_sequence_parallel_region` (`tensor_parallel/mappings.py:499`; what
+    `dvr1.models.qwen2_5_vl.Qwen25VLPolicy.forward(return_hidden=True)` returns under SP), whose backward
+    reduce-scatters, i.e. already sums `grad_hidden` over TP; the copy-to-TP-region all-reduce is then skipped (it
+    would sum twice), as ColumnParallelLinear does under SP (`tensor_parallel/layers.py:993-1000`, gather at :431).
+
     Memory: on top of inputs, outputs, `grad_hidden` and `grad_weight` (none under DDP: it goes to `main_grad`), one
     `[chunk, V_local]` buffer for the GEMM output reused by every chunk (fp32 inputs: reduced in place, nothing
     else), which with a backward to come lives from forward to backward (it holds the last chunk's logits);
@@ -459,7 +466,7 @@ def fused_linear_logprobs(
     vocab_start = _check_inputs(fn, tuple(hidden.shape[:-1]) + (v,), v, target, world, rank, vocab_start,
                                 chunk_size)
     hidden2d = hidden.reshape(-1, h)
-    if world > 1:
+    if world > 1 and not sequence_parallel:
         from megatron.core.tensor_parallel.mappings import copy_to_tensor_model_parallel_region
 
         hidden2d = copy_to_tensor_model_parallel_region(hidden2d, group=group)

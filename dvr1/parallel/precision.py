@@ -111,9 +111,7 @@ def validate_precision(model_cfg, parallel_cfg, te_available: Optional[bool] = N
     Raises:
         PrecisionConfigError: unknown choice (message lists the allowed values); ``model.fp8`` without
             ``model.spec=te`` or without ``model.dtype=bfloat16``; ``model.fp8_param`` without ``model.fp8`` or without
-            ``parallel.distributed_optimizer``; ``parallel.sequence_parallel`` with ``parallel.tp=1`` or with
-            ``model.spec=local`` (megatron-core's local RMSNorm asserts under SP, ``transformer/torch_norm.py:32``);
-            full recompute without a valid ``recompute_method``/``recompute_num_layers``.
+            ``parallel.distributed_optimizer``; ``parallel.sequence_parallel`` with ``parallel.tp=1``; full recompute without a valid ``recompute_method``/``recompute_num_layers``.
         MissingPackageError: ``model.fp8`` or ``model.spec=te`` set and ``transformer_engine`` not importable.
     """
     spec = model_cfg.spec
@@ -155,10 +153,9 @@ def validate_precision(model_cfg, parallel_cfg, te_available: Optional[bool] = N
             raise PrecisionConfigError(
                 f"parallel.sequence_parallel=true needs parallel.tp >= 2 (got tp={tp}); it splits the sequence over "
                 f"the TP group")
-        if spec != "te":
-            raise PrecisionConfigError(
-                "parallel.sequence_parallel=true needs model.spec=te (megatron-core's local RMSNorm does not "
-                "support it, transformer/torch_norm.py:32)")
+        # model.spec=local is fine: megatron-core's local norm asserts under SP (transformer/torch_norm.py:32), and
+        # megatron_patches.sequence_parallel_norm (applied by Qwen25VLPolicy when it builds the local spec under SP)
+        # builds it with its weight marked for finalize_model_grads' TP all-reduce
     rec = _recompute(model_cfg)
     if rec is not None:
         if rec not in RECOMPUTE:

@@ -20,6 +20,10 @@ Under TP every rank runs the same loop with the same generator state, so all TP 
 layers with its own KV cache; activations `[tokens, rows, hidden]` go stage to stage (point-to-point over the PP
 group), the last stage samples, and the sampled tokens and their log-probs are broadcast back to every stage before
 the next decode step.
+
+Sequence parallel: `generate` runs with SP switched off (`Qwen25VLPolicy.sequence_parallel_off`; same TP math,
+activations replicated over TP): a decode step holds one token per row, which cannot be split over the sequence, and
+the no-grad prefill keeps only one layer's activations alive, so SP would save little there.
 """
 
 from __future__ import annotations
@@ -151,7 +155,8 @@ class NativeRolloutEngine:
         was_training = self.policy.training
         self.policy.eval()
         try:
-            return self._generate(requests, sampling, desc)
+            with self.policy.sequence_parallel_off():  # a decode step's one token per row cannot be split over TP
+                return self._generate(requests, sampling, desc)
         finally:
             self.policy.train(was_training)
 

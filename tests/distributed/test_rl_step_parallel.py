@@ -1,6 +1,6 @@
-"""A full Reg-GRPO step of the Qwen2.5-VL policy at TP=2 and at PP=2 equals TP=1/PP=1 (torchrun, gloo, CPU):
-per-token log-probs, the loss, every parameter's gradient (gathered and mapped to HF names), and the rollout
-(greedy and sampled tokens, pipelined decode at PP=2)."""
+"""A full Reg-GRPO step of the Qwen2.5-VL policy at TP=2, at TP=2 with sequence parallel and at PP=2 equals
+TP=1/PP=1 (torchrun, gloo, CPU): per-token log-probs, the loss, every parameter's gradient (gathered and mapped to
+HF names), and the rollout (greedy and sampled tokens, pipelined decode at PP=2)."""
 
 import pytest
 import torch
@@ -19,15 +19,17 @@ def ckpt(tmp_path_factory):
                                 seed=1, vocab_size=320)
 
 
-def _run(tmp_path, ckpt, nproc, tp, pp, fused=False):
-    out = tmp_path / f"tp{tp}pp{pp}{'fused' if fused else ''}"
+def _run(tmp_path, ckpt, nproc, tp, pp, fused=False, flags=""):
+    """`flags`: the script's FLAGS (comma-separated, see rl_step_parallel.py); `fused` adds "fused"."""
+    flags = ",".join(f for f in (["fused"] if fused else []) + flags.split(",") if f)
+    out = tmp_path / f"tp{tp}pp{pp}{flags.replace(',', '_')}"
     out.mkdir()
-    run_torchrun(SCRIPT, ckpt, out, tp, pp, *(["fused"] if fused else []), nproc=nproc, timeout=400)
+    run_torchrun(SCRIPT, ckpt, out, tp, pp, *([flags] if flags else []), nproc=nproc, timeout=400)
     stages = [torch.load(out / f"pp{i}.pt") for i in range(pp)]
     merged = {"grads": {}}
     for s in stages:
         merged["grads"].update(s["grads"])
-        for k in ("logp", "loss"):
+        for k in ("logp", "loss", "logp_train", "seq_len", "other"):
             if k in s:
                 merged[k] = s[k]
         merged["greedy"], merged["sampled"] = s["greedy"], s["sampled"]
@@ -65,6 +67,26 @@ def test_rl_step_equals_single_process(tmp_path, ckpt, reference, tp, pp, fused)
     assert not got["output_grad_in_main_grad"]  # a tied head keeps the ordinary gradient path
 
 
+def test_rl_step_sequence_parallel_equals_single_process(tmp_path, ckpt, reference):
+    """TP=2 with parallel.sequence_parallel=true (local spec, megatron_patches.sequence_parallel_norm; video merged
+    before the SP scatter) equals TP=1 through both log-prob paths in one launch: the logits path, then fused.
+    The norms' gradients only match because finalize_model_grads sums them over TP (each rank saw half the
+    tokens); the batch's odd length exercises the padding to a multiple of TP. The rollout runs with SP off."""
+    got = _run(tmp_path, ckpt, 2, 2, 1, flags="sp,both")
+    assert got["seq_len"] % 2 == 1  # padded to 2 inside the policy
+    _close(got["logp"], reference["logp"], "logp (no-grad pass)")
+    norms = [k for k in reference["grads"] if "layernorm" in k or k == "model.norm.weight"]
+    assert norms and all(float(reference["grads"][k].abs().sum()) > 0 for k in norms)
+    for path, res in (("logits", got), ("fused", got["other"])):
+        _close(res["logp_train"], reference["logp_train"], f"{path}: logp")
+        _close(res["loss"], reference["loss"], f"{path}: loss")
+        assert set(res["grads"]) == set(reference["grads"])
+        for k, g in reference["grads"].items():
+            _close(res["grads"][k], g, f"{path}: {k}")
+    assert got["greedy"] == reference["greedy"]
+    assert got["sampled"] == reference["sampled"]
+
+
 @pytest.fixture(scope="module")
 def untied(tmp_path_factory):
     """An untied checkpoint (separate output layer, as 7B/72B) and its TP=1 logits-path reference."""
@@ -74,11 +96,13 @@ def untied(tmp_path_factory):
     return path, _run(tmp_path_factory.mktemp("ref_untied"), path, 1, 1, 1)
 
 
-def test_fused_untied_output_layer_grads_go_to_main_grad(tmp_path, untied):
+@pytest.mark.parametrize("flags", ["", "sp"])
+def test_fused_untied_output_layer_grads_go_to_main_grad(tmp_path, untied, flags):
     """Untied output layer under megatron DDP at TP=2: the fused backward adds its weight gradient straight into
-    main_grad (dvr1.parallel.logprobs.accumulates_into_main_grad); every gradient still equals the reference."""
+    main_grad (dvr1.parallel.logprobs.accumulates_into_main_grad); every gradient still equals the reference.
+    "sp": the same with sequence parallel on (the 7B/72B examples' setting: untied, fused, SP)."""
     path, ref = untied
-    got = _run(tmp_path, path, 2, 2, 1, True)
+    got = _run(tmp_path, path, 2, 2, 1, True, flags=flags)
     assert got["output_grad_in_main_grad"] and not ref["output_grad_in_main_grad"]  # fused path vs logits path
     _close(got["loss"], ref["loss"], "loss")
     assert "lm_head.weight" in ref["grads"] and float(ref["grads"]["lm_head.weight"].abs().sum()) > 0

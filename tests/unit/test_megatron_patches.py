@@ -23,6 +23,7 @@ DEFAULT_NAMES = [
     "dist_checkpointing",
     "inference_kv_cache",
     "tied_embeddings",
+    "sequence_parallel_norm",
 ]
 
 
@@ -59,9 +60,9 @@ def test_apply_logs_one_line(parallel_state_1, caplog):
 
 
 def test_torch_itself_is_not_changed(parallel_state_1):
-    from megatron.core.tensor_parallel import layers
+    from megatron.core.tensor_parallel import cross_entropy
 
-    assert layers.torch is torch  # a module no patch targets
+    assert cross_entropy.torch is torch  # a module no patch targets
     with pytest.raises(AssertionError, match="Torch not compiled with CUDA enabled"):
         torch.cuda.current_device()
     with pytest.raises((AssertionError, RuntimeError)):
@@ -262,6 +263,35 @@ def test_static_kv_cache_decoding_equals_full_forward(tiny_gpt, materialize_last
     want_prefill = full[:, prompt - 1 : prompt] if materialize_last_only else full[:, :prompt]
     torch.testing.assert_close(prefill, want_prefill, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.cat(steps, 1), full[:, prompt:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("normalization", ["RMSNorm", "LayerNorm"])
+def test_sequence_parallel_norm_builds_marked_local_norm(parallel_state_1, normalization):
+    """Upstream asserts under SP (torch_norm.py:32); patched, the same torch norm is built, its parameters carry the
+    mark finalize_model_grads.py:354 all-reduces by, and a sequence shard normalises exactly as the whole sequence."""
+    import copy
+
+    from megatron.core.transformer import TransformerConfig
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    from megatron_patches import sequence_parallel_norm
+
+    plain_cfg = TransformerConfig(num_layers=1, hidden_size=16, num_attention_heads=2, normalization=normalization)
+    sp_cfg = copy.copy(plain_cfg)
+    sp_cfg.sequence_parallel = True  # a TP=1 config cannot be built with SP (model_parallel_config.py:409)
+    with pytest.raises(AssertionError, match="sequence parallel not supported by torch LayerNorm"):
+        WrappedTorchNorm.__new__.__wrapped__(WrappedTorchNorm, sp_cfg, 16, eps=1e-6)  # the upstream body
+    sequence_parallel_norm.apply()  # idempotent (apply() above already installed it)
+    plain, sp = WrappedTorchNorm(plain_cfg, 16, eps=1e-6), WrappedTorchNorm(sp_cfg, 16, eps=1e-6)
+    want = torch.nn.RMSNorm if normalization == "RMSNorm" else torch.nn.LayerNorm
+    assert type(plain) is want and type(sp) is want and sp.eps == plain.eps == 1e-6
+    assert sp_cfg.sequence_parallel is True  # the caller's config is not changed
+    marked = [n for n, p in sp.named_parameters() if getattr(p, "sequence_parallel", False)]
+    assert marked == [n for n, _ in sp.named_parameters()] and marked
+    assert not any(hasattr(p, "sequence_parallel") for p in plain.parameters())
+    x = torch.randn(6, 2, 16, generator=torch.Generator().manual_seed(0))  # [s, b, h]
+    sp.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(torch.cat([sp(x[:3]), sp(x[3:])]), plain(x), rtol=0, atol=0)
 
 
 # ---- Megatron DDP + optimizer (dvr1.train.optim) ---------------------------------------------------------------

@@ -155,13 +155,38 @@ def test_rope_index_qwen_rule_resumes_after_the_largest_position():
         get_rope_index(ids, 6, grid, [1.0], 2, 2, "vllm")
 
 
-def test_sequence_parallel_with_video_is_refused(checkpoints):
-    """SP needs the video features merged before megatron's sequence scatter, which the policy does not do: refuse."""
-    cfg = load_hf_config(checkpoints["tied_gqa2"])
-    with pytest.raises(NotImplementedError) as e:
-        Qwen25VLPolicy(cfg, tp=2, sequence_parallel=True)
-    assert str(e.value) == ("parallel.sequence_parallel=true is not supported with video inputs yet: the video "
-                            "features must be merged before the sequence-parallel scatter")
+def test_sequence_parallel_policy_pads_merges_and_returns_unpadded_shapes(checkpoints):
+    """A TP=2 + SP config in one process (TP group of 1, so the SP scatter/gather are identities; the TP=2 numbers are
+    tests/distributed/test_rl_step_parallel.py's): an odd-length video sequence runs padded to a multiple of 2,
+    with the video merged before the scatter, and logits / hidden states of the real length equal the plain
+    policy's bit for bit (causal: the padding after the last token changes nothing before it). The local norms
+    carry megatron's SP mark; `sequence_parallel_off` turns SP off for no-grad decoding and back on."""
+    path = checkpoints["tied_gqa2"]
+    cfg = load_hf_config(path)
+    plain, sp = Qwen25VLPolicy(cfg), Qwen25VLPolicy(cfg, tp=2, sequence_parallel=True)
+    for p in (plain, sp):
+        load_hf_weights(p, path)
+    pv, grid = _video_inputs()
+    ids = _ids(cfg, grid, post=16)
+    assert ids.shape[1] % 2 == 1 and sp.padded_seq_len(ids.shape[1]) == ids.shape[1] + 1
+    assert plain.padded_seq_len(ids.shape[1]) == ids.shape[1]
+    pos = get_rope_index(ids, cfg.video_token_id, grid, [1.0], 2, 2)
+    with torch.no_grad():
+        emb = plain.encode_video(pv, grid)
+        for hidden in (False, True):
+            want = plain(ids, pos, video_embeds=emb, return_hidden=hidden)
+            got = sp(ids, pos, video_embeds=emb, return_hidden=hidden)
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    norms = [n for n, p in sp.lm.named_parameters() if "layernorm" in n]
+    assert len(norms) == 2 * cfg.text_config.num_hidden_layers + 1
+    assert all(getattr(p, "sequence_parallel", False) for n, p in sp.lm.named_parameters() if n in norms)
+    with pytest.raises(RuntimeError, match=r"sequence_parallel_off\(\) is for no-grad use"):
+        with sp.sequence_parallel_off():
+            pass
+    with torch.no_grad(), sp.sequence_parallel_off():
+        assert not sp.config.sequence_parallel and sp.padded_seq_len(ids.shape[1]) == ids.shape[1]
+    assert sp.config.sequence_parallel and sp.lm.decoder.config.sequence_parallel
 
 
 def test_rope_index_rejects_mismatched_grid(checkpoints):

@@ -103,6 +103,14 @@ def test_defaults_mean_everything_off_on_a_cpu_config():
     assert kw == {"sequence_parallel": False, "recompute_granularity": None}
 
 
+def test_sequence_parallel_with_the_local_spec_is_accepted():
+    """The local norm runs under SP through megatron_patches.sequence_parallel_norm; tp >= 2 stays required."""
+    kw = precision_overrides(ModelConfig(spec="local", dtype="float32"), ParallelConfig(tp=2, sequence_parallel=True))
+    assert kw == {"sequence_parallel": True, "recompute_granularity": None}
+    with pytest.raises(PrecisionConfigError, match=r"needs parallel.tp >= 2 \(got tp=1\)"):
+        validate_precision(ModelConfig(spec="local", dtype="float32"), ParallelConfig(tp=1, sequence_parallel=True))
+
+
 def test_selective_recompute_passes_modules():
     kw = precision_overrides(model(spec="local", recompute="selective", recompute_modules=["core_attn", "mlp"]),
                              par(), te_available=True)
@@ -124,9 +132,6 @@ def test_selective_recompute_passes_modules():
      "distributed optimizer; Megatron-LM --fp8-param-gather)"),
     (model(), par(tp=1, sequence_parallel=True),
      "parallel.sequence_parallel=true needs parallel.tp >= 2 (got tp=1); it splits the sequence over the TP group"),
-    (model(spec="local", dtype="float32"), par(tp=2, sequence_parallel=True),
-     "parallel.sequence_parallel=true needs model.spec=te (megatron-core's local RMSNorm does not support it, "
-     "transformer/torch_norm.py:32)"),
     (model(recompute="everything"), par(), "model.recompute='everything': must be one of selective, full (or null)"),
     (model(recompute="full", recompute_method="random"), par(),
      "model.recompute_method='random': must be one of uniform, block"),

@@ -1,9 +1,12 @@
 """One Reg-GRPO step of the policy at a given TP/PP; saves loss, log-probs, HF-named full gradients, greedy rollout.
 
-    torchrun --nproc-per-node N rl_step_parallel.py CKPT OUT TP PP [fused]
+    torchrun --nproc-per-node N rl_step_parallel.py CKPT OUT TP PP [FLAGS]
 
-The batch is fixed (seeded) and identical for every layout; old/reference log-probs are the policy's own log-probs
-shifted by fixed noise so that rho != 0. Run at TP=1/PP=1 for the reference and compare (tests/distributed).
+FLAGS, comma-separated: `fused` (train through fused_linear_logprobs), `sp` (parallel.sequence_parallel=true),
+`both` (then also run the other log-prob path on the same batch and save its loss/log-probs/gradients under
+"other"). The batch is fixed (seeded) and identical for every layout; old/reference log-probs are the policy's own
+log-probs shifted by fixed noise so that rho != 0. Run at TP=1/PP=1 for the reference and compare
+(tests/distributed).
 """
 
 import os
@@ -12,7 +15,7 @@ import sys
 import torch
 
 
-def main(ckpt, out, tp, pp, fused=False):
+def main(ckpt, out, tp, pp, flags=()):
     from dvr1.config import load_config
     from dvr1.data.processing import normalize_frames, num_video_tokens, patchify
     from dvr1.models.export import gather_tp
@@ -30,7 +33,9 @@ def main(ckpt, out, tp, pp, fused=False):
     from megatron.core import parallel_state as ps
     from transformers import AutoTokenizer
 
-    cfg = load_config(None, [f"parallel.tp={tp}", f"parallel.pp={pp}", "log.wandb=false"])
+    fused = "fused" in flags
+    cfg = load_config(None, [f"parallel.tp={tp}", f"parallel.pp={pp}", "log.wandb=false",
+                             f"parallel.sequence_parallel={'true' if 'sp' in flags else 'false'}"])
     info = job.init(cfg)
     policy = job.build_policy(cfg, ckpt, info)
     model, opt, sched = job.optimizer_for(policy, 1e-3, 0.0, 0.0, 0, cfg)
@@ -70,14 +75,22 @@ def main(ckpt, out, tp, pp, fused=False):
     else:
         loss_fn = None
 
-    model.zero_grad_buffer()
-    opt.zero_grad()
-    res = forward_backward(model, batch, loss_fn, forward_only=False, fused=fused)
-    if res is not None:
-        result["loss"] = res.loss.detach()
-    grads = {n: gather_tp(p, n, p.main_grad.view_as(p)) for n, p in policy.lm.named_parameters()}
-    offset = ps.get_pipeline_model_parallel_rank() * (policy.shape.num_layers // pp)
-    result["grads"] = dict(megatron_to_hf(grads, policy.shape, layer_offset=offset))
+    result["seq_len"] = batch.input_ids.shape[1]
+
+    def step(fused_path):
+        """One forward/backward through the schedule (finalize_model_grads included); loss, log-probs, grads."""
+        model.zero_grad_buffer()
+        opt.zero_grad()
+        res = forward_backward(model, batch, loss_fn, forward_only=False, fused=fused_path)
+        got = {} if res is None else {"loss": res.loss.detach(), "logp_train": res.logp}
+        grads = {n: gather_tp(p, n, p.main_grad.view_as(p)) for n, p in policy.lm.named_parameters()}
+        offset = ps.get_pipeline_model_parallel_rank() * (policy.shape.num_layers // pp)
+        got["grads"] = dict(megatron_to_hf(grads, policy.shape, layer_offset=offset))
+        return got
+
+    if "both" in flags:
+        result["other"] = step(not fused)
+    result.update(step(fused))
     if policy.lm.post_process:  # did the output layer's weight gradient go straight into DDP's main_grad?
         result["output_grad_in_main_grad"] = bool(getattr(policy.output_weight(), "grad_added_to_main_grad", False))
 
@@ -92,4 +105,5 @@ def main(ckpt, out, tp, pp, fused=False):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), len(sys.argv) > 5 and sys.argv[5] == "fused")
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]),
+         tuple(sys.argv[5].split(",")) if len(sys.argv) > 5 else ())
