@@ -217,6 +217,13 @@ class Setup:
     micro_batch: int = 1
     micro_batches: int = 64  # per step per DP rank (1F1B in-flight count = min(PP - stage, this))
     reference: bool = True
+    packing: bool = False  # model.packing: a micro-batch's sequences end to end, no padding (THD / block-diagonal)
+    # tokens of the largest packed micro-batch (packing) / longest sequence of a step (padding), from a length
+    # distribution (:func:`length_stats`); None = the hard bounds micro_batch x seq_len / seq_len
+    packed_tokens: Optional[float] = None
+    padded_seq: Optional[float] = None
+    lengths: Optional[dict] = None  # the length_stats the two above came from (printed)
+    offload: bool = False  # rollout.offload_trainer_state: grads + optimizer state (+ weights under vLLM) on host
     fused_logprobs: bool = False  # model.fused_logprobs: output layer fused into the chunked log-prob reduction
     logprob_chunk: int = 1024  # model.logprob_chunk: tokens per chunk of the fused reduction
     flash: bool = True  # TE spec: fused attention
@@ -234,6 +241,13 @@ class Setup:
     def dp(self) -> int:
         return self.world // (self.tp * self.pp)
 
+    def microbatch_shape(self) -> tuple:
+        """``(s, b)`` of one training micro-batch: padded, ``(longest sequence of the step, micro_batch rows)``;
+        packed, ``(sum of the rows' real lengths, 1)`` -- one THD sequence (TE) / one block-diagonal row (local)."""
+        if self.packing:
+            return (self.micro_batch * self.seq_len if self.packed_tokens is None else self.packed_tokens), 1
+        return (self.seq_len if self.padded_seq is None else self.padded_seq), self.micro_batch
+
 
 def logits_bytes(st: Setup) -> float:
     """Bytes of logits one last-stage GPU holds for the log-prob backward of one micro-batch (16-bit activations).
@@ -243,7 +257,8 @@ def logits_bytes(st: Setup) -> float:
     it keeps the last chunk's logits from forward to backward) + two fp32 scratches (4 + 4 bytes: forward's z - max
     and entropy exp; backward needs one) of ``[chunk, vocab/TP]``. Raises ValueError for a fused chunk < 1.
     """
-    tokens, v_local = st.seq_len * st.micro_batch, st.shape.vocab_size / st.tp
+    s, b = st.microbatch_shape()
+    tokens, v_local = s * b, st.shape.vocab_size / st.tp
     if not st.fused_logprobs:
         return 2 * tokens * v_local
     if st.logprob_chunk < 1:
@@ -253,22 +268,37 @@ def logits_bytes(st: Setup) -> float:
 
 def _stage_activations(st: Setup, stage: int) -> float:
     m = st.shape
-    per_layer = dict(s=st.seq_len, b=st.micro_batch, h=m.hidden_size, a=m.num_heads, t=st.tp, sp=st.sequence_parallel,
+    s, b = st.microbatch_shape()
+    per_layer = dict(s=s, b=b, h=m.hidden_size, a=m.num_heads, t=st.tp, sp=st.sequence_parallel,
                      kv_heads=m.num_kv_heads, head_dim=m.head_dim, ffn=m.ffn_hidden_size, gated=True, dropout=False,
                      flash=st.flash, fp8=st.fp8)
     stored = layer_activation_bytes(recompute=st.recompute, **per_layer)
     if not st.gated_fused and st.recompute != "full":
-        stored += 2 * st.seq_len * st.micro_batch * m.ffn_hidden_size / st.tp  # unfused SwiGLU also keeps silu(gate)
+        stored += 2 * s * b * m.ffn_hidden_size / st.tp  # unfused SwiGLU also keeps silu(gate)
     layers = m.num_layers // st.pp
     in_flight = max(1, min(st.pp - stage, st.micro_batches))
     total = in_flight * layers * stored
     if st.recompute == "full":  # one layer re-materialised at a time during backward
         total += layer_activation_bytes(recompute=None, **per_layer)
     if stage == st.pp - 1:
-        sb, h = st.seq_len * st.micro_batch, m.hidden_size
-        total += 2 * sb * h / (st.tp if st.sequence_parallel else 1) + 2 * sb * h  # final-norm + output-layer inputs
-        total += logits_bytes(st)
+        total += output_input_bytes(st) + logits_bytes(st)
     return total
+
+
+def output_input_bytes(st: Setup) -> float:
+    """Bytes the last stage keeps of the final norm's and the output layer's inputs (bf16, one micro-batch).
+
+    The final RMSNorm's input is ``[s/TP, b, h]`` under SP (``[s, b, h]`` without). The output layer's input: the
+    unfused path's ``ColumnParallelLinear`` under SP keeps its sequence-sharded input and all-gathers it again in
+    backward (megatron ``tensor_parallel/layers.py``, ``LinearWithGradAccumulationAndAsyncCommunication``):
+    ``2sbh/TP``; the fused log-prob path gets the hidden states already all-gathered
+    (``gather_from_sequence_parallel_region`` in ``Qwen25VLPolicy.forward(return_hidden=True)``) and keeps that
+    ``[s, b, h]`` tensor for its backward (``_FusedLinearLogprobs.forward``'s ``save_for_backward(hidden, ...)``):
+    ``2sbh`` whether SP is on or not."""
+    s, b = st.microbatch_shape()
+    sbh = s * b * st.shape.hidden_size
+    sp = st.tp if st.sequence_parallel else 1
+    return 2 * sbh / sp + 2 * sbh / (1 if st.fused_logprobs else sp)
 
 
 def kv_bytes_per_token(m: LMShape, vllm_tp: int, kv_bytes: int = 2) -> float:
@@ -277,10 +307,29 @@ def kv_bytes_per_token(m: LMShape, vllm_tp: int, kv_bytes: int = 2) -> float:
     return 2 * m.num_layers * max(1, m.num_kv_heads // vllm_tp) * m.head_dim * kv_bytes
 
 
+def offloaded_bytes_per_param(st: Setup) -> dict:
+    """Bytes per trainable parameter that ``rollout.offload_trainer_state`` keeps off the GPU (dvr1/train/offload.py),
+    at the two moments of the rollout phase (dvr1/train/rl.py ``RLTrainer.step``):
+
+    - ``refit``: after the update, ``offload(model, optimizer)`` frees the fp32 grad buffers and moves the optimizer
+      state (Adam m, v and the fp32 main params) to host: :func:`bytes_per_param` minus the weights (bf16:
+      4 + 12 = 16, distributed 4 + 12/DP; fp32: 4 + 8, distributed 4 + 8/DP); the weights stay for the refit
+      (``sync_weights`` wakes vLLM and copies them into it);
+    - ``generate``: the next step's ``offload(..., weights=True)`` (only with ``rollout.engine=vllm``: the engine
+      holds its own copy) moves the weights too: all of :func:`bytes_per_param`.
+
+    Both 0 without offload. The rollout phase's peak is the larger resident set, the refit's."""
+    if not st.offload:
+        return {"refit": 0.0, "generate": 0.0}
+    bpp = bytes_per_param(st.dtype, st.distributed_optimizer, st.dp)
+    weights = 2 if st.dtype == "bfloat16" else 4
+    return {"refit": bpp - weights, "generate": bpp if st.vllm else bpp - weights}
+
+
 def plan(st: Setup) -> dict:
     """Per-stage memory rows (bytes) and the verdict. Returns ``{"stages": [...], "rows": {name: [bytes per stage]},
-    "phases": {...}, "vllm": {...}, "fits": bool, "verdict": str}``. Raises ValueError for a layout that does not
-    divide (world by TP x PP, layers by PP, heads/vocab by TP, vLLM-TP > world)."""
+    "phases": {...}, "vllm": {...}, "fits": bool, "headroom": bytes, "verdict": str}``. Raises ValueError for a
+    layout that does not divide (world by TP x PP, layers by PP, heads/vocab by TP, vLLM-TP > world)."""
     if st.world % (st.tp * st.pp):
         raise ValueError(f"world size {st.world} is not divisible by tp*pp={st.tp}*{st.pp}")
     if st.vllm and (st.vllm_tp < 1 or st.world % st.vllm_tp):
@@ -291,8 +340,11 @@ def plan(st: Setup) -> dict:
                                                              st.pp - 1: "last"}
     rows: dict = {k: [] for k in ("params (B)", "weights+grads+Adam", "FP8 weight copies", "reference policy",
                                   "vision tower (frozen)", "activations", "vLLM budget (awake)", "overhead")}
+    if st.offload:
+        rows["offloaded in rollout (-)"] = []
     wdt = 2 if st.dtype == "bfloat16" else 4
     bpp = bytes_per_param(st.dtype, st.distributed_optimizer, dp)
+    off = offloaded_bytes_per_param(st)["refit"]
     vllm_budget = st.vllm_util * st.gpu_gib * GIB if st.vllm else 0.0
     persistent, training, rollout = [], [], []
     for k in stages:
@@ -308,10 +360,13 @@ def plan(st: Setup) -> dict:
                         ("vision tower (frozen)", vis), ("activations", act), ("vLLM budget (awake)", vllm_budget),
                         ("overhead", over)):
             rows[name].append(v)
+        if st.offload:
+            rows["offloaded in rollout (-)"].append(p["params"] * off)
         keep = states + fp8c + ref + vis + over
-        persistent.append(keep)
+        keep_roll = keep - p["params"] * off
+        persistent.append(keep_roll)
         training.append(keep + act + (0.0 if st.vllm_sleep else vllm_budget))
-        rollout.append(keep + vllm_budget)
+        rollout.append(keep_roll + vllm_budget)
     gpu = st.gpu_gib * GIB
     vllm = {}
     if st.vllm:
@@ -319,9 +374,13 @@ def plan(st: Setup) -> dict:
         kv = vllm_budget - weights - st.vllm_reserve_gib * GIB
         per_tok = kv_bytes_per_token(m, st.vllm_tp)
         engines = st.world // st.vllm_tp
+        # every sequence of the step's DP replica at full length (prompt + max_new_tokens): under PP each stage's
+        # engine generates its replica's rollouts (docs/CLUSTER.md "Rollout engine"), so each engine needs them all
+        step_tokens = math.ceil(st.sequences_per_step / dp) * st.seq_len
         vllm = dict(weights=weights, kv=kv, kv_tokens=max(0.0, kv) / per_tok, per_token=per_tok, engines=engines,
                     concurrent=max(0.0, kv) / per_tok / st.seq_len,
-                    needed=math.ceil(st.sequences_per_step / engines))
+                    needed=math.ceil(st.sequences_per_step / dp), step_tokens=step_tokens,
+                    step_kv=step_tokens * per_tok, holds_step=max(0.0, kv) >= step_tokens * per_tok)
     peak_train, peak_roll = max(training), max(rollout)
     worst = max(peak_train, peak_roll)
     where = stages[(training if peak_train >= peak_roll else rollout).index(worst)]
@@ -335,18 +394,22 @@ def plan(st: Setup) -> dict:
                 f"({vllm['weights'] / GIB:.1f} GiB) + reserve: raise rollout.gpu_memory_utilization or its TP")
     else:
         tail = (f"; vLLM KV cache {vllm['kv'] / GIB:.1f} GiB = {vllm['concurrent']:.0f} full-length sequences per "
-                f"engine ({vllm['needed']} per step per engine)")
+                f"engine ({vllm['needed']} per step per engine: "
+                f"{'holds' if vllm['holds_step'] else 'does NOT hold'} the whole step's rollouts, "
+                f"{vllm['step_kv'] / GIB:.1f} GiB)")
     stage_name = "the" if st.pp == 1 else names[where]
+    pct = 100 * (gpu - worst) / gpu
     if fits:
         verdict = (f"FITS: peak {worst / GIB:.1f} of {st.gpu_gib:.1f} GiB ({phase} phase, {stage_name} PP stage), "
-                   f"headroom {(gpu - worst) / GIB:.1f} GiB{tail}")
+                   f"headroom {(gpu - worst) / GIB:.1f} GiB ({pct:.0f} %){tail}")
     else:
         verdict = (f"DOES NOT FIT: peak {worst / GIB:.1f} of {st.gpu_gib:.1f} GiB ({phase} phase, {stage_name} PP "
                    f"stage), over by {(worst - gpu) / GIB:.1f} GiB{tail}")
     if st.vllm:
         verdict += f"; largest rollout.gpu_memory_utilization that fits: {max(0.0, max_util):.2f}"
     return dict(stages=[names[k] for k in stages], rows=rows,
-                phases={"training": training, "rollout": rollout}, vllm=vllm, fits=fits, verdict=verdict)
+                phases={"training": training, "rollout": rollout}, vllm=vllm, fits=fits, headroom=gpu - worst,
+                verdict=verdict)
 
 
 def format_plan(st: Setup, result: dict) -> str:
@@ -359,14 +422,26 @@ def format_plan(st: Setup, result: dict) -> str:
             f"recompute {st.recompute or 'none'} | "
             f"{f'fused log-probs (chunk {st.logprob_chunk})' if st.fused_logprobs else 'logits kept'} | "
             f"seq {st.seq_len} x micro-batch {st.micro_batch}, "
-            f"{st.micro_batches} micro-batches/step | GPU {st.gpu_gib:.1f} GiB")
+            f"{st.micro_batches} micro-batches/step | packing {'on' if st.packing else 'off'} | "
+            f"offload {'on' if st.offload else 'off'} | GPU {st.gpu_gib:.1f} GiB")
     vl = (f"vLLM: TP {st.vllm_tp}, gpu_memory_utilization {st.vllm_util:.2f}, sleep mode "
           f"{'on' if st.vllm_sleep else 'off'}" if st.vllm else "vLLM: off (native sampler)")
     w = max(len(n) for n in result["rows"]) + 2
     cols = result["stages"]
-    lines = [head, vl, "", f"{'per GPU (GiB)':<{w}}" + "".join(f"{c:>12}" for c in cols)]
+    lines = [head, vl]
+    s, b = st.microbatch_shape()
+    if st.lengths:
+        L = st.lengths
+        lines.append(f"lengths ({L['source']}): {L['sequences']} sequences; tokens per micro-batch padded "
+                     f"{L['padded_mean']:.0f} mean / {L['padded_peak']:.0f} peak, packed {L['packed_mean']:.0f} mean / "
+                     f"{L['packed_peak']:.0f} peak; padding {100 * L['padding_fraction']:.0f} % of padded tokens")
+    lines.append(f"activations counted for a micro-batch of {s * b:.0f} tokens "
+                 f"({'packed' if st.packing else 'padded'}: s {s:.0f} x b {b})")
+    lines += ["", f"{'per GPU (GiB)':<{w}}" + "".join(f"{c:>12}" for c in cols)]
     for name, vals in result["rows"].items():
         fmt = (lambda v: f"{v:12.2f}") if name == "params (B)" else (lambda v: f"{v / GIB:12.1f}")
+        if name == "offloaded in rollout (-)":
+            fmt = lambda v: f"{-v / GIB:12.1f}"  # noqa: E731
         lines.append(f"{name:<{w}}" + "".join(fmt(v) for v in vals))
     lines.append("-" * (w + 12 * len(cols)))
     for phase in ("training", "rollout"):
@@ -376,6 +451,13 @@ def format_plan(st: Setup, result: dict) -> str:
         v = result["vllm"]
         lines.append(f"vLLM per GPU: weights {v['weights'] / GIB:.1f} GiB, KV cache {v['kv'] / GIB:.1f} GiB "
                      f"({v['kv_tokens']:.0f} tokens at {v['per_token'] / 1024:.0f} KiB/token), {v['engines']} engines")
+        lines.append(f"step's rollouts per engine: {v['needed']} sequences x {st.seq_len} tokens = "
+                     f"{v['step_tokens']} tokens = {v['step_kv'] / GIB:.1f} GiB of KV cache"
+                     f" ({'held' if v['holds_step'] else 'NOT held'})")
+    if st.packing and st.packed_tokens is not None:  # the distribution's peak is not a bound: show the bound too
+        bound = plan(Setup(**{**st.__dict__, "packed_tokens": None}))
+        lines.append(f"packing bound: a micro-batch of {st.micro_batch} longest rows ({st.micro_batch * st.seq_len} "
+                     f"tokens) would make the training phase {max(bound['phases']['training']) / GIB:.1f} GiB")
     lines += ["", result["verdict"]]
     return "\n".join(lines)
 
@@ -406,12 +488,118 @@ def video_tokens(num_frames: int, max_pixels: int, merge: int = 2, patch: int = 
     return math.ceil(num_frames / temporal) * (max_pixels // (patch * merge) ** 2)
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# sequence lengths: padded vs packed micro-batches
+
+# Named length distributions: video durations (seconds, uniform within each (lo, hi, weight) range) turned into video
+# tokens by the config's own frame sampling; the text prompt is ``prompt_tokens``; each response is uniform in
+# [1, rollout.max_new_tokens] (an assumption: RL responses spread over the whole budget).
+LENGTH_DISTS = {
+    # Video-MME (Fu et al. 2024, arXiv:2405.21075, §2): 900 videos, 300 each short (< 2 min), medium (4-15 min) and
+    # long (30-60 min); the short range is taken from 10 s
+    "videomme": dict(durations=[(10.0, 120.0, 1), (240.0, 900.0, 1), (1800.0, 3600.0, 1)],
+                     source="Video-MME durations, responses uniform"),
+    # clips of a few seconds to ten minutes, log-uniform (the spread the issue's packing benchmark asks for)
+    "seconds-to-minutes": dict(durations=[(2.0, 600.0, 1)], log=True,
+                               source="durations log-uniform 2 s - 10 min, responses uniform"),
+}
+
+
+def video_tokens_for_duration(duration_s: float, num_frames: int, fps: float, max_frames: int, max_pixels: int,
+                              source_fps: float = 30.0) -> int:
+    """Video tokens of a clip of ``duration_s`` seconds: the frame count of dvr1's sampler
+    (:func:`dvr1.data.video_io.sample_frame_indices`: ``num_frames`` when > 0, else ``fps`` capped at
+    ``max_frames``) on a ``source_fps`` video, at ``max_pixels`` (:func:`video_tokens`, an upper bound)."""
+    from dvr1.data.video_io import sample_frame_indices
+
+    total = max(1, int(round(duration_s * source_fps)))
+    n = len(sample_frame_indices(total, source_fps, num_frames=num_frames or None, fps=None if num_frames else fps,
+                                 max_frames=max_frames))
+    return video_tokens(n, max_pixels)
+
+
+def simulate_lengths(name: str, steps: int, seqs_per_rank: int, group_size: int, *, prompt_tokens: int,
+                     max_new_tokens: int, num_frames: int, fps: float, max_frames: int, max_pixels: int,
+                     seed: int = 0) -> list:
+    """``steps`` steps of one DP rank's sequence lengths (prompt + response tokens, groups of ``group_size`` rows
+    sharing one prompt) drawn from :data:`LENGTH_DISTS[name]` with ``random.Random(seed)``. Returns a list of steps,
+    each a list of ``seqs_per_rank`` ints. Raises ValueError for an unknown name."""
+    import random
+
+    if name not in LENGTH_DISTS:
+        raise ValueError(f"--length-dist {name!r}: must be one of {', '.join(sorted(LENGTH_DISTS))}")
+    d, rng = LENGTH_DISTS[name], random.Random(seed)
+    ranges = d["durations"]
+    out = []
+    for _ in range(steps):
+        step = []
+        for _g in range(max(1, seqs_per_rank // group_size)):
+            lo, hi, _w = rng.choices(ranges, weights=[r[2] for r in ranges])[0]
+            dur = math.exp(rng.uniform(math.log(lo), math.log(hi))) if d.get("log") else rng.uniform(lo, hi)
+            prompt = prompt_tokens + video_tokens_for_duration(dur, num_frames, fps, max_frames, max_pixels)
+            step += [prompt + rng.randint(1, max_new_tokens) for _ in range(group_size)]
+        out.append(step)
+    return out
+
+
+def load_lengths(path: str, seqs_per_rank: int) -> list:
+    """A JSON file of sequence lengths -> steps of ``seqs_per_rank`` sequences (the last may be shorter).
+
+    The file holds a list; each item is an int (prompt + response tokens of one sequence) or an object
+    ``{"prompt": int, "response": int}``. Consecutive items form groups and micro-batches as the trainer forms them
+    (rows in order). Raises ValueError naming the file and the item for anything else."""
+    import json
+
+    with open(path) as f:
+        try:
+            items = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e})") from None
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"{path}: expected a non-empty JSON list of lengths")
+    lens = []
+    for i, it in enumerate(items):
+        if isinstance(it, dict) and set(it) == {"prompt", "response"}:
+            n = it["prompt"] + it["response"] if all(isinstance(v, int) for v in it.values()) else None
+        else:
+            n = it if isinstance(it, int) and not isinstance(it, bool) else None
+        if n is None or n < 1:
+            raise ValueError(f"{path}: item {i}: expected a positive int or {{\"prompt\": int, \"response\": int}}, "
+                             f"got {it!r}")
+        lens.append(n)
+    return [lens[i:i + seqs_per_rank] for i in range(0, len(lens), seqs_per_rank)]
+
+
+def length_stats(steps: list, rows: int, source: str = "given") -> dict:
+    """Tokens per training micro-batch, padded vs packed, over ``steps`` (lists of one rank's sequence lengths).
+
+    Padded (dvr1.train.inputs.build_batch): every row of a step is right-padded to the step's longest sequence,
+    so a micro-batch of ``r`` rows holds ``r x max(step)`` tokens. Packed (``model.packing``): the rows' real
+    lengths end to end, ``sum(lengths of its rows)``. Micro-batches are consecutive runs of ``rows`` sequences.
+    Returns ``padded_peak``/``packed_peak`` (largest micro-batch), ``padded_mean``/``packed_mean``, ``longest``
+    (longest sequence), ``padding_fraction`` (1 - real / padded tokens), ``sequences``, ``source``."""
+    if rows < 1:
+        raise ValueError(f"rows per micro-batch must be >= 1, got {rows}")
+    padded, packed = [], []
+    for step in steps:
+        S = max(step)
+        for i in range(0, len(step), rows):
+            mb = step[i:i + rows]
+            padded.append(len(mb) * S)
+            packed.append(sum(mb))
+    return dict(padded_peak=max(padded), packed_peak=max(packed), padded_mean=sum(padded) / len(padded),
+                packed_mean=sum(packed) / len(packed), longest=max(max(s) for s in steps),
+                padding_fraction=1 - sum(packed) / sum(padded), sequences=sum(len(s) for s in steps), source=source)
+
+
 def setup_from_config(cfg, hf_config, nodes: int, gpus_per_node: int, **kw) -> Setup:
     """Build a :class:`Setup` from a dvr1 YAML (OmegaConf) + the model's HF config. ``kw`` overrides fields
     (e.g. ``seq_len``, ``gpu_gib``, ``overhead_gib``). Fields absent from the YAML take the defaults in the module
     docstring. Sequence length = video tokens (video.num_frames, or video.max_frames when num_frames is 0, at
     video.max_pixels) + ``prompt_tokens`` (default 256) + rollout.max_new_tokens."""
     prompt_tokens = kw.pop("prompt_tokens", 256)
+    lengths_file, length_dist = kw.pop("lengths", None), kw.pop("length_dist", None)
+    length_steps = kw.pop("length_steps", 100)
     frames = int(_sel(cfg, "video.num_frames", 8)) or int(_sel(cfg, "video.max_frames", 16))
     seq = video_tokens(frames, int(_sel(cfg, "video.max_pixels", 112 * 112))) + prompt_tokens + int(
         _sel(cfg, "rollout.max_new_tokens", 64))
@@ -437,7 +625,25 @@ def setup_from_config(cfg, hf_config, nodes: int, gpus_per_node: int, **kw) -> S
         flash=_sel(cfg, "model.spec", "local") == "te", gated_fused=_sel(cfg, "model.spec", "local") == "te",
         vllm=_sel(cfg, "rollout.engine", "native") == "vllm", vllm_tp=int(_sel(cfg, "rollout.tensor_parallel_size", 1)),
         vllm_util=float(_sel(cfg, "rollout.gpu_memory_utilization", 0.4)),
-        vllm_sleep=bool(_sel(cfg, "rollout.enable_sleep_mode", True)), sequences_per_step=seqs)
+        vllm_sleep=bool(_sel(cfg, "rollout.enable_sleep_mode", True)), sequences_per_step=seqs,
+        packing=bool(_sel(cfg, "model.packing", False)),
+        offload=bool(_sel(cfg, "rollout.offload_trainer_state", False)))
+    if lengths_file and length_dist:
+        raise ValueError("give --lengths or --length-dist, not both")
+    if lengths_file or length_dist:
+        per_rank, G = max(1, seqs // dp), int(_sel(cfg, "rollout.group_size", 8))
+        if lengths_file:
+            steps, source = load_lengths(lengths_file, per_rank), os.path.basename(lengths_file)
+        else:
+            steps = simulate_lengths(length_dist, length_steps, per_rank, G, prompt_tokens=prompt_tokens,
+                                     max_new_tokens=int(_sel(cfg, "rollout.max_new_tokens", 64)),
+                                     num_frames=int(_sel(cfg, "video.num_frames", 8)),
+                                     fps=float(_sel(cfg, "video.fps", 2.0)),
+                                     max_frames=int(_sel(cfg, "video.max_frames", 16)),
+                                     max_pixels=int(_sel(cfg, "video.max_pixels", 112 * 112)))
+            source = f"{length_dist}: {LENGTH_DISTS[length_dist]['source']}, {length_steps} steps"
+        L = length_stats(steps, mb, source)
+        st.update(lengths=L, packed_tokens=L["packed_peak"], padded_seq=L["longest"])
     st.update(kw)
     return Setup(**st)
 
@@ -454,8 +660,13 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-tokens", type=int, default=256, help="text tokens of a prompt besides the video")
     p.add_argument("--overhead-gib", type=float, default=4.0)
     p.add_argument("--vllm-reserve-gib", type=float, default=2.0)
+    p.add_argument("--lengths", default=None, help="JSON list of sequence lengths (ints or {prompt, response}): "
+                   "padded vs packed micro-batch tokens from them")
+    p.add_argument("--length-dist", default=None, choices=sorted(LENGTH_DISTS),
+                   help="a named length distribution (video durations through the config's frame sampling)")
+    p.add_argument("--length-steps", type=int, default=100, help="steps drawn from --length-dist")
     p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. parallel.tp=4")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(a.config)
@@ -473,6 +684,7 @@ def main(argv=None) -> int:
 
         hf = AutoConfig.from_pretrained(path)
     kw = dict(prompt_tokens=a.prompt_tokens, overhead_gib=a.overhead_gib, vllm_reserve_gib=a.vllm_reserve_gib,
+              lengths=a.lengths, length_dist=a.length_dist, length_steps=a.length_steps,
               gpu_gib=a.gpu_mem_gib or GPUS[a.gpu] / 1024)
     if a.seq_len:
         kw["seq_len"] = a.seq_len

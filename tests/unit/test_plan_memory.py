@@ -185,9 +185,16 @@ def test_fused_logprobs_count_chunk_buffers_only(cfg, preset, nodes):
     assert pm.logits_bytes(fused) == (2 + 4 + 4) * 1024 * v_local
     assert pm.logits_bytes(unfused) == 2 * tokens * v_local
     assert pm.logits_bytes(fused) < pm.logits_bytes(unfused)
-    # the plan's last-stage activations differ by exactly that term, the other stages not at all
+    # the output layer's kept input: the fused path keeps the SP-gathered [s, b, h] hidden states (2sbh), the
+    # unfused ColumnParallelLinear under SP its sequence-sharded input (2sbh/tp); the final norm's input 2sbh/tp both
+    assert fused.sequence_parallel
+    sbh = tokens * hf.text_config.hidden_size
+    assert pm.output_input_bytes(fused) == 2 * sbh / fused.tp + 2 * sbh
+    assert pm.output_input_bytes(unfused) == 4 * sbh / fused.tp
+    # the plan's last-stage activations differ by exactly these terms, the other stages not at all
     a_f, a_u = pm.plan(fused)["rows"]["activations"], pm.plan(unfused)["rows"]["activations"]
-    assert a_u[-1] - a_f[-1] == pytest.approx(pm.logits_bytes(unfused) - pm.logits_bytes(fused), rel=1e-12)
+    assert a_u[-1] - a_f[-1] == pytest.approx(pm.logits_bytes(unfused) - pm.logits_bytes(fused)
+                                              + 4 * sbh / fused.tp - 2 * sbh / fused.tp - 2 * sbh, rel=1e-12)
     assert a_f[:-1] == a_u[:-1]
     # a chunk longer than the micro-batch's tokens is one chunk of all tokens
     assert pm.logits_bytes(pm.Setup(**{**fused.__dict__, "logprob_chunk": 10 ** 9})) == 10 * tokens * v_local
@@ -210,7 +217,147 @@ def test_cli_on_examples(capsys, cfg, preset, nodes, rc):
 def test_cli_overrides_and_bad_layout(capsys):
     cfg = str(REPO / "examples/qwen2_5_vl_72b.yaml")
     assert pm.main(["-c", cfg, "--preset", "72B", "--nodes", "4", "parallel.distributed_optimizer=false",
-                    "rollout.gpu_memory_utilization=0.6"]) == 1
+                    "rollout.gpu_memory_utilization=0.6", "rollout.offload_trainer_state=false"]) == 1
     assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("DOES NOT FIT: ")
+    # the same with the trainer state offloaded while vLLM is awake fits (16 of 18 bytes/param leave the GPU)
+    assert pm.main(["-c", cfg, "--preset", "72B", "--nodes", "4", "parallel.distributed_optimizer=false",
+                    "rollout.gpu_memory_utilization=0.6", "rollout.offload_trainer_state=true"]) == 0
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].startswith("FITS: ")
     assert pm.main(["-c", cfg, "--preset", "72B", "--nodes", "4", "parallel.pp=3"]) == 2
     assert "world size 32 is not divisible by tp*pp=8*3" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# issue 18: sequence parallel, trainer-state offload, packing, the KV cache for a whole step
+
+
+def test_sequence_parallel_divides_exactly_the_replicated_terms():
+    """SP (Korthikanti Table 2): the norm inputs and the QKV/fc1 GEMM inputs (8h bytes/token at bf16, no dropout)
+    and the full-recompute layer input (2h) are split over TP; the other terms are not touched."""
+    h, t, s, b = 8192, 8, 2304, 8
+    kw = dict(kv_heads=8, ffn=29568, gated=True, dropout=False, flash=True)
+    off = pm.layer_activation_bytes(s, b, h, 64, t, **kw)
+    on = pm.layer_activation_bytes(s, b, h, 64, t, sp=True, **kw)
+    assert off - on == s * b * 8 * h * (1 - 1 / t)
+    # the plan at full recompute, 20 layers per stage, 1F1B: stage k keeps 4 - k micro-batches' layer inputs
+    p_off = pm.plan(_setup(recompute="full", sequence_parallel=False, micro_batch=8))["rows"]["activations"]
+    p_on = pm.plan(_setup(recompute="full", sequence_parallel=True, micro_batch=8))["rows"]["activations"]
+    layer_in, remat = 2 * s * b * h * (1 - 1 / t), 8 * s * b * h * (1 - 1 / t)
+    assert p_off[0] - p_on[0] == pytest.approx(4 * 20 * layer_in + remat, rel=1e-12)
+    assert p_off[1] - p_on[1] == pytest.approx(2 * 20 * layer_in + remat, rel=1e-12)
+    # last stage: + the final norm's input and (unfused logits path) the output layer's input, each 2sbh(1 - 1/t)
+    assert p_off[2] - p_on[2] == pytest.approx(20 * layer_in + remat + 2 * layer_in, rel=1e-12)
+
+
+def test_offload_removes_exact_bytes_per_param():
+    """rollout.offload_trainer_state: at the refit grads (4) + fp32 master (4) + Adam (8) are off the GPU (16 of 18
+    bytes/param at DP=1), the bf16 weights (2) stay for the copy into vLLM; while generating under vLLM all 18."""
+    assert pm.offloaded_bytes_per_param(_setup(offload=True)) == {"refit": 16.0, "generate": 18.0}
+    assert pm.offloaded_bytes_per_param(_setup(offload=False)) == {"refit": 0.0, "generate": 0.0}
+    # DP=2 with the distributed optimizer: 2 + 4 + 12/2 = 12 bytes/param held, 10 of them offloaded at the refit
+    assert pm.offloaded_bytes_per_param(_setup(offload=True, world=64)) == {"refit": 10.0, "generate": 12.0}
+    # fp32 params (4 + 4 grads + 8 Adam), native sampler: the weights are the sampler's, they never leave
+    assert pm.offloaded_bytes_per_param(_setup(offload=True, dtype="float32", distributed_optimizer=False,
+                                               vllm=False)) == {"refit": 12.0, "generate": 12.0}
+    base, off = pm.plan(_setup()), pm.plan(_setup(offload=True))
+    params = [pm.stage_params(base_shape(), 8, 4, k)["params"] for k in (0, 2, 3)]
+    assert [b - o for b, o in zip(base["phases"]["rollout"], off["phases"]["rollout"])] == pytest.approx(
+        [16 * p for p in params], rel=1e-12)
+    assert base["phases"]["training"] == off["phases"]["training"]  # onloaded before the update
+    assert off["rows"]["offloaded in rollout (-)"] == pytest.approx([16 * p for p in params], rel=1e-12)
+    assert "offloaded in rollout (-)" not in base["rows"]
+
+
+def base_shape():
+    return pm.lm_shape(preset_config("72B"))
+
+
+def test_packing_token_counts_from_given_lengths(tmp_path):
+    """Padded micro-batches hold rows x the step's longest; packed ones the sum of their rows' lengths."""
+    L = pm.length_stats([[10, 30, 20, 5], [7, 7]], rows=2, source="hand")
+    # step 1 (longest 30): [10, 30] -> 60 padded / 40 packed, [20, 5] -> 60 / 25; step 2 (longest 7): [7, 7] -> 14 / 14
+    assert (L["padded_peak"], L["packed_peak"], L["longest"], L["sequences"]) == (60, 40, 30, 6)
+    assert L["padded_mean"] == pytest.approx(134 / 3) and L["packed_mean"] == pytest.approx(79 / 3)
+    assert L["padding_fraction"] == pytest.approx(1 - 79 / 134)
+    f = tmp_path / "lengths.json"
+    f.write_text('[10, {"prompt": 20, "response": 10}, 20, 5, 7, 7]')
+    assert pm.load_lengths(str(f), 4) == [[10, 30, 20, 5], [7, 7]]
+    f.write_text('[10, {"prompt": 20}, 3]')
+    with pytest.raises(ValueError, match=r"lengths.json: item 1: expected a positive int"):
+        pm.load_lengths(str(f), 4)
+    f.write_text('[10, 0]')
+    with pytest.raises(ValueError, match=r"item 1: "):
+        pm.load_lengths(str(f), 4)
+    f.write_text('{"a": 1}')
+    with pytest.raises(ValueError, match=r"expected a non-empty JSON list"):
+        pm.load_lengths(str(f), 4)
+
+
+def test_packed_activations_equal_a_padded_microbatch_of_the_same_tokens():
+    """Packed: one THD sequence of the rows' real tokens; with fused attention every term is linear in tokens, so a
+    packed micro-batch of T tokens costs what a padded one of T tokens does (b=1, s=T), logits included."""
+    T = 8 * 2304 // 2
+    for fused in (False, True):
+        packed = pm.plan(_setup(recompute="full", micro_batch=8, packing=True, packed_tokens=T, fused_logprobs=fused))
+        padded = pm.plan(_setup(recompute="full", micro_batch=1, seq_len=T, fused_logprobs=fused))
+        assert packed["rows"]["activations"] == pytest.approx(padded["rows"]["activations"], rel=1e-12)
+    # without a distribution the packed micro-batch is bounded by rows x the longest: the padded micro-batch
+    bound = pm.plan(_setup(recompute="full", micro_batch=8, packing=True))["rows"]["activations"]
+    assert bound == pytest.approx(pm.plan(_setup(recompute="full", micro_batch=8))["rows"]["activations"], rel=1e-12)
+
+
+def test_named_length_distribution_through_the_frame_sampler():
+    # 16 fixed frames at 128 x 28^2 pixels: 8 temporal patches x 128 = 1024 video tokens, whatever the duration
+    assert pm.video_tokens_for_duration(3.0, 16, 2.0, 16, 100352) == 1024
+    # fps sampling (2 fps, at most 16 frames): 3 s -> 6 frames -> 3 x 128; 10 min -> 16 frames -> 1024
+    assert pm.video_tokens_for_duration(3.0, 0, 2.0, 16, 100352) == 384
+    assert pm.video_tokens_for_duration(600.0, 0, 2.0, 16, 100352) == 1024
+    kw = dict(prompt_tokens=256, max_new_tokens=1024, num_frames=0, fps=2.0, max_frames=16, max_pixels=100352)
+    steps = pm.simulate_lengths("seconds-to-minutes", 5, 16, 8, **kw)
+    assert steps == pm.simulate_lengths("seconds-to-minutes", 5, 16, 8, **kw)  # seeded
+    assert [len(s) for s in steps] == [16] * 5
+    assert all(256 + 128 + 1 <= n <= 256 + 1024 + 1024 for s in steps for n in s)
+    with pytest.raises(ValueError, match="--length-dist 'nope': must be one of seconds-to-minutes, videomme"):
+        pm.simulate_lengths("nope", 1, 8, 8, **kw)
+
+
+def test_kv_cache_for_the_whole_step():
+    """72B at vLLM TP 8: 2 x 80 layers x 1 KV head x 128 x 2 bytes = 40 KiB/token; a step's rollouts per DP
+    replica (every PP stage's engine generates them all) = 16 prompts x 8 x 2304 tokens = 294,912 tokens."""
+    st = _setup(sequences_per_step=128, vllm_util=0.3)
+    v = pm.plan(st)["vllm"]
+    assert v["step_tokens"] == 16 * 8 * 2304 and v["step_kv"] == 294912 * 40960
+    weights = (pm.lm_param_counts(st.shape)["total"] + st.vision_params) * 2 / 8
+    assert v["kv"] == pytest.approx(0.3 * st.gpu_gib * pm.GIB - weights - 2 * pm.GIB, rel=1e-12)
+    assert not v["holds_step"]  # 4.8 GiB < 11.25 GiB
+    assert pm.plan(_setup(sequences_per_step=128, vllm_util=0.5))["vllm"]["holds_step"]
+    # DP = 2: each replica rolls out half the step
+    assert pm.plan(_setup(sequences_per_step=128, world=64))["vllm"]["step_tokens"] == 64 * 2304
+
+
+def test_72b_example_plan_meets_issue_18():
+    """The 72B example on 32 H100 (SP, offload, packing on; Video-MME-like lengths): >= 10 % of the GPU free at
+    the peak phase and a KV cache that holds the whole step's rollouts."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(REPO / "examples/qwen2_5_vl_72b.yaml")
+    st = pm.setup_from_config(cfg, preset_config("72B"), 4, 8, length_dist="videomme")
+    assert st.sequence_parallel and st.packing and st.offload and st.fused_logprobs and st.world == 32
+    assert st.lengths["packed_peak"] < st.lengths["padded_peak"] == 8 * 2304
+    r = pm.plan(st)
+    assert r["fits"] and r["headroom"] >= 0.10 * st.gpu_gib * pm.GIB
+    assert r["vllm"]["holds_step"]
+
+
+def test_cli_length_flags(capsys, tmp_path):
+    cfg = str(REPO / "examples/qwen2_5_vl_72b.yaml")
+    f = tmp_path / "l.json"
+    f.write_text("[" + ", ".join(["1300"] * 64 + ["2304"] * 64) + "]")
+    assert pm.main(["-c", cfg, "--preset", "72B", "--nodes", "4", "--lengths", str(f)]) == 0
+    out = capsys.readouterr().out
+    # 16 micro-batches of 8: the first 8 all 1300 tokens (padded to the step's 2304), the last 8 all 2304
+    assert "padded 18432 mean / 18432 peak, packed 14416 mean / 18432 peak" in out
+    assert "packing on | offload on" in out
+    assert pm.main(["-c", cfg, "--preset", "72B", "--nodes", "4", "--lengths", str(f), "--length-dist",
+                    "videomme"]) == 2
+    assert "give --lengths or --length-dist, not both" in capsys.readouterr().err
