@@ -3,6 +3,7 @@
 
     python tools/plan_memory.py -c examples/qwen2_5_vl_72b.yaml --preset 72B --nodes 4
     python tools/plan_memory.py -c examples/qwen2_5_vl_7b.yaml --preset 7B --nodes 1 parallel.tp=4 model.fp8=null
+    python tools/plan_memory.py -c examples/qwen2_5_vl_72b.yaml --preset 72B --nodes 4 --length-dist videomme
 
 Prints one table (rows: memory items in GiB; columns: the first / a middle / the last pipeline stage) and a one-line
 verdict. ``key=value`` overrides edit the YAML as ``dvr1`` does. The YAML is read as plain YAML (not validated
@@ -41,6 +42,19 @@ Accounting (all per GPU, bytes; GiB = 2**30 bytes):
   ``--vllm-reserve-gib``), and the rest is KV cache: 2 (K, V) x layers x max(1, kv_heads / vLLM-TP) x head_dim x
   2 bytes per token. With sleep mode (``rollout.enable_sleep_mode``, level 1) the engine frees its weights and KV
   cache while the trainer runs; without it the whole budget stays claimed.
+  The KV check: the whole step's rollouts of one DP replica at full length (``rl.prompts_per_step`` x
+  ``rollout.group_size`` / DP x (prompt + ``rollout.max_new_tokens``) tokens) must fit in one engine's KV cache,
+  since under PP every stage's engine generates its replica's rollouts.
+- Sequence parallel (``parallel.sequence_parallel``): Table 2's SP rows -- the norm inputs and the QKV / fc1 GEMM
+  inputs, the full-recompute layer input and the final norm's input are ``[s/TP, b, h]``; the output layer's input
+  is ``/TP`` on the unfused path only (:func:`output_input_bytes`).
+- Packing (``model.packing``): a micro-batch is one sequence of its rows' real tokens (``s = sum of lengths``,
+  ``b = 1``) instead of rows x the step's longest; from a length distribution (``--lengths`` JSON or
+  ``--length-dist`` name, :func:`length_stats`) the largest packed micro-batch is planned, and the bound (rows x
+  longest) is printed too; without one, the bound is planned.
+- Trainer-state offload (``rollout.offload_trainer_state``, dvr1/train/offload.py): in the rollout phase the
+  grads and optimizer state are on host; the bf16 weights stay through the refit (vLLM awake), which sets the
+  rollout phase's peak (:func:`offloaded_bytes_per_param`).
 - Overhead: CUDA context, NCCL buffers and allocator fragmentation: ``--overhead-gib`` (assumed, default 4).
 
 Two phases are checked: training (trainer states + activations [+ vLLM budget when it cannot sleep]) and rollout
