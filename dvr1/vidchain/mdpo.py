@@ -21,8 +21,10 @@ that sum to the batch's (`dvr1.rl.losses.combine_metrics`).
 Metrics per step (TRL's ``DPOTrainer`` names): ``rewards/chosen``, ``rewards/rejected`` (implicit rewards
 β·(log π_θ − log π_ref) summed over the response), ``rewards/margins``, ``rewards/accuracies``, ``logps/chosen``,
 ``logps/rejected``, ``loss``; and of the pair construction ``pairs``, ``pairs/<kind>``, ``gap``, ``gap/<kind>``,
-``score/<kind>`` per chain step kind (:func:`pair_stats`), all over the pairs of every DP rank. The trainer state in a checkpoint holds the record/event RNG, this
-rank's pair-subsample RNG and the rollout engine's generator, so a resumed stage samples what it would have.
+``score/<kind>`` per chain step kind (:func:`pair_stats`), all over the pairs of every DP rank.
+
+The trainer state in a checkpoint holds the record/event RNG, this rank's pair-subsample RNG and the rollout
+engine's generator, so a resumed stage samples what it would have.
 """
 
 from __future__ import annotations
