@@ -249,6 +249,7 @@ class VidChainOptions:
     temperature: float = 0.8
     pair_threshold: float = 10.0  # min metric gap, 0-100 scale
     max_pairs_per_step: int = 16  # global (split over DP ranks)
+    micro_batch_pairs: int = 0  # pairs per M-DPO forward/backward microbatch (2 rows each); 0 = a rank's pairs at once
     beta: float = 0.5
     mdpo_lr: float = 1e-5
     max_new_tokens: int = 48
@@ -351,6 +352,7 @@ _RANGES = {
     "rl.steps": _AT_LEAST_0, "rl.prompts_per_step": _AT_LEAST_1, "rl.micro_batch_groups": _AT_LEAST_0,
     "rl.lr": _AT_LEAST_0, "rl.weight_decay": _AT_LEAST_0, "rl.clip_grad": _AT_LEAST_0, "rl.save_every": _AT_LEAST_1,
     "rl.keep_last": _AT_LEAST_1, "rl.dynamic_sampling_max_rounds": _AT_LEAST_1,
+    "vidchain.micro_batch_pairs": _AT_LEAST_0,
     "eval.max_samples": _AT_LEAST_0, "eval.max_new_tokens": _AT_LEAST_1,
 }
 
