@@ -72,6 +72,10 @@ class ModelConfig:
     recompute_method: str = "uniform"  # uniform | block
     recompute_num_layers: int = 1
     recompute_modules: Optional[list[str]] = None
+    # keep the vision tower + merger frozen (DVR1 §4.1 freezes the pretrained encoder). false: SFT and RL train it
+    # with the language model (dvr1/models/qwen2_5_vl.py set_vision_trainable); sft.freeze_vision /
+    # rl.freeze_vision override it per stage (e.g. train it in SFT, keep it frozen in RL as the paper does)
+    freeze_vision: bool = True
 
 
 @dataclass
@@ -154,6 +158,7 @@ class SFTConfig:
     lr: float = 2e-3
     warmup: int = 20
     weight_decay: float = 0.0
+    freeze_vision: Optional[bool] = None  # None = model.freeze_vision
 
 
 @dataclass
@@ -172,6 +177,7 @@ class RLConfig:
     clip_grad: float = 1.0
     save_every: int = 10
     keep_last: int = 2
+    freeze_vision: Optional[bool] = None  # None = model.freeze_vision
 
 
 @dataclass
@@ -320,6 +326,12 @@ def mrope_after_video(cfg) -> str:
     if rule == "auto":
         return "qwen" if cfg.rollout.engine == "vllm" else "transformers"
     return rule
+
+
+def freeze_vision(cfg, stage: str) -> bool:
+    """Whether `stage` ("sft" | "rl") keeps the vision tower frozen: `<stage>.freeze_vision`, unset = model.freeze_vision."""
+    own = cfg[stage].freeze_vision
+    return bool(cfg.model.freeze_vision if own is None else own)
 
 
 def validate(cfg) -> None:
