@@ -1,7 +1,8 @@
 """The RL step, reading like the data flow: data -> rollout -> reward -> advantage/difficulty -> loss -> optimizer.
 
 One `RLTrainer.step()`:
-  1. draw B prompts; decode + encode their videos (frozen vision tower, cached);
+  1. draw B prompts; decode + encode their videos (cached per clip and vision-tower version: a tower trained with
+     `rl.freeze_vision=false` is re-encoded after each update, and the training pass runs it on the pixel values);
   2. roll out G responses each (`rollout.engine`);
   3. score them (ALGORITHMS §6) and form group advantages (§2);
   4. DA-Aug (§4): difficulty from the reward history; hard samples get a hint from a successful trace, easy ones get
