@@ -174,6 +174,7 @@ def test_checkpoint_resume_export_and_conversion_carry_the_trained_tower(paralle
 
     from dvr1.models.convert import convert_megatron_to_hf
     from dvr1.models.export import export_hf
+    from dvr1.models.safetensors_io import SafetensorsFiles
     from dvr1.train.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt, _ = data
@@ -207,20 +208,16 @@ def test_checkpoint_resume_export_and_conversion_carry_the_trained_tower(paralle
               second_per_grid_ts=torch.tensor([p.second_per_grid]))
     with torch.no_grad():
         mine = policy(ids, pos, pixel_values_videos=pv, video_grid_thw=grid)
-        hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()(**kw).logits
-        init = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
-        hf_lm_only = init
-        hf_lm_only.model.language_model.load_state_dict(
-            Qwen2_5_VLForConditionalGeneration.from_pretrained(out, dtype=torch.float32).model.language_model
-            .state_dict())
-        stale_tower = hf_lm_only(**kw).logits  # the trained language model with the untrained tower
+        exported = Qwen2_5_VLForConditionalGeneration.from_pretrained(out, dtype=torch.float32).eval()
+        hf = exported(**kw).logits
+        stale = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
+        stale.model.language_model.load_state_dict(exported.model.language_model.state_dict())
+        stale_tower = stale(**kw).logits  # the trained language model with the untrained tower
     assert torch.allclose(mine, hf, atol=1e-4, rtol=0), (mine - hf).abs().max()
     assert (stale_tower - hf).abs().max() > 1e-3  # the exported tower is what makes them equal
 
     # megatron -> HF conversion of the training checkpoint takes the tower from it, not from hf_dir
     conv = convert_megatron_to_hf(str(tmp_path / "run"), str(tmp_path / "conv"), hf_dir=ckpt, progress=False)
-    from dvr1.models.safetensors_io import SafetensorsFiles
-
     files = SafetensorsFiles(conv)
     _, policy_1, model_1, _, _, _, _ = _setup(data, False)
     load_checkpoint(tmp_path / "run", [model_1], step=1, restore_rng=False)
@@ -232,6 +229,6 @@ def test_checkpoint_resume_export_and_conversion_carry_the_trained_tower(paralle
 def test_frozen_checkpoint_holds_no_tower(parallel_state_1, data, tmp_path):
     from dvr1.train.checkpoint import save_checkpoint
 
-    _, _, model, opt, sched, _, trainer = _setup(data, True)
+    _, _, model, opt, sched, _, _ = _setup(data, True)
     save_checkpoint(tmp_path, 0, [model], opt, sched, {})
     assert not any(k.startswith("visual.") for k in _dist_keys(tmp_path / "ckpt" / "step_0"))
