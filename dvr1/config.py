@@ -329,7 +329,8 @@ def mrope_after_video(cfg) -> str:
 
 
 def freeze_vision(cfg, stage: str) -> bool:
-    """Whether `stage` ("sft" | "rl") keeps the vision tower frozen: `<stage>.freeze_vision`, unset = model.freeze_vision."""
+    """Whether `stage` ("sft" | "rl") keeps the vision tower frozen: `<stage>.freeze_vision`, or when that is unset
+    (None) `model.freeze_vision`."""
     own = cfg[stage].freeze_vision
     return bool(cfg.model.freeze_vision if own is None else own)
 

@@ -1,7 +1,8 @@
 """`model.freeze_vision` (issue 16): the default keeps the vision tower frozen and the SFT step exactly as before;
 `false` trains the tower with gradients equal to Hugging Face's model, invalidates the embedding cache after every
 update, checkpoints and resumes it exactly, and the HF export / megatron->HF conversion carry the trained tower
-(transformers loads it and gives the policy's logits). TP=2 / PP=2 gradients: tests/distributed/test_rl_step_parallel.py.
+(transformers loads it and gives the policy's logits). TP=2 / PP=2 gradients:
+tests/distributed/test_rl_step_parallel.py; the vLLM refit: tests/distributed/test_vllm_sync.py.
 """
 
 import os

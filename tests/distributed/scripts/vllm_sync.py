@@ -130,7 +130,8 @@ def main(ckpt, out, tp, pp):
 
         def fused(d, name):
             if ".mlp.gate_up_proj." in name:
-                return torch.cat([d[name.replace("gate_up_proj", "gate_proj")], d[name.replace("gate_up_proj", "up_proj")]])
+                return torch.cat([d[name.replace("gate_up_proj", "gate_proj")],
+                                  d[name.replace("gate_up_proj", "up_proj")]])
             return d[name]
 
         theirs = engine.llm.apply_model(lambda m: {n: p.detach().cpu().clone() for n, p in m.visual.named_parameters()})
