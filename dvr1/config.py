@@ -76,6 +76,10 @@ class ModelConfig:
     recompute_method: str = "uniform"  # uniform | block
     recompute_num_layers: int = 1
     recompute_modules: Optional[list[str]] = None
+    # keep the vision tower + merger frozen (DVR1 §4.1 freezes the pretrained encoder). false: SFT and RL train it
+    # with the language model (dvr1/models/qwen2_5_vl.py set_vision_trainable); sft.freeze_vision /
+    # rl.freeze_vision override it per stage (e.g. train it in SFT, keep it frozen in RL as the paper does)
+    freeze_vision: bool = True
 
 
 @dataclass
@@ -181,6 +185,7 @@ class SFTConfig:
     lr: float = 2e-3
     warmup: int = 20
     weight_decay: float = 0.0
+    freeze_vision: Optional[bool] = None  # None = model.freeze_vision
 
 
 @dataclass
@@ -206,6 +211,7 @@ class RLConfig:
     clip_grad: float = 1.0
     save_every: int = 10
     keep_last: int = 2
+    freeze_vision: Optional[bool] = None  # None = model.freeze_vision
 
 
 @dataclass
@@ -360,6 +366,13 @@ _RANGES = {
 def overlong_max(cfg) -> int:
     """L_max of the overlong punishment: `reward.overlong_max`, or rollout.max_new_tokens when it is 0."""
     return cfg.reward.overlong_max or cfg.rollout.max_new_tokens
+
+
+def freeze_vision(cfg, stage: str) -> bool:
+    """Whether `stage` ("sft" | "rl") keeps the vision tower frozen: `<stage>.freeze_vision`, or when that is unset
+    (None) `model.freeze_vision`."""
+    own = cfg[stage].freeze_vision
+    return bool(cfg.model.freeze_vision if own is None else own)
 
 
 def validate(cfg) -> None:

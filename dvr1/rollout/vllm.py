@@ -5,10 +5,12 @@ calls :meth:`VLLMRolloutEngine.sync_weights`, which gathers the policy's TP shar
 tensors) into HF-named full tensors (`dvr1.models.export.iter_full_state_for_hf`, the same mapping table as
 conversion and export) and reloads them into vLLM in place
 (``LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": ...})``, vLLM 0.32
-``v1/worker/gpu_model_runner.py:5287``), then resets vLLM's encoder, multi-modal and prefix caches.
+``v1/worker/gpu_model_runner.py:5287``), then resets vLLM's encoder, multi-modal and prefix caches. The refit sends the
+vision tower (``visual.*``) too, so a tower trained with ``model.freeze_vision=false`` reaches vLLM, although the
+rollouts below hand vLLM the trainer's own video embeddings.
 
 Video goes in as vLLM multi-modal *embeddings*: the request's ``video_embeds`` ``[num_video_tokens, hidden]`` come
-from the policy's own frozen vision tower (`dvr1.train.inputs.InputBuilder`, PyAV or DALI, DA-Aug noise included), with
+from the policy's own vision tower (`dvr1.train.inputs.InputBuilder`, PyAV or DALI, DA-Aug noise included), with
 ``video_grid_thw`` ``[1, 3]`` and ``second_per_grid_ts`` ``[1]`` (seconds per temporal grid step) so vLLM computes the
 same 3-D mrope positions. The prompt's run of ``<|video_pad|>`` tokens is collapsed to one token: vLLM expands it
 to ``t * h * w / merge^2`` itself (it does not recognise an already-expanded run and would expand every pad token).

@@ -201,8 +201,10 @@ def check_trained_rule(hf_config, hf_path: str, rule: str) -> None:
                           f"model.mrope_rule={rule}; pass model.mrope_rule={trained}, or use another run_dir")
 
 
-def build_policy(cfg, hf_path: str, pinfo, trainable: bool = True):
-    """The megatron-core policy of this rank, with weights from a HF checkpoint directory."""
+def build_policy(cfg, hf_path: str, pinfo, trainable: bool = True, train_vision: bool = False):
+    """The megatron-core policy of this rank, with weights from a HF checkpoint directory. `train_vision` (with
+    `trainable`): the vision tower trains too (`model.freeze_vision=false`; `dvr1.config.freeze_vision`)."""
+
     from dvr1.models.qwen2_5_vl import Qwen25VLPolicy, load_hf_config, load_hf_weights
     from dvr1.parallel.precision import check_device, precision_overrides
 
@@ -223,6 +225,8 @@ def build_policy(cfg, hf_path: str, pinfo, trainable: bool = True):
     if not trainable:
         policy.requires_grad_(False)
         policy.eval()
+    elif train_vision:
+        policy.set_vision_trainable(True)
     return policy
 
 
@@ -235,9 +239,13 @@ def tokenizer(hf_path: str):
 def optimizer_for(model, lr, weight_decay, clip_grad, warmup, cfg):
     from dvr1.train.optim import build_lr_scheduler, build_optimizer
 
+    from dvr1.train.optim import on_step
+
     chunks, opt = build_optimizer(model, lr=lr, weight_decay=weight_decay, clip_grad=clip_grad,
                                   bf16=cfg.model.dtype == "bfloat16",
                                   use_distributed_optimizer=cfg.parallel.distributed_optimizer)
+    if getattr(model, "vision_trainable", False):  # every update changes the tower: its embedding caches go stale
+        on_step(opt, model.vision_updated)
     return chunks[0], opt, build_lr_scheduler(opt, lr, warmup_steps=warmup, weight_decay=weight_decay)
 
 
@@ -323,7 +331,9 @@ def run_sft(cfg, pinfo, init_hf: str) -> str:
         return out
     report = skip_report(cfg, "sft")
     recs = records(cfg, "train", report)
-    policy = build_policy(cfg, init_hf, pinfo)
+    from dvr1.config import freeze_vision
+
+    policy = build_policy(cfg, init_hf, pinfo, train_vision=not freeze_vision(cfg, "sft"))
     model, opt, sched = optimizer_for(policy, cfg.sft.lr, cfg.sft.weight_decay, 1.0, cfg.sft.warmup, cfg)
     tok = tokenizer(init_hf)
     builder = InputBuilder(policy, tok, cfg.video, max_prompt_tokens=max_prompt_tokens(cfg, init_hf), skips=report,
@@ -343,9 +353,10 @@ def run_rl(cfg, pinfo, init_hf: str) -> str:
     if done:
         log.info("rl: found %s, skipping", out)
         return out
-    policy = build_policy(cfg, init_hf, pinfo)
+    from dvr1.config import freeze_vision
     from dvr1.rl.losses import setting
 
+    policy = build_policy(cfg, init_hf, pinfo, train_vision=not freeze_vision(cfg, "rl"))
     reference = build_policy(cfg, init_hf, pinfo, trainable=False) if setting(cfg.algo, "beta") > 0 else None
     model, opt, sched = optimizer_for(policy, cfg.rl.lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg)
     tok = tokenizer(init_hf)

@@ -1,7 +1,8 @@
 """The RL step, reading like the data flow: data -> rollout -> reward -> advantage/difficulty -> loss -> optimizer.
 
 One `RLTrainer.step()`:
-  1. draw B prompts; decode + encode their videos (frozen vision tower, cached);
+  1. draw B prompts; decode + encode their videos (cached per clip and vision-tower version: a tower trained with
+     `rl.freeze_vision=false` is re-encoded after each update, and the training pass runs it on the pixel values);
   2. roll out G responses each (`rollout.engine`) and score them (ALGORITHMS §6; plus DAPO's soft overlong punishment
      with reward.overlong, §9); with rl.dynamic_sampling (DAPO, §9) groups whose metric is equal over the group are
      dropped and further rounds of B prompts are drawn, rolled out and scored until B groups are kept (or the round

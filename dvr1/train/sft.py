@@ -48,7 +48,8 @@ class SFTTrainer:
         items, sources = [], dict.fromkeys(SFT_SOURCES, 0)
         while len(items) < self.batch_per_rank:
             rec = self.sampler.next()
-            p = prepare_or_skip(self.builder, rec, self.sampler, strict=self.cfg.data.strict)
+            # a trained tower encodes the clip inside the training pass (no rollout needs the no-grad embeddings)
+            p = prepare_or_skip(self.builder, rec, self.sampler, strict=self.cfg.data.strict, embed=False)
             if p is not None:
                 ids, source = self.target(rec)
                 items.append((p, ids))

@@ -1,7 +1,8 @@
 """Colocated vLLM engine (dvr1/rollout/vllm.py): after optimizer steps and a sync, vLLM equals the trainer.
 
 Runs tests/distributed/scripts/vllm_sync.py under torchrun at TP=1 (one process), TP=2 and PP=2 (two processes over
-gloo, vLLM joining the trainer's world with distributed_executor_backend="external_launcher").
+gloo, vLLM joining the trainer's world with distributed_executor_backend="external_launcher"). The policy trains its
+vision tower (model.freeze_vision=false): after the sync vLLM's vision tower equals the trainer's.
 """
 
 import pytest
@@ -24,6 +25,7 @@ def ckpt(tmp_path_factory):
 def test_vllm_after_sync_equals_trainer(tmp_path, ckpt, nproc, tp, pp):
     run_torchrun(SCRIPTS / "vllm_sync.py", ckpt, tmp_path, tp, pp, nproc=nproc, timeout=400)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+    assert sum("vllm_visual_diff" in r for r in ranks) == (nproc if pp == 1 else 1)
     for r in ranks:
         # greedy tokens: vLLM after the sync == the native sampler on the trained policy, on every rank
         assert r["vllm"] == r["native"] == ranks[0]["vllm"]
@@ -31,6 +33,11 @@ def test_vllm_after_sync_equals_trainer(tmp_path, ckpt, nproc, tp, pp):
         moved = max(abs(a - b) for x, y in zip(r["vllm_logp"], r["vllm_logp_before"]) for a, b in zip(x, y))
         assert moved > 0.1
         assert r["sent_names"] == r["checkpoint_names"]  # every checkpoint tensor, nothing else
+        if "vllm_visual_diff" in r:  # first stage: model.freeze_vision=false trained the tower; the refit carried it
+            assert r["tower_moved"] > 1e-3
+            assert r["vllm_visual_compared"] >= 15  # norms, biases, patch embedding of both blocks and the merger
+            assert r["vllm_visual_diff"] == 0.0  # vLLM holds the trained tower's values ...
+            assert r["vllm_visual_vs_untrained"] > 1e-4  # ... not the checkpoint's
     last = [r for r in ranks if "trainer_logp" in r]
     assert len(last) == (nproc if pp == 1 else 1)
     for r in last:

@@ -5,7 +5,10 @@
 Per rank (OUT/rank{r}.pt): greedy tokens of vLLM and of the native sampler on 3 video prompts, vLLM's sampled-token
 log-probs before and after the sync, the trainer's recomputed log-probs of vLLM's responses (last stage), vLLM's
 prompt log-probs and the trainer's (positions after the video depend on second_per_grid_ts), the seconds the sync
-took, and the HF names a sync sends next to the checkpoint's tensor names.
+took, and the HF names a sync sends next to the checkpoint's tensor names. The policy trains its vision tower
+(`model.freeze_vision=false`, issue 16): the requests carry pixel values, the optimizer steps move the tower, the
+prompts are re-encoded with it afterwards (as `InputBuilder` does after an update), and vLLM's own vision tower
+after the sync is compared with the trainer's (`vllm_visual_diff`, `vllm_visual_vs_untrained`, `tower_moved`).
 """
 
 import os
@@ -32,9 +35,10 @@ def main(ckpt, out, tp, pp):
     from transformers import AutoTokenizer
 
     cfg = load_config(None, [f"parallel.tp={tp}", f"parallel.pp={pp}", "log.wandb=false", "rollout.engine=vllm",
-                             "rollout.max_model_len=1024"])
+                             "rollout.max_model_len=1024", "model.freeze_vision=false"])
     info = job.init(cfg)
-    policy = job.build_policy(cfg, ckpt, info)
+    policy = job.build_policy(cfg, ckpt, info, train_vision=True)
+    tower0 = {n: p.detach().clone() for n, p in policy.visual.named_parameters()} if policy.visual else {}
     model, opt, sched = job.optimizer_for(policy, 2e-2, 0.0, 0.0, 0, cfg)
     hf_cfg = load_hf_config(ckpt)
     tok = AutoTokenizer.from_pretrained(ckpt)
@@ -54,8 +58,10 @@ def main(ckpt, out, tp, pp):
         prompt = chat_prompt(f"question {b}? describe the motion", num_video_tokens(grid[0]))
         ids = torch.tensor(tok(prompt)["input_ids"])
         pos = get_rope_index(ids.view(1, -1), hf_cfg.video_token_id, grid, [SPG], 2, 2, rule)[:, 0]
-        embeds = policy.encode_video(pv, grid) if policy.visual is not None else None
-        prepared.append(Prepared(None, "", RolloutRequest(ids, pos, embeds, video_grid_thw=grid, second_per_grid=SPG),
+        with torch.no_grad():
+            embeds = policy.encode_video(pv, grid) if policy.visual is not None else None
+        prepared.append(Prepared(None, "", RolloutRequest(ids, pos, embeds, video_grid_thw=grid, second_per_grid=SPG,
+                                                          pixel_values_videos=pv if policy.visual else None),
                                  grid, SPG, hf_cfg.video_token_id))
     engine = job.rollout_engine(cfg, policy, ckpt)
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=12, stop_token_ids=(eos,))
@@ -71,6 +77,10 @@ def main(ckpt, out, tp, pp):
                                                                / batch.resp_mask.sum(), {}), forward_only=False)
         opt.step()
     seconds = engine.sync_weights(model)
+    for p in prepared:  # the trained tower's embeddings of the prompts (what InputBuilder hands out after an update)
+        if policy.visual is not None:
+            with torch.no_grad():
+                p.request.video_embeds = policy.encode_video(p.request.pixel_values_videos, p.video_grid_thw)
     after = engine.generate([p.request for p in prepared], greedy)
     native = NativeRolloutEngine(policy).generate([p.request for p in prepared], greedy)
     check = build_batch([(p, o.token_ids[0]) for p, o in zip(prepared, after)], pad)
@@ -96,7 +106,8 @@ def main(ckpt, out, tp, pp):
     other = "transformers5" if rule == "qwen" else "qwen"  # the other rule: its log-probs must NOT match vLLM's
     pos_other = get_rope_index(r.prompt_ids.view(1, -1), hf_cfg.video_token_id, p0.video_grid_thw, [SPG], 2, 2,
                                other)[:, 0]
-    p_other = Prepared(None, "", RolloutRequest(r.prompt_ids, pos_other, r.video_embeds, p0.video_grid_thw, SPG),
+    p_other = Prepared(None, "", RolloutRequest(r.prompt_ids, pos_other, r.video_embeds, r.pixel_values_videos,
+                                                   p0.video_grid_thw, SPG),
                        p0.video_grid_thw, SPG, hf_cfg.video_token_id)
     for key, p in (("trainer_prompt_logp", p0), ("trainer_prompt_logp_other_rule", p_other)):
         whole = build_batch([(p, ids[-1:])], pad)  # the prompt's tokens are targets of the shifted logits
@@ -113,6 +124,27 @@ def main(ckpt, out, tp, pp):
     from dvr1.models.export import iter_full_state_for_hf
 
     result["sent_names"] = sorted(n for n, _ in iter_full_state_for_hf(unwrap_model(model)))
+    # the refit carried the trained tower: every vision tensor vLLM still holds as a tensor equals the trainer's
+    # trained one (gate/up fused in vLLM). vLLM's CPU linear layers keep only a oneDNN handle of their weight (an
+    # empty tensor is left), so those weights are not comparable here; norms, biases, the patch embedding are.
+    if policy.visual is not None:
+        mine = {n: p.detach() for n, p in policy.visual.named_parameters()}
+
+        def fused(d, name):
+            if ".mlp.gate_up_proj." in name:
+                return torch.cat([d[name.replace("gate_up_proj", "gate_proj")],
+                                  d[name.replace("gate_up_proj", "up_proj")]])
+            return d[name]
+
+        theirs = engine.llm.apply_model(lambda m: {n: p.detach().cpu().clone() for n, p in m.visual.named_parameters()})
+        theirs = theirs[0] if isinstance(theirs, list) else theirs
+        same = {n: t for n, t in theirs.items() if t.numel() and t.shape == fused(mine, n).shape}
+        result.update(
+            vllm_visual_compared=len(same),
+            vllm_visual_diff=max(float((t.float() - fused(mine, n).float()).abs().max()) for n, t in same.items()),
+            vllm_visual_vs_untrained=max(float((t.float() - fused(tower0, n).float()).abs().max())
+                                         for n, t in same.items()),
+            tower_moved=max(float((mine[n] - v).abs().max()) for n, v in tower0.items()))
     with safe_open(os.path.join(ckpt, "model.safetensors"), "pt") as f:
         result["checkpoint_names"] = sorted(f.keys())
     torch.save(result, os.path.join(out, f"rank{dist.get_rank()}.pt"))
