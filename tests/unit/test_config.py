@@ -127,6 +127,21 @@ def test_vllm_engine_sizes():
                             "ranks)")
 
 
+def test_eval_engine_defaults_to_the_rollout_engine():
+    from dvr1.config import eval_engine
+
+    assert eval_engine(load_config(None)) == "native"
+    assert eval_engine(load_config(None, ["rollout.engine=vllm"])) == "vllm"
+    assert eval_engine(load_config(None, ["rollout.engine=vllm", "eval.engine=native"])) == "native"
+    assert eval_engine(load_config(None, ["eval.engine=vllm"])) == "vllm"
+    with pytest.raises(ConfigError) as e:  # an eval-only vLLM engine has the same TP constraint
+        load_config(None, ["eval.engine=vllm", "parallel.tp=2", "rollout.tensor_parallel_size=4"])
+    assert str(e.value).startswith("rollout.tensor_parallel_size=4: must be 1 or parallel.tp=2")
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["eval.engine=hf"])
+    assert str(e.value) == "eval.engine='hf': must be one of auto, native, vllm"
+
+
 def test_mrope_rule_follows_the_rollout_engine():
     """model.mrope_after_video=auto: the trainer uses the positions the rollout engine samples with."""
     from dvr1.config import mrope_after_video
