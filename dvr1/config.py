@@ -219,6 +219,9 @@ class EvalConfig:
     split: str = "test"
     max_samples: int = 0  # 0 = all
     max_new_tokens: int = 64
+    # the greedy decoder of `dvr1 eval` and the main job's evals: auto (= rollout.engine) | native | vllm (a colocated
+    # vLLM engine started from the evaluated HF checkpoint; dvr1/train/job.py evaluation_engine)
+    engine: str = "auto"
 
 
 @dataclass
@@ -312,6 +315,7 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.mrope_rule": ("qwen", "transformers5"),
     "rollout.engine": ("native", "vllm"),
+    "eval.engine": ("auto", "native", "vllm"),
     "algo.name": ALGORITHMS,
     "algo.loss_agg": LOSS_AGG_MODES,
     "algo.logratio_reduction": ("sum", "mean"),
@@ -363,6 +367,11 @@ _RANGES = {
 }
 
 
+def eval_engine(cfg) -> str:
+    """`eval.engine` with "auto" resolved to `rollout.engine`: "native" | "vllm"."""
+    return cfg.rollout.engine if cfg.eval.engine == "auto" else cfg.eval.engine
+
+
 def overlong_max(cfg) -> int:
     """L_max of the overlong punishment: `reward.overlong_max`, or rollout.max_new_tokens when it is 0."""
     return cfg.reward.overlong_max or cfg.rollout.max_new_tokens
@@ -383,7 +392,7 @@ def validate(cfg) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: must be one of {', '.join(allowed)}")
-    if cfg.rollout.engine == "vllm":
+    if "vllm" in (cfg.rollout.engine, eval_engine(cfg)):
         if cfg.rollout.tensor_parallel_size not in (1, cfg.parallel.tp):
             raise ConfigError(f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size}: must be 1 or "
                               f"parallel.tp={cfg.parallel.tp} (vLLM shares the trainer's ranks)")

@@ -223,12 +223,12 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None, scor
 
     ``dvr1 eval --task dvc --model HF_DIR -c CONFIG [--name NAME] [--split test]`` runs this. Records: the
     ``vidchain.data_root`` split (built first if the set is missing), the first ``vidchain.eval_max_samples`` if
-    > 0; decoding up to ``vidchain.max_new_tokens``; scorers :func:`dvr1.vidchain.metrics.default_scorers` with
+    > 0; greedy decoding up to ``vidchain.max_new_tokens`` with ``eval.engine`` (`dvr1.train.job.evaluation_engine`);
+    scorers :func:`dvr1.vidchain.metrics.default_scorers` with
     ``vidchain.meteor`` unless given. Writes ``<run_dir>/eval_vidchain_<name>.json`` (global rank 0) and returns the
     result dict of :func:`evaluate_vidchain`. Every rank of a TP/PP layout must call it (the decode is collective).
     Raises FileNotFoundError when ``hf_path`` has no ``config.json``.
     """
-    from dvr1.rollout.native import NativeRolloutEngine
     from dvr1.train import job
     from dvr1.train.inputs import InputBuilder
     from dvr1.vidchain.metrics import default_scorers
@@ -249,7 +249,7 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None, scor
     policy = job.build_policy(cfg, hf_path, pinfo, trainable=False)
     tok = job.tokenizer(hf_path)
     inputs = ChainInputs(InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict))
-    res = evaluate_vidchain(NativeRolloutEngine(policy, seed=cfg.seed), inputs, tok, recs, scorers,
+    res = evaluate_vidchain(job.evaluation_engine(cfg, policy, hf_path), inputs, tok, recs, scorers,
                             opts.max_new_tokens, cfg.log.progress, out if writer else None)
     log.info("eval[%s]: %s", name, format_results({name: res}).splitlines()[-1])
     return res

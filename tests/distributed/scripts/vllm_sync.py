@@ -3,7 +3,8 @@
     torchrun --nproc-per-node N vllm_sync.py CKPT OUT TP PP
 
 Per rank (OUT/rank{r}.pt): greedy tokens of vLLM and of the native sampler on 3 video prompts, vLLM's sampled-token
-log-probs before and after the sync, the trainer's recomputed log-probs of vLLM's responses (last stage), vLLM's
+log-probs before and after the sync, sampled rollouts (n=2, temperature 1) of the checkpoint's weights and how many
+of the 3 requests this rank's engine generated itself (PP splits them over the stages), the trainer's recomputed log-probs of vLLM's responses (last stage), vLLM's
 prompt log-probs and the trainer's (positions after the video depend on second_per_grid_ts), the seconds the sync
 took, and the HF names a sync sends next to the checkpoint's tensor names. The policy trains its vision tower
 (`model.freeze_vision=false`, issue 16): the requests carry pixel values, the optimizer steps move the tower, the
@@ -66,6 +67,12 @@ def main(ckpt, out, tp, pp):
     engine = job.rollout_engine(cfg, policy, ckpt)
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=12, stop_token_ids=(eos,))
     before = engine.generate([p.request for p in prepared], greedy)
+    # sampled rollouts of the checkpoint's weights (n=2, temperature 1): under PP each stage generates its share of
+    # the 3 prompts (stage 0: prompts 0 and 2, stage 1: prompt 1) and the outputs are gathered; the test compares
+    # them with the PP=1 run's
+    sampled = engine.generate([p.request for p in prepared],
+                              SamplingParams(n=2, temperature=1.0, max_new_tokens=8, stop_token_ids=(eos,)))
+    local_requests = engine.local_requests
 
     # two optimizer steps that raise the log-likelihood of fixed responses (a plain SFT loss)
     items = [(p, torch.randint(10, 300, (6,), generator=g).tolist()) for p in prepared]
@@ -88,7 +95,9 @@ def main(ckpt, out, tp, pp):
 
     result = {"rule": rule, "vllm": [o.token_ids[0] for o in after], "native": [o.token_ids[0] for o in native],
               "vllm_logp": [o.logprobs[0] for o in after], "vllm_logp_before": [o.logprobs[0] for o in before],
-              "sync_seconds": seconds, "resp_mask": check.resp_mask}
+              "sync_seconds": seconds, "resp_mask": check.resp_mask,
+              "sampled": [o.token_ids for o in sampled], "sampled_logp": [o.logprobs for o in sampled],
+              "local_requests": local_requests}
     if trainer_logp is not None:
         result["trainer_logp"] = trainer_logp
 
