@@ -15,7 +15,8 @@ benchmark directory looks"):
   clips next to the JSON.
 
 Checked: the JSON per benchmark and the one table with the paper's rows (rows and columns), the metrics equal to the
-metric functions applied to the saved predictions (and recomputed from the responses), a SIGKILLed eval
+metric functions applied to the saved predictions (and recomputed from the responses; the tiny model's are all 0,
+so hand-written NExT-GQA responses are checked against hand-worked official values too), a SIGKILLed eval
 (DVR1_KILL_AT) resumed to the same predictions as an uninterrupted run, levels imported apart evaluated as one, and
 one RL step on the imported Video-R1 mixture logging ``reward/<problem_type>`` of each type."""
 
@@ -89,7 +90,7 @@ def _write_nextgqa(ann: Path, videos: Path, clips: list[dict]) -> list[tuple]:
     vid_map = json.loads((FIX / "nextgqa" / "map_vid_vidorID.json").read_text())
     templates = [rows[0], rows[1], rows[2], rows[4]]  # the fourth: a quoted field with commas
     vids = [templates[0]["video_id"], templates[1]["video_id"]]  # two videos: the H.264 clip, the VP9 clip
-    spans = ([[0.4, 1.4]], [[0.0, 0.8], [1.2, 2.0]])
+    spans = ([[0.5, 1.5]], [[0.0, 0.75], [1.25, 2.0]])  # exact in binary: IoP 0.5 is 0.5
     out_rows, gsub, expected = [], {}, []
     for k, t in enumerate(templates):
         vid, clip = vids[k % 2], clips[k % 2]
@@ -313,3 +314,38 @@ def test_sets_of_one_benchmark_are_evaluated_as_one(sets, tmp_path, parallel_sta
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"dvr1 eval: {data / 'seed-L1-again' / 'L1.jsonl'}:1: id: {seed[0].id!r} also in another seed-bench-r1 set "
         "under --data (ids must be unique across the sets of one benchmark)")
+
+
+def test_nextgqa_metrics_of_known_responses(sets, tmp_path, parallel_state_1, capsys):
+    """The tiny model answers nothing readable, so its metrics are all 0; here the imported NExT-GQA set's
+    predictions file holds hand-written responses (as a finished earlier run of the same eval would: `dvr1 eval`
+    keeps finished rows), and the JSON and the table row equal the hand-worked official metrics.
+
+    Ground truth (imported): A [[0.5, 1.5]]; B [[0, 0.75], [1.25, 2]]; C [[0.5, 1.5]]; D [[0, 0.75], [1.25, 2]].
+    Responses: A + (0.5, 1.5): right, IoU 1, IoP 1; B + (1, 2): right, max over segments IoU 0.75/1 = 0.75,
+    IoP 0.75/1 = 0.75 (the first segment is disjoint); A + (1, 2) for C: wrong, IoU 0.5/1.5, IoP 0.5/1; none.
+    Acc@QA 2/4, Acc@GQA 2/4 (both right answers have IoP >= 0.5), mIoP (1 + .75 + .5 + 0)/4, IoP@0.3 and @0.5 3/4
+    (0.5 counts: the official ``>=``), mIoU (1 + .75 + 1/3 + 0)/4, IoU@0.3 3/4, IoU@0.5 2/4."""
+    data, model, gqa = sets["data"], sets["model"], sets["recs"]["nextgqa"]
+    assert [(r.answer, r.segments) for r in gqa] == [("A", [[0.5, 1.5]]), ("B", [[0.0, 0.75], [1.25, 2.0]]),
+                                                      ("C", [[0.5, 1.5]]), ("D", [[0.0, 0.75], [1.25, 2.0]])]
+    run = tmp_path / "run"
+    args = ["eval", "--benchmark", "nextgqa", "--data", str(data / "nextgqa"), "--model", model, f"run_dir={run}",
+            *TINY]
+    assert cli.main([*args, "--name", "known"]) == 0
+    header, rows = _rows(run / "eval_nextgqa_known.predictions.jsonl")
+    responses = ["<think>t</think><answer>A</answer><glue>[(0.5, 1.5)]</glue>",
+                 "<think>t</think><answer>B</answer><glue>[(1.0, 2.0)]</glue>",
+                 "<think>t</think><answer>A</answer><glue>[(1.0, 2.0)]</glue>", "\n\n"]
+    known = [prediction_row(rec, text) for rec, text in zip(gqa, responses)]
+    (run / "eval_nextgqa_known.predictions.jsonl").write_text(
+        "".join(json.dumps(x) + "\n" for x in [{"header": header}, *known]))
+    capsys.readouterr()
+    assert cli.main([*args, "--name", "known"]) == 0
+    res = json.loads((run / "eval_nextgqa_known.json").read_text())
+    want = {"Acc@QA": 50.0, "Acc@GQA": 50.0, "mIoP": 56.25, "IoP@0.3": 75.0, "IoP@0.5": 75.0,
+            "mIoU": 100 * (1 + 0.75 + 1 / 3) / 4, "IoU@0.3": 75.0, "IoU@0.5": 50.0}
+    assert res["metrics"] == pytest.approx(want)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0] == "| model | Acc@QA | Acc@GQA | mIoP | IoP@0.3 | IoP@0.5 | mIoU | IoU@0.3 | IoU@0.5 |"
+    assert out[-1] == "| known | 50.0 | 50.0 | 56.2 | 75.0 | 75.0 | 52.1 | 75.0 | 50.0 |"
