@@ -58,7 +58,7 @@ class SFTTrainer:
         n_tok = batch.resp_mask.sum()
 
         def loss_fn(logp, _entropy, rows):  # this microbatch's share of the batch-mean NLL
-            return -(logp * batch.resp_mask[rows]).sum() / n_tok, {}
+            return -(logp * batch.resp_mask[rows].to(logp.device)).sum() / n_tok, {}
 
         self.model.train()
         self.model.zero_grad_buffer()
