@@ -79,6 +79,10 @@ class ModelConfig:
     recompute_method: str = "uniform"  # uniform | block
     recompute_num_layers: int = 1
     recompute_modules: Optional[list[str]] = None
+    # keep the vision tower + merger frozen (DVR1 §4.1 freezes the pretrained encoder). false: SFT and RL train it
+    # with the language model (dvr1/models/qwen2_5_vl.py set_vision_trainable); sft.freeze_vision /
+    # rl.freeze_vision override it per stage (e.g. train it in SFT, keep it frozen in RL as the paper does)
+    freeze_vision: bool = True
 
 
 @dataclass
@@ -184,6 +188,7 @@ class SFTConfig:
     lr: float = 2e-3
     warmup: int = 20
     weight_decay: float = 0.0
+    freeze_vision: Optional[bool] = None  # None = model.freeze_vision
 
 
 @dataclass
@@ -209,6 +214,7 @@ class RLConfig:
     clip_grad: float = 1.0
     save_every: int = 10
     keep_last: int = 2
+    freeze_vision: Optional[bool] = None  # None = model.freeze_vision
 
 
 @dataclass
@@ -216,6 +222,9 @@ class EvalConfig:
     split: str = "test"
     max_samples: int = 0  # 0 = all
     max_new_tokens: int = 64
+    # the greedy decoder of `dvr1 eval` and the main job's evals: auto (= rollout.engine) | native | vllm (a colocated
+    # vLLM engine started from the evaluated HF checkpoint; dvr1/train/job.py evaluation_engine)
+    engine: str = "auto"
 
 
 @dataclass
@@ -252,6 +261,7 @@ class VidChainOptions:
     temperature: float = 0.8
     pair_threshold: float = 10.0  # min metric gap, 0-100 scale
     max_pairs_per_step: int = 16  # global (split over DP ranks)
+    micro_batch_pairs: int = 0  # pairs per M-DPO forward/backward microbatch (2 rows each); 0 = a rank's pairs at once
     beta: float = 0.5
     mdpo_lr: float = 1e-5
     max_new_tokens: int = 48
@@ -308,6 +318,7 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.mrope_rule": ("qwen", "transformers5"),
     "rollout.engine": ("native", "vllm"),
+    "eval.engine": ("auto", "native", "vllm"),
     "algo.name": ALGORITHMS,
     "algo.loss_agg": LOSS_AGG_MODES,
     "algo.logratio_reduction": ("sum", "mean"),
@@ -354,13 +365,26 @@ _RANGES = {
     "rl.steps": _AT_LEAST_0, "rl.prompts_per_step": _AT_LEAST_1, "rl.micro_batch_groups": _AT_LEAST_0,
     "rl.lr": _AT_LEAST_0, "rl.weight_decay": _AT_LEAST_0, "rl.clip_grad": _AT_LEAST_0, "rl.save_every": _AT_LEAST_1,
     "rl.keep_last": _AT_LEAST_1, "rl.dynamic_sampling_max_rounds": _AT_LEAST_1,
+    "vidchain.micro_batch_pairs": _AT_LEAST_0,
     "eval.max_samples": _AT_LEAST_0, "eval.max_new_tokens": _AT_LEAST_1,
 }
+
+
+def eval_engine(cfg) -> str:
+    """`eval.engine` with "auto" resolved to `rollout.engine`: "native" | "vllm"."""
+    return cfg.rollout.engine if cfg.eval.engine == "auto" else cfg.eval.engine
 
 
 def overlong_max(cfg) -> int:
     """L_max of the overlong punishment: `reward.overlong_max`, or rollout.max_new_tokens when it is 0."""
     return cfg.reward.overlong_max or cfg.rollout.max_new_tokens
+
+
+def freeze_vision(cfg, stage: str) -> bool:
+    """Whether `stage` ("sft" | "rl") keeps the vision tower frozen: `<stage>.freeze_vision`, or when that is unset
+    (None) `model.freeze_vision`."""
+    own = cfg[stage].freeze_vision
+    return bool(cfg.model.freeze_vision if own is None else own)
 
 
 def validate(cfg) -> None:
@@ -371,7 +395,7 @@ def validate(cfg) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
             raise ConfigError(f"{key}={value!r}: must be one of {', '.join(allowed)}")
-    if cfg.rollout.engine == "vllm":
+    if "vllm" in (cfg.rollout.engine, eval_engine(cfg)):
         if cfg.rollout.tensor_parallel_size not in (1, cfg.parallel.tp):
             raise ConfigError(f"rollout.tensor_parallel_size={cfg.rollout.tensor_parallel_size}: must be 1 or "
                               f"parallel.tp={cfg.parallel.tp} (vLLM shares the trainer's ranks)")

@@ -17,6 +17,8 @@ dataset (``dvr1.data.build.data_root_state`` -> ``"user"``): training and eval r
 command itself never overwrites what it did not write: it refuses (exit 2, one line) an ``--out`` that is a file, a
 non-empty directory without an import manifest, or one holding another split's import; an existing
 ``<split>.jsonl`` is replaced only with ``--overwrite``.
+Without ``--split`` the split is the format's ``DEFAULT_SPLIT``, or, for a reader without one, the split it reads by
+default (as its docstring says; from the file's name where a single file of a named split is given).
 ``--strict`` fails on the first malformed row (:data:`dvr1.data.formats.MALFORMED`) instead of reporting it.
 """
 
@@ -140,6 +142,15 @@ def _atomic_write(path: str, write) -> None:
         raise
 
 
+def records_split(imported: Imported, fmt: str) -> str:
+    """The one split of ``imported.records`` (the split a reader chose when called with ``split=None``). Raises
+    RuntimeError when the records name several (a reader bug)."""
+    splits = sorted({str(r.split) for r in imported.records})
+    if len(splits) != 1:
+        raise RuntimeError(f"format {fmt}: the reader returned records of splits {splits}; expected one")
+    return splits[0]
+
+
 def run_import(fmt: str, annotations: str, videos: str | None, out: str, split: str | None = None,
                strict: bool = False, overwrite: bool = False) -> dict:
     """Import ``annotations`` with format ``fmt`` into ``out``; returns the manifest written.
@@ -149,14 +160,15 @@ def run_import(fmt: str, annotations: str, videos: str | None, out: str, split: 
             :func:`check_out`), a malformed row under ``strict`` (``"{file}:{line}: {field}: {msg}"``).
     """
     mod = get_format(fmt)
-    split = split if split is not None else getattr(mod, "DEFAULT_SPLIT", "train")
+    split = split if split is not None else getattr(mod, "DEFAULT_SPLIT", None)
     if not os.path.exists(annotations):
         raise DataError(f"--annotations {annotations}: not found")
     if videos is not None and not os.path.isdir(videos):
         raise DataError(f"--videos {videos}: not a directory")
     annotations, out = os.path.abspath(annotations), os.path.abspath(out)
     videos = None if videos is None else os.path.abspath(videos)
-    check_out(out, split, overwrite)
+    if split is not None:
+        check_out(out, split, overwrite)
     imported = mod.read(annotations, videos, split)
     check_unique_ids(imported, fmt)
     dropped = sorted(imported.dropped, key=lambda s: (imported.sources.index(s.file) if s.file in imported.sources
@@ -168,6 +180,9 @@ def run_import(fmt: str, annotations: str, videos: str | None, out: str, split: 
     if not imported.records:
         raise DataError(f"{annotations}: no record could be imported ({len(dropped)} rows dropped"
                         + (f", first: {dropped[0].file}:{dropped[0].line}: {dropped[0].message})" if dropped else ")"))
+    if split is None:  # a reader without DEFAULT_SPLIT chose its split (its default, or the one a file's name says)
+        split = records_split(imported, fmt)
+        check_out(out, split, overwrite)
     for rec in imported.records:
         rec.video = os.path.abspath(rec.video if videos is None or os.path.isabs(rec.video)
                                     else os.path.join(videos, rec.video))

@@ -14,6 +14,7 @@ A grid YAML (see `examples/ablations/*.yaml`, docs/ABLATIONS.md):
     paper_order: [grpo, reg_grpo_da_aug]  # optional: expected ordering, low -> high accuracy (checked in the report)
     launcher: python -m dvr1.cli          # optional: how emitted commands start dvr1 (e.g. torchrun ... -m dvr1.cli)
     slurm: {partition: gpu, time: "04:00:00"}   # optional: `#SBATCH --key=value` lines for --emit sbatch
+    task: rl                              # optional: rl (default) | vidchain (M-DPO runs, docs/VIDCHAIN.md)
 
 Every arm x seed is one run directory `<out>/<arm>/seed<k>/`: `dvr1 train --init <sft_hf> <overrides> <arm>
 seed=k run_dir=...` then `dvr1 eval --model <run>/rl/hf --name rl` (the RL arms differ only in RL; data and SFT are

@@ -15,7 +15,14 @@ from typing import Optional
 import yaml
 
 RUN_RECORD = "ablate_run.json"  # per run: arm, seed, overrides, attempts [{stage, rc, wall_s}], status
-_KEYS = {"name", "base", "out", "overrides", "sft", "arms", "seeds", "paper_order", "launcher", "slurm"}
+_KEYS = {"name", "base", "out", "overrides", "sft", "arms", "seeds", "paper_order", "launcher", "slurm", "task"}
+# what a run trains, and where it leaves its results: "rl" (`dvr1 train` + `dvr1 eval`; the SFT is `dvr1 sft`) or
+# "vidchain" (`dvr1 vidchain --init` = M-DPO + its DVC/grounding eval; the SFT is `dvr1 vidchain --stop-after sft`)
+TASKS = {
+    "rl": {"stage": "rl", "eval": "eval_rl.json", "sft_stage": "sft", "sft_eval": "eval_sft.json"},
+    "vidchain": {"stage": "vidchain_mdpo", "eval": "eval_vidchain_mdpo.json", "sft_stage": "vidchain_sft",
+                 "sft_eval": "eval_vidchain_sft.json"},
+}
 _SFT_KEYS = {"init", "overrides", "eval"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _RESERVED = ("run_dir", "seed")  # set by the runner per run
@@ -42,6 +49,7 @@ class Grid:
     paper_order: Optional[list[str]] = None
     launcher: Optional[str] = None
     slurm: dict = field(default_factory=dict)
+    task: str = "rl"  # a key of TASKS
 
     @property
     def sft_dir(self) -> str:
@@ -51,7 +59,12 @@ class Grid:
     @property
     def sft_hf(self) -> str:
         """HF checkpoint every arm starts from (and uses as its reference policy)."""
-        return self.sft_init or os.path.join(self.sft_dir, "sft", "hf")
+        return self.sft_init or os.path.join(self.sft_dir, TASKS[self.task]["sft_stage"], "hf")
+
+    @property
+    def sft_eval_path(self) -> str:
+        """The shared SFT model's eval JSON (`eval_sft.json`; VidChain: `eval_vidchain_sft.json`)."""
+        return os.path.join(self.sft_dir, TASKS[self.task]["sft_eval"])
 
 
 @dataclass
@@ -62,14 +75,20 @@ class Run:
     seed: int
     run_dir: str
     overrides: list[str]
+    task: str = "rl"
+
+    @property
+    def stage(self) -> str:
+        """The trained stage's name: its directory under run_dir and its metrics/<stage>.jsonl."""
+        return TASKS[self.task]["stage"]
 
     @property
     def eval_path(self) -> str:
-        return os.path.join(self.run_dir, "eval_rl.json")
+        return os.path.join(self.run_dir, TASKS[self.task]["eval"])
 
     @property
     def hf_dir(self) -> str:
-        return os.path.join(self.run_dir, "rl", "hf")
+        return os.path.join(self.run_dir, self.stage, "hf")
 
 
 # ---- grid file -> runs ----------------------------------------------------------------------------------------
@@ -134,18 +153,23 @@ def load_grid(path: str, out: Optional[str] = None, extra_overrides: Optional[li
     slurm = doc.get("slurm") or {}
     if not isinstance(slurm, dict):
         raise GridError(f"{path}: slurm: expected a mapping of sbatch options")
+    task = doc.get("task", "rl")
+    if task not in TASKS:
+        raise GridError(f"{path}: task: {task!r} must be one of {', '.join(TASKS)}")
+    if task != "rl" and order is not None:
+        raise GridError(f"{path}: paper_order: the ordering check is by RL accuracy; a {task} grid has none")
     return Grid(name=name, path=path, base=base, out=out or doc.get("out") or os.path.join("runs", "ablate", name),
                 overrides=_overrides(doc.get("overrides"), f"{path}: overrides") + list(extra_overrides or []),
                 arms={a: _overrides(v, f"{path}: arms.{a}") for a, v in arms.items()}, seeds=list(seeds),
                 sft_init=sft.get("init"), sft_overrides=_overrides(sft.get("overrides"), f"{path}: sft.overrides"),
                 sft_eval=bool(sft.get("eval", True)), paper_order=order, launcher=doc.get("launcher"),
-                slurm=dict(slurm))
+                slurm=dict(slurm), task=task)
 
 
 def expand_grid(grid: Grid) -> list[Run]:
     """All runs, arm-major in the YAML's arm order, then seeds in the listed order (deterministic)."""
     return [Run(arm, s, os.path.join(grid.out, arm, f"seed{s}"),
-                grid.overrides + ov + [f"seed={s}", f"run_dir={os.path.join(grid.out, arm, f'seed{s}')}"])
+                grid.overrides + ov + [f"seed={s}", f"run_dir={os.path.join(grid.out, arm, f'seed{s}')}"], grid.task)
             for arm, ov in grid.arms.items() for s in grid.seeds]
 
 

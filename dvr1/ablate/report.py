@@ -11,6 +11,16 @@ from typing import Optional
 
 from dvr1.ablate.grid import Grid, expand_grid, read_record
 
+# VidChain grids (task: vidchain): the DVC / grounding columns of the eval JSON (0-100) and the DPO curves
+VIDCHAIN_COLUMNS = (("SODA_c", "SODA_c"), ("METEOR", "METEOR"), ("CIDEr", "CIDEr"), ("METEOR@0.5", "METEOR@0.5"),
+                    ("count_acc", "count acc."), ("mIoU", "mIoU"), ("R1@0.5", "R1@0.5"), ("R1@0.7", "R1@0.7"))
+VIDCHAIN_CURVES = (("rewards/margins", "dpo_margin_vs_step.png", "M-DPO reward margin (chosen − rejected)", "nats"),
+                   ("rewards/accuracies", "dpo_accuracy_vs_step.png", "M-DPO preference accuracy",
+                    "fraction of pairs"),
+                   ("loss", "dpo_loss_vs_step.png", "M-DPO loss", "nats"),
+                   ("pairs", "dpo_pairs_vs_step.png", "M-DPO pairs formed per step", "pairs"))
+_LAST = 5  # steps the "last" DPO values average over
+
 
 # ---- collect + aggregate ---------------------------------------------------------------------------------------
 
@@ -23,7 +33,7 @@ class RunResult:
     run_dir: str
     status: str
     eval: Optional[dict]
-    metrics: list[dict]  # rows of <run_dir>/metrics/rl.jsonl, sorted by step
+    metrics: list[dict]  # rows of <run_dir>/metrics/<stage>.jsonl (rl.jsonl, vidchain_mdpo.jsonl), sorted by step
     wall_s: Optional[float]  # sum of the recorded train + eval subprocess wall seconds (ablate_run.json)
 
 
@@ -34,7 +44,7 @@ def collect(grid: Grid) -> list[RunResult]:
     res = []
     for r in expand_grid(grid):
         ev = json.load(open(r.eval_path)) if os.path.exists(r.eval_path) else None
-        rows = sorted(read_jsonl(os.path.join(r.run_dir, "metrics", "rl.jsonl")), key=lambda x: x["step"])
+        rows = sorted(read_jsonl(os.path.join(r.run_dir, "metrics", f"{r.stage}.jsonl")), key=lambda x: x["step"])
         rec = read_record(r.run_dir)
         wall = sum(a["wall_s"] for a in rec["attempts"]) if rec and rec.get("attempts") else None
         if ev is not None:
@@ -49,13 +59,36 @@ def collect(grid: Grid) -> list[RunResult]:
     return res
 
 
+def vidchain_values(ev: dict) -> dict[str, float]:
+    """The :data:`VIDCHAIN_COLUMNS` of a `dvr1.vidchain.job.evaluate_vidchain` result (0-100; None values left out)."""
+    flat = {"SODA_c": ev.get("SODA_c"), "count_acc": ev.get("count_acc"), "parse_rate": ev.get("parse_rate"),
+            **ev.get("dvc", {}), **ev.get("grounding", {})}
+    return {k: float(flat[k]) for k, _ in VIDCHAIN_COLUMNS if flat.get(k) is not None}
+
+
 def run_values(r: RunResult) -> dict[str, float]:
     """Scalars of one finished run: accuracy, acc/<task>, mean_iou (from the eval JSON, fractions in [0, 1]);
     va_final / va_mean (last-step / mean-over-steps vanishing-advantage ratio, ALGORITHMS §5); rollouts_per_step
     (mean responses generated per RL step, all ranks and rollout kinds: `rollouts/total`); reward_final (last step's
-    mean reward); wall_min."""
+    mean reward); wall_min.
+    A vidchain run (eval_vidchain_mdpo.json): :func:`vidchain_values`; ``pref_acc_last`` / ``margin_last`` (mean
+    `rewards/accuracies` / `rewards/margins` over the last 5 M-DPO steps), ``margin_first`` (first step);
+    ``changed`` (greedy test answers that differ from the SFT model's, `vidchain_results.json`); wall_min."""
     v = {}
-    if r.eval is not None:
+    if r.eval is not None and "dvc" in r.eval:
+        v.update(vidchain_values(r.eval))
+        acc = [row["rewards/accuracies"] for row in r.metrics if "rewards/accuracies" in row]
+        margin = [row["rewards/margins"] for row in r.metrics if "rewards/margins" in row]
+        if acc:
+            v["pref_acc_last"] = sum(acc[-_LAST:]) / len(acc[-_LAST:])
+            v["margin_last"] = sum(margin[-_LAST:]) / len(margin[-_LAST:])
+            v["margin_first"] = float(margin[0])
+        res = os.path.join(r.run_dir, "vidchain_results.json")
+        changed = json.load(open(res)).get("changed") if os.path.exists(res) else None
+        if changed:
+            v["changed"] = float(changed["chain_changed"] + changed["grounding_changed"])
+            v["changed_of"] = float(changed["chain"] + changed["grounding"])
+    elif r.eval is not None:
         v["accuracy"] = float(r.eval["accuracy"])
         v["mean_iou"] = float(r.eval["mean_iou"])
         for t, d in r.eval.get("per_task", {}).items():
@@ -122,8 +155,54 @@ def _notes(not_done: dict[str, list[int]]) -> str:
     return "; ".join(parts)
 
 
+def format_vidchain_report(grid: Grid, agg: dict, sft_eval: Optional[dict] = None) -> str:
+    """The Markdown report of a vidchain grid: the SFT row (before M-DPO) and one row per arm (after; mean ± sample
+    std over seeds) of the DVC / grounding metrics, the DPO training values and the changed greedy outputs; then,
+    per arm, which metrics moved beyond the seed spread."""
+    head = (["arm", "seeds"] + [c for _, c in VIDCHAIN_COLUMNS] +
+            ["pref. acc. (last 5)", "margin first → last 5", "changed answers", "wall min", "not done"])
+    lines = [f"### Ablation `{grid.name}`: VidChain M-DPO ({len(grid.arms)} arms x seeds {grid.seeds})", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    sft = vidchain_values(sft_eval) if sft_eval is not None else {}
+    if sft_eval is not None:
+        row = ["CoTasks SFT (before M-DPO; shared)", "–"] + [f"{sft[k]:.2f}" if k in sft else "n/a"
+                                                            for k, _ in VIDCHAIN_COLUMNS]
+        lines.append("| " + " | ".join(row + ["–", "–", "–", "–", ""]) + " |")
+    for arm, a in agg.items():
+        v = a["values"]
+        changed = (f"{_fmt(v.get('changed'), 1, 1)} of {v['changed_of']['mean']:.0f}" if v.get("changed_of")
+                   else "n/a")
+        margin = (f"{_fmt(v.get('margin_first'), 1, 3)} → {_fmt(v.get('margin_last'), 1, 3)}"
+                  if v.get("margin_last") else "n/a")
+        row = [arm, f"{len(a['seeds_done'])}/{len(grid.seeds)}"] + [_fmt(v.get(k), 1, 2) for k, _ in VIDCHAIN_COLUMNS]
+        row += [_fmt(v.get("pref_acc_last"), 1, 3), margin, changed, _fmt(v.get("wall_min"), 1, 1),
+                _notes(a["not_done"])]
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Test split, 0-100 (DVC: METEOR/CIDEr averaged over tIoU {0.3, 0.5, 0.7, 0.9}, SODA_c; grounding: "
+              "mIoU, R1@tIoU). Mean ± sample standard deviation (ddof=1) over the seeds that finished (n=1: no std). "
+              "Preference accuracy and reward margin (TRL's rewards/accuracies, rewards/margins) are means over the "
+              "last 5 M-DPO steps (margin: first step → last 5); changed answers = greedy test answers (chain turns "
+              "and grounding queries) that differ from the SFT model's."]
+    if sft:
+        lines += ["", "Change against the SFT model (mean over seeds − SFT), beyond the seed spread when |Δ| > std:"]
+        for arm, a in agg.items():
+            parts = []
+            for k, name in VIDCHAIN_COLUMNS:
+                x = a["values"].get(k)
+                if x is None or k not in sft:
+                    continue
+                d = x["mean"] - sft[k]
+                tag = ("" if x["n"] < 2 else " (beyond the seed std)" if abs(d) > x["std"] else " (within the seed std)")
+                parts.append(f"{name} {d:+.2f}{tag}")
+            lines.append(f"- {arm}: " + ("; ".join(parts) if parts else "no finished run"))
+    return "\n".join(lines) + "\n"
+
+
 def format_report(grid: Grid, agg: dict, sft_eval: Optional[dict] = None) -> str:
-    """The Markdown report: the table (rows = arms; mean ± sample std over seeds), notes, and the ordering check."""
+    """The Markdown report: the table (rows = arms; mean ± sample std over seeds), notes, and the ordering check.
+    A vidchain grid: :func:`format_vidchain_report`."""
+    if grid.task == "vidchain":
+        return format_vidchain_report(grid, agg, sft_eval)
     tasks = sorted({k[4:] for a in agg.values() for k in a["values"] if k.startswith("acc/")}
                    | set((sft_eval or {}).get("per_task", {})))
     head = (["arm", "seeds"] + [f"{t} acc. %" for t in tasks] +
@@ -186,10 +265,49 @@ def _curve(results: list[RunResult], key: str,
             [max(by_step[s]) for s in steps])
 
 
-def plot_report(grid: Grid, results: list[RunResult], agg: dict, plot_dir: str, smooth: int = 1) -> list[str]:
+def _plot_vidchain_bars(grid: Grid, agg: dict, plot_dir: str, sft_eval: Optional[dict], colors) -> str:
+    """dvc_per_arm.png: the DVC / grounding metrics after M-DPO per arm (bar = mean, error bar = ±1 sample std,
+    dots = seeds) beside the SFT model's (before)."""
+    from dvr1.plots import figure
+
+    sft = vidchain_values(sft_eval) if sft_eval is not None else {}
+    keys = [k for k, _ in VIDCHAIN_COLUMNS]
+    groups = (["SFT"] if sft else []) + list(grid.arms)
+    width = 0.8 / max(len(groups), 1)
+    p = os.path.join(plot_dir, "dvc_per_arm.png")
+    with figure(p, figsize=(max(6.5, 1.1 * len(keys) + 2), 4), dpi=120, ylabel="test score (0-100)", grid="y",
+                title="DVC and grounding after M-DPO per arm (SFT = before)\nbar: mean over seeds; error bar: ±1 "
+                      "sample std (ddof=1); dots: seeds", title_fontsize=9) as ax:
+        for i, g in enumerate(groups):
+            xs, ms, es = [], [], []
+            for j, k in enumerate(keys):
+                x = j + (i - (len(groups) - 1) / 2) * width
+                if g == "SFT":
+                    if k in sft:
+                        xs.append(x)
+                        ms.append(sft[k])
+                        es.append(0.0)
+                    continue
+                v = agg[g]["values"].get(k)
+                if not v:
+                    continue
+                xs.append(x)
+                ms.append(v["mean"])
+                es.append(v["std"] if v["n"] > 1 else 0.0)
+                ax.scatter([x] * v["n"], list(v["per_seed"].values()), color="k", s=6, zorder=3)
+            ax.bar(xs, ms, width, yerr=es, capsize=3, color="0.6" if g == "SFT" else colors[i % len(colors)],
+                   label=g)
+        ax.set_xticks(range(len(keys)), [c for _, c in VIDCHAIN_COLUMNS], fontsize=8)
+    return p
+
+
+def plot_report(grid: Grid, results: list[RunResult], agg: dict, plot_dir: str, smooth: int = 1,
+                sft_eval: Optional[dict] = None) -> list[str]:
     """PNGs (matplotlib, Agg): reward_vs_step.png and vanishing_advantage_vs_step.png (per arm: mean over seeds,
     band = min–max over seeds), accuracy_per_arm.png (per task type and overall: bars = mean, error bars = ±1
-    sample std, dots = seeds). Only finished runs are drawn. Returns the paths written."""
+    sample std, dots = seeds). A vidchain grid: the :data:`VIDCHAIN_CURVES` (DPO margin, preference accuracy, loss,
+    pairs per M-DPO step, same bands) and dvc_per_arm.png (`sft_eval` drawn as the before bars). Only finished runs
+    are drawn. Returns the paths written."""
     import matplotlib
 
     from dvr1.plots import figure
@@ -199,13 +317,14 @@ def plot_report(grid: Grid, results: list[RunResult], agg: dict, plot_dir: str, 
     done = [r for r in results if r.status == "done"]
     paths = []
     sm = f", moving average over {smooth} steps" if smooth > 1 else ""
-    for key, name, title, ylabel in (
-            ("reward/mean", "reward_vs_step.png", "Mean reward of the policy's rollout groups (before DA-Aug)",
-             "reward"),
-            ("vanishing_advantage_ratio", "vanishing_advantage_vs_step.png",
-             "Vanishing-advantage ratio (groups with σ_r = 0)", "fraction of groups")):
+    curves = VIDCHAIN_CURVES if grid.task == "vidchain" else (
+        ("reward/mean", "reward_vs_step.png", "Mean reward of the policy's rollout groups (before DA-Aug)", "reward"),
+        ("vanishing_advantage_ratio", "vanishing_advantage_vs_step.png",
+         "Vanishing-advantage ratio (groups with σ_r = 0)", "fraction of groups"))
+    for key, name, title, ylabel in curves:
         p = os.path.join(plot_dir, name)
-        with figure(p, figsize=(6.5, 4), dpi=120, xlabel="RL step", ylabel=ylabel, title_fontsize=9,
+        with figure(p, figsize=(6.5, 4), dpi=120, xlabel="M-DPO step" if grid.task == "vidchain" else "RL step",
+                    ylabel=ylabel, title_fontsize=9,
                     title=f"{title}\nline: mean over seeds; band: min–max over seeds{sm}") as ax:
             for i, arm in enumerate(grid.arms):
                 steps, mean, lo, hi = _curve([r for r in done if r.arm == arm], key, smooth)
@@ -216,6 +335,8 @@ def plot_report(grid: Grid, results: list[RunResult], agg: dict, plot_dir: str, 
                 ax.plot(steps, mean, color=c, label=f"{arm} (n={n})")
                 ax.fill_between(steps, lo, hi, color=c, alpha=0.2, linewidth=0)
         paths.append(p)
+    if grid.task == "vidchain":
+        return paths + [_plot_vidchain_bars(grid, agg, plot_dir, sft_eval, colors)]
 
     tasks = sorted({k[4:] for a in agg.values() for k in a["values"] if k.startswith("acc/")}) + ["all"]
     width = 0.8 / max(len(grid.arms), 1)
@@ -246,18 +367,19 @@ def write_report(grid: Grid, smooth: int = 1) -> dict:
     Returns {"markdown": text, "report": path, "results": path, "plots": [paths]}."""
     results = collect(grid)
     agg = aggregate(grid, results)
-    sft_p = os.path.join(grid.sft_dir, "eval_sft.json")
+    sft_p = grid.sft_eval_path
     sft_eval = json.load(open(sft_p)) if os.path.exists(sft_p) else None
     os.makedirs(grid.out, exist_ok=True)
-    plots = plot_report(grid, results, agg, os.path.join(grid.out, "plots"), smooth)
+    plots = plot_report(grid, results, agg, os.path.join(grid.out, "plots"), smooth, sft_eval)
     md = format_report(grid, agg, sft_eval)
     md += "\n" + "\n".join(f"![{os.path.basename(p)}](plots/{os.path.basename(p)})" for p in plots) + "\n"
     rp, jp = os.path.join(grid.out, "report.md"), os.path.join(grid.out, "results.json")
     with open(rp, "w") as f:
         f.write(md)
     with open(jp, "w") as f:
-        json.dump({"grid": grid.path, "arms": agg, "sft": sft_eval and {k: sft_eval[k] for k in
-                                                                       ("accuracy", "mean_iou", "per_task")},
+        sft_summary = (None if sft_eval is None else vidchain_values(sft_eval) if grid.task == "vidchain"
+                       else {k: sft_eval[k] for k in ("accuracy", "mean_iou", "per_task")})
+        json.dump({"grid": grid.path, "arms": agg, "sft": sft_summary,
                    "runs": [{"arm": r.arm, "seed": r.seed, "status": r.status, "run_dir": r.run_dir}
                             for r in results]}, f, indent=1, default=str)
     return {"markdown": md, "report": rp, "results": jp, "plots": plots}

@@ -24,8 +24,14 @@ def _launcher(grid: Grid, launcher: Optional[str], local: bool) -> list[str]:
 
 
 def sft_commands(grid: Grid, launcher: list[str]) -> list[tuple[str, list[str]]]:
-    """[(stage, argv)] of the shared SFT stage: `sft` (unless `sft.init`) and `eval --name sft` (if `sft.eval`)."""
+    """[(stage, argv)] of the shared SFT stage: `sft` (unless `sft.init`) and `eval --name sft` (if `sft.eval`).
+    A vidchain grid: `vidchain --stop-after sft` (CoTasks SFT and its DVC eval), or with `sft.init` its eval only."""
     ov = grid.overrides + grid.sft_overrides + [f"run_dir={grid.sft_dir}"]
+    if grid.task == "vidchain":
+        if not grid.sft_init:
+            return [("sft", launcher + ["vidchain", "-c", grid.base, "--stop-after", "sft"] + ov)]
+        return [("eval_sft", launcher + ["eval", "--task", "dvc", "-c", grid.base, "--model", grid.sft_hf, "--name",
+                                         "sft"] + ov)]
     out = []
     if not grid.sft_init:
         out.append(("sft", launcher + ["sft", "-c", grid.base] + ov))
@@ -35,7 +41,11 @@ def sft_commands(grid: Grid, launcher: list[str]) -> list[tuple[str, list[str]]]
 
 
 def run_commands(grid: Grid, run: Run, launcher: list[str]) -> list[tuple[str, list[str]]]:
-    """[("train", argv), ("eval", argv)] of one run."""
+    """[("train", argv), ("eval", argv)] of one run; a vidchain run is one ("train", argv): `dvr1 vidchain --init
+    <sft_hf> --sft-eval <sft eval JSON>` (M-DPO from the shared SFT model, then its eval)."""
+    if grid.task == "vidchain":
+        return [("train", launcher + ["vidchain", "-c", grid.base, "--init", grid.sft_hf, "--sft-eval",
+                                      grid.sft_eval_path] + run.overrides)]
     return [("train", launcher + ["train", "-c", grid.base, "--init", grid.sft_hf] + run.overrides),
             ("eval", launcher + ["eval", "-c", grid.base, "--model", run.hf_dir, "--name", "rl"] + run.overrides)]
 
@@ -48,8 +58,8 @@ def emit(grid: Grid, fmt: str, launcher: Optional[str] = None) -> str:
     sft = " && ".join(shlex.join(c) for _, c in sft_commands(grid, lw)) or "true"
     lines = []
     for r in expand_grid(grid):
-        train, ev = (shlex.join(c) for _, c in run_commands(grid, r, lw))
-        lines.append(f"test -f {shlex.quote(r.eval_path)} || {{ {train} && {ev}; }}")
+        cmds = " && ".join(shlex.join(c) for _, c in run_commands(grid, r, lw))
+        lines.append(f"test -f {shlex.quote(r.eval_path)} || {{ {cmds}; }}")
     n = len(lines)
     if fmt == "commands":
         head = [f"# dvr1 ablation grid {grid.name!r}: {n} runs ({len(grid.arms)} arms x {len(grid.seeds)} seeds)",
@@ -108,8 +118,8 @@ def _execute(argv: list[str], log_path: str) -> tuple[int, float]:
     return rc, time.time() - t0
 
 
-def _ckpt_step(run_dir: str) -> Optional[str]:
-    p = os.path.join(run_dir, "rl", "ckpt", "latest")
+def _ckpt_step(run_dir: str, stage: str = "rl") -> Optional[str]:
+    p = os.path.join(run_dir, stage, "ckpt", "latest")
     return open(p).read().strip() if os.path.exists(p) else None
 
 
@@ -117,8 +127,8 @@ def run_sft(grid: Grid, launcher: Optional[str] = None, echo: Callable[[str], No
     """The shared SFT stage (skipped when the SFT checkpoint / eval_sft.json exist). Raises GridError if it fails:
     every run depends on it."""
     for stage, argv in sft_commands(grid, _launcher(grid, launcher, local=True)):
-        done = (os.path.join(grid.sft_hf, "model.safetensors") if stage == "sft"
-                else os.path.join(grid.sft_dir, "eval_sft.json"))
+        done = (grid.sft_eval_path if grid.task == "vidchain"  # the vidchain SFT stage ends with its eval
+                else os.path.join(grid.sft_hf, "model.safetensors") if stage == "sft" else grid.sft_eval_path)
         if os.path.exists(done):
             echo(f"[ablate] {stage}: {done} exists, skipping")
             continue
@@ -160,11 +170,12 @@ def run_grid(grid: Grid, launcher: Optional[str] = None, arms: Optional[list[str
                                             "init": grid.sft_hf, "attempts": []}
         status = "done"
         for stage, argv in run_commands(grid, r, lw):
-            if stage == "train" and os.path.exists(os.path.join(r.hf_dir, "model.safetensors")):
+            if stage == "train" and r.task == "rl" and os.path.exists(os.path.join(r.hf_dir, "model.safetensors")):
                 echo(f"{tag}: {r.hf_dir} exists, evaluating only")
                 continue
-            step = _ckpt_step(r.run_dir) if stage == "train" else None
-            echo(f"{tag}: {stage}" + (f" (resuming from RL step {step})" if step else ""))
+            step = _ckpt_step(r.run_dir, r.stage) if stage == "train" else None
+            what = "RL" if r.task == "rl" else "M-DPO"
+            echo(f"{tag}: {stage}" + (f" (resuming from {what} step {step})" if step else ""))
             rc, wall = _execute(argv, os.path.join(r.run_dir, "ablate.log"))
             rec["attempts"].append({"stage": stage, "rc": rc, "wall_s": wall, "resumed_from": step,
                                     "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - wall))})

@@ -82,13 +82,15 @@ def pick_codec() -> str:
     raise BuildError("PyAV has neither libvpx-vp9 nor libvpx (VP8) encoders")
 
 
-def write_webm(path: str, frames: np.ndarray, fps: float, codec: str = "libvpx-vp9", crf: int = 20) -> None:
+def write_webm(path: str, frames: np.ndarray, fps: float, codec: str = "libvpx-vp9", crf: int = 20,
+               container: str = "webm") -> None:
     """Encode uint8 ``[T, H, W, 3]`` RGB frames (H, W even) to a WebM file at ``fps`` frames per second.
 
     Constant quality (``crf``, ``b:v 0``), one encoder thread and FFmpeg's ``bitexact`` flag, so equal input
-    gives a byte-identical file.
+    gives a byte-identical file. ``container`` is FFmpeg's muxer name: ``"mp4"`` writes the same VP9 stream into
+    an MP4 file (for datasets whose layout names ``.mp4`` videos).
     """
-    container = av.open(path, "w", format="webm", options={"fflags": "+bitexact"})
+    container = av.open(path, "w", format=container, options={"fflags": "+bitexact"})
     try:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"

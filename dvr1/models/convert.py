@@ -27,7 +27,8 @@ TP=2/PP=2, and load the result with ``dist_checkpointing.load`` at other layouts
 Output directory of HF -> megatron (also a valid ``run_dir`` for :func:`dvr1.train.checkpoint.load_checkpoint`)::
 
     config.json, generation_config.json, tokenizer / processor files   copied from the HF directory
-    visual.safetensors             vision tower + merger (HF names ``visual.*``; never TP-split, not trained)
+    visual.safetensors             vision tower + merger (HF names ``visual.*``; never TP-split; a training run with
+                                   model.freeze_vision=false saves its trained tower in the dist checkpoint instead)
     ckpt/latest                    "0"
     ckpt/step_0/dist/              megatron-core dist checkpoint (torch_dist) of the language model, keys ``lm.*``
     ckpt/step_0/meta.json          {"step": 0, "world_size": null, "tp_size", "pp_size", "converted_from"}
@@ -410,19 +411,57 @@ def load_megatron_checkpoint(policy, path: str, hf_dir: Optional[str] = None, st
 
     The language model comes from ``path/ckpt/step_{step or latest}`` via
     :func:`dvr1.train.checkpoint.load_checkpoint` (dist_checkpointing reshards any saved TP/PP); the vision tower of
-    first-stage ranks from ``path/visual.safetensors`` (or `hf_dir`'s ``visual.safetensors`` / HF weights).
+    first-stage ranks from the dist checkpoint when the run that saved it trained the tower (``visual.*`` keys), else
+    from ``path/visual.safetensors`` (or `hf_dir`'s ``visual.safetensors`` / HF weights).
     Returns the checkpoint's extra_state dict. Raises CheckpointError (no checkpoint), FileNotFoundError (no vision
     tower source).
     """
     from dvr1.train.checkpoint import CheckpointError, load_checkpoint
 
-    extra = load_checkpoint(path, [policy], step=step, restore_rng=False)
+    try:
+        dist_dir = find_dist_dir(path, step)
+        trained = dist_visual_keys(dist_dir)
+    except ConversionError:  # no checkpoint: load_checkpoint says so
+        dist_dir, trained = None, []
+    trainable = policy.vision_trainable
+    policy.vision_trainable = trainable and bool(trained)  # a checkpoint without the tower: it comes from hf_dir
+    try:
+        extra = load_checkpoint(path, [policy], step=step, restore_rng=False)
+    finally:
+        policy.vision_trainable = trainable
     if extra is None:
         raise CheckpointError(f"{path}: no checkpoint (missing ckpt/latest)")
     if policy.visual is not None:
-        get, keys = _visual_source(hf_dir or path)
-        policy.visual.load_state_dict({k[len("visual."):]: get(k) for k in keys}, strict=True)
+        if trained:  # saved by a run that trained the tower (model.freeze_vision=false): its weights win
+            if not trainable:  # (a trainable policy loaded them with the language model already)
+                policy.visual.load_state_dict({k[len("visual."):]: t for k, t in iter_dist_visual(dist_dir)},
+                                              strict=True)
+        else:
+            get, keys = _visual_source(hf_dir or path)
+            policy.visual.load_state_dict({k[len("visual."):]: get(k) for k in keys}, strict=True)
+        policy.vision_updated()
     return extra
+
+
+def dist_visual_keys(dist_dir: str) -> list[str]:
+    """The ``visual.*`` keys of a dist checkpoint: present when the run trained the vision tower (its
+    `Qwen25VLPolicy.sharded_state_dict` then holds it), else empty."""
+    from megatron.core import dist_checkpointing
+
+    return sorted(k for k in dist_checkpointing.load_tensors_metadata(dist_dir) if k.startswith("visual."))
+
+
+def iter_dist_visual(dist_dir: str, dtype: Optional[torch.dtype] = None):
+    """Yield ``(HF name visual.*, full tensor)`` of the trained vision tower in a dist checkpoint, one at a time
+    (`dist_checkpointing.load` of each replicated tensor)."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    meta = dist_checkpointing.load_tensors_metadata(dist_dir)
+    for key in dist_visual_keys(dist_dir):
+        sh = ShardedTensor.from_rank_offsets(key, torch.empty(meta[key].global_shape, dtype=meta[key].dtype))
+        t = dist_checkpointing.load({"t": sh}, dist_dir, validate_access_integrity=False)["t"]
+        yield key, (t if dtype is None else t.to(dtype))
 
 
 def _visual_source(path: str):
@@ -560,7 +599,8 @@ def convert_megatron_to_hf(src: str, out: str, hf_dir: Optional[str] = None, ste
         src: a converted directory or a training stage directory (``ckpt/latest``), or a ``dist`` directory.
         out: output directory (written as ``out.tmp`` then renamed).
         hf_dir: where config.json, tokenizer/processor files and the vision tower come from (default `src`,
-            which a converted directory provides; a training run passes the HF directory it started from).
+            which a converted directory provides; a training run passes the HF directory it started from). A
+            checkpoint of a run that trained the tower (``visual.*`` keys in the dist checkpoint) gives its own.
         step: checkpoint step (default: ckpt/latest).
         max_shard_size: bytes per safetensors shard (int, or "5GB" / "2GiB" as in transformers).
         dtype: None/"auto" keeps the checkpoint's dtype; else cast every tensor.
@@ -601,11 +641,15 @@ def convert_megatron_to_hf(src: str, out: str, hf_dir: Optional[str] = None, ste
     if missing:
         raise ConversionError(f"{dist_dir}: language-model tensors missing from the checkpoint: {missing[:8]}"
                               f"{' ...' if len(missing) > 8 else ''}")
-    get, vis = _visual_source(hf_dir)
-    if not vis:
-        raise ConversionError(f"{hf_dir}: no vision tower tensors (visual.*)")
-    for k in _tqdm(progress, iterable=vis, desc="vision tower", unit="tensor"):
-        writer.add(k, get(k) if dtype is None else get(k).to(dtype))
+    if dist_visual_keys(dist_dir):  # a run that trained the tower saved it: take it from there
+        for k, t in _tqdm(progress, iterable=iter_dist_visual(dist_dir, dtype), desc="vision tower", unit="tensor"):
+            writer.add(k, t)
+    else:
+        get, vis = _visual_source(hf_dir)
+        if not vis:
+            raise ConversionError(f"{hf_dir}: no vision tower tensors (visual.*)")
+        for k in _tqdm(progress, iterable=vis, desc="vision tower", unit="tensor"):
+            writer.add(k, get(k) if dtype is None else get(k).to(dtype))
     files = writer.finish()
     _copy_side_files(hf_dir, tmp)
     if dtype is not None:

@@ -4,7 +4,12 @@
   (`num_query_groups`), QKV bias, SwiGLU, RMSNorm; the local layer spec on CPU, the TransformerEngine spec when
   `spec="te"` (GPU image only). Tensor/pipeline parallel through megatron-core's own layers.
 - Vision tower: `transformers`' `Qwen2_5_VisionTransformerPretrainedModel` (patch embed, windowed ViT, merger),
-  frozen as in DeepVideo-R1 (paper §4.1); its output replaces the `<|video_pad|>` embeddings.
+  frozen by default as in DeepVideo-R1 (paper §4.1; `model.freeze_vision`); its output replaces the `<|video_pad|>`
+  embeddings. `set_vision_trainable(True)` trains it with the language model: it is replicated on the TP ranks of the
+  first PP stage, its parameters carry megatron's `average_gradients_across_tp_domain` flag (megatron-core 0.16.1
+  `distributed/finalize_model_grads.py` `_allreduce_non_tensor_model_parallel_grads` averages their gradients over
+  TP, so the replicas stay identical) and no `tensor_model_parallel` flag (the grad norm counts them once,
+  `optimizer/clip_grads.py`); checkpoints then hold it under `visual.*` (`sharded_state_dict`).
 - Loads from any Hugging Face Qwen2.5-VL checkpoint directory (config.json + safetensors, single or sharded).
 
 Shapes: `input_ids` `[batch, seq]` int64; `position_ids` `[3, batch, seq]` int64 (see `dvr1.models.rope`);
@@ -170,6 +175,9 @@ class Qwen25VLPolicy(torch.nn.Module):
         self.spec = spec
         self.pre_process, self.post_process = pre_process, post_process
         self.visual = None
+        self.vision_trainable = False
+        # bumped whenever the tower's weights change (an optimizer step, a state load): caches of its output key on it
+        self.vision_version = 0
         if pre_process:
             from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
@@ -204,30 +212,65 @@ class Qwen25VLPolicy(torch.nn.Module):
     def shared_embedding_or_output_weight(self):
         return self.lm.shared_embedding_or_output_weight()
 
-    # ---- checkpoints: only the language model is trained, so only it is saved (the frozen vision tower always
-    # comes from the HF checkpoint the run started from) --------------------------------------------------------
+    def set_vision_trainable(self, trainable: bool) -> None:
+        """Train (True) or freeze (False, the default) the vision tower and merger; call before wrapping the model in
+        DDP / building the optimizer (both collect the parameters that require grad). A no-op on PP stages without
+        the tower (it lives on the first stage only)."""
+        self.vision_trainable = bool(trainable) and self.visual is not None
+        if self.visual is None:
+            return
+        self.visual.requires_grad_(self.vision_trainable)
+        for p in self.visual.parameters():
+            # megatron averages these over TP after backward (module docstring); the replicas' grads are equal
+            # already (the decoder input's gradient is TP all-reduced), this keeps them bit-identical
+            p.average_gradients_across_tp_domain = self.vision_trainable
+        self.visual.train(self.training and self.vision_trainable)
+
+    def vision_updated(self) -> None:
+        """Record that the tower's weights changed (called after each optimizer step that trains it)."""
+        self.vision_version += 1
+
+    # ---- checkpoints: the trained parts. The language model always; the vision tower only when it is trained (a
+    # frozen one always comes from the HF checkpoint the run started from) --------------------------------------
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata=None):
-        """megatron-core dist_checkpointing view of the trainable part: the GPTModel under `lm.`."""
-        return self.lm.sharded_state_dict(prefix=f"{prefix}lm.", sharded_offsets=sharded_offsets, metadata=metadata)
+        """megatron-core dist_checkpointing view of the trainable part: the GPTModel under `lm.`, plus the vision
+        tower under `visual.` when it is trained (replicated over TP and DP: one main replica, TP/DP rank 0 of the
+        first stage, writes it; megatron-core `transformer/utils.py` `make_sharded_tensors_for_checkpoint`)."""
+        out = self.lm.sharded_state_dict(prefix=f"{prefix}lm.", sharded_offsets=sharded_offsets, metadata=metadata)
+        if self.vision_trainable:
+            from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
+
+            out.update(make_sharded_tensors_for_checkpoint(self.visual.state_dict(keep_vars=True),
+                                                           f"{prefix}visual."))
+        return out
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """A state holding only `lm.*` keys (a dist checkpoint) loads into the language model; else as usual."""
-        if state_dict and all(k.startswith("lm.") for k in state_dict):
-            return self.lm.load_state_dict({k[3:]: v for k, v in state_dict.items()}, strict=strict, assign=assign)
+        """A state holding only `lm.*` (and `visual.*`) keys, a dist checkpoint, loads into the language model (and the
+        vision tower); else as usual. Either way the vision version is bumped."""
+        self.vision_updated()
+        if state_dict and all(k.startswith(("lm.", "visual.")) for k in state_dict):
+            vis = {k[len("visual."):]: v for k, v in state_dict.items() if k.startswith("visual.")}
+            lm = {k[3:]: v for k, v in state_dict.items() if k.startswith("lm.")}
+            if vis:
+                if self.visual is None:
+                    raise RuntimeError("visual.* tensors given to a pipeline stage without the vision tower")
+                self.visual.load_state_dict(vis, strict=strict, assign=assign)
+            return self.lm.load_state_dict(lm, strict=strict, assign=assign)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.visual is not None:
+        if self.visual is not None and not self.vision_trainable:
             self.visual.eval()  # frozen
         return self
 
-    @torch.no_grad()
     def encode_video(self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> torch.Tensor:
-        """Frozen vision tower. `[num_patches, C*2*14*14]`, `[num_videos, 3]` -> `[num_video_tokens, hidden]`."""
+        """The vision tower. `[num_patches, C*2*14*14]`, `[num_videos, 3]` -> `[num_video_tokens, hidden]` on the
+        tower's device. Tracks gradients only when the tower is trained and grad mode is on."""
         param = next(self.visual.parameters())
-        out = self.visual(pixel_values_videos.to(device=param.device, dtype=param.dtype),
-                          grid_thw=video_grid_thw.to(param.device))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.vision_trainable):
+            out = self.visual(pixel_values_videos.to(device=param.device, dtype=param.dtype),
+                              grid_thw=video_grid_thw.to(param.device))
         return getattr(out, "pooler_output", out)
 
     def embed(self, input_ids: torch.Tensor, video_embeds: torch.Tensor | None,
@@ -311,13 +354,15 @@ class Qwen25VLPolicy(torch.nn.Module):
 
     def forward(self, input_ids, position_ids, video_embeds=None, pixel_values_videos=None, video_grid_thw=None,
                 attention_mask=None, inference_context=None, labels=None, runtime_gather_output=None,
-                video_mask=None, return_hidden: bool = False):
+                video_mask=None, return_hidden: bool = False, video_token_index=None):
         """Logits `[batch, seq, vocab/tp]` (or megatron's output on non-last PP stages / with `labels`);
         with `return_hidden` the last stage returns the final hidden states `[seq, batch, hidden]` instead.
 
         `video_embeds` `[num_video_tokens, hidden]` (precomputed by `encode_video`, in batch-row order) or
-        `pixel_values_videos` + `video_grid_thw` to run the vision tower here. `position_ids` must cover
-        positions [0, seq_end) when decoding with a static KV cache (megatron slices the rotary table).
+        `pixel_values_videos` + `video_grid_thw` to run the vision tower here (with gradients when it is trained);
+        `video_token_index` int64 `[num_video_tokens]` then picks, for each video position in batch-row order, a row
+        of the tower's output (rows sharing one clip encode it once). `position_ids` must cover positions
+        [0, seq_end) when decoding with a static KV cache (megatron slices the rotary table).
 
         Sequence parallel (``config.sequence_parallel``): the inputs are right-padded to `padded_seq_len(seq)`
         (pad tokens after the last real one: causal attention keeps them out of every real position), the decoder
@@ -344,6 +389,8 @@ class Qwen25VLPolicy(torch.nn.Module):
         if self.pre_process:
             if video_embeds is None and pixel_values_videos is not None:
                 video_embeds = self.encode_video(pixel_values_videos, video_grid_thw)
+                if video_token_index is not None:
+                    video_embeds = video_embeds[video_token_index]
             decoder_input = self.embed(input_ids, video_embeds, video_mask)
         if not return_hidden:
             out = self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,

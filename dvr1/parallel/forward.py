@@ -6,7 +6,9 @@ group). The batch is split into microbatches of whole rows (`rows_per_microbatch
 groups, since GRPO/Reg-GRPO normalise within groups); `loss_fn` runs on the last stage only, once per microbatch,
 and returns that microbatch's share of the batch loss (the losses take the batch's normalisers, dvr1.rl.losses). After
 a training pass the schedule calls `config.finalize_model_grads_func` (DP all-reduce, tied-embedding sync across
-stages; set by `dvr1.train.optim.build_optimizer`).
+stages, TP average of a trained vision tower's gradients; set by `dvr1.train.optim.build_optimizer`). A batch whose
+requests carry pixel values (`model.freeze_vision=false`) runs the first stage's vision tower inside the pass, so its
+gradients flow (`SeqBatch.vision_inputs`); otherwise the precomputed `video_embeds` are used.
 """
 
 from __future__ import annotations
@@ -118,8 +120,14 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
     def forward_step(data_iterator, m):
         mb, rows = next(data_iterator)
         mb = mb.to(device)
-        out = m(mb.input_ids, mb.position_ids, video_embeds=mb.video_embeds, video_mask=mb.video_mask,
-                return_hidden=fused)
+        vision = mb.vision_inputs()
+        if vision is None:
+            out = m(mb.input_ids, mb.position_ids, video_embeds=mb.video_embeds, video_mask=mb.video_mask,
+                    return_hidden=fused)
+        else:  # the batch carries pixel values (a trained tower): this model encodes them itself, with gradients
+            pv, grid, index = vision
+            out = m(mb.input_ids, mb.position_ids, pixel_values_videos=pv, video_grid_thw=grid,
+                    video_token_index=index, video_mask=mb.video_mask, return_hidden=fused)
         return out, make_loss_func(mb, rows)
 
     get_forward_backward_func()(

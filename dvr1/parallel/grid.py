@@ -138,6 +138,23 @@ def pp_broadcast_object(obj, stage: int):
     return box[0]
 
 
+def pp_all_gather_object(obj) -> list:
+    """Every PP stage's picklable ``obj``, in stage order, on every stage of this PP group (``[obj]`` at PP=1)."""
+    _, pp = pp_layout()
+    if pp == 1:
+        return [obj]
+    out = [None] * pp
+    dist.all_gather_object(out, obj, group=_ps().get_pipeline_model_parallel_group())
+    return out
+
+
+def pp_split(n: int) -> list[int]:
+    """The indices of ``n`` items this PP stage owns when a list is dealt out over the stages round-robin
+    (stage s: s, s + pp, s + 2·pp, ...); ``range(n)`` at PP=1. `pp_all_gather_object` brings the parts back."""
+    rank, pp = pp_layout()
+    return list(range(rank, n, pp))
+
+
 def broadcast_from_last_stage(obj):
     """Send a picklable object from the last PP stage to every stage of this PP group (identity at PP=1)."""
     return pp_broadcast_object(obj, pp_layout()[1] - 1)

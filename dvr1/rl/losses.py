@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ALGORITHMS", "ALGO_DEFAULTS", "LOSS_AGG_MODES", "Normalizers", "aggregate", "cispo_loss", "combine_metrics",
-           "dpo_loss", "grpo_loss", "gspo_loss", "kl_k3", "objective", "rebel_loss", "rebel_pairs", "reg_grpo_loss",
-           "setting"]
+__all__ = ["ALGORITHMS", "ALGO_DEFAULTS", "DPO_METRICS", "LOSS_AGG_MODES", "Normalizers", "aggregate", "cispo_loss",
+           "combine_metrics", "dpo_loss", "grpo_loss", "gspo_loss", "kl_k3", "objective", "rebel_loss", "rebel_pairs",
+           "reg_grpo_loss", "setting"]
 
 LOSS_AGG_MODES = ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum")
 ALGORITHMS = ("reg_grpo", "grpo", "dr_grpo", "dapo", "gspo", "cispo", "rebel")
@@ -664,12 +664,17 @@ def objective(algo, logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.
                       norm=norm)
 
 
+DPO_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+               "logps/rejected")
+
+
 def dpo_loss(
     policy_chosen_logp: torch.Tensor,
     policy_rejected_logp: torch.Tensor,
     ref_chosen_logp: torch.Tensor,
     ref_rejected_logp: torch.Tensor,
     beta: float = 0.5,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Sigmoid DPO loss (docs/ALGORITHMS.md §7, VidChain M-DPO), mean over N pairs::
 
@@ -679,11 +684,15 @@ def dpo_loss(
         policy_chosen_logp, policy_rejected_logp: ``[N]`` sequence log-probs (summed over assistant turns) of the
             winner y_w / loser y_l under π_θ; ref_chosen_logp, ref_rejected_logp: ``[N]`` under π_ref (detached).
         beta: β (0.5 in VidChain).
+        weights: optional float ``[N]`` per-pair weights replacing the mean's ``1/N``: the loss and every metric are
+            then ``Σ_n w_n x_n``, this call's SHARE of a larger batch (``w_n = 1/N_batch``; 0 for padding pairs), so
+            the shares of a batch's microbatches sum (:func:`combine_metrics`) to the batch's values.
     Returns:
-        (loss 0-dim tensor, metrics) with float metrics ``loss``, ``reward_chosen``/``reward_rejected`` (mean
-        implicit rewards ``β (l_θ − l_ref)``), ``reward_margin`` (mean chosen − rejected), ``reward_accuracy``
-        (fraction of pairs with chosen reward > rejected reward).
-    Raises: ValueError when the four tensors are not all ``[N]`` with N >= 1.
+        (loss 0-dim tensor, metrics) with float metrics :data:`DPO_METRICS`, named as TRL's ``DPOTrainer`` logs them:
+        ``loss``; ``rewards/chosen`` / ``rewards/rejected``, the mean implicit rewards ``β (l_θ − l_ref)`` (nats);
+        ``rewards/margins``, the mean chosen − rejected reward; ``rewards/accuracies``, the fraction of pairs whose
+        chosen reward is strictly greater; ``logps/chosen`` / ``logps/rejected``, the mean policy sequence log-probs.
+    Raises: ValueError when the four tensors (and ``weights``) are not all ``[N]`` with N >= 1.
     """
     tensors = {
         "policy_chosen_logp": policy_chosen_logp,
@@ -691,19 +700,21 @@ def dpo_loss(
         "ref_chosen_logp": ref_chosen_logp,
         "ref_rejected_logp": ref_rejected_logp,
     }
+    if weights is not None:
+        tensors["weights"] = weights
     for name, t in tensors.items():
         if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.shape != policy_chosen_logp.shape or t.numel() == 0:
             raise ValueError(f"dpo_loss: {name} must be a non-empty [N] tensor matching policy_chosen_logp "
                              f"{tuple(getattr(policy_chosen_logp, 'shape', ()))}, got {tuple(getattr(t, 'shape', ()))}")
     chosen = beta * (policy_chosen_logp - ref_chosen_logp.detach())
     rejected = beta * (policy_rejected_logp - ref_rejected_logp.detach())
-    loss = -F.logsigmoid(chosen - rejected).mean()
+    w = (torch.full_like(chosen, 1.0 / chosen.numel()) if weights is None
+         else weights.detach().to(device=chosen.device, dtype=chosen.dtype))
+    per_pair = -F.logsigmoid(chosen - rejected)
+    loss = per_pair.mean() if weights is None else (w * per_pair).sum()
     with torch.no_grad():
-        metrics = {
-            "loss": float(loss),
-            "reward_chosen": float(chosen.mean()),
-            "reward_rejected": float(rejected.mean()),
-            "reward_margin": float((chosen - rejected).mean()),
-            "reward_accuracy": float((chosen > rejected).float().mean()),
-        }
+        values = (per_pair, chosen, rejected, chosen - rejected, (chosen > rejected).to(chosen.dtype),
+                  policy_chosen_logp, policy_rejected_logp)
+        metrics = {k: float((w * v.detach()).sum()) for k, v in zip(DPO_METRICS, values)}
+    metrics["loss"] = float(loss)
     return loss, metrics

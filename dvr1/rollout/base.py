@@ -31,9 +31,11 @@ class SamplingParams:
 @dataclass
 class RolloutRequest:
     """prompt_ids: int64 `[prompt_len]`; position_ids: int64 `[3, prompt_len]` (mrope, `dvr1.models.rope`);
-    video_embeds: `[num_video_tokens, hidden]` from the frozen vision tower; video_grid_thw: int64 `[1, 3]` patch
-    grid and second_per_grid: seconds per temporal grid step (engines that compute mrope positions themselves,
-    vLLM, need both); pixel_values_videos `[patches, 1176]` for engines that encode the video themselves."""
+    video_embeds: `[num_video_tokens, hidden]` from the policy's vision tower (no gradients); video_grid_thw: int64
+    `[1, 3]` patch grid and second_per_grid: seconds per temporal grid step (engines that compute mrope positions
+    themselves, vLLM, need both); pixel_values_videos `[patches, 1176]`: set by `dvr1.train.inputs.InputBuilder` when
+    the policy trains its tower (`model.freeze_vision=false`), so the training pass can encode the clip with
+    gradients; the rollout engines sample from `video_embeds`."""
 
     prompt_ids: torch.Tensor
     position_ids: torch.Tensor

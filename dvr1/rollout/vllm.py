@@ -5,10 +5,12 @@ calls :meth:`VLLMRolloutEngine.sync_weights`, which gathers the policy's TP shar
 tensors) into HF-named full tensors (`dvr1.models.export.iter_full_state_for_hf`, the same mapping table as
 conversion and export) and reloads them into vLLM in place
 (``LLM.collective_rpc("reload_weights", kwargs={"weights_iterator": ...})``, vLLM 0.32
-``v1/worker/gpu_model_runner.py:5287``), then resets vLLM's encoder, multi-modal and prefix caches.
+``v1/worker/gpu_model_runner.py:5287``), then resets vLLM's encoder, multi-modal and prefix caches. The refit sends the
+vision tower (``visual.*``) too, so a tower trained with ``model.freeze_vision=false`` reaches vLLM, although the
+rollouts below hand vLLM the trainer's own video embeddings.
 
 Video goes in as vLLM multi-modal *embeddings*: the request's ``video_embeds`` ``[num_video_tokens, hidden]`` come
-from the policy's own frozen vision tower (`dvr1.train.inputs.InputBuilder`, PyAV or DALI, DA-Aug noise included), with
+from the policy's own vision tower (`dvr1.train.inputs.InputBuilder`, PyAV or DALI, DA-Aug noise included), with
 ``video_grid_thw`` ``[1, 3]`` and ``second_per_grid_ts`` ``[1]`` (seconds per temporal grid step) so vLLM computes the
 same 3-D mrope positions. The prompt's run of ``<|video_pad|>`` tokens is collapsed to one token: vLLM expands it
 to ``t * h * w / merge^2`` itself (it does not recognise an already-expanded run and would expand every pad token).
@@ -29,7 +31,10 @@ joins the trainer's ``torch.distributed`` world; verl's colocated mode). ``rollo
 rank holds a full copy and the ranks of one DP replica (its TP/PP ranks) sample identical tokens because every
 request carries the same seed on each of them; ``rollout.tensor_parallel_size`` = ``parallel.tp``: vLLM shards the
 model over the trainer's TP ranks (GPU clusters; not run on this CPU machine). Under PP every stage's engine holds
-the whole model and the stages of a DP replica generate the same rollouts (redundant work, correct results).
+the whole model; a call's prompts are dealt out over the stages of the DP replica round-robin (stage s generates
+prompts s, s + pp, ...; `dvr1.parallel.grid.pp_split`) and the outputs gathered to every stage
+(`grid.pp_all_gather_object`). A request's seed depends on its index in the whole call, not on which stage runs it,
+so split rollouts equal unsplit (PP=1) ones (tests/distributed/test_vllm_sync.py).
 
 On GPUs (``rollout.enable_sleep_mode``) the engine sleeps while the trainer trains (``LLM.sleep(level=1)`` frees its
 KV cache and offloads weights) and wakes for the next rollout; on CPU vLLM has no sleep mode, and that is logged once.
@@ -216,19 +221,23 @@ class VLLMRolloutEngine:
         if sampling.n > 1 and sampling.temperature <= 0:
             raise ValueError(f"vllm rollout: n={sampling.n} responses need temperature > 0 (greedy gives one)")
         self.wake_up()
-        prompts, params = [], []
         for r in requests:
             self._check_positions(r)
-        for i, (r, e) in enumerate(zip(requests, self._video_embeds(requests))):
+        mine = grid.pp_split(len(requests))  # this PP stage's share (all of them at PP=1)
+        embeds = self._video_embeds(requests, mine)
+        prompts, params = [], []
+        for i in mine:
+            r, e = requests[i], embeds[i]
             prompts.append(TokensPrompt(prompt_token_ids=self._prompt_ids(r, e), **self._mm(r, e)))
             params.append(VSamplingParams(
                 n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                 max_tokens=sampling.max_new_tokens, stop_token_ids=list(sampling.stop_token_ids), ignore_eos=True,
                 logprobs=0, detokenize=False, seed=request_seed(self.seed, self.calls, i)))
         self.calls += 1
-        outs = self.llm.generate(prompts, params, use_tqdm=self.progress)
-        result = []
+        self.local_requests = len(prompts)
+        outs = self.llm.generate(prompts, params, use_tqdm=self.progress) if prompts else []
         stops = set(sampling.stop_token_ids)
+        local = []
         for o in outs:
             res = RolloutOutput()
             for c in sorted(o.outputs, key=lambda c: c.index):
@@ -236,7 +245,13 @@ class VLLMRolloutEngine:
                 res.token_ids.append(ids)
                 res.logprobs.append([lp[t].logprob for t, lp in zip(ids, c.logprobs)])
                 res.finished.append(bool(ids) and ids[-1] in stops)
-            result.append(res)
+            local.append(res)
+        if grid.pp_layout()[1] == 1:
+            return local
+        result: list = [None] * len(requests)
+        for stage, part in enumerate(grid.pp_all_gather_object(local)):  # stage s held requests s, s + pp, ...
+            for i, res in zip(range(stage, len(requests), grid.pp_layout()[1]), part):
+                result[i] = res
         return result
 
     def sync_weights(self, policy) -> float:
@@ -261,6 +276,11 @@ class VLLMRolloutEngine:
             self.llm.apply_model(refresh_cpu_lm_head)
         return time.perf_counter() - t0
 
+    def restart(self, seed: int) -> None:
+        """Begin a new stage's seed stream (base ``seed``, call counter 0) in this already started engine; the caller
+        then refits it with :meth:`sync_weights` (`dvr1.train.job.rollout_engine` reuses one engine per process)."""
+        self.seed, self.calls = seed, 0
+
     def state_dict(self) -> dict:
         return {"calls": self.calls, "seed": self.seed}
 
@@ -282,18 +302,20 @@ class VLLMRolloutEngine:
             self.llm.wake_up()
             self.awake = True
 
-    def _video_embeds(self, requests: list[RolloutRequest]) -> list:
+    def _video_embeds(self, requests: list[RolloutRequest], mine: list[int] | None = None) -> list:
         """Each request's ``video_embeds`` ``[t*h*w/merge^2, hidden]`` (or None). Under PP only the first stage has
-        the vision tower: its embeddings are broadcast over the PP group (collective: every stage passes the same
-        requests); the requests themselves are not changed."""
+        the vision tower: it broadcasts over the PP group the embeddings of the requests the first stage does not
+        generate itself (all of them when ``mine`` is None; collective: every stage passes the same requests and its
+        own share ``mine``, `grid.pp_split`); the requests themselves are not changed."""
         embeds = [r.video_embeds for r in requests]
         pp_rank, pp = grid.pp_layout()
         if pp == 1:
             return embeds
         meta = grid.pp_broadcast_object([None if e is None else (tuple(e.shape), e.dtype, str(e.device))
                                          for e in embeds], 0)
+        stage0 = set(range(0, len(requests), pp)) if mine is not None else set()  # generated on stage 0 itself
         for i, m in enumerate(meta):
-            if m is None:
+            if m is None or i in stage0:
                 continue
             if pp_rank != 0:
                 embeds[i] = torch.empty(m[0], dtype=m[1], device="cuda" if self.on_gpu else "cpu")

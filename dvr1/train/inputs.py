@@ -59,9 +59,14 @@ class InputBuilder:
 
     Decoded videos and (unaugmented) vision embeddings are cached (`cache_size` clips, LRU) under what determines
     their content: the video's real path, file size and mtime, the backend and the sampling settings
-    (`clip_key`), never the record id alone (two records with one id and different videos get their own frames). The
-    vision tower is frozen, so the embeddings of a clip never change during training; noisy (DA-Aug) clips are never
-    cached.
+    (`clip_key`), never the record id alone (two records with one id and different videos get their own frames).
+    Embeddings are also keyed on the policy's `vision_version` (bumped after every optimizer step that trains the
+    tower, and by state loads), and the embedding cache is emptied when it changes: a frozen tower's embeddings are
+    computed once per clip, a trained tower's once per clip and update. Noisy (DA-Aug) clips are never cached.
+
+    When the policy trains its vision tower (`model.freeze_vision=false`), every request also carries the clip's
+    `pixel_values_videos`, so the training pass runs the tower with gradients (`SeqBatch.vision_inputs`);
+    `prepare(..., embed=False)` then skips the no-grad encoding a caller that never rolls out does not need (SFT).
 
     `max_prompt_tokens` > 0 bounds the prompt length in tokens: a prompt over it gets fewer frames (whole temporal
     patches, uniformly over the sampled ones), and one whose text alone does not fit raises `PromptTooLong`.
@@ -85,10 +90,14 @@ class InputBuilder:
         self.info = self.policy.info
         self._videos: OrderedDict[tuple, NormalizedClip] = OrderedDict()
         self._embeds: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._embeds_version = self._vision_version()  # the tower version the cached embeddings belong to
         self.cache_size = cache_size
         self.max_prompt_tokens = max_prompt_tokens
         self.skips = skips
         self._reduced: set = set()  # clip keys whose frame reduction was already logged
+
+    def _vision_version(self) -> int:
+        return getattr(self.policy, "vision_version", 0)
 
     def clip_key(self, record: VideoQARecord) -> tuple:
         """The cache key of `record`'s clean clip: (real path, size in bytes, mtime in ns, backend, `Sampling`).
@@ -141,16 +150,23 @@ class InputBuilder:
                          clean=lambda: self._clip(record), strict=self.strict, frame_fps=frame_fps(record))
         return clip.video.cpu()
 
-    def encode(self, video: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Normalised `[T, 3, H, W]` -> (video_embeds `[num_video_tokens, hidden]`, video_grid_thw `[1, 3]`).
+    def encode(self, video: torch.Tensor, embed: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Normalised `[T, 3, H, W]` -> (video_embeds `[num_video_tokens, hidden]`, video_grid_thw `[1, 3]`), without
+        gradients (rollout inputs).
 
-        On PP stages after the first (no vision tower) the embeddings are None; the grid (for mrope) is still made.
+        On PP stages after the first (no vision tower), or with `embed=False`, the embeddings are None; the grid (for
+        mrope) is still made.
         """
+        return self._encode(video, embed)[:2]
+
+    def _encode(self, video: torch.Tensor, embed: bool = True):
+        """(embeds or None, grid `[1, 3]`, pixel_values `[patches, 3*2*14*14]`)."""
         pixel_values, grid = patchify(video, self.info.patch_size, self.info.temporal_patch_size, self.info.merge_size)
         grid = grid.view(1, 3)
-        if self.policy.visual is None:
-            return None, grid
-        return self.policy.encode_video(pixel_values, grid), grid
+        if self.policy.visual is None or not embed:
+            return None, grid, pixel_values
+        with torch.no_grad():
+            return self.policy.encode_video(pixel_values, grid), grid, pixel_values
 
     def _fit(self, record: VideoQARecord, text: str, grid: torch.Tensor) -> int | None:
         """Frames to keep so the prompt fits `max_prompt_tokens` (None: all). Raises PromptTooLong."""
@@ -168,11 +184,14 @@ class InputBuilder:
         return keep_t * self.info.temporal_patch_size
 
     def prepare(self, record: VideoQARecord, hint: Optional[str] = None, reveal_answer: bool = False,
-                video: Optional[torch.Tensor] = None, shuffle: Optional[torch.Generator] = None) -> Prepared:
+                video: Optional[torch.Tensor] = None, shuffle: Optional[torch.Generator] = None,
+                embed: bool = True) -> Prepared:
         """Build the rollout request for `record`. `video` overrides the clip (DA-Aug noise, ALGORITHMS §4).
         `shuffle` (T-GRPO, ALGORITHMS §9): the frames the model sees (after any frame reduction) are permuted by
         ``torch.randperm(T, generator=shuffle)`` before the vision tower, as Video-R1 permutes its sampled frames;
         text and mrope positions are unchanged, the permutation is in `Prepared.frame_order`, nothing is cached.
+        `embed=False`: no `video_embeds` when the tower is trained (its training pass encodes `pixel_values_videos`
+        itself); ignored for a frozen tower.
 
         A prompt over `max_prompt_tokens` is built from fewer frames (logged once per clip); raises PromptTooLong when
         its text alone does not fit, VideoError for a bad video."""
@@ -201,20 +220,32 @@ class InputBuilder:
             src = clean if video is None else video
             perm = torch.randperm(src.shape[0], generator=shuffle)
             order, video = perm.tolist(), src[perm]
-        if video is None:
+        version = self._vision_version()
+        if version != self._embeds_version:  # the tower changed: no cached embedding is valid any more
+            self._embeds.clear()
+            self._embeds_version = version
+        key = (*key, version)
+        trained = bool(getattr(self.policy, "vision_trainable", False))
+        embed = embed or not trained  # a frozen tower's embeddings are the only video input
+        pixels = None
+        if video is None and embed:
             if key not in self._embeds:
                 self._cache(self._embeds, key, self.encode(clean))
             else:
                 self._embeds.move_to_end(key)
             embeds, grid = self._embeds[key]
+            if trained:
+                pixels = self._encode(clean, embed=False)[2]
         else:
-            embeds, grid = self.encode(video)
+            embeds, grid, pixels = self._encode(clean if video is None else video, embed)
+        if not trained:
+            pixels = None
         prompt = chat_prompt(text, num_video_tokens(grid[0], self.info.merge_size))
         ids = torch.tensor(self.tokenizer(prompt, add_special_tokens=False)["input_ids"], dtype=torch.long)
         pos = get_rope_index(ids.view(1, -1), self.info.video_token_id, grid, [second_per_grid],
                              self.info.merge_size, self.info.tokens_per_second, self.info.mrope_rule)[:, 0]
         req = RolloutRequest(prompt_ids=ids, position_ids=pos, video_embeds=embeds, video_grid_thw=grid,
-                             second_per_grid=second_per_grid)
+                             second_per_grid=second_per_grid, pixel_values_videos=pixels)
         return Prepared(record, text, req, grid, second_per_grid, self.info.video_token_id, order)
 
 
@@ -226,6 +257,9 @@ class SeqBatch:
     order (or None); resp_index int64 `[N, T]`: for response token j of row i, its index in the shifted target space
     `[N, S-1]` (= prompt_len - 1 + j); resp_mask float32 `[N, T]` (1 for real response tokens); video_mask bool
     `[N, S]` marks the prompt's `<|video_pad|>` positions (a sampled response token with that id is not one).
+    pixels / grids: per row, the clip's `pixel_values_videos` `[patches, 3*2*14*14]` and `video_grid_thw` `[1, 3]`
+    (or None), when the requests carry them (a trained vision tower, `InputBuilder`); rows of one prompt share the
+    tensor objects, so `vision_inputs` encodes each clip once.
     """
 
     input_ids: torch.Tensor
@@ -235,17 +269,50 @@ class SeqBatch:
     resp_mask: torch.Tensor
     video_mask: torch.Tensor  # bool [N, S]: the prompt's video placeholder positions
     video_tokens: list[int] = field(default_factory=list)  # per row: how many rows of video_embeds it owns
+    pixels: Optional[list] = None
+    grids: Optional[list] = None
 
     @property
     def num_rows(self) -> int:
         return self.input_ids.shape[0]
 
     def to(self, device) -> "SeqBatch":
-        """The same batch with every tensor on `device` (a no-op for tensors already there)."""
+        """The same batch with every tensor on `device` (a no-op for tensors already there). `pixels` / `grids` stay
+        the same objects (their identity marks rows sharing a clip); the tower moves them when it encodes."""
         return SeqBatch(self.input_ids.to(device), self.position_ids.to(device),
                         None if self.video_embeds is None else self.video_embeds.to(device),
                         self.resp_index.to(device), self.resp_mask.to(device), self.video_mask.to(device),
-                        list(self.video_tokens))
+                        list(self.video_tokens), self.pixels, self.grids)
+
+    def vision_inputs(self):
+        """What the policy's forward needs to run its vision tower on this batch, or None (no pixel values):
+        (`pixel_values_videos` `[patches of the distinct clips, 3*2*14*14]`, `video_grid_thw` `[clips, 3]`,
+        `video_token_index` int64 `[video positions]`: for each `video_mask` position in batch-row order, its row of
+        the tower's output). Rows sharing one clip object (the G responses of a prompt) point at one encoding.
+        Raises ValueError for a row whose video positions do not match its clip."""
+        if self.pixels is None:
+            return None
+        order, pv, grid, index, start = {}, [], [], [], 0
+        for i, (p, g) in enumerate(zip(self.pixels, self.grids)):
+            n = int(self.video_mask[i].sum())
+            if p is None:
+                if n:
+                    raise ValueError(f"row {i}: {n} video positions but no pixel values")
+                continue
+            if id(p) not in order:
+                patches = int(g.view(-1, 3).prod(-1).sum())
+                order[id(p)] = (start, patches)
+                pv.append(p)
+                grid.append(g.view(-1, 3))
+                start += patches
+            first, patches = order[id(p)]
+            if n == 0 or patches % n:
+                raise ValueError(f"row {i}: {n} video positions do not match its grid {g.view(-1).tolist()}")
+            per = patches // n  # merge^2 patches per video token (the merger)
+            index.append(torch.arange(first // per, first // per + n))
+        if not pv:
+            return None
+        return torch.cat(pv), torch.cat(grid), torch.cat(index)
 
     def split(self, rows_per_microbatch: int) -> list["SeqBatch"]:
         """Consecutive row blocks of `rows_per_microbatch` rows (0 = one block), same padded length S."""
@@ -258,7 +325,8 @@ class SeqBatch:
             out.append(SeqBatch(self.input_ids[a:b], self.position_ids[:, a:b],
                                 None if self.video_embeds is None else self.video_embeds[v0:v1],
                                 self.resp_index[a:b], self.resp_mask[a:b], self.video_mask[a:b],
-                                self.video_tokens[a:b]))
+                                self.video_tokens[a:b], None if self.pixels is None else self.pixels[a:b],
+                                None if self.grids is None else self.grids[a:b]))
         return out
 
 
@@ -287,7 +355,11 @@ def build_batch(items: list[tuple[Prepared, list[int]]], pad_id: int) -> SeqBatc
         vtok.append(0 if p.request.video_embeds is None else p.request.video_embeds.shape[0])
         if p.request.video_embeds is not None:
             embeds.append(p.request.video_embeds)
-    return SeqBatch(ids, pos, torch.cat(embeds) if embeds else None, resp_index, resp_mask, video_mask, vtok)
+    with_pixels = any(p.request.pixel_values_videos is not None for p, _ in items)
+    pixels = [p.request.pixel_values_videos for p, _ in items] if with_pixels else None
+    grids = [p.request.video_grid_thw for p, _ in items] if with_pixels else None
+    return SeqBatch(ids, pos, torch.cat(embeds) if embeds else None, resp_index, resp_mask, video_mask, vtok,
+                    pixels, grids)
 
 
 def token_logprobs(model, batch: SeqBatch, compute_entropy: bool = False, rows_per_microbatch: int = 0,

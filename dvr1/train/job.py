@@ -201,8 +201,10 @@ def check_trained_rule(hf_config, hf_path: str, rule: str) -> None:
                           f"model.mrope_rule={rule}; pass model.mrope_rule={trained}, or use another run_dir")
 
 
-def build_policy(cfg, hf_path: str, pinfo, trainable: bool = True):
-    """The megatron-core policy of this rank, with weights from a HF checkpoint directory."""
+def build_policy(cfg, hf_path: str, pinfo, trainable: bool = True, train_vision: bool = False):
+    """The megatron-core policy of this rank, with weights from a HF checkpoint directory. `train_vision` (with
+    `trainable`): the vision tower trains too (`model.freeze_vision=false`; `dvr1.config.freeze_vision`)."""
+
     from dvr1.models.qwen2_5_vl import Qwen25VLPolicy, load_hf_config, load_hf_weights
     from dvr1.parallel.precision import check_device, precision_overrides
 
@@ -223,6 +225,8 @@ def build_policy(cfg, hf_path: str, pinfo, trainable: bool = True):
     if not trainable:
         policy.requires_grad_(False)
         policy.eval()
+    elif train_vision:
+        policy.set_vision_trainable(True)
     return policy
 
 
@@ -235,19 +239,31 @@ def tokenizer(hf_path: str):
 def optimizer_for(model, lr, weight_decay, clip_grad, warmup, cfg):
     from dvr1.train.optim import build_lr_scheduler, build_optimizer
 
+    from dvr1.train.optim import on_step
+
     chunks, opt = build_optimizer(model, lr=lr, weight_decay=weight_decay, clip_grad=clip_grad,
                                   bf16=cfg.model.dtype == "bfloat16",
                                   use_distributed_optimizer=cfg.parallel.distributed_optimizer)
+    if getattr(model, "vision_trainable", False):  # every update changes the tower: its embedding caches go stale
+        on_step(opt, model.vision_updated)
     return chunks[0], opt, build_lr_scheduler(opt, lr, warmup_steps=warmup, weight_decay=weight_decay)
 
 
-def rollout_engine(cfg, policy, hf_dir: str | None = None):
-    """The engine named by `rollout.engine`: "native" samples from `policy` itself; "vllm" starts a colocated vLLM
-    engine from `hf_dir` (the HF checkpoint `policy` was loaded from). Raises ValueError if vllm has no `hf_dir`."""
+_VLLM: dict = {}  # this process's colocated vLLM engine: {"key": what it was started with, "engine": it}
+
+
+def rollout_engine(cfg, policy, hf_dir: str | None = None, engine: str | None = None):
+    """The engine named by `engine` (default `rollout.engine`): "native" samples from `policy` itself; "vllm" is a
+    colocated vLLM engine for the HF checkpoint `hf_dir` that `policy` was loaded from. A process starts vLLM once:
+    a later stage (the main job's evals and RL) whose checkpoint has the same config.json and engine settings reuses
+    it, refitted with its `policy`'s weights (`VLLMRolloutEngine.sync_weights`, collective) and with a fresh seed
+    stream; other settings replace it. Raises ValueError if vllm has no `hf_dir`."""
 
     # TP/PP ranks of one DP replica must sample identical tokens: same seed; DP replicas get their own stream
     seed = cfg.seed + 101 + 1000 * grid.dp_layout()[0]
-    if cfg.rollout.engine == "vllm":
+    if (engine or cfg.rollout.engine) == "vllm":
+        import gc
+
         from dvr1.models.qwen2_5_vl import load_hf_config
         from dvr1.rollout.vllm import VLLMRolloutEngine
 
@@ -255,13 +271,39 @@ def rollout_engine(cfg, policy, hf_dir: str | None = None):
             raise ValueError("rollout.engine=vllm: rollout_engine() needs the policy's HF checkpoint directory")
         r = cfg.rollout
         max_len = r.max_model_len or load_hf_config(hf_dir).text_config.max_position_embeddings
-        return VLLMRolloutEngine(hf_dir, seed=seed, tensor_parallel_size=r.tensor_parallel_size,
-                                 dtype=cfg.model.dtype, max_model_len=max_len,
-                                 gpu_memory_utilization=r.gpu_memory_utilization,
-                                 enable_sleep_mode=r.enable_sleep_mode, cpu_kv_cache_gb=r.cpu_kv_cache_gb)
+        with open(os.path.join(hf_dir, "config.json")) as f:
+            key = (f.read(), r.tensor_parallel_size, cfg.model.dtype, max_len, r.gpu_memory_utilization,
+                   r.enable_sleep_mode, r.cpu_kv_cache_gb)
+        if _VLLM.get("key") == key:
+            e = _VLLM["engine"]
+            e.restart(seed)
+            seconds = e.sync_weights(policy)
+            log.info("vllm: reusing this process's engine, refitted from %s in %.1f s", hf_dir, seconds)
+            return e
+        _VLLM.clear()
+        gc.collect()  # the replaced engine's memory goes before the new one allocates its own
+        e = VLLMRolloutEngine(hf_dir, seed=seed, tensor_parallel_size=r.tensor_parallel_size,
+                              dtype=cfg.model.dtype, max_model_len=max_len,
+                              gpu_memory_utilization=r.gpu_memory_utilization,
+                              enable_sleep_mode=r.enable_sleep_mode, cpu_kv_cache_gb=r.cpu_kv_cache_gb)
+        _VLLM.update(key=key, engine=e)
+        return e
     from dvr1.rollout.native import NativeRolloutEngine
 
     return NativeRolloutEngine(policy, seed=seed, progress=False)
+
+
+def evaluation_engine(cfg, policy, hf_path: str):
+    """The greedy decoder of an evaluation of the HF checkpoint `hf_path` (loaded as `policy`): `eval.engine`
+    (`dvr1.config.eval_engine`; "auto" = rollout.engine). "vllm": :func:`rollout_engine`'s colocated vLLM engine for
+    `hf_path`; "native": the policy's own KV-cache sampler. Collective under TP/PP (every rank calls it)."""
+    from dvr1.config import eval_engine
+
+    if eval_engine(cfg) == "vllm":
+        return rollout_engine(cfg, policy, hf_path, engine="vllm")
+    from dvr1.rollout.native import NativeRolloutEngine
+
+    return NativeRolloutEngine(policy, seed=cfg.seed)
 
 
 # ---- stages ---------------------------------------------------------------------------------------------------
@@ -323,7 +365,9 @@ def run_sft(cfg, pinfo, init_hf: str) -> str:
         return out
     report = skip_report(cfg, "sft")
     recs = records(cfg, "train", report)
-    policy = build_policy(cfg, init_hf, pinfo)
+    from dvr1.config import freeze_vision
+
+    policy = build_policy(cfg, init_hf, pinfo, train_vision=not freeze_vision(cfg, "sft"))
     model, opt, sched = optimizer_for(policy, cfg.sft.lr, cfg.sft.weight_decay, 1.0, cfg.sft.warmup, cfg)
     tok = tokenizer(init_hf)
     builder = InputBuilder(policy, tok, cfg.video, max_prompt_tokens=max_prompt_tokens(cfg, init_hf), skips=report,
@@ -343,9 +387,10 @@ def run_rl(cfg, pinfo, init_hf: str) -> str:
     if done:
         log.info("rl: found %s, skipping", out)
         return out
-    policy = build_policy(cfg, init_hf, pinfo)
+    from dvr1.config import freeze_vision
     from dvr1.rl.losses import setting
 
+    policy = build_policy(cfg, init_hf, pinfo, train_vision=not freeze_vision(cfg, "rl"))
     reference = build_policy(cfg, init_hf, pinfo, trainable=False) if setting(cfg.algo, "beta") > 0 else None
     model, opt, sched = optimizer_for(policy, cfg.rl.lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg)
     tok = tokenizer(init_hf)
@@ -362,8 +407,8 @@ def run_rl(cfg, pinfo, init_hf: str) -> str:
 
 
 def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None) -> dict:
-    """Greedy eval of the HF checkpoint `hf_path` on `split`; writes `<run_dir>/eval_<name>.json`."""
-    from dvr1.rollout.native import NativeRolloutEngine
+    """Greedy eval of the HF checkpoint `hf_path` on `split` with `eval.engine` (:func:`evaluation_engine`); writes
+    `<run_dir>/eval_<name>.json`."""
     from dvr1.train.evaluate import evaluate
     from dvr1.train.inputs import InputBuilder
 
@@ -377,7 +422,7 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None) -> d
     n_read = report.summary(len(recs))["n_read"]
     if cfg.eval.max_samples:
         recs = recs[: cfg.eval.max_samples]
-    engine = NativeRolloutEngine(policy, seed=cfg.seed)
+    engine = evaluation_engine(cfg, policy, hf_path)
     out = os.path.join(os.path.abspath(cfg.run_dir), f"eval_{name}.json")
     builder = InputBuilder(policy, tok, cfg.video, max_prompt_tokens=max_prompt_tokens(cfg, hf_path), skips=report,
                            strict=cfg.data.strict, prompt_style=prompt_style(cfg))

@@ -95,7 +95,10 @@ def plot_run(run_dir: str) -> list[str]:
 
     rl_reward.png: mean reward (and format/accuracy/IoU components) per RL step; rl_vanishing_advantage.png: the
     fraction of groups with zero reward std per step (DVR1 Fig. 3 left); sft_loss.png; accuracy.png: test accuracy
-    per task after SFT and after RL.
+    per task after SFT and after RL. VidChain (`dvr1.vidchain.job`): vidchain_sft_loss.png and, per M-DPO step
+    (`dvr1.vidchain.mdpo`, TRL's DPO metric names), mdpo_rewards.png (implicit rewards of chosen / rejected and
+    their margin), mdpo_accuracy.png (preference accuracy), mdpo_logps.png, mdpo_pairs.png (pairs formed, per chain
+    step, and used) and mdpo_gaps.png (mean winner − loser metric gap, per chain step).
     """
     from dvr1.plots import figure
 
@@ -122,6 +125,21 @@ def plot_run(run_dir: str) -> list[str]:
          "rl_vanishing_advantage.png")
     sft = read_jsonl(os.path.join(run_dir, "metrics", "sft.jsonl"))
     line(sft, ["loss"], "SFT loss (mean NLL per response token)", "nats", "sft_loss.png")
+
+    vsft = read_jsonl(os.path.join(run_dir, "metrics", "vidchain_sft.jsonl"))
+    line(vsft, ["loss"], "CoTasks SFT loss (mean NLL per response token)", "nats", "vidchain_sft_loss.png")
+    mdpo = read_jsonl(os.path.join(run_dir, "metrics", "vidchain_mdpo.jsonl"))
+    kinds = ("count", "segments", "captions")
+    line(mdpo, ["rewards/chosen", "rewards/rejected", "rewards/margins"],
+         "M-DPO implicit rewards β·(log π_θ − log π_ref)", "nats", "mdpo_rewards.png")
+    line(mdpo, ["rewards/accuracies"], "M-DPO preference accuracy (chosen reward > rejected)", "fraction of pairs",
+         "mdpo_accuracy.png")
+    line(mdpo, ["logps/chosen", "logps/rejected"], "M-DPO policy log-probs of the responses (summed)", "nats",
+         "mdpo_logps.png")
+    line(mdpo, ["pairs", *(f"pairs/{k}" for k in kinds), "pairs_used"],
+         "M-DPO pairs formed per step (gap ≥ threshold)", "pairs", "mdpo_pairs.png")
+    line(mdpo, ["gap", *(f"gap/{k}" for k in kinds)], "M-DPO winner − loser metric gap of the pairs", "score (0-100)",
+         "mdpo_gaps.png")
 
     evals = {}
     for stage in ("sft", "rl"):

@@ -110,6 +110,22 @@ def build_optimizer(
     return ddp_chunks, optimizer
 
 
+def on_step(optimizer, fn) -> int:
+    """Call ``fn()`` after every update the megatron ``optimizer`` applies: a post-step hook
+    (``torch.optim.Optimizer.register_step_post_hook``) on each torch optimizer inside it (one per megatron
+    sub-optimizer; a step skipped for an inf/nan gradient runs none). Returns how many hooks were registered.
+    Used to bump a trained vision tower's version (`dvr1.models.qwen2_5_vl.Qwen25VLPolicy.vision_updated`)."""
+    n = 0
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(sub, "optimizer", None)
+        if isinstance(inner, torch.optim.Optimizer):
+            inner.register_step_post_hook(lambda _opt, _args, _kwargs: fn())
+            n += 1
+    if n == 0:
+        raise OptimizerSetupError(f"dvr1.train.optim.on_step: no torch optimizer inside {type(optimizer).__name__}")
+    return n
+
+
 def build_lr_scheduler(
     optimizer, lr: float, warmup_steps: int = 0, weight_decay: float = 0.0, init_lr: float = 0.0
 ) -> "megatron.core.optimizer_param_scheduler.OptimizerParamScheduler":  # noqa: F821

@@ -1,7 +1,8 @@
 """The RL step, reading like the data flow: data -> rollout -> reward -> advantage/difficulty -> loss -> optimizer.
 
 One `RLTrainer.step()`:
-  1. draw B prompts; decode + encode their videos (frozen vision tower, cached);
+  1. draw B prompts; decode + encode their videos (cached per clip and vision-tower version: a tower trained with
+     `rl.freeze_vision=false` is re-encoded after each update, and the training pass runs it on the pixel values);
   2. roll out G responses each (`rollout.engine`) and score them (ALGORITHMS §6; plus DAPO's soft overlong punishment
      with reward.overlong, §9); with rl.dynamic_sampling (DAPO, §9) groups whose metric is equal over the group are
      dropped and further rounds of B prompts are drawn, rolled out and scored until B groups are kept (or the round
@@ -349,10 +350,13 @@ class RLTrainer:
 
         def loss_fn(logp, _entropy, rows):
             g = slice(rows.start // G, rows.stop // G)
-            old = logp.detach().view(-1, G, T) if on_policy else shaped(old_logp)[g]
-            return objective(cfg.algo, logp.view(-1, G, T), old, None if ref_logp is None else shaped(ref_logp)[g],
-                             stats.advantages[g], mask[g], stats.valid[g], norm, rewards=rewards[g],
-                             pairs=None if pairs is None else pairs[g], max_new_tokens=cfg.rollout.max_new_tokens)
+            dev = logp.device  # the policy's (CUDA on GPUs); rewards and advantages are computed on the CPU
+            old = logp.detach().view(-1, G, T) if on_policy else shaped(old_logp)[g].to(dev)
+            return objective(cfg.algo, logp.view(-1, G, T), old,
+                             None if ref_logp is None else shaped(ref_logp)[g].to(dev),
+                             stats.advantages[g].to(dev), mask[g].to(dev), stats.valid[g].to(dev), norm,
+                             rewards=rewards[g].to(dev), pairs=None if pairs is None else pairs[g].to(dev),
+                             max_new_tokens=cfg.rollout.max_new_tokens)
 
         t0 = time.perf_counter()
         self.model.train()

@@ -48,7 +48,8 @@ class SFTTrainer:
         items, sources = [], dict.fromkeys(SFT_SOURCES, 0)
         while len(items) < self.batch_per_rank:
             rec = self.sampler.next()
-            p = prepare_or_skip(self.builder, rec, self.sampler, strict=self.cfg.data.strict)
+            # a trained tower encodes the clip inside the training pass (no rollout needs the no-grad embeddings)
+            p = prepare_or_skip(self.builder, rec, self.sampler, strict=self.cfg.data.strict, embed=False)
             if p is not None:
                 ids, source = self.target(rec)
                 items.append((p, ids))
@@ -57,7 +58,7 @@ class SFTTrainer:
         n_tok = batch.resp_mask.sum()
 
         def loss_fn(logp, _entropy, rows):  # this microbatch's share of the batch-mean NLL
-            return -(logp * batch.resp_mask[rows]).sum() / n_tok, {}
+            return -(logp * batch.resp_mask[rows].to(logp.device)).sum() / n_tok, {}
 
         self.model.train()
         self.model.zero_grad_buffer()

@@ -1,12 +1,14 @@
 """The VidChain job (ALGORITHMS §7): dense-captioning data -> tiny checkpoint -> CoTasks SFT -> eval -> M-DPO -> eval.
 
     dvr1 vidchain -c examples/vidchain_tiny.yaml [key=value ...]      (= python -m dvr1.vidchain.job ...)
+    dvr1 vidchain -c CONFIG --stop-after sft | --init SFT_HF [--sft-eval JSON]   (the stages apart: `dvr1 ablate`)
     dvr1 eval --task dvc --model HF_DIR -c examples/vidchain_tiny.yaml [--name NAME] [--split test]
 
 The YAML is dvr1's run config (`dvr1.config.RunConfig`: run_dir, model, video, parallel, log, ...) whose
 ``vidchain:`` section (`dvr1.config.VidChainOptions`) holds the job's options (``vidchain.*`` overrides). Stages reuse
 `dvr1.train.job` (policy building, optimizer, checkpoint/resume/export loop) and write ``<run_dir>/vidchain_sft`` and
-``<run_dir>/vidchain_mdpo`` (each with ``hf/``), ``eval_vidchain_{sft,mdpo}.json`` and ``vidchain_results.md``.
+``<run_dir>/vidchain_mdpo`` (each with ``hf/``), ``eval_vidchain_{sft,mdpo}.json``, ``vidchain_results.{md,json}``
+(with the count of greedy test outputs M-DPO changed) and ``plots/`` (the DPO curves, `dvr1.train.metrics.plot_run`).
 
 Evaluation (:func:`evaluate_vidchain`): greedy decoding of the ``count_seg_cap`` chain where each turn sees the
 model's own earlier answers; DVC METEOR/CIDEr at tIoU {0.3, 0.5, 0.7, 0.9} and SODA_c; grounding (``"ground"`` chain,
@@ -128,12 +130,14 @@ def evaluate_vidchain(engine, inputs, tok, recs, scorers: dict, max_new_tokens: 
     """DVC + grounding metrics of greedy chains on ``recs`` (module docstring). Scores are on a 0-100 scale.
 
     Returns: ``{"n", "dvc": {METEOR@t, CIDEr@t, METEOR, CIDEr, Precision*, Recall*}, "SODA_c", "count_acc",
-    "parse_rate", "grounding": {mIoU, R1@t}, "samples"}``; also written to ``out_path`` as JSON.
+    "parse_rate", "grounding": {mIoU, R1@t}, "samples", "outputs"}``; also written to ``out_path`` as JSON.
+    ``samples``: the first 10 records with their ground truth; ``outputs``: every record's greedy answers,
+    ``{"id", "chain": [count, segments, captions], "grounding": [one answer per event]}`` (:func:`changed_outputs`).
     """
     from dvr1.vidchain.cotasks import from_percent, parse_captions, parse_count, parse_segments
     from dvr1.vidchain.metrics import dvc_metrics, grounding_metrics, soda_c
 
-    preds, gts, soda, count_ok, parsed, samples = {}, {}, [], 0, 0, []
+    preds, gts, soda, count_ok, parsed, samples, outputs = {}, {}, [], 0, 0, [], []
     g_pred, g_gt = [], []
     meteor = scorers.get("METEOR")
     for rec in tqdm(recs, desc="eval vidchain", disable=not progress):
@@ -152,19 +156,54 @@ def evaluate_vidchain(engine, inputs, tok, recs, scorers: dict, max_new_tokens: 
         if len(samples) < 10:
             samples.append({"id": rec.id, "gt": {"events": rec.events, "captions": rec.captions},
                             "answers": [count_a, seg_a, cap_a]})
+        outputs.append({"id": rec.id, "chain": [count_a, seg_a, cap_a], "grounding": []})
         for e in range(len(rec.events)):
             (a,) = _greedy(engine, inputs, tok, rec, inputs.turns(rec, "ground", e), max_new_tokens)
+            outputs[-1]["grounding"].append(a)
             s = parse_segments(a)
             g_pred.append(None if not s else (from_percent(s[0][0], rec.duration), from_percent(s[0][1], rec.duration)))
             g_gt.append(tuple(rec.events[e]))
     dvc = {k: 100.0 * v for k, v in dvc_metrics(preds, gts, scorers).items()}
     res = {"n": len(recs), "dvc": dvc, "SODA_c": 100.0 * sum(soda) / len(soda) if soda else None,
            "count_acc": 100.0 * count_ok / max(len(recs), 1), "parse_rate": 100.0 * parsed / max(len(recs), 1),
-           "grounding": {k: 100.0 * v for k, v in grounding_metrics(g_pred, g_gt).items()}, "samples": samples}
+           "grounding": {k: 100.0 * v for k, v in grounding_metrics(g_pred, g_gt).items()}, "samples": samples,
+           "outputs": outputs}
     if out_path:
         with open(out_path, "w") as f:
             json.dump(res, f, indent=1)
     return res
+
+
+def changed_outputs(before: dict, after: dict) -> dict:
+    """How many greedy answers differ between two :func:`evaluate_vidchain` results on the same records (e.g. the
+    CoTasks-SFT and the M-DPO model on the test split): ``{"records", "records_changed" (any answer differs),
+    "chain", "chain_changed" (count / segments / captions turns), "grounding", "grounding_changed"}``.
+
+    Raises ValueError when either has no ``outputs`` (an eval JSON written before they were recorded) or when they
+    are not over the same record ids in the same order."""
+    a, b = before.get("outputs"), after.get("outputs")
+    if a is None or b is None:
+        raise ValueError("changed_outputs: both evaluations need per-record 'outputs' (re-run the eval)")
+    if [r["id"] for r in a] != [r["id"] for r in b]:
+        raise ValueError("changed_outputs: the two evaluations are not over the same records")
+    out = dict.fromkeys(("records", "records_changed", "chain", "chain_changed", "grounding", "grounding_changed"), 0)
+    for x, y in zip(a, b):
+        chain = sum(p != q for p, q in zip(x["chain"], y["chain"]))
+        ground = sum(p != q for p, q in zip(x["grounding"], y["grounding"]))
+        out["records"] += 1
+        out["records_changed"] += bool(chain or ground)
+        out["chain"] += len(x["chain"])
+        out["chain_changed"] += chain
+        out["grounding"] += len(x["grounding"])
+        out["grounding_changed"] += ground
+    return out
+
+
+def format_changed(c: dict) -> str:
+    """One line for :func:`changed_outputs`."""
+    return (f"Greedy outputs changed by M-DPO on the test split: {c['records_changed']} of {c['records']} records; "
+            f"{c['chain_changed']} of {c['chain']} chain answers, {c['grounding_changed']} of {c['grounding']} "
+            "grounding answers.")
 
 
 def format_results(results: dict) -> str:
@@ -184,12 +223,12 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None, scor
 
     ``dvr1 eval --task dvc --model HF_DIR -c CONFIG [--name NAME] [--split test]`` runs this. Records: the
     ``vidchain.data_root`` split (built first if the set is missing), the first ``vidchain.eval_max_samples`` if
-    > 0; decoding up to ``vidchain.max_new_tokens``; scorers :func:`dvr1.vidchain.metrics.default_scorers` with
+    > 0; greedy decoding up to ``vidchain.max_new_tokens`` with ``eval.engine`` (`dvr1.train.job.evaluation_engine`);
+    scorers :func:`dvr1.vidchain.metrics.default_scorers` with
     ``vidchain.meteor`` unless given. Writes ``<run_dir>/eval_vidchain_<name>.json`` (global rank 0) and returns the
     result dict of :func:`evaluate_vidchain`. Every rank of a TP/PP layout must call it (the decode is collective).
     Raises FileNotFoundError when ``hf_path`` has no ``config.json``.
     """
-    from dvr1.rollout.native import NativeRolloutEngine
     from dvr1.train import job
     from dvr1.train.inputs import InputBuilder
     from dvr1.vidchain.metrics import default_scorers
@@ -210,20 +249,35 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None, scor
     policy = job.build_policy(cfg, hf_path, pinfo, trainable=False)
     tok = job.tokenizer(hf_path)
     inputs = ChainInputs(InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict))
-    res = evaluate_vidchain(NativeRolloutEngine(policy, seed=cfg.seed), inputs, tok, recs, scorers,
+    res = evaluate_vidchain(job.evaluation_engine(cfg, policy, hf_path), inputs, tok, recs, scorers,
                             opts.max_new_tokens, cfg.log.progress, out if writer else None)
     log.info("eval[%s]: %s", name, format_results({name: res}).splitlines()[-1])
     return res
 
 
-def run(cfg, opts) -> dict:
-    """The whole VidChain job (module docstring); returns ``{"sft": eval, "mdpo": eval}``."""
+def run(cfg, opts, init: str | None = None, stop_after: str | None = None, sft_eval: str | None = None) -> dict:
+    """The whole VidChain job (module docstring); returns ``{"sft": eval, "mdpo": eval, "changed": ...}``.
+
+    Args:
+        init: an HF checkpoint of a CoTasks-SFT model: skip the SFT stage and run M-DPO from it (π_ref = it).
+        stop_after: "sft" to stop after the SFT stage and its evaluation (returns ``{"sft": eval}``).
+        sft_eval: an ``eval_vidchain_*.json`` of the SFT model (on this config's test split) to reuse instead of
+            evaluating it again (the ablation runner passes the shared SFT's).
+    Writes ``vidchain_results.md`` (the table and the count of greedy outputs M-DPO changed, :func:`changed_outputs`),
+    ``vidchain_results.json`` and ``plots/`` (`dvr1.train.metrics.plot_run`) under ``run_dir``.
+    Raises FileNotFoundError for an ``init`` that is not an HF checkpoint, ValueError for another ``stop_after``.
+    """
     from dvr1.train import job
     from dvr1.train.inputs import InputBuilder
+    from dvr1.train.metrics import plot_run
     from dvr1.vidchain.metrics import default_scorers
     from dvr1.vidchain.mdpo import MDPOTrainer
     from dvr1.vidchain.sft import ChainInputs, CoTasksSFTTrainer
 
+    if stop_after not in (None, "sft"):
+        raise ValueError(f"dvr1 vidchain: --stop-after {stop_after!r}: only 'sft' is a stage to stop after")
+    if init is not None and not os.path.exists(os.path.join(init, "config.json")):
+        raise FileNotFoundError(f"dvr1 vidchain: --init {init}: not a HF checkpoint directory (no config.json)")
     t0 = time.time()
     run_dir = os.path.abspath(cfg.run_dir)
     os.makedirs(run_dir, exist_ok=True)
@@ -233,23 +287,34 @@ def run(cfg, opts) -> dict:
         with open(os.path.join(run_dir, "vidchain_config.yaml"), "w") as f:
             f.write(OmegaConf.to_yaml(cfg))
     ensure_data(opts)
-    init_hf = ensure_model(cfg, opts)
     scorers = default_scorers(meteor=opts.meteor)
     caption_scorer = scorers.get("METEOR", scorers["CIDEr"])
     train = records(opts, "train")
 
-    # CoTasks SFT
-    sft_hf, sft_done = job.finished_stage(cfg, "vidchain_sft")
-    if not sft_done:
-        policy = job.build_policy(cfg, init_hf, pinfo)
-        model, opt, sched = job.optimizer_for(policy, opts.sft_lr, cfg.sft.weight_decay, 1.0, opts.sft_warmup, cfg)
-        tok = job.tokenizer(init_hf)
-        inputs = ChainInputs(InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict))
-        trainer = CoTasksSFTTrainer(model, opt, sched, inputs, train, opts.sft_chains, opts.sft_batch_size, cfg.seed)
-        sft_hf = job._train_loop(cfg, "vidchain_sft", trainer, model, opt, sched, opts.sft_steps,
-                                 max(opts.sft_steps // 3, 1), 1, init_hf)
+    # CoTasks SFT (or the given SFT model)
+    if init is not None:
+        sft_hf = os.path.abspath(init)
+    else:
+        init_hf = ensure_model(cfg, opts)
+        sft_hf, sft_done = job.finished_stage(cfg, "vidchain_sft")
+        if not sft_done:
+            policy = job.build_policy(cfg, init_hf, pinfo)
+            model, opt, sched = job.optimizer_for(policy, opts.sft_lr, cfg.sft.weight_decay, 1.0, opts.sft_warmup,
+                                                  cfg)
+            tok = job.tokenizer(init_hf)
+            inputs = ChainInputs(InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict))
+            trainer = CoTasksSFTTrainer(model, opt, sched, inputs, train, opts.sft_chains, opts.sft_batch_size,
+                                        cfg.seed)
+            sft_hf = job._train_loop(cfg, "vidchain_sft", trainer, model, opt, sched, opts.sft_steps,
+                                     max(opts.sft_steps // 3, 1), 1, init_hf)
 
-    results = {"sft": run_eval(cfg, pinfo, sft_hf, "sft", "test", scorers)}
+    if sft_eval:
+        with open(sft_eval) as f:
+            results = {"sft": json.load(f)}
+    else:
+        results = {"sft": run_eval(cfg, pinfo, sft_hf, "sft", "test", scorers)}
+    if stop_after == "sft":
+        return results
 
     # M-DPO from the SFT model; π_ref = the frozen SFT model
     mdpo_hf, mdpo_done = job.finished_stage(cfg, "vidchain_mdpo")
@@ -265,25 +330,40 @@ def run(cfg, opts) -> dict:
         mdpo_hf = job._train_loop(cfg, "vidchain_mdpo", trainer, model, opt, sched, opts.mdpo_steps,
                                   max(opts.mdpo_steps // 3, 1), 1, sft_hf)
     results["mdpo"] = run_eval(cfg, pinfo, mdpo_hf, "mdpo", "test", scorers)
+    try:
+        results["changed"] = changed_outputs(results["sft"], results["mdpo"])
+    except ValueError as e:  # an SFT eval JSON without per-record outputs, or of other records
+        log.warning("%s", e)
+        results["changed"] = None
 
     table = format_results({"CoTasks SFT": results["sft"], "+ M-DPO": results["mdpo"]})
+    if results["changed"] is not None:
+        table += "\n\n" + format_changed(results["changed"])
     if pinfo.rank == 0:
         with open(os.path.join(run_dir, "vidchain_results.md"), "w") as f:
             f.write(table + "\n")
+        with open(os.path.join(run_dir, "vidchain_results.json"), "w") as f:
+            json.dump({k: ({kk: vv for kk, vv in v.items() if kk != "outputs"} if k != "changed" and v else v)
+                       for k, v in results.items()}, f, indent=1)
+        plot_run(run_dir)
     print("\n" + table + "\n", flush=True)
     print(f"run directory: {run_dir}  ({(time.time() - t0) / 60:.1f} min)", flush=True)
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``dvr1 vidchain -c CONFIG [key=value ...]`` (``vidchain.*`` keys for `dvr1.config.VidChainOptions`).
-    Returns the exit status 0 (the results are printed and written under ``run_dir``; :func:`run` returns them)."""
+    """``dvr1 vidchain -c CONFIG [--init SFT_HF] [--stop-after sft] [--sft-eval JSON] [key=value ...]``
+    (``vidchain.*`` keys for `dvr1.config.VidChainOptions`; :func:`run`). Returns the exit status 0 (the results
+    are printed and written under ``run_dir``; :func:`run` returns them)."""
     p = argparse.ArgumentParser(prog="dvr1 vidchain", description=__doc__.split("\n")[0])
     p.add_argument("-c", "--config", default=None, help="YAML (dvr1 run config with a vidchain: section)")
+    p.add_argument("--init", default=None, help="a CoTasks-SFT HF checkpoint: skip SFT, run M-DPO from it")
+    p.add_argument("--stop-after", choices=("sft",), default=None, help="stop after the SFT stage and its eval")
+    p.add_argument("--sft-eval", default=None, help="eval_vidchain_*.json of the SFT model, reused (not re-run)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. vidchain.mdpo_steps=10")
     a = p.parse_args(argv)
     cfg, opts = load(a.config, a.overrides)
-    run(cfg, opts)
+    run(cfg, opts, a.init, a.stop_after, a.sft_eval)
     return 0
 
 

@@ -1,6 +1,8 @@
 """A full Reg-GRPO step of the Qwen2.5-VL policy at TP=2, at TP=2 with sequence parallel and at PP=2 equals
 TP=1/PP=1 (torchrun, gloo, CPU): per-token log-probs, the loss, every parameter's gradient (gathered and mapped to
-HF names), and the rollout (greedy and sampled tokens, pipelined decode at PP=2)."""
+HF names), and the rollout (greedy and sampled tokens, pipelined decode at PP=2). With `model.freeze_vision=false`
+(issue 16, the same launches): the vision tower's gradients at TP=2 (identical on both TP ranks) and at PP=2 (first
+stage) equal TP=1."""
 
 import pytest
 import torch
@@ -19,9 +21,9 @@ def ckpt(tmp_path_factory):
                                 seed=1, vocab_size=320)
 
 
-def _run(tmp_path, ckpt, nproc, tp, pp, fused=False, flags=""):
-    """`flags`: the script's FLAGS (comma-separated, see rl_step_parallel.py); `fused` adds "fused"."""
-    flags = ",".join(f for f in (["fused"] if fused else []) + flags.split(",") if f)
+def _run(tmp_path, ckpt, nproc, tp, pp, fused=False, flags="", vision=False):
+    """`flags`: the script's FLAGS (comma-separated, see rl_step_parallel.py); `fused` / `vision` add them."""
+    flags = ",".join(f for f in (["fused"] if fused else []) + (["vision"] if vision else []) + flags.split(",") if f)
     out = tmp_path / f"tp{tp}pp{pp}{flags.replace(',', '_')}"
     out.mkdir()
     run_torchrun(SCRIPT, ckpt, out, tp, pp, *([flags] if flags else []), nproc=nproc, timeout=400)
@@ -29,7 +31,7 @@ def _run(tmp_path, ckpt, nproc, tp, pp, fused=False, flags=""):
     merged = {"grads": {}}
     for s in stages:
         merged["grads"].update(s["grads"])
-        for k in ("logp", "loss", "logp_train", "seq_len", "other"):
+        for k in ("logp", "loss", "logp_train", "seq_len", "other", "vision_grads", "vision_loss", "vision_tp_spread"):
             if k in s:
                 merged[k] = s[k]
         merged["greedy"], merged["sampled"] = s["greedy"], s["sampled"]
@@ -39,7 +41,7 @@ def _run(tmp_path, ckpt, nproc, tp, pp, fused=False, flags=""):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, ckpt):
-    return _run(tmp_path_factory.mktemp("ref"), ckpt, 1, 1, 1)
+    return _run(tmp_path_factory.mktemp("ref"), ckpt, 1, 1, 1, vision=True)
 
 
 def _close(a, b, name, rel=1e-5):
@@ -52,7 +54,7 @@ def _close(a, b, name, rel=1e-5):
 @pytest.mark.parametrize("tp,pp,fused", [(2, 1, False), (1, 2, False), (2, 1, True), (1, 2, True)])
 def test_rl_step_equals_single_process(tmp_path, ckpt, reference, tp, pp, fused):
     """The reference is the plain logits path at TP=1/PP=1; `fused` trains through fused_linear_logprobs."""
-    got = _run(tmp_path, ckpt, 2, tp, pp, fused)
+    got = _run(tmp_path, ckpt, 2, tp, pp, fused, vision=not fused)
     _close(got["logp"], reference["logp"], "logp")
     _close(got["loss"], reference["loss"], "loss")
     assert float(reference["loss"]) > 0
@@ -65,6 +67,17 @@ def test_rl_step_equals_single_process(tmp_path, ckpt, reference, tp, pp, fused)
     assert got["greedy"] == reference["greedy"]
     assert got["sampled"] == reference["sampled"]
     assert not got["output_grad_in_main_grad"]  # a tied head keeps the ordinary gradient path
+    if fused:
+        return
+    # model.freeze_vision=false: the tower, replicated on the TP ranks of the first stage, gets the TP=1 gradients
+    _close(got["vision_loss"], reference["vision_loss"], "vision_loss")
+    _close(got["vision_loss"], reference["loss"], "vision_loss vs frozen loss")  # same forward, tower in the pass
+    ref_v = reference["vision_grads"]
+    assert len(ref_v) == 30 and set(got["vision_grads"]) == set(ref_v)  # every tower + merger tensor
+    for k, g in ref_v.items():
+        assert float(g.abs().sum()) > 0, k
+        _close(got["vision_grads"][k], g, k)
+    assert got["vision_tp_spread"] == 0.0  # the TP replicas hold identical gradients (megatron's TP average)
 
 
 def test_rl_step_sequence_parallel_equals_single_process(tmp_path, ckpt, reference):

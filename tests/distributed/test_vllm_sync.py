@@ -1,7 +1,9 @@
-"""Colocated vLLM engine (dvr1/rollout/vllm.py): after optimizer steps and a sync, vLLM equals the trainer.
+"""Colocated vLLM engine (dvr1/rollout/vllm.py): after optimizer steps and a sync, vLLM equals the trainer; under PP
+the stages split a call's prompts and the gathered rollouts equal the unsplit (PP=1) ones.
 
 Runs tests/distributed/scripts/vllm_sync.py under torchrun at TP=1 (one process), TP=2 and PP=2 (two processes over
-gloo, vLLM joining the trainer's world with distributed_executor_backend="external_launcher").
+gloo, vLLM joining the trainer's world with distributed_executor_backend="external_launcher"). The policy trains its
+vision tower (model.freeze_vision=false): after the sync vLLM's vision tower equals the trainer's.
 """
 
 import pytest
@@ -20,10 +22,25 @@ def ckpt(tmp_path_factory):
                                 seed=0, vocab_size=512)
 
 
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, ckpt):
+    """Each layout's per-rank results, the script run once per layout in this module: ``runs(nproc, tp, pp)``."""
+    done = {}
+
+    def get(nproc, tp, pp):
+        if (nproc, tp, pp) not in done:
+            out = tmp_path_factory.mktemp(f"vllm_sync_tp{tp}_pp{pp}")
+            run_torchrun(SCRIPTS / "vllm_sync.py", ckpt, out, tp, pp, nproc=nproc, timeout=400)
+            done[nproc, tp, pp] = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+        return done[nproc, tp, pp]
+
+    return get
+
+
 @pytest.mark.parametrize("nproc,tp,pp", [(1, 1, 1), (2, 2, 1), (2, 1, 2)], ids=["tp1", "tp2", "pp2"])
-def test_vllm_after_sync_equals_trainer(tmp_path, ckpt, nproc, tp, pp):
-    run_torchrun(SCRIPTS / "vllm_sync.py", ckpt, tmp_path, tp, pp, nproc=nproc, timeout=400)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+def test_vllm_after_sync_equals_trainer(runs, nproc, tp, pp):
+    ranks = runs(nproc, tp, pp)
+    assert sum("vllm_visual_diff" in r for r in ranks) == (nproc if pp == 1 else 1)
     for r in ranks:
         # greedy tokens: vLLM after the sync == the native sampler on the trained policy, on every rank
         assert r["vllm"] == r["native"] == ranks[0]["vllm"]
@@ -31,6 +48,11 @@ def test_vllm_after_sync_equals_trainer(tmp_path, ckpt, nproc, tp, pp):
         moved = max(abs(a - b) for x, y in zip(r["vllm_logp"], r["vllm_logp_before"]) for a, b in zip(x, y))
         assert moved > 0.1
         assert r["sent_names"] == r["checkpoint_names"]  # every checkpoint tensor, nothing else
+        if "vllm_visual_diff" in r:  # first stage: model.freeze_vision=false trained the tower; the refit carried it
+            assert r["tower_moved"] > 1e-3
+            assert r["vllm_visual_compared"] >= 15  # norms, biases, patch embedding of both blocks and the merger
+            assert r["vllm_visual_diff"] == 0.0  # vLLM holds the trained tower's values ...
+            assert r["vllm_visual_vs_untrained"] > 1e-4  # ... not the checkpoint's
     last = [r for r in ranks if "trainer_logp" in r]
     assert len(last) == (nproc if pp == 1 else 1)
     for r in last:
@@ -46,3 +68,18 @@ def test_vllm_after_sync_equals_trainer(tmp_path, ckpt, nproc, tp, pp):
         assert prompt.abs().max() < 1e-4
         other = torch.tensor(r["vllm_prompt_logp"]) - r["trainer_prompt_logp_other_rule"]
         assert other.abs().max() > 1e-3
+
+
+def test_pp_split_rollouts_equal_unsplit(runs):
+    """PP=2: the stages' engines generate disjoint shares of a call's prompts (stage 0 two of the three, stage 1 one)
+    and every stage gets all outputs back, equal to the PP=1 run's sampled rollouts (n=2, temperature 1): each
+    request's seed comes from its index in the call, not from the stage that ran it."""
+    unsplit = runs(1, 1, 1)[0]
+    split = runs(2, 1, 2)
+    assert [r["local_requests"] for r in split] == [2, 1] and unsplit["local_requests"] == 3
+    assert any(a != b for a, b in unsplit["sampled"])  # temperature 1: a request's two samples differ
+    for r in split:
+        assert r["sampled"] == unsplit["sampled"]  # token ids, exactly
+        for x, y in zip(r["sampled_logp"], unsplit["sampled_logp"]):
+            for a, b in zip(x, y):
+                assert a == pytest.approx(b, abs=1e-5)

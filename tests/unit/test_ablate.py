@@ -57,7 +57,9 @@ def test_expand_grid_order_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     ("bogus: 1", "unknown key 'bogus' (allowed: arms, base, launcher, name, out, overrides, paper_order, seeds, "
-                 "sft, slurm)"),
+                 "sft, slurm, task)"),
+    ("task: dpo", "task: 'dpo' must be one of rl, vidchain"),
+    ("task: vidchain", "paper_order: the ordering check is by RL accuracy; a vidchain grid has none"),
     ("sft: {init: x, steps: 3}", "sft: expected a mapping with keys eval, init, overrides"),
 ])
 def test_grid_errors_extra_keys(tmp_path, extra, message):
@@ -323,3 +325,92 @@ def test_main_emit_and_grid_error_exit_codes(tmp_path, capsys):
     bad = write_grid(tmp_path, GRID.replace("seeds: [3, 1]", "seeds: [1, 1]"), "bad.yaml")
     assert ablate.main([bad, "--report-only"]) == 2
     assert capsys.readouterr().err == f"dvr1 ablate: {bad}: seeds: duplicate seed in [1, 1]\n"
+
+
+# ---- VidChain M-DPO grids (task: vidchain) -------------------------------------------------------------------------
+
+VC_BASE = str(REPO / "examples" / "vidchain_tiny.yaml")
+VC_GRID = """\
+    name: vc
+    task: vidchain
+    base: VC_BASE
+    out: OUT
+    overrides: [vidchain.mdpo_steps=2, log.wandb=false]
+    arms:
+      b01: [vidchain.beta=0.1]
+      b05: [vidchain.beta=0.5]
+    seeds: [0, 1]
+"""
+
+
+def vc_grid(tmp_path):
+    return load_grid(write_grid(tmp_path, VC_GRID.replace("VC_BASE", VC_BASE)))
+
+
+def test_vidchain_grid_commands(tmp_path):
+    """The shared SFT is `dvr1 vidchain --stop-after sft`; a run is `dvr1 vidchain --init <SFT> --sft-eval <its
+    eval>` (M-DPO + eval in one), skipped when its eval_vidchain_mdpo.json exists."""
+    g = vc_grid(tmp_path)
+    out = str(tmp_path / "out")
+    assert g.sft_hf == f"{out}/sft/vidchain_sft/hf" and g.sft_eval_path == f"{out}/sft/eval_vidchain_sft.json"
+    lines = ablate.emit(g, "commands", launcher="dvr1").splitlines()
+    assert lines[2] == (f"dvr1 vidchain -c {VC_BASE} --stop-after sft vidchain.mdpo_steps=2 log.wandb=false "
+                        f"run_dir={out}/sft")
+    runs = [l for l in lines if l.startswith("test -f")]
+    assert runs[3] == (f"test -f {out}/b05/seed1/eval_vidchain_mdpo.json || {{ dvr1 vidchain -c {VC_BASE} --init "
+                       f"{out}/sft/vidchain_sft/hf --sft-eval {out}/sft/eval_vidchain_sft.json vidchain.mdpo_steps=2 "
+                       f"log.wandb=false vidchain.beta=0.5 seed=1 run_dir={out}/b05/seed1; }}")
+    g.sft_init = "/ckpt/sft"  # an existing SFT model: only its DVC eval is shared
+    assert ablate.sft_commands(g, ["dvr1"]) == [("eval_sft", [
+        "dvr1", "eval", "--task", "dvc", "-c", VC_BASE, "--model", "/ckpt/sft", "--name", "sft",
+        "vidchain.mdpo_steps=2", "log.wandb=false", f"run_dir={out}/sft"])]
+    ablate.check_configs(g)
+
+
+def fabricate_vidchain(run_dir, soda, miou, acc, margin, changed):
+    ev = {"n": 4, "SODA_c": soda, "count_acc": 50.0, "parse_rate": 100.0,
+          "dvc": {"METEOR": soda / 2, "CIDEr": 3 * soda, "METEOR@0.5": soda / 4},
+          "grounding": {"mIoU": miou, "R1@0.3": 60.0, "R1@0.5": 40.0, "R1@0.7": 20.0}}
+    run_dir.mkdir(parents=True)
+    (run_dir / "eval_vidchain_mdpo.json").write_text(json.dumps(ev))
+    (run_dir / "vidchain_results.json").write_text(json.dumps(
+        {"changed": {"records": 4, "records_changed": 2, "chain": 12, "chain_changed": changed, "grounding": 8,
+                     "grounding_changed": 1}}))
+    (run_dir / "metrics").mkdir()
+    with open(run_dir / "metrics" / "vidchain_mdpo.jsonl", "w") as f:
+        for i, (a, m) in enumerate(zip(acc, margin)):
+            f.write(json.dumps({"step": i + 1, "rewards/accuracies": a, "rewards/margins": m, "loss": 0.6,
+                                "pairs": 5.0}) + "\n")
+
+
+def test_vidchain_report_before_after_mean_std(tmp_path):
+    g = vc_grid(tmp_path)
+    out = tmp_path / "out"
+    (out / "sft").mkdir(parents=True)
+    (out / "sft" / "eval_vidchain_sft.json").write_text(json.dumps(
+        {"n": 4, "SODA_c": 10.0, "count_acc": 50.0, "parse_rate": 100.0,
+         "dvc": {"METEOR": 5.0, "CIDEr": 30.0, "METEOR@0.5": 2.5},
+         "grounding": {"mIoU": 30.0, "R1@0.3": 60.0, "R1@0.5": 40.0, "R1@0.7": 20.0}}))
+    # b01: SODA_c 12, 14 (mean 13, std √2) and mIoU 31, 29 (mean 30 = SFT); 6 steps (last 5 averaged)
+    fabricate_vidchain(out / "b01" / "seed0", 12.0, 31.0, [0.5, 0.5, 0.6, 0.6, 0.8, 1.0], [0.1] * 5 + [0.6], 3)
+    fabricate_vidchain(out / "b01" / "seed1", 14.0, 29.0, [0.5] * 6, [0.1] * 6, 5)
+    rep = ablate.write_report(g)
+    md = rep["markdown"]
+    v = aggregate(g, collect(g))["b01"]["values"]
+    assert v["SODA_c"]["mean"] == pytest.approx(13.0) and v["SODA_c"]["std"] == pytest.approx(2 ** 0.5)
+    assert v["pref_acc_last"]["per_seed"] == {0: pytest.approx(0.7), 1: pytest.approx(0.5)}
+    assert v["margin_last"]["per_seed"][0] == pytest.approx(0.2) and v["margin_first"]["mean"] == pytest.approx(0.1)
+    assert v["changed"]["mean"] == pytest.approx(5.0) and v["changed_of"]["mean"] == 20.0  # (3+1, 5+1) of 12 + 8
+    assert ("| CoTasks SFT (before M-DPO; shared) | – | 10.00 | 5.00 | 30.00 | 2.50 | 50.00 | 30.00 | 40.00 | 20.00 "
+            "| – | – | – | – |  |") in md
+    assert ("| b01 | 2/2 | 13.00 ± 1.41 | 6.50 ± 0.71 | 39.00 ± 4.24 | 3.25 ± 0.35 | 50.00 ± 0.00 | 30.00 ± 1.41 "
+            "| 40.00 ± 0.00 | 20.00 ± 0.00 | 0.600 ± 0.141 | 0.100 ± 0.000 → 0.150 ± 0.071 | 5.0 ± 1.4 of 20 |") in md
+    assert "| b05 | 0/2 |" in md and "missing: seeds 0, 1" in md
+    assert "- b01: SODA_c +3.00 (beyond the seed std); METEOR +1.50 (beyond the seed std)" in md
+    assert "mIoU +0.00 (within the seed std)" in md
+    names = sorted(os.path.basename(p) for p in rep["plots"])
+    assert names == ["dpo_accuracy_vs_step.png", "dpo_loss_vs_step.png", "dpo_margin_vs_step.png",
+                     "dpo_pairs_vs_step.png", "dvc_per_arm.png"]
+    for p in rep["plots"]:
+        assert open(p, "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.load(open(rep["results"]))["sft"]["SODA_c"] == 10.0

@@ -142,6 +142,22 @@ def test_mrope_rule_is_one_for_both_engines():
     assert load_config(None).model.mrope_rule == "qwen"
     assert load_config(None, ["rollout.engine=vllm"]).model.mrope_rule == "qwen"
     assert load_config(None, ["model.mrope_rule=transformers5"]).model.mrope_rule == "transformers5"
+
+
+def test_eval_engine_defaults_to_the_rollout_engine():
+    from dvr1.config import eval_engine
+
+    assert eval_engine(load_config(None)) == "native"
+    assert eval_engine(load_config(None, ["rollout.engine=vllm"])) == "vllm"
+    assert eval_engine(load_config(None, ["rollout.engine=vllm", "eval.engine=native"])) == "native"
+    assert eval_engine(load_config(None, ["eval.engine=vllm"])) == "vllm"
+    with pytest.raises(ConfigError) as e:  # an eval-only vLLM engine has the same TP constraint
+        load_config(None, ["eval.engine=vllm", "parallel.tp=2", "rollout.tensor_parallel_size=4"])
+    assert str(e.value).startswith("rollout.tensor_parallel_size=4: must be 1 or parallel.tp=2")
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["eval.engine=hf"])
+    assert str(e.value) == "eval.engine='hf': must be one of auto, native, vllm"
+
     with pytest.raises(ConfigError) as e:
         load_config(None, ["rollout.engine=vllm", "model.mrope_rule=transformers5"])
     assert str(e.value) == ("model.mrope_rule='transformers5': rollout.engine=vllm samples with Qwen2.5-VL's "

@@ -84,3 +84,75 @@ def test_no_reference_outside_the_repository():
             if any(ref in line for ref in OUTSIDE_REFS):
                 hits.append(f"{path.relative_to(REPO)}:{lineno}: {line.strip()[:120]}")
     assert not hits, "files referring to the shared workspace (cite docs/ALGORITHMS.md instead):\n" + "\n".join(hits)
+
+
+# ---- README: the paper's benchmarks (`dvr1 data import` formats and the three commands) ---------------------------
+
+README = REPO / "README.md"
+
+
+def formats_table(text: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The README's supported-formats table (the one whose header starts ``| format | kind |``): its header cells and
+    ``{format name: cells}`` per row, in order."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| format | kind |"))
+    split = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = split(line)
+        rows[cells[0].strip("`")] = cells
+    return split(lines[start]), rows
+
+
+def _reader_splits(mod) -> tuple[str, ...] | None:
+    splits = getattr(mod, "SPLITS", None)
+    return None if splits is None else tuple(splits)
+
+
+def test_readme_formats_table_lists_every_registered_format():
+    """Every `dvr1 data import` format of the registry has a README row, in the registry's order, with its kind and,
+    where the reader declares them, exactly its splits, the default first."""
+    from dvr1.importing import all_formats, get_format
+
+    header, rows = formats_table(README.read_text(encoding="utf-8"))
+    assert header[:4] == ["format", "kind", "files (`--annotations`; videos)", "splits"]
+    assert list(rows) == all_formats()
+    for name, cells in rows.items():
+        mod = get_format(name)
+        assert cells[1] == mod.KIND, name
+        listed = tuple(s.strip() for s in cells[3].split(","))
+        if _reader_splits(mod) is not None:
+            assert sorted(listed) == sorted(_reader_splits(mod)), name
+        if getattr(mod, "DEFAULT_SPLIT", None) is not None:
+            assert listed[0] == mod.DEFAULT_SPLIT, name
+        assert all(cells), name
+
+
+def test_readme_benchmark_commands_parse():
+    """The README's import / train / eval commands parse with the real argument parsers; each import names a
+    registered format and a split its reader has."""
+    import shlex
+
+    from dvr1.cli import _parser as cli_parser
+    from dvr1.importing import _parser as import_parser
+    from dvr1.importing import get_format
+
+    text = README.read_text(encoding="utf-8")
+    lines = [m.group(1) for m in re.finditer(r"^(?:#\s*)?(dvr1 (?:data import|train|eval) .*?)\)?$", text,
+                                             re.MULTILINE)]
+    imports = [shlex.split(x)[3:] for x in lines if x.startswith("dvr1 data import ")]
+    assert len(imports) >= 7
+    formats = set()
+    for argv in imports:
+        a = import_parser().parse_args(argv)
+        mod = get_format(a.format)
+        formats.add(a.format)
+        if a.split is not None and _reader_splits(mod) is not None:
+            assert a.split in _reader_splits(mod), argv
+    assert {"seed-bench-r1", "nextgqa", "video-r1"} <= formats
+    others = [shlex.split(x)[1:] for x in lines if not x.startswith("dvr1 data import ")]
+    assert {"train", "eval"} <= {argv[0] for argv in others}
+    for argv in others:
+        cli_parser().parse_args(argv)

@@ -379,3 +379,28 @@ def test_repeated_id_is_dropped_by_the_reader_only(tmp_path, monkeypatch):
     assert _import("--format", "video-r1", "--annotations", FIX / "video_r1" / "Video-R1-data" / "Video-R1-260k.json",
                    "--out", out) == 0
     assert {d["stage"] for d in _manifest(out)["dropped"]} == {"import"}
+
+
+@pytest.mark.parametrize("fmt, ann, split", [
+    ("longvideobench", "longvideobench", "val"),
+    ("mvbench", "mvbench", "test"),
+    ("video-mme", "video_mme", "test"),
+    ("tgif-qa", "tgif_qa", "test"),
+    ("tgif-qa", "tgif_qa/Train_count_question.tsv", "train"),  # a file's name says its split
+    ("activitynet", "activitynet", "val_1"),
+    ("activitynet", "activitynet/train.json", "train"),
+    ("youcook2", "youcook2", "validation"),
+    ("charades-sta", "charades_sta", "test"),
+])
+def test_default_split_is_the_readers(fmt, ann, split, tmp_path):
+    """Without --split, a reader without DEFAULT_SPLIT reads its documented default split (or the one its file's
+    name says) and the output is named by it; a directory holding another split's import is still refused."""
+    out = tmp_path / "o"
+    assert _import("--format", fmt, "--annotations", FIX / ann, "--out", out) == 0
+    m = _manifest(out)
+    assert m["split"] == split and sorted(p.name for p in out.iterdir()) == ["manifest.json", f"{split}.jsonl"]
+    assert {r["split"] for r in _lines(out / f"{split}.jsonl")} == {split}
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({**m, "split": "elsewhere"}))
+    assert _import("--format", fmt, "--annotations", FIX / ann, "--out", other) == 2

@@ -113,8 +113,8 @@ def test_shuffle_permutes_the_frames_the_vision_tower_sees(tmp_path, tiny):
     write_webm(str(path), np.stack([np.full((56, 56, 3), 20 + 14 * t, dtype=np.uint8) for t in range(16)]), fps=8)
     b = _builder(tiny)
     seen = []
-    encode = b.encode
-    b.encode = lambda video: (seen.append(video.clone()), encode(video))[1]
+    encode = b._encode  # every encode of the builder goes through it
+    b._encode = lambda video, embed=True: (seen.append(video.clone()), encode(video, embed))[1]
     rec = _rec(path)
     ordered = b.prepare(rec)
     clean = b.video(rec).video

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dvr1.rl.advantages import group_advantages
-from dvr1.rl.losses import aggregate, dpo_loss, grpo_loss, kl_k3, reg_grpo_loss
+from dvr1.rl.losses import DPO_METRICS, aggregate, combine_metrics, dpo_loss, grpo_loss, kl_k3, reg_grpo_loss
 
 D = torch.float64
 
@@ -316,8 +316,37 @@ def test_dpo_loss_and_grads_by_hand():
     sig_neg = [1 / (1 + math.exp(zi)) for zi in z]  # σ(−z)
     assert pc.grad.tolist() == pytest.approx([-beta * s / 3 for s in sig_neg])
     assert pr.grad.tolist() == pytest.approx([beta * s / 3 for s in sig_neg])
-    assert m["reward_accuracy"] == pytest.approx(2 / 3)
-    assert m["reward_margin"] == pytest.approx(sum(z) / 3)
-    assert m["reward_chosen"] == pytest.approx(beta * (1 - 1 + 1) / 3)
+    # the metrics TRL's DPOTrainer logs, by hand: chosen rewards β(l_θ − l_ref) = 0.5·[1, −1, 1], rejected
+    # 0.5·[−1, 1, −1], margins [1, −1, 1]; pair 2 has chosen < rejected, so 2 of 3 pairs are right
+    assert m == pytest.approx({"loss": want, "rewards/chosen": 0.5 / 3, "rewards/rejected": -0.5 / 3,
+                               "rewards/margins": 1 / 3, "rewards/accuracies": 2 / 3,
+                               "logps/chosen": (-10 - 20 - 5) / 3, "logps/rejected": (-12 - 18 - 5) / 3})
+    assert set(m) == set(DPO_METRICS)
+    # a tie (equal rewards) is not a correct preference: accuracy counts chosen > rejected strictly
+    _, tie = dpo_loss(pc[:1], pc[:1], rc[:1], rc[:1], beta=beta)
+    assert tie["rewards/accuracies"] == 0.0 and tie["rewards/margins"] == 0.0
+    assert tie["loss"] == pytest.approx(math.log(2))
     with pytest.raises(ValueError, match=r"dpo_loss: ref_rejected_logp must be a non-empty \[N\] tensor"):
         dpo_loss(pc, pr, rc, rr[:2])
+
+
+def test_dpo_loss_microbatch_shares_sum_to_the_batch():
+    """Weighted calls (``w = 1/N_batch``) on a 2 + 1 split of the pairs: loss, gradients and every metric of the
+    shares sum (combine_metrics) to the one-call batch values; a zero-weight padding pair adds nothing."""
+    g = torch.Generator().manual_seed(0)
+    pc, pr = (-20 * torch.rand(3, generator=g, dtype=D) for _ in range(2))
+    rc, rr = (-20 * torch.rand(3, generator=g, dtype=D) for _ in range(2))
+    whole_in = pc.clone().requires_grad_()
+    loss, m = dpo_loss(whole_in, pr, rc, rr, beta=0.3)
+    loss.backward()
+    parts_in = pc.clone().requires_grad_()
+    w = torch.full((3,), 1 / 3, dtype=D)
+    l1, m1 = dpo_loss(parts_in[:2], pr[:2], rc[:2], rr[:2], beta=0.3, weights=w[:2])
+    pad = torch.cat([parts_in[2:], parts_in[:1]])  # pair 2 and a copy of pair 0 as zero-weight padding
+    l2, m2 = dpo_loss(pad, pr[[2, 0]], rc[[2, 0]], rr[[2, 0]], beta=0.3, weights=torch.tensor([1 / 3, 0.0], dtype=D))
+    (l1 + l2).backward()
+    assert float(l1 + l2) == pytest.approx(float(loss), rel=1e-12)
+    assert combine_metrics([m1, m2]) == pytest.approx(m, rel=1e-12)
+    assert torch.allclose(parts_in.grad, whole_in.grad, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"dpo_loss: weights must be a non-empty \[N\] tensor"):
+        dpo_loss(pc, pr, rc, rr, weights=w[:2])

@@ -3,7 +3,9 @@
 - ``dvr1 eval --task dvc`` writes ``<run_dir>/eval_vidchain_<name>.json`` and prints the table, with the same
   numbers (and decoded answers) as calling `evaluate_vidchain` directly on an independently loaded policy;
 - an M-DPO stage stopped after its step-2 checkpoint and resumed to step 4 ends with exactly the parameters of an
-  uninterrupted 4-step run (sampling RNG, record draw, Adam state and scheduler are part of the checkpoint).
+  uninterrupted 4-step run (sampling RNG, record draw, Adam state and scheduler are part of the checkpoint), and its
+  metrics JSONL (the DPO metrics TRL logs, pairs and gaps per chain step) holds exactly the uninterrupted run's rows;
+- the count of greedy outputs that changed between two evaluations (`changed_outputs`) on hand-edited outputs.
 """
 
 import json
@@ -99,6 +101,10 @@ def test_eval_dvc_cli_equals_evaluate_vidchain(tmp_path, tiny, parallel_state_1,
     assert got == want
     assert got["n"] == 2 and [s["id"] for s in got["samples"]] == [r.id for r in recs]
     assert all(len(s["answers"]) == 3 for s in got["samples"])
+    # every record's greedy answers (chain turns, one grounding answer per event) are kept for `changed_outputs`
+    assert [o["id"] for o in got["outputs"]] == [r.id for r in recs]
+    assert [o["chain"] for o in got["outputs"]] == [s["answers"] for s in got["samples"]]
+    assert [len(o["grounding"]) for o in got["outputs"]] == [len(r.events) for r in recs]
     # the SFT'd model answers in the chain format on its training clips: the metrics are real, not all 0
     assert got["parse_rate"] > 0 and got["SODA_c"] > 0 and got["dvc"]["METEOR"] > 0 and got["grounding"]["mIoU"] > 0
     assert set(got["dvc"]) == {f"{k}@{t}" for k in ("METEOR", "CIDEr", "Precision", "Recall") for t in TIOUS} | {
@@ -148,10 +154,43 @@ def test_mdpo_resume_equals_uninterrupted(tmp_path, tiny, parallel_state_1):
     _mdpo_stage(cfg_b, ckpt, 2)  # "killed" after its step-2 checkpoint
     resumed = _mdpo_stage(cfg_b, ckpt, 4)
 
-    used = [json.loads(line)["pairs_used"] for line in open(tmp_path / "a" / "metrics" / "vidchain_mdpo.jsonl")]
+    rows_a = [json.loads(line) for line in open(tmp_path / "a" / "metrics" / "vidchain_mdpo.jsonl")]
+    rows_b = [json.loads(line) for line in open(tmp_path / "b" / "metrics" / "vidchain_mdpo.jsonl")]
+    used = [r["pairs_used"] for r in rows_a]
     assert len(used) == 4 and all(u > 0 for u in used)  # every step of the uninterrupted run made a DPO update
+    # the resumed run logged each step once, with the uninterrupted run's numbers (the DPO metrics included)
+    assert [r["step"] for r in rows_b] == [1, 2, 3, 4]
+    assert rows_b == rows_a
+    dpo_keys = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+                "logps/rejected"}
+    for r in rows_a:
+        assert dpo_keys | {"pairs", "gap", "pairs/count", "pairs/segments", "pairs/captions"} <= set(r)
+        assert r["rewards/margins"] == pytest.approx(r["rewards/chosen"] - r["rewards/rejected"], abs=1e-6)
+        assert 0.0 <= r["rewards/accuracies"] <= 1.0 and r["logps/chosen"] < 0 and r["logps/rejected"] < 0
+        assert r["pairs"] == r["pairs/count"] + r["pairs/segments"] + r["pairs/captions"] >= r["pairs_used"]
+    assert any(r["rewards/chosen"] != 0.0 for r in rows_a)  # π_ref != π_θ: the rewards are not trivially 0
     assert set(resumed) == set(full)
     moved = sum(float((full[k] - init[k]).abs().max()) > 0 for k in full)
     assert moved > 10
     for k in full:
         assert torch.equal(resumed[k], full[k]), (k, float((resumed[k] - full[k]).abs().max()))
+
+
+def test_changed_outputs_counts_by_hand():
+    from dvr1.vidchain.job import changed_outputs, format_changed
+
+    before = {"outputs": [{"id": "a", "chain": ["2", "00-10, 20-30", "1. x\n2. y"], "grounding": ["00-10", "20-30"]},
+                          {"id": "b", "chain": ["1", "00-99", "1. z"], "grounding": ["00-99"]}]}
+    after = json.loads(json.dumps(before))
+    assert changed_outputs(before, after) == {"records": 2, "records_changed": 0, "chain": 6, "chain_changed": 0,
+                                              "grounding": 3, "grounding_changed": 0}
+    after["outputs"][0]["chain"][2] = "1. x\n2. w"  # record a: one caption turn
+    after["outputs"][0]["grounding"][1] = "25-30"  # record a: one grounding answer
+    c = changed_outputs(before, after)
+    assert c == {"records": 2, "records_changed": 1, "chain": 6, "chain_changed": 1, "grounding": 3,
+                 "grounding_changed": 1}
+    assert format_changed(c).startswith("Greedy outputs changed by M-DPO on the test split: 1 of 2 records; 1 of 6")
+    with pytest.raises(ValueError, match="not over the same records"):
+        changed_outputs(before, {"outputs": before["outputs"][::-1]})
+    with pytest.raises(ValueError, match="need per-record 'outputs'"):
+        changed_outputs({"n": 2}, after)

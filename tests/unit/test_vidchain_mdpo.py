@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from dvr1.rollout.base import RolloutOutput, RolloutRequest
 from dvr1.train.inputs import Prepared, token_logprobs
 from dvr1.vidchain.cotasks import chain_turns
-from dvr1.vidchain.mdpo import PreferencePair, build_pairs, mdpo_loss_fn, pair_batch, score_step, select_pairs
+from dvr1.vidchain.mdpo import PreferencePair, build_pairs, mdpo_loss_fn, pair_batch, pair_stats, score_step, select_pairs
 
 
 class Exact:
@@ -74,8 +74,9 @@ def test_score_step_and_select_pairs():
 def test_build_pairs_on_fabricated_outputs():
     rec = types.SimpleNamespace(events=[[0.0, 2.5], [5.0, 10.0]], captions=["a", "b"], duration=10.0)
     eng = FakeEngine()
-    pairs, stats = build_pairs(eng, FakeInputs(), FakeTok(), [rec], ["count_seg_cap"], k_samples=3,
-                               temperature=0.8, threshold=10.0, meteor=Exact())
+    pairs, sums = build_pairs(eng, FakeInputs(), FakeTok(), [rec], ["count_seg_cap"], k_samples=3,
+                              temperature=0.8, threshold=10.0, meteor=Exact())
+    stats = pair_stats(sums)
     assert eng.calls == [("count", 3, 0.8), ("segments", 3, 0.8), ("captions", 3, 0.8)]
     got = [(p.kind, p.chosen_ids[0] % 100 - 1, p.rejected_ids[0] % 100 - 1) for p in pairs]
     assert got == [("count", 0, 1), ("count", 0, 2), ("segments", 0, 1), ("segments", 0, 2),
@@ -86,6 +87,18 @@ def test_build_pairs_on_fabricated_outputs():
     assert stats["score/captions"] == pytest.approx(50.0)
     gaps = [50, 50, 100 - 100 * (1 + 24 / 49) / 2, 100 / 3, 50, 100, 50]
     assert stats["gap"] == pytest.approx(sum(gaps) / 7)
+    # pairs formed per chain step and their mean metric gaps
+    assert (stats["pairs/count"], stats["pairs/segments"], stats["pairs/captions"]) == (2.0, 2.0, 3.0)
+    assert stats["gap/count"] == pytest.approx(50.0)
+    assert stats["gap/segments"] == pytest.approx((gaps[2] + gaps[3]) / 2)
+    assert stats["gap/captions"] == pytest.approx(200 / 3)
+    # two DP ranks' sums add up to the statistics of one process on both shares (here: the same step twice)
+    both = pair_stats({k: 2 * v for k, v in sums.items()})
+    assert both == pytest.approx(dict(stats, pairs=14.0, samples=18.0, **{f"pairs/{k}": 2 * stats[f"pairs/{k}"]
+                                                                        for k in ("count", "segments", "captions")}))
+    # a step kind with samples but no pair has no gap entry (not a fake 0); no pair at all: gap 0
+    none = pair_stats(dict(sums, **{"pairs": 0.0, "gap_sum": 0.0, "pairs/count": 0.0, "gap_sum/count": 0.0}))
+    assert "gap/count" not in none and none["pairs/count"] == 0.0 and none["score/count"] == stats["score/count"]
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +162,7 @@ def test_dpo_per_token_path_equals_plain_pytorch(tiny):
         assert torch.allclose(ref_seq, _plain_seq_logp(reference, batch, pairs), atol=1e-5)
 
     policy.zero_grad()
-    res = forward_backward(policy, batch, mdpo_loss_fn(n, ref_seq, beta=0.5), forward_only=False)
+    res = forward_backward(policy, batch, mdpo_loss_fn(ref_seq, torch.full((n,), 1 / n), beta=0.5), forward_only=False)
     loss = float(res.loss)
     grads = {k: p.grad.clone() for k, p in policy.named_parameters() if p.grad is not None}
 
@@ -166,3 +179,40 @@ def test_dpo_per_token_path_equals_plain_pytorch(tiny):
     assert set(plain) == set(grads) and len(grads) > 10
     for k in plain:
         assert torch.allclose(grads[k], plain[k], atol=1e-5, rtol=1e-4), (k, (grads[k] - plain[k]).abs().max())
+    # the DPO metrics of the step (TRL's names) equal their plain formulas on the plain log-probs
+    s = seq.detach()
+    chosen, rejected = 0.5 * (s[:n] - ref_plain[:n]), 0.5 * (s[n:] - ref_plain[n:])
+    want = {"loss": float(ref_loss), "rewards/chosen": float(chosen.mean()), "rewards/rejected": float(rejected.mean()),
+            "rewards/margins": float((chosen - rejected).mean()),
+            "rewards/accuracies": float((chosen > rejected).float().mean()),
+            "logps/chosen": float(s[:n].mean()), "logps/rejected": float(s[n:].mean())}
+    assert res.metrics[0] == pytest.approx(want, abs=1e-5)
+
+
+def test_dpo_microbatches_equal_one_batch(tiny):
+    """The 3 pairs in microbatches of 1 and of 2 pairs (pair_batch groups, weights 1/3): loss, every gradient and the
+    combined DPO metrics equal the one-microbatch step."""
+    from dvr1.parallel.forward import forward_backward
+    from dvr1.rl.losses import combine_metrics
+
+    cfg, policy, reference = tiny
+    pairs = _pairs(cfg, torch.Generator().manual_seed(0))
+    n, w = len(pairs), torch.full((len(pairs),), 1 / len(pairs))
+    out = {}
+    for per_mb in (0, 1, 2):
+        batch = pair_batch(pairs, 0, per_mb)
+        ref_seq = token_logprobs(reference, batch, rows_per_microbatch=2 * per_mb)[0].sum(-1)
+        policy.zero_grad()
+        res = forward_backward(policy, batch, mdpo_loss_fn(ref_seq, w, beta=0.5), forward_only=False,
+                               rows_per_microbatch=2 * per_mb)
+        assert len(res.metrics) == (1 if per_mb == 0 else -(-n // per_mb))
+        out[per_mb] = (float(res.loss), combine_metrics(res.metrics),
+                       {k: p.grad.clone() for k, p in policy.named_parameters() if p.grad is not None})
+    loss0, m0, g0 = out[0]
+    for per_mb in (1, 2):
+        loss, m, g = out[per_mb]
+        assert loss == pytest.approx(loss0, abs=1e-6)
+        assert m == pytest.approx(m0, abs=1e-5)
+        assert set(g) == set(g0)
+        for k in g0:
+            assert torch.allclose(g[k], g0[k], atol=1e-6, rtol=1e-4), (per_mb, k)

@@ -7,6 +7,9 @@ FLAGS, comma-separated: `fused` (train through fused_linear_logprobs), `sp` (par
 "other"). The batch is fixed (seeded) and identical for every layout; old/reference log-probs are the policy's own
 log-probs shifted by fixed noise so that rho != 0. Run at TP=1/PP=1 for the reference and compare
 (tests/distributed).
+`vision`: afterwards the same step again with `model.freeze_vision=false` (a second policy from the same checkpoint,
+the batch carrying pixel values): the first stage's vision-tower gradients (`vision_grads`), its loss
+(`vision_loss`) and the largest difference of those gradients between the TP ranks (`vision_tp_spread`).
 """
 
 import os
@@ -44,11 +47,12 @@ def main(ckpt, out, tp, pp, flags=()):
 
     g = torch.Generator().manual_seed(0)
     B, G = 2, 3
-    items, prepared = [], []
+    items, prepared, pixels = [], [], []
     for b in range(B):
         frames = torch.randint(0, 256, (4, 56, 84, 3), generator=g, dtype=torch.uint8)
         pv, grid = patchify(normalize_frames(frames))
         grid = grid.view(1, 3)
+        pixels.append(pv)
         ids = torch.tensor(tok(chat_prompt(f"question {b}?", num_video_tokens(grid[0])))["input_ids"])
         pos = get_rope_index(ids.view(1, -1), hf_cfg.video_token_id, grid, [0.5], 2, 2)[:, 0]
         embeds = policy.encode_video(pv, grid) if policy.visual is not None else None
@@ -99,9 +103,46 @@ def main(ckpt, out, tp, pp, flags=()):
     result["greedy"] = [o.token_ids for o in outs]
     outs = engine.generate([p.request for p in prepared], SamplingParams(n=3, temperature=1.0, max_new_tokens=5))
     result["sampled"] = [o.token_ids for o in outs]
+    if "vision" in flags:
+        result.update(vision_step(cfg, ckpt, info, prepared, pixels, items, loss_fn, fused))
     if ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0:
         torch.save(result, os.path.join(out, f"pp{ps.get_pipeline_model_parallel_rank()}.pt"))
     torch.distributed.barrier()
+
+
+def vision_step(cfg, ckpt, info, prepared, pixels, items, loss_fn, fused):
+    """The same step with the vision tower trained: its gradients come from the tower run inside the pass."""
+    import dataclasses
+
+    from dvr1.parallel import grid
+    from dvr1.parallel.forward import forward_backward
+    from dvr1.train import job
+    from dvr1.train.inputs import build_batch
+
+    from transformers import AutoTokenizer
+
+    policy = job.build_policy(cfg, ckpt, info, train_vision=True)
+    model, opt, _ = job.optimizer_for(policy, 1e-3, 0.0, 0.0, 0, cfg)
+    swap = {}
+    for p, pv in zip(prepared, pixels):  # same prompts, the clip's pixel values instead of the embeddings
+        req = dataclasses.replace(p.request, video_embeds=None, video_grid_thw=p.video_grid_thw,
+                                  pixel_values_videos=pv if policy.vision_trainable else None)
+        swap[id(p)] = dataclasses.replace(p, request=req)
+    pad = AutoTokenizer.from_pretrained(ckpt).convert_tokens_to_ids("<|endoftext|>")
+    batch = build_batch([(swap[id(p)], r) for p, r in items], pad)
+    model.zero_grad_buffer()
+    opt.zero_grad()
+    res = forward_backward(model, batch, loss_fn, forward_only=False, fused=fused)
+    out = {}
+    if res is not None:
+        out["vision_loss"] = res.loss.detach()
+    if policy.visual is not None:
+        grads = {f"visual.{n}": p.main_grad.view_as(p).clone() for n, p in policy.visual.named_parameters()}
+        out["vision_grads"] = grads
+        flat = torch.cat([v.flatten() for v in grads.values()])
+        gathered = grid.tp_all_gather(flat)
+        out["vision_tp_spread"] = max(float((x - gathered[0]).abs().max()) for x in gathered)
+    return out
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
-"""One M-DPO optimizer step (`MDPOTrainer.update`) on fixed fabricated pairs at a given TP; saves the DP-reduced loss,
-the HF-named full gradients, and the HF-named full parameters before and after the step.
+"""One M-DPO optimizer step (`MDPOTrainer.update`) on fixed fabricated pairs at a given TP / PP; saves the DP-reduced
+metrics (loss, pairs_used, the DPO metrics), the HF-named full gradients, and the HF-named full parameters before and
+after the step.
 
-    torchrun --nproc-per-node N vidchain_mdpo_parallel.py CKPT REF_CKPT OUT TP CASE [CASE ...]
+    torchrun --nproc-per-node N vidchain_mdpo_parallel.py CKPT REF_CKPT OUT TP PP CASE [CASE ...]
 
 CASE says which of the 4 pairs each DP rank gets: ``all`` (every rank all 4: DP=1), ``halves`` (DP=2: 2 + 2),
-``uneven`` (DP=2: 3 + 1), ``empty`` (DP=2: 4 + 0, rank 1 joins with a zero-weight pair). Each case starts from a
-fresh policy and optimizer (Adam, lr 1e-3, no clipping so the DP-reduced gradient is what the optimizer used).
-Compared against TP=1/DP=1 ``all`` in tests/distributed/test_vidchain_mdpo_parallel.py.
+``uneven`` (DP=2: 3 + 1), ``empty`` (DP=2: 4 + 0, rank 1 joins with a zero-weight pair); a suffix ``_mbK`` runs the
+step in microbatches of K pairs (``vidchain.micro_batch_pairs=K``; with PP the last one is filled with zero-weight
+pairs). Each case starts from a fresh policy and optimizer (Adam, lr 1e-3, no clipping so the DP-reduced gradient is
+what the optimizer used). Compared against TP=1/DP=1 ``all`` in tests/distributed/test_vidchain_mdpo_parallel.py.
 """
 
 import os
@@ -42,30 +44,36 @@ def fabricated_pairs(hf_cfg):
 
 
 def hf_named(policy, tensors):
-    """{megatron name: local shard} -> {HF name: full tensor} (TP gather; collective)."""
+    """{megatron name: local shard} -> {HF name: full tensor} of this PP stage's layers (TP gather; collective)."""
     from dvr1.models.export import gather_tp
     from dvr1.models.hf_mapping import megatron_to_hf
+    from megatron.core import parallel_state as ps
 
     full = {n: gather_tp(p, n, tensors[n]) for n, p in policy.lm.named_parameters()}
-    return dict(megatron_to_hf(full, policy.shape))
+    pp = ps.get_pipeline_model_parallel_world_size()
+    offset = ps.get_pipeline_model_parallel_rank() * (policy.shape.num_layers // pp)
+    return dict(megatron_to_hf(full, policy.shape, layer_offset=offset))
 
 
-def main(ckpt, ref_ckpt, out, tp, cases):
+def main(ckpt, ref_ckpt, out, tp, pp, cases):
     from dvr1.config import load_config
     from dvr1.models.qwen2_5_vl import load_hf_config
+    from dvr1.rl.losses import DPO_METRICS
     from dvr1.train import job
     from dvr1.train.metrics import reduce_metrics
     from dvr1.vidchain.mdpo import MDPOTrainer
     from megatron.core import parallel_state as ps
     from transformers import AutoTokenizer
 
-    cfg = load_config(None, [f"parallel.tp={tp}", "log.wandb=false"])
+    cfg = load_config(None, [f"parallel.tp={tp}", f"parallel.pp={pp}", "log.wandb=false"])
     info = job.init(cfg)
     tok = AutoTokenizer.from_pretrained(ckpt)
     pairs = fabricated_pairs(load_hf_config(ckpt))
     dp_rank, dp = ps.get_data_parallel_rank(), ps.get_data_parallel_world_size()
     for case in cases:
-        split = SPLITS[case]
+        split_name, _, mb = case.partition("_mb")
+        split = SPLITS[split_name]
+        cfg.vidchain.micro_batch_pairs = int(mb or 0)
         if (split is None) != (dp == 1):
             raise ValueError(f"case {case!r} needs DP={'1' if split is None else '2'}, have DP={dp}")
         mine = pairs if split is None else pairs[split[dp_rank][0]:split[dp_rank][1]]
@@ -78,10 +86,12 @@ def main(ckpt, ref_ckpt, out, tp, cases):
         grads = hf_named(policy, {n: p.main_grad.view_as(p) for n, p in policy.lm.named_parameters()})
         after = hf_named(policy, {n: p.detach() for n, p in policy.lm.named_parameters()})
         if ps.get_tensor_model_parallel_rank() == 0 and dp_rank == 0:
-            torch.save({"loss": m["loss"], "pairs_used": m["pairs_used"], "grads": grads, "before": before,
-                        "after": after}, os.path.join(out, f"{case}.pt"))
+            torch.save({"metrics": {k: m[k] for k in (*DPO_METRICS, "pairs_used")}, "loss": m["loss"],
+                        "pairs_used": m["pairs_used"], "grads": grads, "before": before, "after": after,
+                        "stage": ps.get_pipeline_model_parallel_rank()},
+                       os.path.join(out, f"{case}_pp{ps.get_pipeline_model_parallel_rank()}.pt"))
         torch.distributed.barrier()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:])
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6:])
