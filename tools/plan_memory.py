@@ -43,8 +43,8 @@ Accounting (all per GPU, bytes; GiB = 2**30 bytes):
   2 bytes per token. With sleep mode (``rollout.enable_sleep_mode``, level 1) the engine frees its weights and KV
   cache while the trainer runs; without it the whole budget stays claimed.
   The KV check: the whole step's rollouts of one DP replica at full length (``rl.prompts_per_step`` x
-  ``rollout.group_size`` / DP x (prompt + ``rollout.max_new_tokens``) tokens) must fit in one engine's KV cache,
-  since under PP every stage's engine generates its replica's rollouts.
+  ``rollout.group_size`` / DP x (prompt + ``rollout.max_new_tokens``) tokens) must fit in one engine's KV cache
+  (conservative: under PP the replica's prompts are split over the stages' engines, ``pp_share_tokens`` each).
 - Sequence parallel (``parallel.sequence_parallel``): Table 2's SP rows -- the norm inputs and the QKV / fc1 GEMM
   inputs, the full-recompute layer input and the final norm's input are ``[s/TP, b, h]``; the output layer's input
   is ``/TP`` on the unfused path only (:func:`output_input_bytes`).
@@ -248,6 +248,7 @@ class Setup:
     vllm_sleep: bool = True
     vllm_reserve_gib: float = 2.0
     sequences_per_step: int = 64  # prompts x group size
+    group_size: int = 8  # rollout.group_size: responses per prompt (one vLLM request)
     gpu_gib: float = GPUS["h100"] / 1024
     overhead_gib: float = 4.0
 
@@ -388,13 +389,17 @@ def plan(st: Setup) -> dict:
         kv = vllm_budget - weights - st.vllm_reserve_gib * GIB
         per_tok = kv_bytes_per_token(m, st.vllm_tp)
         engines = st.world // st.vllm_tp
-        # every sequence of the step's DP replica at full length (prompt + max_new_tokens): under PP each stage's
-        # engine generates its replica's rollouts (docs/CLUSTER.md "Rollout engine"), so each engine needs them all
+        # every sequence of the step's DP replica at full length (prompt + max_new_tokens), the check asked of each
+        # engine; under PP the replica's prompts are dealt out over the stages' engines (dvr1.parallel.grid.pp_split,
+        # whole prompts of group_size responses), so one engine generates ceil(prompts / PP) x G of them (pp_share)
         step_tokens = math.ceil(st.sequences_per_step / dp) * st.seq_len
+        prompts = math.ceil(st.sequences_per_step / dp / st.group_size)
+        share = math.ceil(prompts / st.pp) * st.group_size * st.seq_len
         vllm = dict(weights=weights, kv=kv, kv_tokens=max(0.0, kv) / per_tok, per_token=per_tok, engines=engines,
                     concurrent=max(0.0, kv) / per_tok / st.seq_len,
                     needed=math.ceil(st.sequences_per_step / dp), step_tokens=step_tokens,
-                    step_kv=step_tokens * per_tok, holds_step=max(0.0, kv) >= step_tokens * per_tok)
+                    step_kv=step_tokens * per_tok, holds_step=max(0.0, kv) >= step_tokens * per_tok,
+                    pp_share_tokens=share, pp_share_kv=share * per_tok)
     peak_train, peak_roll = max(training), max(rollout)
     worst = max(peak_train, peak_roll)
     where = stages[(training if peak_train >= peak_roll else rollout).index(worst)]
@@ -467,7 +472,8 @@ def format_plan(st: Setup, result: dict) -> str:
                      f"({v['kv_tokens']:.0f} tokens at {v['per_token'] / 1024:.0f} KiB/token), {v['engines']} engines")
         lines.append(f"step's rollouts per engine: {v['needed']} sequences x {st.seq_len} tokens = "
                      f"{v['step_tokens']} tokens = {v['step_kv'] / GIB:.1f} GiB of KV cache"
-                     f" ({'held' if v['holds_step'] else 'NOT held'})")
+                     f" ({'held' if v['holds_step'] else 'NOT held'}; one PP stage's share: "
+                     f"{v['pp_share_tokens']} tokens = {v['pp_share_kv'] / GIB:.1f} GiB)")
     if st.packing and st.packed_tokens is not None:  # the distribution's peak is not a bound: show the bound too
         bound = plan(Setup(**{**st.__dict__, "packed_tokens": None}))
         lines.append(f"packing bound: a micro-batch of {st.micro_batch} longest rows ({st.micro_batch * st.seq_len} "
@@ -640,6 +646,7 @@ def setup_from_config(cfg, hf_config, nodes: int, gpus_per_node: int, **kw) -> S
         vllm=_sel(cfg, "rollout.engine", "native") == "vllm", vllm_tp=int(_sel(cfg, "rollout.tensor_parallel_size", 1)),
         vllm_util=float(_sel(cfg, "rollout.gpu_memory_utilization", 0.4)),
         vllm_sleep=bool(_sel(cfg, "rollout.enable_sleep_mode", True)), sequences_per_step=seqs,
+        group_size=int(_sel(cfg, "rollout.group_size", 8)),
         packing=bool(_sel(cfg, "model.packing", False)),
         offload=bool(_sel(cfg, "rollout.offload_trainer_state", False)))
     if lengths_file and length_dist:

@@ -330,6 +330,9 @@ def test_kv_cache_for_the_whole_step():
     weights = (pm.lm_param_counts(st.shape)["total"] + st.vision_params) * 2 / 8
     assert v["kv"] == pytest.approx(0.3 * st.gpu_gib * pm.GIB - weights - 2 * pm.GIB, rel=1e-12)
     assert not v["holds_step"]  # 4.8 GiB < 11.25 GiB
+    # under PP 4 the 16 prompts are dealt out over the stages: 4 prompts x 8 responses per engine
+    assert v["pp_share_tokens"] == 4 * 8 * 2304 and v["pp_share_kv"] == 4 * 8 * 2304 * 40960
+    assert pm.plan(_setup(sequences_per_step=136, vllm_util=0.3))["vllm"]["pp_share_tokens"] == 5 * 8 * 2304
     assert pm.plan(_setup(sequences_per_step=128, vllm_util=0.5))["vllm"]["holds_step"]
     # DP = 2: each replica rolls out half the step
     assert pm.plan(_setup(sequences_per_step=128, world=64))["vllm"]["step_tokens"] == 64 * 2304
