@@ -189,6 +189,9 @@ class SFTConfig:
     warmup: int = 20
     weight_decay: float = 0.0
     freeze_vision: Optional[bool] = None  # None = model.freeze_vision
+    # the mean NLL per response token over the `val` split (no gradients) every val_every steps and at the last step,
+    # logged as `val_loss` (dvr1.train.sft.SFTTrainer.validate); 0 = off; skipped when the data has no val split
+    val_every: int = 50
 
 
 @dataclass
@@ -362,6 +365,7 @@ _RANGES = {
     "da_aug.answer_traces": _AT_LEAST_0,
     "sft.steps": _AT_LEAST_0, "sft.batch_size": _AT_LEAST_1, "sft.micro_batch_size": _AT_LEAST_0,
     "sft.lr": _AT_LEAST_0, "sft.warmup": _AT_LEAST_0, "sft.weight_decay": _AT_LEAST_0,
+    "sft.val_every": _AT_LEAST_0,
     "rl.steps": _AT_LEAST_0, "rl.prompts_per_step": _AT_LEAST_1, "rl.micro_batch_groups": _AT_LEAST_0,
     "rl.lr": _AT_LEAST_0, "rl.weight_decay": _AT_LEAST_0, "rl.clip_grad": _AT_LEAST_0, "rl.save_every": _AT_LEAST_1,
     "rl.keep_last": _AT_LEAST_1, "rl.dynamic_sampling_max_rounds": _AT_LEAST_1,

@@ -333,6 +333,8 @@ def _train_loop(cfg, stage: str, trainer, model, optimizer, scheduler, steps: in
     for step in bar:
         faults.position(stage, step)
         m = reduce_metrics(trainer.step())
+        if hasattr(trainer, "periodic"):  # e.g. SFT's val_loss: already equal on every rank
+            m.update(trainer.periodic(step, steps))
         logger.log(step, m)
         bar.set_postfix({k: f"{m[k]:.3g}" for k in ("loss", "reward/mean", "vanishing_advantage_ratio") if k in m})
         if step % save_every == 0 or step == steps:
@@ -354,6 +356,24 @@ def finished_stage(cfg, stage: str) -> tuple[str, bool]:
     return out, os.path.exists(os.path.join(out, "config.json"))
 
 
+def sft_val(cfg, policy, tok, hf_path: str):
+    """(val records, their `InputBuilder`) for SFT's validation loss (`sft.val_every`), or ([], None) when it is off
+    or the data has no (usable) `val` split. Their skipped lines and clips are reported under stage "sft_val"."""
+    from dvr1.data.schema import NoUsableRecords
+    from dvr1.train.inputs import InputBuilder
+
+    if not cfg.sft.val_every or not os.path.exists(os.path.join(data_root(cfg), "val.jsonl")):
+        return [], None
+    report = skip_report(cfg, "sft_val")
+    try:
+        recs = records(cfg, "val", report)
+    except NoUsableRecords as e:
+        log.warning("sft: no validation loss: %s", e)
+        return [], None
+    return recs, InputBuilder(policy, tok, cfg.video, max_prompt_tokens=max_prompt_tokens(cfg, hf_path),
+                              skips=report, strict=cfg.data.strict, prompt_style=prompt_style(cfg))
+
+
 def run_sft(cfg, pinfo, init_hf: str) -> str:
     """SFT cold start from `init_hf`; returns the HF directory of the SFT model (skips if already there)."""
     from dvr1.train.inputs import InputBuilder
@@ -372,7 +392,8 @@ def run_sft(cfg, pinfo, init_hf: str) -> str:
     tok = tokenizer(init_hf)
     builder = InputBuilder(policy, tok, cfg.video, max_prompt_tokens=max_prompt_tokens(cfg, init_hf), skips=report,
                            strict=cfg.data.strict, prompt_style=prompt_style(cfg))
-    trainer = SFTTrainer(cfg, model, opt, sched, builder, tok, recs)
+    val_recs, val_builder = sft_val(cfg, policy, tok, init_hf)
+    trainer = SFTTrainer(cfg, model, opt, sched, builder, tok, recs, val_records=val_recs, val_builder=val_builder)
     out = _train_loop(cfg, "sft", trainer, model, opt, sched, cfg.sft.steps, max(cfg.sft.steps // 3, 1), 1, init_hf)
     write_counts(cfg, "sft", report, len(recs), "train")
     return out
