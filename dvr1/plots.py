@@ -1,10 +1,22 @@
 """One figure helper for the PNG plots of a run (`dvr1.train.metrics.plot_run`) and of an ablation grid
-(`dvr1.ablate.report.plot_report`): matplotlib with the non-interactive Agg backend, one axes per file."""
+(`dvr1.ablate.report.plot_report`): matplotlib with the non-interactive Agg backend, one axes per file; and the
+trailing rolling mean both smooth their curves with (`rolling_mean`)."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
+
+
+def rolling_mean(values: Sequence[float], window: int) -> list[float]:
+    """Trailing rolling mean: element i is the mean of ``values[max(0, i - window + 1) : i + 1]`` (the first
+    ``window - 1`` points average the fewer points there are), one output per input, in order.
+
+    Raises ValueError for ``window < 1``."""
+    if window < 1:
+        raise ValueError(f"rolling_mean: window={window} must be >= 1")
+    values = list(values)
+    return [sum(values[max(0, i - window + 1): i + 1]) / min(i + 1, window) for i in range(len(values))]
 
 
 @contextlib.contextmanager

@@ -254,12 +254,13 @@ def _curve(results: list[RunResult], key: str,
            smooth: int) -> tuple[list[int], list[float], list[float], list[float]]:
     """Mean, min and max over seeds per step of `key` (each seed's series first smoothed by a trailing moving
     average of `smooth` steps). Steps held by at least one seed."""
+    from dvr1.plots import rolling_mean
+
     by_step: dict[int, list[float]] = {}
     for r in results:
         pts = [(row["step"], row[key]) for row in r.metrics if key in row]
-        for i, (s, _) in enumerate(pts):
-            w = [y for _, y in pts[max(0, i - smooth + 1): i + 1]]
-            by_step.setdefault(int(s), []).append(sum(w) / len(w))
+        for (s, _), y in zip(pts, rolling_mean([y for _, y in pts], smooth)):
+            by_step.setdefault(int(s), []).append(y)
     steps = sorted(by_step)
     return (steps, [sum(by_step[s]) / len(by_step[s]) for s in steps], [min(by_step[s]) for s in steps],
             [max(by_step[s]) for s in steps])

@@ -16,6 +16,8 @@ from dvr1.parallel import grid
 
 log = logging.getLogger(__name__)
 
+RL_SMOOTH = 10  # steps in the rolling mean drawn over the raw RL reward / accuracy points (plot_run)
+
 
 class MetricsLogger:
     """Args: run_dir; stage name ("sft", "rl"); log_cfg (`dvr1.config.LogConfig`); config dict for wandb;
@@ -93,38 +95,51 @@ def read_jsonl(path: str) -> list[dict]:
 def plot_run(run_dir: str) -> list[str]:
     """Write PNG plots from `<run_dir>/metrics/*.jsonl` and `<run_dir>/eval_*.json`; returns the paths written.
 
-    rl_reward.png: mean reward (and format/accuracy/IoU components) per RL step; rl_vanishing_advantage.png: the
-    fraction of groups with zero reward std per step (DVR1 Fig. 3 left); sft_loss.png; accuracy.png: test accuracy
+    rl_reward.png: mean reward (and format/accuracy/IoU components) per RL step, each raw series faint under its
+    trailing rolling mean over `RL_SMOOTH` steps in bold (`dvr1.plots.rolling_mean`); rl_vanishing_advantage.png: the
+    fraction of groups with zero reward std per step (DVR1 Fig. 3 left); sft_loss.png: the training loss per step and
+    the validation loss (`val_loss`, every `sft.val_every` steps); accuracy.png: test accuracy
     per task after SFT and after RL. VidChain (`dvr1.vidchain.job`): vidchain_sft_loss.png and, per M-DPO step
     (`dvr1.vidchain.mdpo`, TRL's DPO metric names), mdpo_rewards.png (implicit rewards of chosen / rejected and
     their margin), mdpo_accuracy.png (preference accuracy), mdpo_logps.png, mdpo_pairs.png (pairs formed, per chain
     step, and used) and mdpo_gaps.png (mean winner − loser metric gap, per chain step).
     """
-    from dvr1.plots import figure
+    from dvr1.plots import figure, rolling_mean
 
     out = []
     plots = os.path.join(run_dir, "plots")
     os.makedirs(plots, exist_ok=True)
 
-    def line(rows, keys, title, ylabel, name):
+    def line(rows, keys, title, ylabel, name, smooth=1, labels=None):
         rows = [r for r in rows if any(k in r for k in keys)]
         if not rows:
             return
         path = os.path.join(plots, name)
-        with figure(path, figsize=(6, 3.5), dpi=110, xlabel="step", ylabel=ylabel, title=title) as ax:
+        if smooth > 1:
+            title += f" — bold: rolling mean over {smooth} steps"
+        with figure(path, figsize=(6, 3.5), dpi=110, xlabel="step", ylabel=ylabel, title=title,
+                    title_fontsize=9 if smooth > 1 else None) as ax:
             for k in keys:
                 pts = [(r["step"], r[k]) for r in rows if k in r]
-                if pts:
-                    ax.plot(*zip(*pts), label=k, marker="." if len(pts) < 60 else None)
+                if not pts:
+                    continue
+                label = (labels or {}).get(k, k)
+                if smooth > 1:  # the raw points faint, their rolling mean bold in the same colour
+                    steps, ys = zip(*pts)
+                    raw, = ax.plot(steps, ys, alpha=0.3, linewidth=0.8)
+                    ax.plot(steps, rolling_mean(ys, smooth), color=raw.get_color(), linewidth=2, label=label)
+                else:
+                    ax.plot(*zip(*pts), label=label, marker="." if len(pts) < 60 else None)
         out.append(path)
 
     rl = read_jsonl(os.path.join(run_dir, "metrics", "rl.jsonl"))
     line(rl, ["reward/mean", "reward/format", "reward/accuracy", "reward/iou"], "RL reward (original groups)",
-         "reward", "rl_reward.png")
+         "reward", "rl_reward.png", smooth=RL_SMOOTH)
     line(rl, ["vanishing_advantage_ratio"], "Vanishing-advantage ratio (groups with σ_r = 0)", "fraction",
          "rl_vanishing_advantage.png")
     sft = read_jsonl(os.path.join(run_dir, "metrics", "sft.jsonl"))
-    line(sft, ["loss"], "SFT loss (mean NLL per response token)", "nats", "sft_loss.png")
+    line(sft, ["loss", "val_loss"], "SFT loss (mean NLL per response token)", "nats", "sft_loss.png",
+         labels={"loss": "train (batch of the step)", "val_loss": "validation (val split)"})
 
     vsft = read_jsonl(os.path.join(run_dir, "metrics", "vidchain_sft.jsonl"))
     line(vsft, ["loss"], "CoTasks SFT loss (mean NLL per response token)", "nats", "vidchain_sft_loss.png")

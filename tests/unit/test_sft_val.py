@@ -1,0 +1,184 @@
+"""SFT validation loss (`sft.val_every`, `dvr1.train.sft.SFTTrainer.validate`) and the readable run plots
+(`dvr1.plots.rolling_mean`, `dvr1.train.metrics.plot_run`), issue 16.
+
+The validation loss equals the teacher-forced NLL per response token of the SFT targets under transformers'
+Qwen2_5_VLForConditionalGeneration loaded from the same checkpoint; the val pass leaves training untouched (the same
+training rows with and without it) and a run stopped mid-stage and resumed logs exactly the rows of an
+uninterrupted one.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dvr1.config import load_config
+from dvr1.data.build import write_webm
+from dvr1.data.schema import VideoQARecord
+from dvr1.models.tiny import make_tiny_checkpoint
+
+TEXTS = ["Which way does the square move? A. left B. right <think>I look.</think><answer>A</answer>"] * 20
+
+
+def _clip(root, name, i):
+    frames = np.zeros((8, 56, 56, 3), dtype=np.uint8)
+    for t in range(8):  # a bright square moving left or right
+        x = 4 + 5 * t if i % 2 else 40 - 5 * t
+        frames[t, 20:32, x:x + 12] = 25 * i + 50
+    path = root / f"{name}.webm"
+    write_webm(str(path), frames, fps=8)
+    return VideoQARecord(id=name, video=str(path), question="Which way does the square move?",
+                         options=["left", "right"], answer="B" if i % 2 else "A", task="motion_direction",
+                         segment=None, fps=8.0, duration=1.0, source="s", split="train", meta={})
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sftval")
+    ckpt = make_tiny_checkpoint(str(root / "tiny"), TEXTS, seed=3, vocab_size=320, text={"num_hidden_layers": 2})
+    train = [_clip(root, f"t{i}", i) for i in range(4)]
+    val = [_clip(root, f"v{i}", i + 4) for i in range(3)]
+    return ckpt, train, val
+
+
+def _setup(data, run_dir, *extra):
+    from transformers import AutoTokenizer
+
+    from dvr1.parallel.setup import parallel_info, seed_everything
+    from dvr1.train import job
+    from dvr1.train.inputs import InputBuilder
+    from dvr1.train.sft import SFTTrainer
+
+    ckpt, train, val = data
+    cfg = load_config(None, ["log.wandb=false", "log.progress=false", "sft.batch_size=2", "sft.warmup=0",
+                             "sft.lr=1e-3", "video.num_frames=4", "video.min_pixels=3136", "video.max_pixels=3136",
+                             f"run_dir={run_dir}", *extra])
+    seed_everything(0)
+    policy = job.build_policy(cfg, ckpt, parallel_info(), train_vision=not cfg.model.freeze_vision)
+    model, opt, sched = job.optimizer_for(policy, cfg.sft.lr, 0.0, 1.0, 0, cfg)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    trainer = SFTTrainer(cfg, model, opt, sched, InputBuilder(policy, tok, cfg.video), tok, train, val_records=val,
+                         val_builder=InputBuilder(policy, tok, cfg.video))
+    return cfg, model, opt, sched, trainer
+
+
+def test_val_loss_equals_hugging_face_nll(parallel_state_1, data, tmp_path):
+    """3 val records in batches of 2 (the last one short), microbatches of 2: the mean NLL per response token equals
+    transformers' model on each prompt + target, positions given (the tower trained, so the clip's pixels reach the
+    HF model)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from dvr1.train.inputs import build_batch
+
+    ckpt, _, val = data
+    _, _, _, _, trainer = _setup(data, tmp_path, "model.freeze_vision=false", "sft.micro_batch_size=2")
+    got = trainer.validate()
+
+    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for r in val:
+            p = trainer.val_builder.prepare(r, embed=False)
+            resp = trainer.target_ids(r)
+            pos = build_batch([(p, resp)], trainer.pad).position_ids
+            ids = torch.cat([p.request.prompt_ids, torch.tensor(resp)]).view(1, -1)
+            L = p.request.prompt_ids.numel()
+            logits = hf(input_ids=ids, position_ids=pos, pixel_values_videos=p.request.pixel_values_videos,
+                        video_grid_thw=p.request.video_grid_thw,
+                        second_per_grid_ts=torch.tensor([p.second_per_grid])).logits[0]
+            nll -= torch.log_softmax(logits[L - 1:-1].double(), -1).gather(1, ids[0, L:, None]).sum().item()
+            n += len(resp)
+    assert got == pytest.approx(nll / n, rel=1e-5)
+    assert trainer.periodic(1, 10) == {} and trainer.periodic(50, 60).keys() == {"val_loss"}
+    assert trainer.periodic(7, 7)["val_loss"] == pytest.approx(got, rel=1e-6)  # the last step, no update between
+
+
+def _run(data, run_dir, *extra, fail_at=None):
+    """`job._train_loop` over 5 SFT steps, checkpoints every 2; `fail_at`: step() raises there (a crash)."""
+    from dvr1.train import job
+
+    ckpt = data[0]
+    cfg, model, opt, sched, trainer = _setup(data, run_dir, *extra)
+    if fail_at is not None:
+        step, calls = trainer.step, []
+
+        def crashing():
+            calls.append(1)
+            if len(calls) == fail_at:
+                raise RuntimeError("crash")
+            return step()
+
+        trainer.step = crashing
+    job._train_loop(cfg, "sft", trainer, model, opt, sched, 5, 2, 1, ckpt)
+    with open(os.path.join(run_dir, "metrics", "sft.jsonl")) as f:
+        return [json.loads(l) for l in f]
+
+
+def test_val_pass_leaves_training_alone_and_resume_logs_the_same_rows(parallel_state_1, data, tmp_path):
+    rows = _run(data, tmp_path / "a", "sft.val_every=2")
+    assert [r["step"] for r in rows if "val_loss" in r] == [2, 4, 5]  # every 2 steps and at the last
+    plain = _run(data, tmp_path / "off", "sft.val_every=0")
+    assert all("val_loss" not in r for r in plain)
+    assert [{k: v for k, v in r.items() if k != "val_loss"} for r in rows] == plain  # training did not move
+    with pytest.raises(RuntimeError, match="crash"):
+        _run(data, tmp_path / "b", "sft.val_every=2", fail_at=4)  # steps 1-3 logged, checkpoint at step 2
+    resumed = _run(data, tmp_path / "b", "sft.val_every=2")  # resumes from step 2, re-logs 3-5
+    assert resumed == rows
+
+
+def test_rolling_mean_is_the_trailing_window_mean():
+    from dvr1.plots import rolling_mean
+
+    ys = [1.0, 3.0, 2.0, 8.0, 0.5, 4.0, 7.0]
+    for w in (1, 3, 10):
+        want = [float(np.mean(ys[max(0, i - w + 1): i + 1])) for i in range(len(ys))]
+        assert rolling_mean(ys, w) == pytest.approx(want, rel=1e-12)
+    assert rolling_mean(ys, 3)[3] == pytest.approx((3.0 + 2.0 + 8.0) / 3)  # hand-worked
+    with pytest.raises(ValueError, match="window"):
+        rolling_mean(ys, 0)
+
+
+def test_plot_run_draws_raw_and_smoothed_rl_curves_and_both_sft_losses(tmp_path, monkeypatch):
+    """What plot_run hands matplotlib: per RL reward series the raw points faint and their rolling mean over
+    RL_SMOOTH steps bold; the SFT train and val losses; the PNGs are written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    from dvr1.plots import rolling_mean
+    from dvr1.train.metrics import RL_SMOOTH, plot_run
+
+    os.makedirs(tmp_path / "metrics")
+    rng = np.random.default_rng(0)
+    rl = [{"step": s, "reward/mean": float(rng.random()), "reward/accuracy": float(rng.random()),
+           "vanishing_advantage_ratio": 0.5} for s in range(1, 26)]
+    sft = [{"step": s, "loss": 1.0 / s, **({"val_loss": 2.0 / s} if s % 5 == 0 else {})} for s in range(1, 16)]
+    for name, rows in (("rl", rl), ("sft", sft)):
+        with open(tmp_path / "metrics" / f"{name}.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    drawn = []
+    orig = Axes.plot
+
+    def spy(self, *args, **kw):
+        drawn.append((self.get_title(), [list(map(float, a)) for a in args[:2]], kw))
+        return orig(self, *args, **kw)
+
+    monkeypatch.setattr(Axes, "plot", spy)
+    paths = plot_run(str(tmp_path))
+    names = sorted(os.path.basename(p) for p in paths)
+    assert names == ["rl_reward.png", "rl_vanishing_advantage.png", "sft_loss.png"]
+    for p in paths:
+        with open(p, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    reward = drawn[:4]  # reward/mean raw, smoothed; reward/accuracy raw, smoothed (format / iou absent)
+    for i, key in enumerate(("reward/mean", "reward/accuracy")):
+        raw, smooth = reward[2 * i], reward[2 * i + 1]
+        assert raw[1] == [list(range(1, 26)), [r[key] for r in rl]] and raw[2]["alpha"] < 1
+        assert smooth[1][0] == raw[1][0] and smooth[2]["label"] == key and smooth[2]["linewidth"] > 1
+        assert smooth[1][1] == pytest.approx(rolling_mean([r[key] for r in rl], RL_SMOOTH))
+    sft_lines = drawn[-2:]
+    assert sft_lines[0][1] == [list(range(1, 16)), [1.0 / s for s in range(1, 16)]]
+    assert sft_lines[1][1] == [[5.0, 10.0, 15.0], [0.4, 0.2, 2.0 / 15]]
