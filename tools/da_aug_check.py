@@ -129,7 +129,17 @@ def verdict(result: dict) -> str:
             f"(levels 0..{result['settings']['max_level']}: {noise}); it "
             f"{'rises' if result['hints_rise'] else 'does NOT rise monotonically'} as hints rise (guidance 0 = no "
             f"hint, then 1..{result['settings']['max_level']}: {hint}). DVR1 §3.3 assumes both: "
-            f"{'holds' if result['noise_falls'] and result['hints_rise'] else 'does not hold'} here.")
+            f"{'holds' if result['noise_falls'] and result['hints_rise'] else 'does not hold'} here."
+            + _empty_note(result))
+
+
+def _empty_note(result: dict) -> str:
+    rows = [c for c in result["conditions"] if c.get("kind") == "hint" and c.get("empty_hints")]
+    if not rows:
+        return ""
+    return (" Records with an empty hint (too short a reasoning, or every kept sentence leaks the answer; evaluated "
+            "without one, as DA-Aug leaves them unaugmented): "
+            + ", ".join(f"{c['condition']} {c['empty_hints']}/{c['n']}" for c in rows) + ".")
 
 
 def plot(result: dict, path: str) -> None:

@@ -3,7 +3,6 @@
 the first floor(n·G/(L+1)) sentences of the record's SFT reasoning into the prompt; the table / JSON / PNG outputs."""
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -148,7 +147,7 @@ def test_table_json_and_plot(result, tmp_path):
     da_aug_check.write(res, str(tmp_path))
     assert json.load(open(tmp_path / "da_aug_check.json")) == json.loads(json.dumps(res))
     md = open(tmp_path / "da_aug_check.md").read()
-    assert md.startswith(table[0]) and "DVR1 §3.3 assumes both" in md
+    assert md.startswith(table[0]) and "DVR1 §3.3 assumes both" in md and "empty hint" in md and "hint 1 1/3." in md
     assert open(tmp_path / "da_aug_check.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
