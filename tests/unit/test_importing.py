@@ -400,6 +400,15 @@ def test_default_split_is_the_readers(fmt, ann, split, tmp_path):
     m = _manifest(out)
     assert m["split"] == split and sorted(p.name for p in out.iterdir()) == ["manifest.json", f"{split}.jsonl"]
     assert {r["split"] for r in _lines(out / f"{split}.jsonl")} == {split}
+    # the command writes exactly what the format's reader returns, and counts it in the manifest
+    from dvr1.importing import get_format
+
+    imp = get_format(fmt).read(str(FIX / ann), None, split)
+    assert m["counts"]["written"] == len(imp.records) == len(_lines(out / f"{split}.jsonl")) > 0
+    assert m["counts"]["dropped"] == len(imp.dropped) and m["counts"]["read"] == len(imp.records) + len(imp.dropped)
+    assert [r["id"] for r in _lines(out / f"{split}.jsonl")] == [r.id for r in imp.records]
+    assert [(d["file"], d["line"], d["reason"]) for d in m["dropped"]] == \
+        [(x.file, x.line, x.reason) for x in imp.dropped]
     other = tmp_path / "other"
     other.mkdir()
     (other / "manifest.json").write_text(json.dumps({**m, "split": "elsewhere"}))
