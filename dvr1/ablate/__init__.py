@@ -63,7 +63,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="an existing HF SFT checkpoint to start every arm from (replaces the grid's sft.init)")
     p.add_argument("--launcher", default=None, help='how to start dvr1, e.g. "torchrun --nproc-per-node 8 -m dvr1.cli"')
     p.add_argument("--smooth", type=int, default=1, help="moving-average window (steps) of the curves")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # key=value overrides may come before or after the options
     try:
         grid = load_grid(a.grid, a.out, a.overrides)
         if a.sft_init:

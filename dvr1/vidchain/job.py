@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stop-after", choices=("sft",), default=None, help="stop after the SFT stage and its eval")
     p.add_argument("--sft-eval", default=None, help="eval_vidchain_*.json of the SFT model, reused (not re-run)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. vidchain.mdpo_steps=10")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)  # key=value overrides may come before or after the options
     cfg, opts = load(a.config, a.overrides)
     run(cfg, opts, a.init, a.stop_after, a.sft_eval)
     return 0
