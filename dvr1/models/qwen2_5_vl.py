@@ -250,13 +250,15 @@ class Qwen25VLPolicy(torch.nn.Module):
 
     def forward(self, input_ids, position_ids, video_embeds=None, pixel_values_videos=None, video_grid_thw=None,
                 attention_mask=None, inference_context=None, labels=None, runtime_gather_output=None,
-                video_mask=None, return_hidden: bool = False):
+                video_mask=None, return_hidden: bool = False, packed_seq_params=None):
         """Logits `[batch, seq, vocab/tp]` (or megatron's output on non-last PP stages / with `labels`);
         with `return_hidden` the last stage returns the final hidden states `[seq, batch, hidden]` instead.
 
         `video_embeds` `[num_video_tokens, hidden]` (precomputed by `encode_video`, in batch-row order) or
         `pixel_values_videos` + `video_grid_thw` to run the vision tower here. `position_ids` must cover
         positions [0, seq_end) when decoding with a static KV cache (megatron slices the rotary table).
+        `packed_seq_params` (megatron-core `PackedSeqParams`, THD; TE spec only) / `attention_mask` (bool, True =
+        masked): a packed row of several sequences, see `dvr1.parallel.packing`.
         """
         decoder_input = None
         if self.pre_process:
@@ -266,14 +268,15 @@ class Qwen25VLPolicy(torch.nn.Module):
         if not return_hidden:
             return self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                            decoder_input=decoder_input, labels=labels, inference_context=inference_context,
-                           runtime_gather_output=runtime_gather_output)
+                           runtime_gather_output=runtime_gather_output, packed_seq_params=packed_seq_params)
         # the final-norm hidden states instead of logits: GPTModel returns them when post_process is off (its decoder
         # was built with the final norm, which stays); the output layer is then applied by the caller, fused with
         # the log-prob reduction (`output_weight`, `dvr1.parallel.logprobs.fused_linear_logprobs`)
         post, self.lm.post_process = self.lm.post_process, False
         try:
             return self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                           decoder_input=decoder_input, inference_context=inference_context)
+                           decoder_input=decoder_input, inference_context=inference_context,
+                           packed_seq_params=packed_seq_params)
         finally:
             self.lm.post_process = post
 

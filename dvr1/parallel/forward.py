@@ -17,6 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from dvr1.parallel import grid
+from dvr1.parallel import packing as packing_mod
 from dvr1.parallel.logprobs import fused_linear_logprobs, vocab_parallel_logprobs
 
 
@@ -46,6 +47,9 @@ def response_logprobs(output: torch.Tensor, batch, compute_entropy: bool = False
     `[S, rows, hidden]`, for `fused_linear_logprobs`: the output-layer GEMM runs chunk by chunk inside the log-prob
     reduction, so no logits tensor is ever materialised (forward or backward); `weight_grad_to_main_grad` (an
     untied output layer under megatron DDP) adds its weight gradient straight into `main_grad`.
+
+    A `dvr1.parallel.packing.PackedBatch` (one packed row, `rows` = 1 above) gives the same `[N, T]`: its
+    `resp_index` points into the packed row.
     """
     if output_weight is not None:
         lp, ent = fused_linear_logprobs(output[:-1], output_weight, batch.input_ids[:, 1:].t(),
@@ -54,15 +58,17 @@ def response_logprobs(output: torch.Tensor, batch, compute_entropy: bool = False
         lp, ent = lp.t(), (ent.t() if ent is not None else None)
     else:
         lp, ent = vocab_parallel_logprobs(output[:, :-1], batch.input_ids[:, 1:], compute_entropy=compute_entropy)
-    lp = lp.gather(1, batch.resp_index) * batch.resp_mask
+    take = (lambda x: x[0][batch.resp_index]) if getattr(batch, "packed", False) else \
+        (lambda x: x.gather(1, batch.resp_index))
+    lp = take(lp) * batch.resp_mask
     if compute_entropy:
-        ent = ent.gather(1, batch.resp_index) * batch.resp_mask
+        ent = take(ent) * batch.resp_mask
     return lp, ent
 
 
 def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_only: bool = True,
                      compute_entropy: bool = False, rows_per_microbatch: int = 0, fused: bool = False,
-                     chunk_size: int = 1024):
+                     chunk_size: int = 1024, packing: bool = False):
     """Run the policy on `batch` (a `dvr1.train.inputs.SeqBatch`), split into microbatches of
     `rows_per_microbatch` rows (0 = the whole batch is one microbatch).
 
@@ -76,13 +82,17 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
         On the last PP stage a :class:`ForwardResult`; elsewhere None.
         fused: apply the output layer inside the log-prob reduction (`fused_linear_logprobs`): the logits shard
             `[rows, S, vocab/tp]` is never materialised (see docs/BENCHMARKS.md for its memory/time trade-off).
+        packing: run each microbatch as one packed row without padding (`dvr1.parallel.packing`: TE's THD layout
+            with the TE spec, a block-diagonal causal mask with the local spec); the results are the padded ones.
+            Under PP every microbatch is packed to the longest one's length (the p2p shape), under sequence
+            parallel to a multiple of TP.
     """
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.utils import unwrap_model
 
     micro = batch.split(rows_per_microbatch)
     device = next(unwrap_model(model).parameters()).device  # batches are built on the CPU; the policy may be on CUDA
-    if grid.pp_layout()[1] > 1 and len({mb.num_rows for mb in micro}) > 1:
+    if grid.pp_layout()[1] > 1 and not packing and len({mb.num_rows for mb in micro}) > 1:
         raise ValueError(f"with pipeline parallelism every microbatch needs the same rows: {batch.num_rows} rows do "
                          f"not split evenly into microbatches of {rows_per_microbatch}")
     bounds, start = [], 0
@@ -91,6 +101,13 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
         start += mb.num_rows
     k = len(micro)
     logps, ents, losses, metrics = [], [], [], []
+    policy = unwrap_model(model)
+    seq_length, mbs = batch.input_ids.shape[1], max(mb.num_rows for mb in micro)
+    if packing:  # one packed row per microbatch; the schedule's p2p shape is [P, 1, hidden]
+        multiple = grid.tp_layout()[1] if getattr(policy.config, "sequence_parallel", False) else 1
+        lengths = [packing_mod.packed_length(mb.seq_lens, multiple) for mb in micro]
+        pack_len = max(lengths) if grid.pp_layout()[1] > 1 else None
+        seq_length, mbs = max(lengths), 1
 
     def make_loss_func(mb, rows):
         def loss_func(output_tensor):
@@ -113,8 +130,12 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
     def forward_step(data_iterator, m):
         mb, rows = next(data_iterator)
         mb = mb.to(device)
+        kw = {}
+        if packing:
+            mb = packing_mod.pack(mb, pack_len, multiple)
+            kw = packing_mod.model_inputs(mb, getattr(policy, "spec", "local"))
         out = m(mb.input_ids, mb.position_ids, video_embeds=mb.video_embeds, video_mask=mb.video_mask,
-                return_hidden=fused)
+                return_hidden=fused, **kw)
         return out, make_loss_func(mb, rows)
 
     get_forward_backward_func()(
@@ -122,8 +143,8 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
         data_iterator=iter(list(zip(micro, bounds))),
         model=[model],
         num_microbatches=k,
-        seq_length=batch.input_ids.shape[1],
-        micro_batch_size=max(mb.num_rows for mb in micro),
+        seq_length=seq_length,
+        micro_batch_size=mbs,
         forward_only=forward_only,
     )
     if not grid.is_last_stage():

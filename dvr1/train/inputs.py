@@ -225,7 +225,9 @@ class SeqBatch:
     input_ids int64 `[N, S]`; position_ids int64 `[3, N, S]`; video_embeds `[sum of video tokens, hidden]` in row
     order (or None); resp_index int64 `[N, T]`: for response token j of row i, its index in the shifted target space
     `[N, S-1]` (= prompt_len - 1 + j); resp_mask float32 `[N, T]` (1 for real response tokens); video_mask bool
-    `[N, S]` marks the prompt's `<|video_pad|>` positions (a sampled response token with that id is not one).
+    `[N, S]` marks the prompt's `<|video_pad|>` positions (a sampled response token with that id is not one);
+    seq_lens: per row, its real length in tokens (prompt + response; the rest is padding), which
+    `dvr1.parallel.packing.pack` needs (`model.packing`).
     """
 
     input_ids: torch.Tensor
@@ -235,6 +237,7 @@ class SeqBatch:
     resp_mask: torch.Tensor
     video_mask: torch.Tensor  # bool [N, S]: the prompt's video placeholder positions
     video_tokens: list[int] = field(default_factory=list)  # per row: how many rows of video_embeds it owns
+    seq_lens: list[int] = field(default_factory=list)  # per row: prompt + response tokens
 
     @property
     def num_rows(self) -> int:
@@ -245,7 +248,7 @@ class SeqBatch:
         return SeqBatch(self.input_ids.to(device), self.position_ids.to(device),
                         None if self.video_embeds is None else self.video_embeds.to(device),
                         self.resp_index.to(device), self.resp_mask.to(device), self.video_mask.to(device),
-                        list(self.video_tokens))
+                        list(self.video_tokens), list(self.seq_lens))
 
     def split(self, rows_per_microbatch: int) -> list["SeqBatch"]:
         """Consecutive row blocks of `rows_per_microbatch` rows (0 = one block), same padded length S."""
@@ -258,7 +261,7 @@ class SeqBatch:
             out.append(SeqBatch(self.input_ids[a:b], self.position_ids[:, a:b],
                                 None if self.video_embeds is None else self.video_embeds[v0:v1],
                                 self.resp_index[a:b], self.resp_mask[a:b], self.video_mask[a:b],
-                                self.video_tokens[a:b]))
+                                self.video_tokens[a:b], self.seq_lens[a:b]))
         return out
 
 
@@ -287,15 +290,16 @@ def build_batch(items: list[tuple[Prepared, list[int]]], pad_id: int) -> SeqBatc
         vtok.append(0 if p.request.video_embeds is None else p.request.video_embeds.shape[0])
         if p.request.video_embeds is not None:
             embeds.append(p.request.video_embeds)
-    return SeqBatch(ids, pos, torch.cat(embeds) if embeds else None, resp_index, resp_mask, video_mask, vtok)
+    return SeqBatch(ids, pos, torch.cat(embeds) if embeds else None, resp_index, resp_mask, video_mask, vtok, lens)
 
 
 def token_logprobs(model, batch: SeqBatch, compute_entropy: bool = False, rows_per_microbatch: int = 0,
-                   fused: bool = False, chunk_size: int = 1024):
+                   fused: bool = False, chunk_size: int = 1024, packing: bool = False):
     """Per-token log-probs of the response tokens under `model`, without gradients (old-policy / reference passes).
 
     Runs through megatron-core's schedule (`dvr1.parallel.forward`), so it works at any TP/PP; the logits stay
-    vocab-parallel `[rows, S, vocab/tp]` and are reduced by `vocab_parallel_logprobs`.
+    vocab-parallel `[rows, S, vocab/tp]` and are reduced by `vocab_parallel_logprobs`. `packing`: each microbatch
+    runs as one packed row (`dvr1.parallel.packing`), same results.
 
     Returns:
         (logp float32 `[N, T]` zero where `resp_mask` is 0, entropy `[N, T]` or None) on the last PP stage;
@@ -305,7 +309,7 @@ def token_logprobs(model, batch: SeqBatch, compute_entropy: bool = False, rows_p
 
     with torch.no_grad():
         res = forward_backward(model, batch, compute_entropy=compute_entropy, rows_per_microbatch=rows_per_microbatch,
-                               fused=fused, chunk_size=chunk_size)
+                               fused=fused, chunk_size=chunk_size, packing=packing)
     return (None, None) if res is None else (res.logp, res.entropy)
 
 
