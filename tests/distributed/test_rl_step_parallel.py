@@ -1,6 +1,7 @@
 """A full Reg-GRPO step of the Qwen2.5-VL policy at TP=2 and at PP=2 equals TP=1/PP=1 (torchrun, gloo, CPU):
-per-token log-probs, the loss, every parameter's gradient (gathered and mapped to HF names), and the rollout
-(greedy and sampled tokens, pipelined decode at PP=2)."""
+per-token log-probs and entropy, the loss, every parameter's gradient (gathered and mapped to HF names), and the
+rollout (greedy and sampled tokens, pipelined decode at PP=2); packed (`model.packing`) at TP=2 and PP=2 equals the
+padded TP=1 step."""
 
 import pytest
 import torch
@@ -19,15 +20,16 @@ def ckpt(tmp_path_factory):
                                 seed=1, vocab_size=320)
 
 
-def _run(tmp_path, ckpt, nproc, tp, pp, fused=False):
-    out = tmp_path / f"tp{tp}pp{pp}{'fused' if fused else ''}"
+def _run(tmp_path, ckpt, nproc, tp, pp, fused=False, packed=False):
+    flags = (["fused"] if fused else []) + (["packed"] if packed else [])
+    out = tmp_path / f"tp{tp}pp{pp}{''.join(flags)}"
     out.mkdir()
-    run_torchrun(SCRIPT, ckpt, out, tp, pp, *(["fused"] if fused else []), nproc=nproc, timeout=400)
+    run_torchrun(SCRIPT, ckpt, out, tp, pp, *flags, nproc=nproc, timeout=400)
     stages = [torch.load(out / f"pp{i}.pt") for i in range(pp)]
     merged = {"grads": {}}
     for s in stages:
         merged["grads"].update(s["grads"])
-        for k in ("logp", "loss"):
+        for k in ("logp", "entropy", "loss", "seq_lens"):
             if k in s:
                 merged[k] = s[k]
         merged["greedy"], merged["sampled"] = s["greedy"], s["sampled"]
@@ -47,11 +49,16 @@ def _close(a, b, name, rel=1e-5):
     assert err <= rel, f"{name}: relative error {err:.3g} (max abs diff {(a - b).abs().max():.3g})"
 
 
-@pytest.mark.parametrize("tp,pp,fused", [(2, 1, False), (1, 2, False), (2, 1, True), (1, 2, True)])
-def test_rl_step_equals_single_process(tmp_path, ckpt, reference, tp, pp, fused):
-    """The reference is the plain logits path at TP=1/PP=1; `fused` trains through fused_linear_logprobs."""
-    got = _run(tmp_path, ckpt, 2, tp, pp, fused)
+@pytest.mark.parametrize("tp,pp,fused,packed", [(2, 1, False, False), (1, 2, False, False), (2, 1, True, False),
+                                               (1, 2, True, False), (2, 1, False, True), (1, 2, True, True)])
+def test_rl_step_equals_single_process(tmp_path, ckpt, reference, tp, pp, fused, packed):
+    """The reference is the plain padded logits path at TP=1/PP=1; `fused` trains through fused_linear_logprobs;
+    `packed` runs the log-prob and training passes packed, one group per microbatch."""
+    got = _run(tmp_path, ckpt, 2, tp, pp, fused, packed)
+    lens = reference["seq_lens"]
+    assert max(lens) >= 2.5 * min(lens)  # sequences of very different lengths
     _close(got["logp"], reference["logp"], "logp")
+    _close(got["entropy"], reference["entropy"], "entropy")
     _close(got["loss"], reference["loss"], "loss")
     assert float(reference["loss"]) > 0
     assert set(got["grads"]) == set(reference["grads"])

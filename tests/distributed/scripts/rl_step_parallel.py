@@ -1,9 +1,13 @@
-"""One Reg-GRPO step of the policy at a given TP/PP; saves loss, log-probs, HF-named full gradients, greedy rollout.
+"""One Reg-GRPO step of the policy at a given TP/PP; saves loss, log-probs, entropy, HF-named full gradients, greedy
+rollout.
 
-    torchrun --nproc-per-node N rl_step_parallel.py CKPT OUT TP PP [fused]
+    torchrun --nproc-per-node N rl_step_parallel.py CKPT OUT TP PP [fused] [packed]
 
-The batch is fixed (seeded) and identical for every layout; old/reference log-probs are the policy's own log-probs
-shifted by fixed noise so that rho != 0. Run at TP=1/PP=1 for the reference and compare (tests/distributed).
+The batch is fixed (seeded) and identical for every layout: videos of 6 and 144 tokens and responses of 1 to 15
+tokens, so the sequences' lengths differ by ~3x; old/reference log-probs are the policy's own log-probs shifted by
+fixed noise so that rho != 0. `packed`: the log-prob and training passes run packed (`model.packing`), one group
+per microbatch (so under PP the two microbatches are packed to a common length). Run at TP=1/PP=1 for the
+reference and compare (tests/distributed).
 """
 
 import os
@@ -12,7 +16,7 @@ import sys
 import torch
 
 
-def main(ckpt, out, tp, pp, fused=False):
+def main(ckpt, out, tp, pp, fused=False, packed=False):
     from dvr1.config import load_config
     from dvr1.data.processing import normalize_frames, num_video_tokens, patchify
     from dvr1.models.export import gather_tp
@@ -22,7 +26,7 @@ def main(ckpt, out, tp, pp, fused=False):
     from dvr1.models.tokenizer import chat_prompt
     from dvr1.parallel.forward import forward_backward
     from dvr1.rl.advantages import group_advantages
-    from dvr1.rl.losses import reg_grpo_loss
+    from dvr1.rl.losses import Normalizers, reg_grpo_loss
     from dvr1.rollout.base import RolloutRequest, SamplingParams
     from dvr1.rollout.native import NativeRolloutEngine
     from dvr1.train import job
@@ -41,38 +45,42 @@ def main(ckpt, out, tp, pp, fused=False):
     B, G = 2, 3
     items, prepared = [], []
     for b in range(B):
-        frames = torch.randint(0, 256, (4, 56, 84, 3), generator=g, dtype=torch.uint8)
+        shape = (2, 56, 84, 3) if b == 0 else (12, 112, 168, 3)  # 6 and 144 video tokens
+        frames = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
         pv, grid = patchify(normalize_frames(frames))
         grid = grid.view(1, 3)
-        ids = torch.tensor(tok(chat_prompt(f"question {b}?", num_video_tokens(grid[0])))["input_ids"])
+        ids = torch.tensor(tok(chat_prompt(f"question {b}?" * (1 + 4 * b), num_video_tokens(grid[0])))["input_ids"])
         pos = get_rope_index(ids.view(1, -1), hf_cfg.video_token_id, grid, [0.5], 2, 2)[:, 0]
         embeds = policy.encode_video(pv, grid) if policy.visual is not None else None
         p = Prepared(None, "", RolloutRequest(ids, pos, embeds), grid, 0.5, hf_cfg.video_token_id)
         prepared.append(p)
         for _ in range(G):
-            items.append((p, torch.randint(10, 300, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()))
+            items.append((p, torch.randint(10, 300, (int(torch.randint(1, 16, (1,), generator=g)),), generator=g).tolist()))
     batch = build_batch(items, tok.convert_tokens_to_ids("<|endoftext|>"))
     T = batch.resp_mask.shape[1]
     mask = batch.resp_mask.view(B, G, T)
     rewards = torch.tensor([[1.0, 0.0, 2.0], [0.5, 1.5, 1.0]])
     stats = group_advantages(rewards)
     noise = torch.randn(B * G, T, generator=g) * 0.1
-    logp0, _ = token_logprobs(model, batch)
-    result = {}
+    kw = dict(packing=True, rows_per_microbatch=G) if packed else {}
+    logp0, ent0 = token_logprobs(model, batch, compute_entropy=True, **kw)
+    result = {"seq_lens": batch.seq_lens}
     if logp0 is not None:
-        old = (logp0 - noise) * batch.resp_mask
-        ref = (logp0 + 0.5 * noise) * batch.resp_mask
-        result["logp"] = logp0
+        old = ((logp0 - noise) * batch.resp_mask).view(B, G, T)
+        ref = ((logp0 + 0.5 * noise) * batch.resp_mask).view(B, G, T)
+        result["logp"], result["entropy"] = logp0, ent0
+        norm = Normalizers.of(mask, stats.valid)
 
         def loss_fn(logp, _, rows):
-            return reg_grpo_loss(logp.view(B, G, T), old.view(B, G, T), ref.view(B, G, T), stats.advantages, mask,
-                                 stats.valid, beta=0.1)
+            gs = slice(rows.start // G, rows.stop // G)
+            return reg_grpo_loss(logp.view(-1, G, T), old[gs], ref[gs], stats.advantages[gs], mask[gs],
+                                 stats.valid[gs], beta=0.1, norm=norm)
     else:
         loss_fn = None
 
     model.zero_grad_buffer()
     opt.zero_grad()
-    res = forward_backward(model, batch, loss_fn, forward_only=False, fused=fused)
+    res = forward_backward(model, batch, loss_fn, forward_only=False, fused=fused, **kw)
     if res is not None:
         result["loss"] = res.loss.detach()
     grads = {n: gather_tp(p, n, p.main_grad.view_as(p)) for n, p in policy.lm.named_parameters()}
@@ -92,4 +100,4 @@ def main(ckpt, out, tp, pp, fused=False):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), len(sys.argv) > 5 and sys.argv[5] == "fused")
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), "fused" in sys.argv[5:], "packed" in sys.argv[5:])
