@@ -48,8 +48,8 @@ def response_logprobs(output: torch.Tensor, batch, compute_entropy: bool = False
     reduction, so no logits tensor is ever materialised (forward or backward); `weight_grad_to_main_grad` (an
     untied output layer under megatron DDP) adds its weight gradient straight into `main_grad`.
 
-    A `dvr1.parallel.packing.PackedBatch` (one packed row, `rows` = 1 above) gives the same `[N, T]`: its
-    `resp_index` points into the packed row.
+    A `dvr1.parallel.packing.PackedBatch` (`rows` above = its packed rows) gives the same `[N, T]`: its
+    `resp_index` points into the flattened packed rows.
     """
     if output_weight is not None:
         lp, ent = fused_linear_logprobs(output[:-1], output_weight, batch.input_ids[:, 1:].t(),
@@ -58,7 +58,7 @@ def response_logprobs(output: torch.Tensor, batch, compute_entropy: bool = False
         lp, ent = lp.t(), (ent.t() if ent is not None else None)
     else:
         lp, ent = vocab_parallel_logprobs(output[:, :-1], batch.input_ids[:, 1:], compute_entropy=compute_entropy)
-    take = (lambda x: x[0][batch.resp_index]) if getattr(batch, "packed", False) else \
+    take = (lambda x: x.reshape(-1)[batch.resp_index]) if getattr(batch, "packed", False) else \
         (lambda x: x.gather(1, batch.resp_index))
     lp = take(lp) * batch.resp_mask
     if compute_entropy:
@@ -82,10 +82,10 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
         On the last PP stage a :class:`ForwardResult`; elsewhere None.
         fused: apply the output layer inside the log-prob reduction (`fused_linear_logprobs`): the logits shard
             `[rows, S, vocab/tp]` is never materialised (see docs/BENCHMARKS.md for its memory/time trade-off).
-        packing: run each microbatch as one packed row without padding (`dvr1.parallel.packing`: TE's THD layout
-            with the TE spec, a block-diagonal causal mask with the local spec); the results are the padded ones.
-            Under PP every microbatch is packed to the longest one's length (the p2p shape), under sequence
-            parallel to a multiple of TP.
+        packing: pack each microbatch's sequences without padding (`dvr1.parallel.packing`: one THD row with the
+            TE spec, bins under a block-diagonal causal mask with the local spec); the results are the padded ones.
+            Under PP every microbatch gets the same packed shape (the p2p shape), under sequence parallel a length
+            that is a multiple of TP.
     """
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.utils import unwrap_model
@@ -103,11 +103,12 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
     logps, ents, losses, metrics = [], [], [], []
     policy = unwrap_model(model)
     seq_length, mbs = batch.input_ids.shape[1], max(mb.num_rows for mb in micro)
-    if packing:  # one packed row per microbatch; the schedule's p2p shape is [P, 1, hidden]
+    spec = getattr(policy, "spec", "local")
+    pack_kw = [{} for _ in micro]
+    if packing:  # the schedule's p2p shape is [C, R, hidden]
         multiple = grid.tp_layout()[1] if getattr(policy.config, "sequence_parallel", False) else 1
-        lengths = [packing_mod.packed_length(mb.seq_lens, multiple) for mb in micro]
-        pack_len = max(lengths) if grid.pp_layout()[1] > 1 else None
-        seq_length, mbs = max(lengths), 1
+        pack_kw, seq_length, mbs = packing_mod.plan([mb.seq_lens for mb in micro], spec, multiple,
+                                                    same_shape=grid.pp_layout()[1] > 1)
 
     def make_loss_func(mb, rows):
         def loss_func(output_tensor):
@@ -128,19 +129,19 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
         return loss_func
 
     def forward_step(data_iterator, m):
-        mb, rows = next(data_iterator)
+        mb, rows, pkw = next(data_iterator)
         mb = mb.to(device)
         kw = {}
         if packing:
-            mb = packing_mod.pack(mb, pack_len, multiple)
-            kw = packing_mod.model_inputs(mb, getattr(policy, "spec", "local"))
+            mb = packing_mod.pack(mb, **pkw)
+            kw = packing_mod.model_inputs(mb, spec)
         out = m(mb.input_ids, mb.position_ids, video_embeds=mb.video_embeds, video_mask=mb.video_mask,
                 return_hidden=fused, **kw)
         return out, make_loss_func(mb, rows)
 
     get_forward_backward_func()(
         forward_step_func=forward_step,
-        data_iterator=iter(list(zip(micro, bounds))),
+        data_iterator=iter(list(zip(micro, bounds, pack_kw))),
         model=[model],
         num_microbatches=k,
         seq_length=seq_length,

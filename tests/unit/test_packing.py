@@ -9,7 +9,8 @@ from dvr1.models.qwen2_5_vl import Qwen25VLPolicy, load_hf_config, load_hf_weigh
 from dvr1.models.rope import get_rope_index
 from dvr1.models.tiny import make_tiny_checkpoint
 from dvr1.parallel.forward import forward_backward
-from dvr1.parallel.packing import model_inputs, pack, packed_length, padding_fraction, unpack
+from dvr1.parallel import packing as packing_mod
+from dvr1.parallel.packing import bins, model_inputs, pack, padding_fraction, plan, unpack
 from dvr1.rl.advantages import group_advantages
 from dvr1.rl.losses import Normalizers, reg_grpo_loss
 from dvr1.rollout.base import RolloutRequest
@@ -18,49 +19,83 @@ from dvr1.train.inputs import Prepared, build_batch, token_logprobs
 VID = 99
 
 
-def _prepared(n_text, n_video, grid=None):
+def _prepared(n_text, n_video, tag=0.0):
     ids = torch.cat([torch.arange(10, 10 + n_text[0]), torch.full((n_video,), VID),
                      torch.arange(40, 40 + n_text[1])])
     pos = torch.arange(ids.numel()).expand(3, -1).clone()
-    return Prepared(None, "", RolloutRequest(ids, pos, None if not n_video else torch.zeros(n_video, 4)), grid, 1.0, VID)
+    embeds = torch.full((n_video, 4), tag) if n_video else None
+    return Prepared(None, "", RolloutRequest(ids, pos, embeds), None, 1.0, VID)
 
 
-def test_pack_layout_hand_worked():
-    """Rows of 3, 6 and 2 tokens (prompts 2, 4, 2; responses 1, 2, 0 tokens) in a batch padded to S = 6, T = 2."""
-    a, b, c = _prepared((2, 0), 0), _prepared((1, 1), 2), _prepared((2, 0), 0)
-    batch = build_batch([(a, [7]), (b, [8, 9]), (c, [])], pad_id=0)
+def _hand_batch():
+    """Rows of 3, 6 and 2 tokens (prompts 2, 4, 2 with 1, 2, 0 video tokens; responses 1, 2, 0 tokens), S = 6, T = 2."""
+    a, b, c = _prepared((1, 0), 1, tag=1.0), _prepared((1, 1), 2, tag=2.0), _prepared((2, 0), 0)
+    return build_batch([(a, [7]), (b, [8, 9]), (c, [])], pad_id=0)
+
+
+def test_pack_one_row_thd_layout_hand_worked():
+    batch = _hand_batch()
     assert batch.seq_lens == [3, 6, 2] and batch.input_ids.shape == (3, 6)
     pk = pack(batch)
-    assert pk.input_ids.tolist() == [[10, 11, 7, 10, 99, 99, 40, 8, 9, 10, 11]]
+    assert pk.shape == (1, 11) and pk.num_rows == 3 and pk.starts == [0, 3, 9]
+    assert pk.input_ids.tolist() == [[10, 99, 7, 10, 99, 99, 40, 8, 9, 10, 11]]
     assert pk.position_ids[0, 0].tolist() == [0, 1, 2, 0, 1, 2, 3, 4, 5, 0, 1]  # each sequence its own positions
-    assert pk.video_mask[0].tolist() == [False] * 4 + [True, True] + [False] * 5
+    assert pk.video_mask[0].tolist() == [False, True, False, False, True, True] + [False] * 5
+    assert pk.video_embeds[:, 0].tolist() == [1.0, 2.0, 2.0]
     assert pk.cu_seqlens.tolist() == [0, 3, 9, 11] and pk.cu_seqlens.dtype == torch.int32 and pk.max_seqlen == 6
-    # response token j of row i is predicted at packed target offset_i + prompt_len_i - 1 + j
-    # row 0: [1, (clamped) 1]; row 1: 3 + [3, 4]; row 2 (no response): 9 + [1, 0 -> clamped to len-2 = 0]
+    # response token j of row i is predicted at packed target start_i + prompt_len_i - 1 + j
+    # row 0: [1, (clamped to len-2) 1]; row 1: 3 + [3, 4]; row 2 (no response): 9 + [1, 2 -> clamped to 0]
     assert pk.resp_index.tolist() == [[1, 1], [6, 7], [9, 9]]
-    assert pk.resp_index.shape == batch.resp_mask.shape and pk.num_rows == 3 and pk.length == 11
     # the mask: q sees k iff same sequence and k <= q (True = masked)
-    m = pk.attention_mask()[0, 0]
     seg = [0] * 3 + [1] * 6 + [2] * 2
     want = torch.tensor([[not (seg[q] == seg[k] and k <= q) for k in range(11)] for q in range(11)])
-    assert torch.equal(m, want)
-    # unpack is the inverse of the layout (the padded rows, up to their real lengths)
-    ids = unpack(pk.input_ids[0], pk, pad=0)
-    assert torch.equal(ids, batch.input_ids)
-    pos = unpack(pk.position_ids[:, 0], pk, dim=1)  # [N, S, 3]
+    assert torch.equal(pk.attention_mask()[0, 0], want)
+    assert torch.equal(unpack(pk.input_ids, pk), batch.input_ids)  # the inverse layout
+    pos = unpack(pk.position_ids.movedim(0, -1), pk)  # [N, S, 3]
     for i, n in enumerate(batch.seq_lens):
         assert torch.equal(pos[i, :n].t(), batch.position_ids[:, i, :n])
     # a filler tail (PP: a common length; SP: a multiple of TP) is its own segment, inside cu_seqlens
     pk = pack(batch, length=13)
-    assert pk.cu_seqlens.tolist() == [0, 3, 9, 11, 13] and pk.input_ids.shape == (1, 13)
+    assert pk.cu_seqlens.tolist() == [0, 3, 9, 11, 13] and pk.shape == (1, 13)
     assert pk.position_ids[0, 0, 11:].tolist() == [0, 1]
-    assert pack(batch, multiple=4).length == 12 == packed_length(batch.seq_lens, 4)
+    assert pack(batch, multiple=4).shape == (1, 12)
     with pytest.raises(ValueError, match="length 10 < the microbatch's 11 tokens"):
         pack(batch, length=10)
     psp = pk.packed_seq_params()
     assert psp.qkv_format == "thd" and psp.cu_seqlens_q.tolist() == [0, 3, 9, 11, 13]
     assert psp.cu_seqlens_kv.dtype == torch.int32 and psp.max_seqlen_q == psp.max_seqlen_kv == 6
     assert padding_fraction(batch.seq_lens) == pytest.approx(1 - 11 / 18)
+
+
+def test_pack_bins_hand_worked():
+    """Local spec: first-fit decreasing into bins of the longest (6): [row 1], [row 0, row 2, filler 1]."""
+    batch = _hand_batch()
+    assert bins([3, 6, 2], 6) == [[1], [0, 2]] and bins([2, 2, 5, 1], 5) == [[2], [0, 1, 3]]
+    with pytest.raises(ValueError, match="exceeds the capacity 5"):
+        bins([6], 5)
+    pk = pack(batch, capacity=6)
+    assert pk.shape == (2, 6) and pk.starts == [6, 0, 9]
+    assert pk.input_ids.tolist() == [[10, 99, 99, 40, 8, 9], [10, 99, 7, 10, 11, 0]]
+    assert pk.position_ids[1].tolist() == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 0, 1, 0]]
+    assert pk.video_embeds[:, 0].tolist() == [2.0, 2.0, 1.0]  # reordered with the sequences (packed order)
+    assert pk.video_mask.tolist() == [[False, True, True, False, False, False], [False, True] + [False] * 4]
+    assert pk.cu_seqlens.tolist() == [0, 6, 9, 11, 12]
+    # flattened shifted-target space [R (C - 1)] = [10]: row r's column c is r * 5 + c
+    assert pk.resp_index.tolist() == [[5 + 1, 5 + 1], [3, 4], [5 + 3, 5 + 3]]
+    m = pk.attention_mask()
+    assert m.shape == (2, 1, 6, 6) and not m[0, 0].tril().any()  # row 0: one sequence, plain causal
+    assert m[1, 0, 4].tolist() == [True, True, True, False, False, True]  # seq 2's 2nd token sees seq 2 only
+    assert torch.equal(unpack(pk.input_ids, pk), batch.input_ids)
+    pk = pack(batch, capacity=6, rows=3, multiple=4)  # PP: a common [R, C]; SP: C a multiple of TP
+    # C = 8 now holds rows 1 and 2 together: [6, 2], [3, filler 5], [filler 8]
+    assert pk.shape == (3, 8) and pk.cu_seqlens.tolist() == [0, 6, 8, 11, 16, 24]
+    assert padding_fraction(batch.seq_lens, 3, 8) == pytest.approx(1 - 11 / 24)
+    kws, C, R = plan([[3, 6, 2], [2, 2]], "local", same_shape=True)
+    assert (C, R) == (6, 2) and kws == [dict(capacity=6, rows=2, multiple=1)] * 2
+    kws, C, R = plan([[3, 6, 2], [2, 2]], "local")
+    assert (C, R) == (6, 2) and kws[1] == dict(capacity=2, rows=None, multiple=1)
+    kws, C, R = plan([[3, 6, 2], [2, 2]], "te", multiple=2, same_shape=True)
+    assert (C, R) == (12, 1) and kws == [dict(length=12, multiple=2)] * 2
 
 
 def test_te_packing_without_transformer_engine_fails_clearly():
@@ -81,7 +116,8 @@ B, G = 3, 2
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, parallel_state_1):
     """3 prompts with videos of 1, 4 and 2 temporal patches (8, 32, 16 video tokens) and 2 to 30 text tokens,
-    responses of 1 to 24 tokens: sequence lengths 16 to 80, padding ~45 % of the padded batch."""
+    responses of 1 to 24 tokens: sequence lengths 10 to 73, padding ~45 % of the padded batch; in one microbatch
+    the local layout packs them into 3 bins of 73 tokens, [73], [54, 12], [32, 22, 10]."""
     path = make_tiny_checkpoint(str(tmp_path_factory.mktemp("pack")), ["a b c d <think>x</think>"] * 10, seed=3,
                                 vocab_size=300, text={"num_hidden_layers": 2})
     cfg = load_hf_config(path)
@@ -100,6 +136,7 @@ def setup(tmp_path_factory, parallel_state_1):
             items.append((p, torch.randint(10, 250, (n,), generator=g).tolist()))
     batch = build_batch(items, 0)
     assert padding_fraction(batch.seq_lens) > 0.4 and max(batch.seq_lens) >= 4 * min(batch.seq_lens)
+    assert bins(batch.seq_lens, max(batch.seq_lens)) == [[2], [3, 1], [4, 5, 0]]  # rows shared, videos reordered
     return policy, batch
 
 
@@ -130,8 +167,18 @@ def _close(a, b, name, rel=1e-5):
     assert err <= rel, f"{name}: relative error {err:.3g}"
 
 
+@pytest.fixture(params=["bins", "one_row"])
+def layout(request, monkeypatch):
+    """bins: the local spec's layout; one_row: the TE spec's THD layout (one row per microbatch), attention
+    restricted by the same cu_seqlens through the block-diagonal mask, as TE's padding_causal does."""
+    if request.param == "one_row":
+        plan = packing_mod.plan
+        monkeypatch.setattr(packing_mod, "plan", lambda m, spec, *a, **k: plan(m, "te", *a, **k))
+    return request.param
+
+
 @pytest.mark.parametrize("rows_per_microbatch,fused", [(0, False), (G, False), (0, True)])
-def test_packed_equals_padded(setup, rows_per_microbatch, fused):
+def test_packed_equals_padded(setup, layout, rows_per_microbatch, fused):
     """The reference is always the padded logits path in one microbatch."""
     policy, batch = setup
     ref = _step(policy, batch, packing=False)
@@ -148,7 +195,7 @@ def test_packed_equals_padded(setup, rows_per_microbatch, fused):
         _close(got[3][k], v, k)
 
 
-def test_packed_logprob_pass_equals_padded(setup):
+def test_packed_logprob_pass_equals_padded(setup, layout):
     """The old-policy / reference pass (no gradients, token_logprobs) with packing on."""
     policy, batch = setup
     lp, ent = token_logprobs(policy, batch, compute_entropy=True)
@@ -159,10 +206,8 @@ def test_packed_logprob_pass_equals_padded(setup):
 
 def test_packing_without_mask_differs(setup, monkeypatch):
     """The test can fail: packed rows attending across sequences (plain causal mask) give other log-probs."""
-    import dvr1.parallel.packing as packing
-
     policy, batch = setup
     lp, _ = token_logprobs(policy, batch)
-    monkeypatch.setattr(packing, "model_inputs", lambda pk, spec: {})
+    monkeypatch.setattr(packing_mod, "model_inputs", lambda pk, spec: {})
     lp2, _ = token_logprobs(policy, batch, packing=True)
     assert float((lp2 - lp).abs().max()) > 1e-3

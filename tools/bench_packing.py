@@ -1,0 +1,168 @@
+"""Benchmark `model.packing`: padded vs packed training pass (forward + backward through megatron's schedule) and
+log-prob pass (forward only) of the Qwen2.5-VL policy on CPU (TP=1, local spec), on an RL batch whose prompt lengths
+follow a video-length distribution.
+
+The batch: `--prompts` prompts, each a video of a duration drawn log-uniformly in [`--min-s`, `--max-s`] seconds
+(a few seconds to minutes, as in video QA benchmarks: LongVideoBench's duration groups run 8 s to 1 h, Video-MME's
+"short" videos are under 2 min), sampled as dvr1 samples with `video.num_frames=0`: `--fps` frames per second, at
+most `--max-frames` (`dvr1.data.video_io.sample_frame_indices`, the trainer's rule, on a 30 fps source), frames of
+`--side` x `--side` pixels -> (frames/2) x (side/28)^2 video tokens; `--text` text tokens around the video; `--group`
+responses per prompt of `--resp-min`..`--resp-max` tokens (uniform). Rows are right-padded to the longest of the
+batch (`dvr1.train.inputs.build_batch`), one group per microbatch (`rl.micro_batch_groups=1`), as the trainer does.
+Video embeddings are random (the frozen vision tower runs once per clip at prepare time, the same for both layouts).
+
+Columns: tokens = real tokens (prompt + response) of the batch; computed = tokens the layout computes (padded: N x
+S; packed: the sum of the lengths); padding = 1 - tokens / padded tokens; wall / CPU = median seconds of `--repeats`
+passes (CPU = this process's user + system seconds, all threads: less sensitive than wall time to other jobs on a
+shared machine); tokens/s = real tokens / wall. The packed and padded results are compared (loss and log-probs,
+relative error) so a wrong speed-up cannot pass unnoticed.
+
+On CPU the packed row uses the local spec's block-diagonal causal mask: attention still computes the full P x P
+scores of the packed row (P = sum of a microbatch's lengths), so the gain is the padded rows of the GEMMs (QKV,
+projection, MLP, output layer). With the TE spec on GPUs, THD attention computes only each sequence's own causal
+block (sum of L_i^2 / 2 instead of P^2), which adds the attention share on top.
+
+Usage: python tools/bench_packing.py [--prompts 8 --group 4 --hidden 256 --layers 2 --repeats 3 --threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+
+def build(args):
+    import torch
+
+    from dvr1.data.video_io import sample_frame_indices
+    from dvr1.models.qwen2_5_vl import Qwen25VLPolicy, load_hf_config, load_hf_weights
+    from dvr1.models.rope import get_rope_index
+    from dvr1.models.tiny import make_tiny_checkpoint
+    from dvr1.rollout.base import RolloutRequest
+    from dvr1.train.inputs import Prepared, build_batch
+
+    ckpt = make_tiny_checkpoint(tempfile.mkdtemp(prefix="bench_packing_"), ["a b c d <think>x</think>"] * 10,
+                                seed=0, vocab_size=512,
+                                text=dict(hidden_size=args.hidden, intermediate_size=int(args.hidden * 5.25) // 8 * 8,
+                                          num_hidden_layers=args.layers, num_attention_heads=args.hidden // 32,  # head_dim 32 (mrope_section 4+6+6)
+                                          num_key_value_heads=max(1, args.hidden // 128), max_position_embeddings=32768))
+    cfg = load_hf_config(ckpt)
+    policy = Qwen25VLPolicy(cfg)
+    load_hf_weights(policy, ckpt)
+    g = torch.Generator().manual_seed(args.seed)
+    vid, h, merge = cfg.video_token_id, cfg.text_config.hidden_size, 2
+    hi = cfg.text_config.vocab_size  # ordinary token ids in [10, vocab) (the special ids, the video's too, are < 10)
+    assert vid < 10
+    side = args.side // 28 * 2  # patches per side (14 px), a multiple of the merge size
+    items, durations = [], []
+    for _ in range(args.prompts):
+        u = float(torch.rand((), generator=g))
+        dur = math.exp(math.log(args.min_s) + u * (math.log(args.max_s) - math.log(args.min_s)))
+        durations.append(dur)
+        n_frames = len(sample_frame_indices(max(1, round(dur * 30)), 30.0, fps=args.fps, max_frames=args.max_frames))
+        grid = torch.tensor([[n_frames // 2, side, side]])
+        n_vid = int(grid.prod()) // merge**2
+        ids = torch.cat([torch.randint(10, hi, (args.text // 2,), generator=g), torch.full((n_vid,), vid),
+                         torch.randint(10, hi, (args.text - args.text // 2,), generator=g)])
+        pos = get_rope_index(ids.view(1, -1), vid, grid, [2 / args.fps], merge, 2)[:, 0]
+        p = Prepared(None, "", RolloutRequest(ids, pos, torch.randn(n_vid, h, generator=g)), grid, 2 / args.fps, vid)
+        for _ in range(args.group):
+            n = int(torch.randint(args.resp_min, args.resp_max + 1, (1,), generator=g))
+            items.append((p, torch.randint(10, hi, (n,), generator=g).tolist()))
+    return policy, build_batch(items, 0), durations
+
+
+def run_pass(policy, batch, packing, train, rows):
+    import torch
+
+    from dvr1.parallel.forward import forward_backward
+
+    n_tok = batch.resp_mask.sum()
+
+    def loss_fn(logp, _e, r):  # the batch-mean response NLL, this microbatch's share
+        return -(logp * batch.resp_mask[r]).sum() / n_tok, {}
+
+    policy.zero_grad()
+    t0, c0 = time.perf_counter(), time.process_time()
+    with torch.enable_grad() if train else torch.no_grad():
+        res = forward_backward(policy, batch, loss_fn if train else None, forward_only=not train, packing=packing,
+                               rows_per_microbatch=rows)
+    return time.perf_counter() - t0, time.process_time() - c0, res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--group", type=int, default=4, help="responses per prompt (G); one group per microbatch")
+    ap.add_argument("--min-s", type=float, default=5.0)
+    ap.add_argument("--max-s", type=float, default=180.0)
+    ap.add_argument("--fps", type=float, default=1.0)
+    ap.add_argument("--max-frames", type=int, default=64)
+    ap.add_argument("--side", type=int, default=112, help="frame side in pixels (multiple of 28)")
+    ap.add_argument("--text", type=int, default=64, help="text tokens per prompt")
+    ap.add_argument("--resp-min", type=int, default=16)
+    ap.add_argument("--resp-max", type=int, default=256)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    import torch
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from dvr1.parallel.packing import padding_fraction
+    from dvr1.parallel.setup import init_parallel
+
+    torch.set_num_threads(args.threads)
+    init_parallel(tp=1, pp=1, seed=1234)
+    policy, batch, durations = build(args)
+    lens = batch.seq_lens
+    N, S = batch.input_ids.shape
+    tokens = sum(lens)
+    print(f"batch: {args.prompts} prompts x G={args.group} = {N} rows; video durations {min(durations):.0f}-"
+          f"{max(durations):.0f} s (median {statistics.median(durations):.0f} s); sequence lengths {min(lens)}-"
+          f"{max(lens)} (median {statistics.median(lens):.0f}); padded length S={S}; "
+          f"padding {100 * padding_fraction(lens):.1f} % of {N * S} tokens")
+    print(f"model: hidden {args.hidden}, {args.layers} layers, fp32, CPU threads {args.threads}; "
+          f"microbatch = 1 group ({args.group} rows); median of {args.repeats}")
+    print()
+    print("| pass | layout | computed tokens | padding | wall s | CPU s | tokens/s | speed-up (wall) | speed-up (CPU) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    notes = []
+    for train in (True, False):
+        times = {False: [], True: []}
+        results = {}
+        run_pass(policy, batch, False, train, args.group)  # warm-up (allocator, megatron buffers)
+        for _ in range(args.repeats):
+            for packing in (False, True):
+                w, c, res = run_pass(policy, batch, packing, train, args.group)
+                times[packing].append((w, c))
+                results[packing] = res
+        med = {k: (statistics.median(x[0] for x in v), statistics.median(x[1] for x in v)) for k, v in times.items()}
+        name = "training (fwd+bwd)" if train else "log-probs (fwd)"
+        for packing in (False, True):
+            w, c = med[packing]
+            computed = tokens if packing else N * S
+            pad = 0.0 if packing else padding_fraction(lens)
+            sw, sc = med[False][0] / w, med[False][1] / c
+            print(f"| {name} | {'packed' if packing else 'padded'} | {computed} | {100 * pad:.1f} % | {w:.2f} | "
+                  f"{c:.2f} | {tokens / w:.0f} | {sw:.2f}x | {sc:.2f}x |")
+        a, b = results[True].logp.double(), results[False].logp.double()
+        err = float((a - b).norm() / b.norm())
+        msg = f"{name}: packed vs padded log-probs relative error {err:.2e}"
+        if train:
+            msg += f", loss {abs(float(results[True].loss) - float(results[False].loss)) / abs(float(results[False].loss)):.2e}"
+        notes.append(msg)
+    print()
+    print("\n".join(notes))
+
+
+if __name__ == "__main__":
+    main()
