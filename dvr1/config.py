@@ -59,8 +59,9 @@ class ModelConfig:
     # default because the tiny CPU model's logits are small; the 7B/72B examples turn it on.
     fused_logprobs: bool = False
     logprob_chunk: int = 1024  # tokens per chunk of the fused reduction
-    # pack a microbatch's sequences end to end, no padding (THD on TE / block-diagonal mask on the local spec);
-    # implemented in issue 18's packing work
+    # pack each microbatch's sequences end to end in one row, no padding (dvr1/parallel/packing.py): TE's THD layout
+    # with spec=te, a block-diagonal causal mask with spec=local; log-prob, reference/old-policy and training passes
+    # give the padded numbers at fewer tokens (docs/BENCHMARKS.md)
     packing: bool = False
     # longest prompt in tokens (text + video): a longer one gets fewer frames, or is skipped when its text alone does not
     # fit (dvr1/train/inputs.py). 0 = the model's max_position_embeddings minus rollout.max_new_tokens

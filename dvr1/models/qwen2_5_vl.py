@@ -354,7 +354,7 @@ class Qwen25VLPolicy(torch.nn.Module):
 
     def forward(self, input_ids, position_ids, video_embeds=None, pixel_values_videos=None, video_grid_thw=None,
                 attention_mask=None, inference_context=None, labels=None, runtime_gather_output=None,
-                video_mask=None, return_hidden: bool = False, video_token_index=None):
+                video_mask=None, return_hidden: bool = False, video_token_index=None, packed_seq_params=None):
         """Logits `[batch, seq, vocab/tp]` (or megatron's output on non-last PP stages / with `labels`);
         with `return_hidden` the last stage returns the final hidden states `[seq, batch, hidden]` instead.
 
@@ -372,6 +372,9 @@ class Qwen25VLPolicy(torch.nn.Module):
         reduce-scatter, which sums the gradient over TP; pass ``sequence_parallel=True`` to
         `dvr1.parallel.logprobs.fused_linear_logprobs`). Non-last PP stages return their `[padded/tp, batch,
         hidden]` shard for the schedule to send.
+
+        `packed_seq_params` (megatron-core `PackedSeqParams`, THD; TE spec only) / `attention_mask` (bool, True =
+        masked): a packed row of several sequences, see `dvr1.parallel.packing`.
 
         Raises: ValueError for `inference_context` under SP (decode inside `sequence_parallel_off`).
         """
@@ -395,7 +398,7 @@ class Qwen25VLPolicy(torch.nn.Module):
         if not return_hidden:
             out = self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                           decoder_input=decoder_input, labels=labels, inference_context=inference_context,
-                          runtime_gather_output=runtime_gather_output)
+                          runtime_gather_output=runtime_gather_output, packed_seq_params=packed_seq_params)
             return out[:, :seq] if sp and self.post_process else out  # [b, s, vocab/tp] logits or [b, s] loss
         # the final-norm hidden states instead of logits: GPTModel returns them when post_process is off (its decoder
         # was built with the final norm, which stays); the output layer is then applied by the caller, fused with
@@ -403,7 +406,8 @@ class Qwen25VLPolicy(torch.nn.Module):
         post, self.lm.post_process = self.lm.post_process, False
         try:
             hidden = self.lm(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                             decoder_input=decoder_input, inference_context=inference_context)
+                             decoder_input=decoder_input, inference_context=inference_context,
+                             packed_seq_params=packed_seq_params)
         finally:
             self.lm.post_process = post
         if sp and post:

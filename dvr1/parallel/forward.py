@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import torch
 
 from dvr1.parallel import grid
+from dvr1.parallel import packing as packing_mod
 from dvr1.parallel.logprobs import fused_linear_logprobs, vocab_parallel_logprobs
 
 
@@ -51,6 +52,9 @@ def response_logprobs(output: torch.Tensor, batch, compute_entropy: bool = False
     Under sequence parallel the policy hands over full-sequence tensors of the same shapes (it pads, shards and
     gathers the sequence itself, `Qwen25VLPolicy.forward`); `sequence_parallel` tells the fused reduction that the
     hidden states' backward already sums over TP (`fused_linear_logprobs(sequence_parallel=True)`).
+
+    A `dvr1.parallel.packing.PackedBatch` (`rows` above = its packed rows) gives the same `[N, T]`: its
+    `resp_index` points into the flattened packed rows.
     """
     if output_weight is not None:
         lp, ent = fused_linear_logprobs(output[:-1], output_weight, batch.input_ids[:, 1:].t(),
@@ -60,15 +64,17 @@ def response_logprobs(output: torch.Tensor, batch, compute_entropy: bool = False
         lp, ent = lp.t(), (ent.t() if ent is not None else None)
     else:
         lp, ent = vocab_parallel_logprobs(output[:, :-1], batch.input_ids[:, 1:], compute_entropy=compute_entropy)
-    lp = lp.gather(1, batch.resp_index) * batch.resp_mask
+    take = (lambda x: x.reshape(-1)[batch.resp_index]) if getattr(batch, "packed", False) else \
+        (lambda x: x.gather(1, batch.resp_index))
+    lp = take(lp) * batch.resp_mask
     if compute_entropy:
-        ent = ent.gather(1, batch.resp_index) * batch.resp_mask
+        ent = take(ent) * batch.resp_mask
     return lp, ent
 
 
 def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_only: bool = True,
                      compute_entropy: bool = False, rows_per_microbatch: int = 0, fused: bool = False,
-                     chunk_size: int = 1024):
+                     chunk_size: int = 1024, packing: bool = False):
     """Run the policy on `batch` (a `dvr1.train.inputs.SeqBatch`), split into microbatches of
     `rows_per_microbatch` rows (0 = the whole batch is one microbatch).
 
@@ -82,13 +88,17 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
         On the last PP stage a :class:`ForwardResult`; elsewhere None.
         fused: apply the output layer inside the log-prob reduction (`fused_linear_logprobs`): the logits shard
             `[rows, S, vocab/tp]` is never materialised (see docs/BENCHMARKS.md for its memory/time trade-off).
+        packing: pack each microbatch's sequences without padding (`dvr1.parallel.packing`: one THD row with the
+            TE spec, bins under a block-diagonal causal mask with the local spec); the results are the padded ones.
+            Under PP every microbatch gets the same packed shape (the p2p shape), under sequence parallel a length
+            that is a multiple of TP.
     """
     from megatron.core.pipeline_parallel import get_forward_backward_func
     from megatron.core.utils import unwrap_model
 
     micro = batch.split(rows_per_microbatch)
     device = next(unwrap_model(model).parameters()).device  # batches are built on the CPU; the policy may be on CUDA
-    if grid.pp_layout()[1] > 1 and len({mb.num_rows for mb in micro}) > 1:
+    if grid.pp_layout()[1] > 1 and not packing and len({mb.num_rows for mb in micro}) > 1:
         raise ValueError(f"with pipeline parallelism every microbatch needs the same rows: {batch.num_rows} rows do "
                          f"not split evenly into microbatches of {rows_per_microbatch}")
     bounds, start = [], 0
@@ -97,6 +107,14 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
         start += mb.num_rows
     k = len(micro)
     logps, ents, losses, metrics = [], [], [], []
+    policy = unwrap_model(model)
+    seq_length, mbs = batch.input_ids.shape[1], max(mb.num_rows for mb in micro)
+    spec = getattr(policy, "spec", "local")
+    pack_kw = [{} for _ in micro]
+    if packing:  # the schedule's p2p shape is [C, R, hidden]
+        multiple = grid.tp_layout()[1] if getattr(policy.config, "sequence_parallel", False) else 1
+        pack_kw, seq_length, mbs = packing_mod.plan([mb.seq_lens for mb in micro], spec, multiple,
+                                                    same_shape=grid.pp_layout()[1] > 1)
 
     def make_loss_func(mb, rows):
         def loss_func(output_tensor):
@@ -118,12 +136,19 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
         return loss_func
 
     def forward_step(data_iterator, m):
-        mb, rows = next(data_iterator)
+        mb, rows, pkw = next(data_iterator)
         mb = mb.to(device)
         vision = mb.vision_inputs()
+        kw = {}
+        if packing:
+            if vision is not None:
+                raise ValueError("model.packing=true with a trained vision tower (model.freeze_vision=false) is not "
+                                 "supported yet: pack with the tower frozen")
+            mb = packing_mod.pack(mb, **pkw)
+            kw = packing_mod.model_inputs(mb, spec)
         if vision is None:
             out = m(mb.input_ids, mb.position_ids, video_embeds=mb.video_embeds, video_mask=mb.video_mask,
-                    return_hidden=fused)
+                    return_hidden=fused, **kw)
         else:  # the batch carries pixel values (a trained tower): this model encodes them itself, with gradients
             pv, grid, index = vision
             out = m(mb.input_ids, mb.position_ids, pixel_values_videos=pv, video_grid_thw=grid,
@@ -132,11 +157,12 @@ def forward_backward(model, batch, loss_fn: Optional[Callable] = None, forward_o
 
     get_forward_backward_func()(
         forward_step_func=forward_step,
-        data_iterator=iter(list(zip(micro, bounds))),
+        data_iterator=iter(list(zip(micro, bounds, pack_kw))),
         model=[model],
         num_microbatches=k,
-        seq_length=unwrap_model(model).padded_seq_len(batch.input_ids.shape[1]),  # SP: a multiple of TP
-        micro_batch_size=max(mb.num_rows for mb in micro),
+        # packed: the planned shape (a multiple of TP under SP); padded: SP needs a multiple of TP
+        seq_length=seq_length if packing else unwrap_model(model).padded_seq_len(batch.input_ids.shape[1]),
+        micro_batch_size=mbs,
         forward_only=forward_only,
     )
     if not grid.is_last_stage():

@@ -260,6 +260,8 @@ class SeqBatch:
     pixels / grids: per row, the clip's `pixel_values_videos` `[patches, 3*2*14*14]` and `video_grid_thw` `[1, 3]`
     (or None), when the requests carry them (a trained vision tower, `InputBuilder`); rows of one prompt share the
     tensor objects, so `vision_inputs` encodes each clip once.
+    seq_lens: per row, its real length in tokens (prompt + response; the rest is padding), which
+    `dvr1.parallel.packing.pack` needs (`model.packing`).
     """
 
     input_ids: torch.Tensor
@@ -271,6 +273,7 @@ class SeqBatch:
     video_tokens: list[int] = field(default_factory=list)  # per row: how many rows of video_embeds it owns
     pixels: Optional[list] = None
     grids: Optional[list] = None
+    seq_lens: list[int] = field(default_factory=list)  # per row: prompt + response tokens
 
     @property
     def num_rows(self) -> int:
@@ -282,7 +285,7 @@ class SeqBatch:
         return SeqBatch(self.input_ids.to(device), self.position_ids.to(device),
                         None if self.video_embeds is None else self.video_embeds.to(device),
                         self.resp_index.to(device), self.resp_mask.to(device), self.video_mask.to(device),
-                        list(self.video_tokens), self.pixels, self.grids)
+                        list(self.video_tokens), self.pixels, self.grids, list(self.seq_lens))
 
     def vision_inputs(self):
         """What the policy's forward needs to run its vision tower on this batch, or None (no pixel values):
@@ -326,7 +329,7 @@ class SeqBatch:
                                 None if self.video_embeds is None else self.video_embeds[v0:v1],
                                 self.resp_index[a:b], self.resp_mask[a:b], self.video_mask[a:b],
                                 self.video_tokens[a:b], None if self.pixels is None else self.pixels[a:b],
-                                None if self.grids is None else self.grids[a:b]))
+                                None if self.grids is None else self.grids[a:b], self.seq_lens[a:b]))
         return out
 
 
@@ -359,15 +362,16 @@ def build_batch(items: list[tuple[Prepared, list[int]]], pad_id: int) -> SeqBatc
     pixels = [p.request.pixel_values_videos for p, _ in items] if with_pixels else None
     grids = [p.request.video_grid_thw for p, _ in items] if with_pixels else None
     return SeqBatch(ids, pos, torch.cat(embeds) if embeds else None, resp_index, resp_mask, video_mask, vtok,
-                    pixels, grids)
+                    pixels, grids, lens)
 
 
 def token_logprobs(model, batch: SeqBatch, compute_entropy: bool = False, rows_per_microbatch: int = 0,
-                   fused: bool = False, chunk_size: int = 1024):
+                   fused: bool = False, chunk_size: int = 1024, packing: bool = False):
     """Per-token log-probs of the response tokens under `model`, without gradients (old-policy / reference passes).
 
     Runs through megatron-core's schedule (`dvr1.parallel.forward`), so it works at any TP/PP; the logits stay
-    vocab-parallel `[rows, S, vocab/tp]` and are reduced by `vocab_parallel_logprobs`.
+    vocab-parallel `[rows, S, vocab/tp]` and are reduced by `vocab_parallel_logprobs`. `packing`: each microbatch
+    runs as one packed row (`dvr1.parallel.packing`), same results.
 
     Returns:
         (logp float32 `[N, T]` zero where `resp_mask` is 0, entropy `[N, T]` or None) on the last PP stage;
@@ -377,7 +381,7 @@ def token_logprobs(model, batch: SeqBatch, compute_entropy: bool = False, rows_p
 
     with torch.no_grad():
         res = forward_backward(model, batch, compute_entropy=compute_entropy, rows_per_microbatch=rows_per_microbatch,
-                               fused=fused, chunk_size=chunk_size)
+                               fused=fused, chunk_size=chunk_size, packing=packing)
     return (None, None) if res is None else (res.logp, res.entropy)
 
 

@@ -336,7 +336,8 @@ class RLTrainer:
         rows_mb = G * cfg.rl.micro_batch_groups
         on_policy = cfg.algo.ppo_epochs == 1 and cfg.rl.reuse_old_logprobs
         t0 = time.perf_counter()
-        lp_kw = dict(rows_per_microbatch=rows_mb, fused=cfg.model.fused_logprobs, chunk_size=cfg.model.logprob_chunk)
+        lp_kw = dict(rows_per_microbatch=rows_mb, fused=cfg.model.fused_logprobs, chunk_size=cfg.model.logprob_chunk,
+                     packing=cfg.model.packing)
         old_logp, entropy = (None, None) if on_policy else token_logprobs(self.model, batch, compute_entropy=True,
                                                                            **lp_kw)
         ref_logp = token_logprobs(self.reference, batch, **lp_kw)[0] if setting(cfg.algo, "beta") > 0 else None

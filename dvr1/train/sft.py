@@ -78,7 +78,7 @@ class SFTTrainer:
         self.optimizer.zero_grad()
         m = self.cfg.model
         res = forward_backward(self.model, batch, loss_fn, forward_only=False, fused=m.fused_logprobs,
-                               chunk_size=m.logprob_chunk,
+                               chunk_size=m.logprob_chunk, packing=m.packing,
                                rows_per_microbatch=self.cfg.sft.micro_batch_size)  # grads DP-reduced inside
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(1)

@@ -2,7 +2,8 @@
 TP=1/PP=1 (torchrun, gloo, CPU): per-token log-probs, the loss, every parameter's gradient (gathered and mapped to
 HF names), and the rollout (greedy and sampled tokens, pipelined decode at PP=2). With `model.freeze_vision=false`
 (issue 16, the same launches): the vision tower's gradients at TP=2 (identical on both TP ranks) and at PP=2 (first
-stage) equal TP=1."""
+stage) equal TP=1. Packed (`model.packing`, one group per microbatch) at TP=2 and at PP=2 (fused) equals the padded
+TP=1 step (log-probs, entropy, loss, every gradient)."""
 
 import pytest
 import torch
@@ -31,7 +32,8 @@ def _run(tmp_path, ckpt, nproc, tp, pp, fused=False, flags="", vision=False):
     merged = {"grads": {}}
     for s in stages:
         merged["grads"].update(s["grads"])
-        for k in ("logp", "loss", "logp_train", "seq_len", "other", "vision_grads", "vision_loss", "vision_tp_spread"):
+        for k in ("logp", "entropy", "loss", "logp_train", "seq_len", "other", "vision_grads", "vision_loss",
+                  "vision_tp_spread"):
             if k in s:
                 merged[k] = s[k]
         merged["greedy"], merged["sampled"] = s["greedy"], s["sampled"]
@@ -121,3 +123,16 @@ def test_fused_untied_output_layer_grads_go_to_main_grad(tmp_path, untied, flags
     assert "lm_head.weight" in ref["grads"] and float(ref["grads"]["lm_head.weight"].abs().sum()) > 0
     for k, g in ref["grads"].items():
         _close(got["grads"][k], g, k)
+
+
+@pytest.mark.parametrize("tp,pp,fused", [(2, 1, False), (1, 2, True)])
+def test_packed_rl_step_equals_padded_single_process(tmp_path, ckpt, reference, tp, pp, fused):
+    """Issue 18: packed sequences give the padded numbers at TP=2 and PP=2 (dvr1/parallel/packing.py)."""
+    got = _run(tmp_path, ckpt, 2, tp, pp, fused, flags="packed")
+    _close(got["logp"], reference["logp"], "logp")
+    _close(got["entropy"], reference["entropy"], "entropy")
+    _close(got["loss"], reference["loss"], "loss")
+    assert set(got["grads"]) == set(reference["grads"])
+    for k, g in reference["grads"].items():
+        if g.norm() > 0:
+            _close(got["grads"][k], g, k)

@@ -4,7 +4,7 @@
 
 FLAGS, comma-separated: `fused` (train through fused_linear_logprobs), `sp` (parallel.sequence_parallel=true),
 `both` (then also run the other log-prob path on the same batch and save its loss/log-probs/gradients under
-"other"). The batch is fixed (seeded) and identical for every layout; old/reference log-probs are the policy's own
+"other"), `packed` (the log-prob and training passes run packed, `model.packing`, one group per microbatch). The batch is fixed (seeded) and identical for every layout; old/reference log-probs are the policy's own
 log-probs shifted by fixed noise so that rho != 0. Run at TP=1/PP=1 for the reference and compare
 (tests/distributed).
 `vision`: afterwards the same step again with `model.freeze_vision=false` (a second policy from the same checkpoint,
@@ -28,7 +28,7 @@ def main(ckpt, out, tp, pp, flags=()):
     from dvr1.models.tokenizer import chat_prompt
     from dvr1.parallel.forward import forward_backward
     from dvr1.rl.advantages import group_advantages
-    from dvr1.rl.losses import reg_grpo_loss
+    from dvr1.rl.losses import Normalizers, reg_grpo_loss
     from dvr1.rollout.base import RolloutRequest, SamplingParams
     from dvr1.rollout.native import NativeRolloutEngine
     from dvr1.train import job
@@ -66,16 +66,19 @@ def main(ckpt, out, tp, pp, flags=()):
     rewards = torch.tensor([[1.0, 0.0, 2.0], [0.5, 1.5, 1.0]])
     stats = group_advantages(rewards)
     noise = torch.randn(B * G, T, generator=g) * 0.1
-    logp0, _ = token_logprobs(model, batch)
+    kw = dict(packing=True, rows_per_microbatch=G) if "packed" in flags else {}
+    logp0, ent0 = token_logprobs(model, batch, compute_entropy=True, **kw)
     result = {}
     if logp0 is not None:
-        old = (logp0 - noise) * batch.resp_mask
-        ref = (logp0 + 0.5 * noise) * batch.resp_mask
-        result["logp"] = logp0
+        old = ((logp0 - noise) * batch.resp_mask).view(B, G, T)
+        ref = ((logp0 + 0.5 * noise) * batch.resp_mask).view(B, G, T)
+        result["logp"], result["entropy"] = logp0, ent0
+        norm = Normalizers.of(mask, stats.valid)
 
-        def loss_fn(logp, _, rows):
-            return reg_grpo_loss(logp.view(B, G, T), old.view(B, G, T), ref.view(B, G, T), stats.advantages, mask,
-                                 stats.valid, beta=0.1)
+        def loss_fn(logp, _, rows):  # whole groups: this microbatch's share of the batch loss
+            gs = slice(rows.start // G, rows.stop // G)
+            return reg_grpo_loss(logp.view(-1, G, T), old[gs], ref[gs], stats.advantages[gs], mask[gs],
+                                 stats.valid[gs], beta=0.1, norm=norm)
     else:
         loss_fn = None
 
@@ -85,7 +88,7 @@ def main(ckpt, out, tp, pp, flags=()):
         """One forward/backward through the schedule (finalize_model_grads included); loss, log-probs, grads."""
         model.zero_grad_buffer()
         opt.zero_grad()
-        res = forward_backward(model, batch, loss_fn, forward_only=False, fused=fused_path)
+        res = forward_backward(model, batch, loss_fn, forward_only=False, fused=fused_path, **kw)
         got = {} if res is None else {"loss": res.loss.detach(), "logp_train": res.logp}
         grads = {n: gather_tp(p, n, p.main_grad.view_as(p)) for n, p in policy.lm.named_parameters()}
         offset = ps.get_pipeline_model_parallel_rank() * (policy.shape.num_layers // pp)
