@@ -143,6 +143,17 @@ def _check_adv(fn: str, advantages: torch.Tensor, mask: torch.Tensor) -> None:
         )
 
 
+
+def _ratio_inputs(fn: str, logp, old_logp, ref_logp, advantages, mask, beta: float, norm):
+    """The checks and inputs the ratio-based losses (GRPO/DAPO/Dr. GRPO, GSPO, CISPO) share: shapes, ``beta > 0``
+    needing ``ref_logp``; returns ``(batch, norm, m, log_ratio)``: whether the call is the whole batch (no ``norm``
+    given), the normalisers to divide by, the float mask ``[B, G, T]`` and ``l_θ − sg(l_old)`` ``[B, G, T]``."""
+    _check_tokens(fn, mask, logp=logp, old_logp=old_logp, ref_logp=ref_logp)
+    _check_adv(fn, advantages, mask)
+    if beta != 0 and ref_logp is None:
+        raise ValueError(f"{fn}: beta={beta} needs ref_logp, got None")
+    return norm is None, norm or Normalizers.of(mask), mask.to(logp.dtype), logp - old_logp.detach()
+
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Per-token k3 estimator of KL(π_θ ‖ π_ref) (docs/ALGORITHMS.md §2): ``exp(l_ref − l_θ) − (l_ref − l_θ) − 1`` >= 0.
 
@@ -232,14 +243,7 @@ def grpo_loss(
         ``l_old − l_θ``). With ``norm`` they are this microbatch's shares (:func:`combine_metrics`).
     Raises: ValueError on shape mismatch, or ``beta > 0`` with ``ref_logp=None``.
     """
-    _check_tokens("grpo_loss", mask, logp=logp, old_logp=old_logp, ref_logp=ref_logp)
-    _check_adv("grpo_loss", advantages, mask)
-    if beta != 0 and ref_logp is None:
-        raise ValueError(f"grpo_loss: beta={beta} needs ref_logp, got None")
-    batch = norm is None
-    norm = norm or Normalizers.of(mask)
-    m = mask.to(logp.dtype)
-    log_ratio = logp - old_logp.detach()
+    batch, norm, m, log_ratio = _ratio_inputs("grpo_loss", logp, old_logp, ref_logp, advantages, mask, beta, norm)
     ratio = torch.exp(log_ratio)
     adv = advantages.detach().to(logp.dtype)[..., None]
     surr = ratio * adv
@@ -420,15 +424,7 @@ def gspo_loss(
         (token-mean ``l_old − l_θ``). Shares with ``norm``.
     Raises: ValueError on shapes, or ``beta > 0`` without ``ref_logp``.
     """
-    fn = "gspo_loss"
-    _check_tokens(fn, mask, logp=logp, old_logp=old_logp, ref_logp=ref_logp)
-    _check_adv(fn, advantages, mask)
-    if beta != 0 and ref_logp is None:
-        raise ValueError(f"{fn}: beta={beta} needs ref_logp, got None")
-    batch = norm is None
-    norm = norm or Normalizers.of(mask)
-    m = mask.to(logp.dtype)
-    log_ratio = logp - old_logp.detach()
+    batch, norm, m, log_ratio = _ratio_inputs("gspo_loss", logp, old_logp, ref_logp, advantages, mask, beta, norm)
     lengths, nonempty = _seq_lengths(m)
     seq_ratio = torch.exp((log_ratio * m).sum(dim=-1) / lengths)  # [B, G]
     adv = advantages.detach().to(logp.dtype)
@@ -486,15 +482,7 @@ def cispo_loss(
         ``ratio_mean/min/max``, ``approx_kl_old``. Shares with ``norm``.
     Raises: ValueError on shapes, or ``beta > 0`` without ``ref_logp``.
     """
-    fn = "cispo_loss"
-    _check_tokens(fn, mask, logp=logp, old_logp=old_logp, ref_logp=ref_logp)
-    _check_adv(fn, advantages, mask)
-    if beta != 0 and ref_logp is None:
-        raise ValueError(f"{fn}: beta={beta} needs ref_logp, got None")
-    batch = norm is None
-    norm = norm or Normalizers.of(mask)
-    m = mask.to(logp.dtype)
-    log_ratio = logp - old_logp.detach()
+    batch, norm, m, log_ratio = _ratio_inputs("cispo_loss", logp, old_logp, ref_logp, advantages, mask, beta, norm)
     ratio = torch.exp(log_ratio)
     weight = torch.clamp(ratio, 1.0 - clip_eps_low, 1.0 + clip_eps_high).detach()
     adv = advantages.detach().to(logp.dtype)[..., None]
