@@ -79,7 +79,10 @@ def _check(got, ref, lr=1e-3, eps=1e-8):
         _close(got["grads"][k], ref["grads"][k], f"grad {k}")
         g = got["grads"][k].double()
         _close(got["after"][k] - got["before"][k], -lr * g / (g.abs() + eps), f"Adam step {k}", rel=1e-4)
-    _close(_cat(got["after"]), _cat(ref["after"]), "updated parameters")
+    # 3e-5, not 1e-5: the near-eps k_proj-bias gradients above turn fp32 reduction-order noise into per-element
+    # Adam steps of up to ~lr, which a change of reduction order elsewhere (seen: 1.16e-5 at TP=2 after the SP and
+    # packing work) can carry past 1e-5 over the whole model; every gradient is still checked at 1e-5 above
+    _close(_cat(got["after"]), _cat(ref["after"]), "updated parameters", rel=3e-5)
     _close(_cat(got["before"]), _cat(ref["before"]), "initial parameters", rel=1e-7)
 
 
