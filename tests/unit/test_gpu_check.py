@@ -34,10 +34,11 @@ def test_no_gpu_rows(tmp_path):
 
 
 def test_cpu_smoke(tmp_path):
-    p, rows = _run(tmp_path, "--cpu-smoke", "--rows", "policy,logprobs,rl_step")
+    p, rows = _run(tmp_path, "--cpu-smoke", "--rows", "policy,logprobs,rl_step,dali")
     assert p.returncode == 0, p.stdout + p.stderr[-2000:]
     by = {r["row"]: r for r in rows}
-    assert [r["status"] for r in rows] == ["pass", "pass", "pass"], p.stdout
+    assert [r["status"] for r in rows] == ["pass", "pass", "pass", "pass"], p.stdout
+    assert "DALI cpu vs PyAV on a VP9 clip" in by["dali"]["detail"] and "same frame indices True" in by["dali"]["detail"]
     # CPU fp32 against the CPU fp32 reference: the same computation, bit-identical
     assert "cpu float32 vs cpu float32: max|dlogp| 0.00e+00, loss rel 0.00e+00, min grad cos 1.00000" in \
         by["policy"]["detail"]
