@@ -32,7 +32,7 @@ def train_step(chunks, opt, sched, seed):
     for c in chunks:
         c.zero_grad_buffer()
     opt.zero_grad()
-    chunks[0](tokens[:, :-1], torch.arange(12).expand(2, 12), None, labels=tokens[:, 1:]).mean().backward()
+    chunks[0](tokens[:, :-1], torch.arange(12).expand(2, 12), None, labels=tokens[:, 1:]).float().mean().backward()  # .float(): bf16 models too
     for c in chunks:
         c.finish_grad_sync()
     ok, _, _ = opt.step()

@@ -26,6 +26,7 @@ from dvr1.train.checkpoint import load_checkpoint, save_checkpoint
 from dvr1.train.offload import OffloadError, is_offloaded, offload, onload, released_bytes
 from dvr1.train.optim import build_lr_scheduler, build_optimizer
 from dvr1.train.rl import RLTrainer
+from tests.unit.test_checkpoint import train_step  # one optimizer step of the tiny GPT (shared helper)
 
 LR, WD = 1e-2, 0.1
 
@@ -54,20 +55,6 @@ def make(tiny_gpt, bf16=False, dist=False, seed=0):
     chunks, opt = build_optimizer(model, lr=LR, weight_decay=WD, clip_grad=1.0, bf16=bf16,
                                   use_distributed_optimizer=dist)
     return chunks, opt, build_lr_scheduler(opt, LR, warmup_steps=2, weight_decay=WD, init_lr=LR / 10)
-
-
-def train_step(chunks, opt, sched, seed):
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, 128, (2, 13), generator=g)
-    for c in chunks:
-        c.zero_grad_buffer()
-    opt.zero_grad()
-    chunks[0](tokens[:, :-1], torch.arange(12).expand(2, 12), None, labels=tokens[:, 1:]).float().mean().backward()
-    for c in chunks:
-        c.finish_grad_sync()
-    ok, _, _ = opt.step()
-    sched.step(1)
-    assert ok
 
 
 def inner(opt):
