@@ -1,7 +1,7 @@
 """Run a torchrun script from a pytest test: ``run_torchrun(script, *args)``.
 
 Launches ``python -m torch.distributed.run --nproc-per-node N --master-port <free port> script args`` from the repo
-root with the repo on ``PYTHONPATH`` and ``OMP_NUM_THREADS=1`` (2 processes share the 2 cores), waits up to
+root with the repo on ``PYTHONPATH`` and ``OMP_NUM_THREADS=1`` (2 or 4 processes share the cores), waits up to
 ``timeout`` seconds and fails the calling test with the command's output (tail) on a non-zero exit or a timeout.
 Scripts run on CPU over gloo; they must keep their work under ``if __name__ == "__main__":`` (megatron-core's
 checkpoint writer spawns a process that re-imports the main module).

@@ -4,7 +4,10 @@
 
 FLAGS, comma-separated: `fused` (train through fused_linear_logprobs), `sp` (parallel.sequence_parallel=true),
 `both` (then also run the other log-prob path on the same batch and save its loss/log-probs/gradients under
-"other"), `packed` (the log-prob and training passes run packed, `model.packing`, one group per microbatch). The batch is fixed (seeded) and identical for every layout; old/reference log-probs are the policy's own
+"other"), `packed` (the log-prob and training passes run packed, `model.packing`, one group per microbatch; every
+pack's `(R, C)` and seq_lens are saved as "packed_shapes"), `varied` (sequences of 66 to 239 tokens: clips of 6 and
+80 video tokens, responses of 1 to 100; without it 71-token prompts and 3-8 token responses). The batch is fixed
+(seeded) and identical for every layout with the same `varied`; old/reference log-probs are the policy's own
 log-probs shifted by fixed noise so that rho != 0. Run at TP=1/PP=1 for the reference and compare
 (tests/distributed).
 `vision`: afterwards the same step again with `model.freeze_vision=false` (a second policy from the same checkpoint,
@@ -37,6 +40,7 @@ def main(ckpt, out, tp, pp, flags=()):
     from transformers import AutoTokenizer
 
     fused = "fused" in flags
+    result = {}
     cfg = load_config(None, [f"parallel.tp={tp}", f"parallel.pp={pp}", "log.wandb=false",
                              f"parallel.sequence_parallel={'true' if 'sp' in flags else 'false'}"])
     info = job.init(cfg)
@@ -47,9 +51,12 @@ def main(ckpt, out, tp, pp, flags=()):
 
     g = torch.Generator().manual_seed(0)
     B, G = 2, 3
+    # "varied": clips of 6 and 80 video tokens, responses of 1 to 100 tokens (sequences of 66 to 239 tokens)
+    clips = [(2, 56, 84, 3), (8, 112, 140, 3)] if "varied" in flags else [(4, 56, 84, 3)] * B
+    resp_lens = [[1, 80, 2], [100, 1, 3]] if "varied" in flags else None
     items, prepared, pixels = [], [], []
     for b in range(B):
-        frames = torch.randint(0, 256, (4, 56, 84, 3), generator=g, dtype=torch.uint8)
+        frames = torch.randint(0, 256, clips[b], generator=g, dtype=torch.uint8)
         pv, grid = patchify(normalize_frames(frames))
         grid = grid.view(1, 3)
         pixels.append(pv)
@@ -58,8 +65,9 @@ def main(ckpt, out, tp, pp, flags=()):
         embeds = policy.encode_video(pv, grid) if policy.visual is not None else None
         p = Prepared(None, "", RolloutRequest(ids, pos, embeds), grid, 0.5, hf_cfg.video_token_id)
         prepared.append(p)
-        for _ in range(G):
-            items.append((p, torch.randint(10, 300, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()))
+        for j in range(G):
+            n = resp_lens[b][j] if resp_lens else int(torch.randint(3, 9, (1,), generator=g))
+            items.append((p, torch.randint(10, 300, (n,), generator=g).tolist()))
     batch = build_batch(items, tok.convert_tokens_to_ids("<|endoftext|>"))
     T = batch.resp_mask.shape[1]
     mask = batch.resp_mask.view(B, G, T)
@@ -67,8 +75,8 @@ def main(ckpt, out, tp, pp, flags=()):
     stats = group_advantages(rewards)
     noise = torch.randn(B * G, T, generator=g) * 0.1
     kw = dict(packing=True, rows_per_microbatch=G) if "packed" in flags else {}
+    result["packed_shapes"] = record_packed_shapes()
     logp0, ent0 = token_logprobs(model, batch, compute_entropy=True, **kw)
-    result = {}
     if logp0 is not None:
         old = ((logp0 - noise) * batch.resp_mask).view(B, G, T)
         ref = ((logp0 + 0.5 * noise) * batch.resp_mask).view(B, G, T)
@@ -111,6 +119,22 @@ def main(ckpt, out, tp, pp, flags=()):
     if ps.get_tensor_model_parallel_rank() == 0 and ps.get_data_parallel_rank() == 0:
         torch.save(result, os.path.join(out, f"pp{ps.get_pipeline_model_parallel_rank()}.pt"))
     torch.distributed.barrier()
+
+
+def record_packed_shapes() -> list:
+    """A list that receives `(R, C)` and the microbatch's seq_lens of every `dvr1.parallel.packing.pack` call the
+    passes make (`forward_backward` calls it through the module), to check the layout the numbers came from."""
+    from dvr1.parallel import packing
+
+    shapes, original = [], packing.pack
+
+    def pack(mb, **kw):
+        out = original(mb, **kw)
+        shapes.append((tuple(out.shape), list(out.seq_lens)))
+        return out
+
+    packing.pack = pack
+    return shapes
 
 
 def vision_step(cfg, ckpt, info, prepared, pixels, items, loss_fn, fused):
