@@ -42,6 +42,12 @@ ROWS = ("env", "policy", "logprobs", "rl_step", "te_fp8", "dali", "vllm")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BF16_TOL = {"logp_abs": 0.1, "loss_rel": 0.05, "grad_cos": 0.98}  # bf16: 8 mantissa bits, ~4e-3 per op
 FP32_TOL = {"logp_abs": 1e-3, "loss_rel": 1e-3, "grad_cos": 0.9999}  # TF32 matmuls on Ampere+ included
+# FP8 (hybrid: E4M3 forward, E5M2 gradients; delayed scaling) against BF16, both TE spec, same weights and batch.
+# E4M3 keeps 3 mantissa bits (per-element rounding up to 2^-4), E5M2 2. Set from tools/fp8_emulation.py (per-tensor
+# amax-scaled FP8 rounding of every decoder GEMM's operands emulated on CPU): max |dlogp| 0.042, loss rel 1.1e-3,
+# min gradient cosine 0.9917; the tolerance leaves >= 5x of that. Not yet measured with TransformerEngine on a GPU.
+FP8_FORMAT = "hybrid"
+FP8_TOL = {"logp_abs": 0.25, "loss_rel": 0.05, "grad_cos": 0.95}
 # vLLM vs native log-probs of the same greedy tokens, fp32: tests/distributed/test_vllm_sync.py measures <= 1.5e-6 on
 # CPU and asserts 1e-4; CUDA allows for TF32/kernel differences (not measured yet)
 VLLM_LOGP_TOL = {"cpu": 1e-4, "cuda": 1e-3}
@@ -56,8 +62,10 @@ def _installed(mod: str) -> bool:
 
 # ---- workers (run in subprocesses) ----------------------------------------------------------------------------
 
-def _init(dtype: str):
-    """Single-process dvr1 parallel state and a default run config (a plain dataclass: no OmegaConf needed)."""
+def _init(dtype: str, spec: str = "local", fp8: str | None = None):
+    """Single-process dvr1 parallel state and a default run config (a plain dataclass: no OmegaConf needed) with
+    ``model.dtype``, ``model.spec`` and ``model.fp8`` set (the other FP8 fields keep their defaults: the delayed
+    recipe, amax history 1, most recent), as ``dvr1 train model.spec=te model.fp8=hybrid`` would set them."""
     import torch
 
     from dvr1.config import RunConfig
@@ -65,6 +73,8 @@ def _init(dtype: str):
 
     cfg = RunConfig()
     cfg.model.dtype = dtype
+    cfg.model.spec = spec
+    cfg.model.fp8 = fp8
     cfg.threads = 0
     pinfo = job.init(cfg)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows compare fp32 arithmetic
@@ -119,8 +129,33 @@ def _video_batch(policy, tok, hf_cfg, device, B: int, G: int, frames_hw=(56, 84)
     return prepared, batch.to(device), rewards.to(device)
 
 
+def _te_start_up_checks(cfg) -> str | None:
+    """dvr1's start-up checks of ``model.spec=te`` / ``model.fp8`` exactly as `dvr1.train.job.build_policy` runs them
+    (`dvr1.parallel.precision`: TransformerEngine importable, FP8 on a CUDA GPU of compute capability >= 8.9).
+    Returns None when they pass, else dvr1's error as ``"<ExceptionType>: <message>"``."""
+    import torch
+
+    from dvr1.parallel.precision import (MissingPackageError, PrecisionConfigError, check_device,
+                                         check_runtime_support, precision_overrides)
+
+    try:
+        precision_overrides(cfg.model, cfg.parallel)  # TE importable (MissingPackageError), FP8 needs spec=te + bf16
+        if torch.cuda.is_available():
+            check_device(cfg.model)  # compute capability, TE version for the recipe
+        else:  # TE imported on a CPU-only host (or CUDA hidden): FP8 still needs a GPU
+            check_runtime_support(cfg.model.fp8, cfg.model.fp8_recipe, None, None)
+    except (MissingPackageError, PrecisionConfigError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def worker_policy(args) -> dict:
-    """Forward + backward of the tiny policy on a fixed batch; saves log-probs, loss and gradients (fp32, CPU)."""
+    """Forward + backward of the tiny policy on a fixed batch; saves log-probs, loss and gradients (fp32, CPU).
+
+    ``--spec te`` / ``--fp8``: the TransformerEngine spec (with FP8); when dvr1's start-up checks refuse it
+    (`_te_start_up_checks`) nothing is built and ``{"skipped": reason}`` is returned. ``--warmup N``: N forward +
+    backward passes first, gradients discarded (delayed FP8 scaling takes its scales from earlier passes' amax
+    history; the first pass would run with the initial scale 1)."""
     import torch
 
     from dvr1.models.qwen2_5_vl import load_hf_config
@@ -129,7 +164,12 @@ def worker_policy(args) -> dict:
     from dvr1.rl.losses import Normalizers, reg_grpo_loss
     from dvr1.train import job
 
-    cfg, pinfo = _init(args.dtype)
+    fp8 = None if args.fp8 in (None, "none") else args.fp8
+    cfg, pinfo = _init(args.dtype, args.spec, fp8)
+    if args.spec == "te":
+        reason = _te_start_up_checks(cfg)
+        if reason is not None:
+            return {"skipped": reason}
     policy = job.build_policy(cfg, args.ckpt, pinfo)
     model, opt, _ = job.optimizer_for(policy, 1e-3, 0.0, 0.0, 0, cfg)
     hf_cfg, tok = load_hf_config(args.ckpt), job.tokenizer(args.ckpt)
@@ -140,8 +180,6 @@ def worker_policy(args) -> dict:
     mask = batch.resp_mask.view(B, G, T)
     g = torch.Generator().manual_seed(1)
     noise = (torch.randn(B * G, T, generator=g) * 0.1).to(pinfo.device)
-    with torch.no_grad():
-        logp0 = forward_backward(model, batch).logp
     # fixed old/reference log-probs (not the model's own): the loss then depends on the model's numbers
     old, ref = (noise - 3.0) * batch.resp_mask, (-3.0 - 0.5 * noise) * batch.resp_mask
     norm = Normalizers.of(mask, stats.valid)
@@ -150,6 +188,10 @@ def worker_policy(args) -> dict:
         return reg_grpo_loss(logp.view(B, G, T), old.view(B, G, T), ref.view(B, G, T), stats.advantages, mask,
                              stats.valid, beta=0.1, norm=norm)
 
+    for _ in range(args.warmup):
+        forward_backward(model, batch, loss_fn, forward_only=False)
+    with torch.no_grad():
+        logp0 = forward_backward(model, batch).logp
     model.zero_grad_buffer()
     opt.zero_grad()
     res = forward_backward(model, batch, loss_fn, forward_only=False)
@@ -351,6 +393,29 @@ def row_policy(ctx) -> tuple[str, str]:
     return ("pass" if ok else "FAIL"), "; ".join(cells)
 
 
+def row_te_fp8(ctx) -> tuple[str, str]:
+    what = f"TE spec + FP8 ({FP8_FORMAT}, delayed scaling) vs TE spec BF16"
+    ckpt = _tiny_checkpoint(os.path.join(ctx.tmp, "tiny"))
+    env = {"CUDA_VISIBLE_DEVICES": "", "DVR1_MEGATRON_TENSOR_TYPE_ALIAS": "1"} if ctx.device == "cpu" else {}
+    common = ["--ckpt", ckpt, "--dtype", "bfloat16", "--spec", "te", "--warmup", "1"]
+    fp8_path, bf16_path = os.path.join(ctx.tmp, "te_fp8.pt"), os.path.join(ctx.tmp, "te_bf16.pt")
+    # FP8 first: where dvr1 refuses it (no TE, no FP8-capable GPU) the row is skipped with dvr1's own error
+    r = _run_worker("policy", [*common, "--fp8", FP8_FORMAT, "--out", fp8_path], env)
+    if "skipped" in r:
+        why = "transformer_engine not installed" if not _installed("transformer_engine") else \
+            "refused by dvr1's start-up checks"
+        return "skipped", f"{what}: {why}; dvr1 with model.spec=te model.fp8={FP8_FORMAT} says: {r['skipped']}"
+    _run_worker("policy", [*common, "--fp8", "none", "--out", bf16_path], env)
+    import torch
+
+    d = _compare(torch.load(bf16_path, weights_only=True), torch.load(fp8_path, weights_only=True))
+    ok = _within(d, FP8_TOL)
+    return ("pass" if ok else "FAIL"), (
+        f"{what}, tiny policy, same weights and batch: max|dlogp| {d['logp_abs']:.2e} (<= {FP8_TOL['logp_abs']}), "
+        f"loss rel {d['loss_rel']:.2e} (<= {FP8_TOL['loss_rel']}), min grad cos {d['grad_cos']:.5f} "
+        f"(>= {FP8_TOL['grad_cos']}), grad norm rel {d['grad_norm_rel']:.2e} ({'ok' if ok else 'OUT OF TOLERANCE'})")
+
+
 def row_logprobs(ctx) -> tuple[str, str]:
     size = ["--vocab", "151936", "--tokens", "8192", "--hidden", "3584"] if not ctx.smoke else \
         ["--vocab", "4096", "--tokens", "512", "--hidden", "64"]
@@ -514,20 +579,10 @@ def row_vllm(ctx) -> tuple[str, str]:
         f"{r['native_s']:.2f} s)")
 
 
-def row_optional(lib: str, what: str):
-    def row(ctx) -> tuple[str, str]:
-        if not _installed(lib):
-            return "skipped", f"{what}: {lib} is not installed"
-        return "skipped", (f"{what}: {lib} is installed, but this check is not implemented in gpu_check yet "
-                           "(tests/unit covers the CPU side)")
-
-    return row
-
-
 WORKERS = {"policy": worker_policy, "logprobs": worker_logprobs, "rl_step": worker_rl_step, "dali": worker_dali,
            "vllm": worker_vllm}
 ROW_FUNCS = {"env": row_env, "policy": row_policy, "logprobs": row_logprobs, "rl_step": row_rl_step,
-             "te_fp8": row_optional("transformer_engine", "TE spec + FP8 vs BF16"),
+             "te_fp8": row_te_fp8,
              "dali": row_dali,
              "vllm": row_vllm}
 GPU_ROWS = ("policy", "logprobs", "rl_step", "te_fp8", "dali", "vllm")
@@ -577,6 +632,9 @@ def main(argv=None) -> int:
     p.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    p.add_argument("--spec", default="local", choices=("local", "te"), help=argparse.SUPPRESS)
+    p.add_argument("--fp8", default="none", help=argparse.SUPPRESS)
+    p.add_argument("--warmup", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     p.add_argument("--vocab", type=int, default=151936, help=argparse.SUPPRESS)
