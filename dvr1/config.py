@@ -14,6 +14,7 @@ from typing import Optional
 
 from dvr1.rl.dynamic_sampling import METRICS as DYNAMIC_SAMPLING_METRICS
 from dvr1.rl.losses import ALGORITHMS, LOSS_AGG_MODES
+from dvr1.train.optim import LR_SCHEDULES
 
 
 @dataclass
@@ -187,7 +188,14 @@ class SFTConfig:
     batch_size: int = 16  # global (split over DP ranks)
     micro_batch_size: int = 0  # sequences per forward/backward microbatch; 0 = the whole per-rank batch
     lr: float = 2e-3
-    warmup: int = 20
+    warmup: int = 20  # linear warmup from 0 over this many steps (both schedules)
+    # constant | cosine (megatron's OptimizerParamScheduler: after the warmup, cosine decay to min_lr_ratio * lr,
+    # reached after the last of sft.steps; dvr1.train.optim.build_lr_scheduler)
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.0  # cosine's final LR as a fraction of the peak (of lr, and of vision_lr); in [0, 1]
+    # peak LR of the vision tower + merger (own param groups, same warmup and schedule) when it trains
+    # (sft.freeze_vision / model.freeze_vision = false); None = sft.lr
+    vision_lr: Optional[float] = None
     weight_decay: float = 0.0
     freeze_vision: Optional[bool] = None  # None = model.freeze_vision
     # the mean NLL per response token over the `val` split (no gradients) every val_every steps and at the last step,
@@ -214,6 +222,13 @@ class RLConfig:
     dynamic_sampling_metric: str = "accuracy"
     dynamic_sampling_max_rounds: int = 10
     lr: float = 2e-5
+    # constant | cosine (after no warmup, cosine decay to min_lr_ratio * lr over the stage's rl.steps *
+    # algo.ppo_epochs optimizer updates; dvr1.train.optim.build_lr_scheduler)
+    lr_schedule: str = "constant"
+    min_lr_ratio: float = 0.0  # cosine's final LR as a fraction of the peak (of lr, and of vision_lr); in [0, 1]
+    # peak LR of the vision tower + merger (own param groups, same schedule) when it trains (rl.freeze_vision /
+    # model.freeze_vision = false); None = rl.lr
+    vision_lr: Optional[float] = None
     weight_decay: float = 0.0
     clip_grad: float = 1.0
     save_every: int = 10
@@ -327,6 +342,7 @@ _CHOICES = {
     "algo.loss_agg": LOSS_AGG_MODES,
     "algo.logratio_reduction": ("sum", "mean"),
     "rl.dynamic_sampling_metric": DYNAMIC_SAMPLING_METRICS,
+    "sft.lr_schedule": LR_SCHEDULES, "rl.lr_schedule": LR_SCHEDULES,
     "da_aug.reference": ("relative", "absolute"),
     "da_aug.scale": ("adaptive", "fixed"),
     "da_aug.directions": ("both", "up", "down"),
@@ -367,6 +383,8 @@ _RANGES = {
     "sft.steps": _AT_LEAST_0, "sft.batch_size": _AT_LEAST_1, "sft.micro_batch_size": _AT_LEAST_0,
     "sft.lr": _AT_LEAST_0, "sft.warmup": _AT_LEAST_0, "sft.weight_decay": _AT_LEAST_0,
     "sft.val_every": _AT_LEAST_0,
+    "sft.min_lr_ratio": (0.0, 1.0, "must be in [0, 1]"), "sft.vision_lr": _AT_LEAST_0,
+    "rl.min_lr_ratio": (0.0, 1.0, "must be in [0, 1]"), "rl.vision_lr": _AT_LEAST_0,
     "rl.steps": _AT_LEAST_0, "rl.prompts_per_step": _AT_LEAST_1, "rl.micro_batch_groups": _AT_LEAST_0,
     "rl.lr": _AT_LEAST_0, "rl.weight_decay": _AT_LEAST_0, "rl.clip_grad": _AT_LEAST_0, "rl.save_every": _AT_LEAST_1,
     "rl.keep_last": _AT_LEAST_1, "rl.dynamic_sampling_max_rounds": _AT_LEAST_1,
@@ -430,6 +448,9 @@ def validate(cfg) -> None:
     if cfg.reward.overlong and cfg.reward.overlong_cache > overlong_max(cfg):
         raise ConfigError(f"reward.overlong_cache={cfg.reward.overlong_cache}: must be <= L_max={overlong_max(cfg)} "
                           "(reward.overlong_max, 0 = rollout.max_new_tokens)")
+    if cfg.sft.lr_schedule == "cosine" and 0 < cfg.sft.steps <= cfg.sft.warmup:
+        raise ConfigError(f"sft.warmup={cfg.sft.warmup}: must be < sft.steps={cfg.sft.steps} with "
+                          "sft.lr_schedule=cosine (the decay follows the warmup)")
     if cfg.algo.ddof >= cfg.rollout.group_size:
         raise ConfigError(f"algo.ddof={cfg.algo.ddof}: must be < rollout.group_size={cfg.rollout.group_size}")
     if cfg.algo.name == "reg_grpo" and cfg.algo.normalize_logratio and cfg.algo.eps_rho <= 0:

@@ -236,17 +236,51 @@ def tokenizer(hf_path: str):
     return AutoTokenizer.from_pretrained(hf_path)
 
 
-def optimizer_for(model, lr, weight_decay, clip_grad, warmup, cfg):
-    from dvr1.train.optim import build_lr_scheduler, build_optimizer
+VISION_PARAMS = ("visual.*",)  # the policy's vision tower + merger (`Qwen25VLPolicy.visual`), by parameter name
 
-    from dvr1.train.optim import on_step
 
+def optimizer_for(model, lr, weight_decay, clip_grad, warmup, cfg, schedule: str = "constant", updates: int = 0,
+                  min_lr_ratio: float = 0.0, vision_lr: float | None = None):
+    """(DDP model, megatron optimizer, LR scheduler) for training the policy `model` (`dvr1.train.optim`).
+
+    `schedule`: "constant" (after the linear warmup from 0 over `warmup` updates) or "cosine" (then decayed to
+    `min_lr_ratio * lr` over the stage's `updates` optimizer steps). `vision_lr` (None = `lr`): the peak LR of the
+    vision tower's params (tower + merger, `VISION_PARAMS`) in their own param groups, with the same warmup and
+    schedule (final LR `min_lr_ratio * vision_lr`); only a trained tower has params in them. A stage with 0 updates
+    never steps the scheduler: its schedule is the constant one. Raises `OptimizerSetupError` as `build_optimizer` /
+    `build_lr_scheduler` do (e.g. cosine with `updates <= warmup`)."""
+    from dvr1.train.optim import build_lr_scheduler, build_optimizer, on_step
+
+    if updates == 0:
+        schedule = "constant"
+    cosine = schedule == "cosine"
+    min_lr = min_lr_ratio * lr if cosine else 0.0
+    vision_min_lr = min_lr_ratio * vision_lr if (cosine and vision_lr is not None) else 0.0
     chunks, opt = build_optimizer(model, lr=lr, weight_decay=weight_decay, clip_grad=clip_grad,
                                   bf16=cfg.model.dtype == "bfloat16",
-                                  use_distributed_optimizer=cfg.parallel.distributed_optimizer)
+                                  use_distributed_optimizer=cfg.parallel.distributed_optimizer, min_lr=min_lr,
+                                  decoupled_names=VISION_PARAMS, decoupled_lr=vision_lr,
+                                  decoupled_min_lr=vision_min_lr)
     if getattr(model, "vision_trainable", False):  # every update changes the tower: its embedding caches go stale
         on_step(opt, model.vision_updated)
-    return chunks[0], opt, build_lr_scheduler(opt, lr, warmup_steps=warmup, weight_decay=weight_decay)
+    elif vision_lr is not None and getattr(model, "visual", None) is not None:
+        log.warning("vision_lr=%g is unused: the vision tower is frozen (model.freeze_vision / <stage>.freeze_vision)",
+                    vision_lr)
+    return chunks[0], opt, build_lr_scheduler(opt, lr, warmup_steps=warmup, weight_decay=weight_decay,
+                                              style=schedule, decay_steps=updates, min_lr=min_lr)
+
+
+def stage_optimizer(cfg, policy, stage: str):
+    """`optimizer_for` with the LR knobs of `stage` ("sft" | "rl"): `<stage>.lr`, `.weight_decay`, `.lr_schedule`,
+    `.min_lr_ratio`, `.vision_lr`; SFT: `sft.warmup`, grad clip 1.0, `sft.steps` updates; RL: no warmup,
+    `rl.clip_grad`, `rl.steps * algo.ppo_epochs` updates (one per PPO epoch of every step)."""
+    s = cfg[stage]
+    if stage == "sft":
+        clip, warmup, updates = 1.0, s.warmup, s.steps
+    else:
+        clip, warmup, updates = s.clip_grad, 0, s.steps * cfg.algo.ppo_epochs
+    return optimizer_for(policy, s.lr, s.weight_decay, clip, warmup, cfg, schedule=s.lr_schedule, updates=updates,
+                         min_lr_ratio=s.min_lr_ratio, vision_lr=s.vision_lr)
 
 
 _VLLM: dict = {}  # this process's colocated vLLM engine: {"key": what it was started with, "engine": it}
@@ -388,7 +422,7 @@ def run_sft(cfg, pinfo, init_hf: str) -> str:
     from dvr1.config import freeze_vision
 
     policy = build_policy(cfg, init_hf, pinfo, train_vision=not freeze_vision(cfg, "sft"))
-    model, opt, sched = optimizer_for(policy, cfg.sft.lr, cfg.sft.weight_decay, 1.0, cfg.sft.warmup, cfg)
+    model, opt, sched = stage_optimizer(cfg, policy, "sft")
     tok = tokenizer(init_hf)
     builder = InputBuilder(policy, tok, cfg.video, max_prompt_tokens=max_prompt_tokens(cfg, init_hf), skips=report,
                            strict=cfg.data.strict, prompt_style=prompt_style(cfg))
@@ -413,7 +447,7 @@ def run_rl(cfg, pinfo, init_hf: str) -> str:
 
     policy = build_policy(cfg, init_hf, pinfo, train_vision=not freeze_vision(cfg, "rl"))
     reference = build_policy(cfg, init_hf, pinfo, trainable=False) if setting(cfg.algo, "beta") > 0 else None
-    model, opt, sched = optimizer_for(policy, cfg.rl.lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg)
+    model, opt, sched = stage_optimizer(cfg, policy, "rl")
     tok = tokenizer(init_hf)
     report = skip_report(cfg, "rl")
     recs = records(cfg, "train", report)

@@ -1,10 +1,13 @@
-"""Optimizer and learning-rate schedule: megatron-core's DDP + ``get_megatron_optimizer`` (Adam), constant LR with
-linear warmup (``OptimizerParamScheduler``).
+"""Optimizer and learning-rate schedule: megatron-core's DDP + ``get_megatron_optimizer`` (Adam), a linear warmup
+then a constant or cosine-decayed LR (``OptimizerParamScheduler``), and a decoupled set of params (the vision
+tower's) with its own peak / final LR through megatron's ``config_overrides`` (``ParamKey`` -> ``ParamGroupOverride``).
 
 Upstream (megatron-core 0.16.1): ``distributed/distributed_data_parallel.py`` (grad buffers, DP all-reduce),
 ``optimizer/__init__.py:505`` ``get_megatron_optimizer`` (param groups: no weight decay for biases and 1-D
-params, ``optimizer/__init__.py:70``), ``optimizer_param_scheduler.py:122``, ``distributed/finalize_model_grads.py``
-(DP all-reduce, tied-embedding all-reduce across the first/last PP stage).
+params, ``get_standard_config_overrides``, ``optimizer/__init__.py:70``; a group's ``max_lr`` / ``min_lr``,
+``optimizer/__init__.py:208``), ``optimizer_param_scheduler.py:122`` (``get_lr`` reads each group's ``max_lr`` /
+``min_lr``), ``distributed/finalize_model_grads.py`` (DP all-reduce, tied-embedding all-reduce across the first/last
+PP stage).
 
 On a CPU-only host (megatron_patches applied):
 - fp32 params + the plain (non-distributed) optimizer run with the default patches.
@@ -16,11 +19,14 @@ On a CPU-only host (megatron_patches applied):
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
 import megatron_patches
+
+
+LR_SCHEDULES = ("constant", "cosine")  # build_lr_scheduler's styles (megatron lr_decay_style names)
 
 
 class OptimizerSetupError(RuntimeError):
@@ -36,6 +42,10 @@ def build_optimizer(
     use_distributed_optimizer: bool = False,
     bf16: bool = False,
     adam_eps: float = 1e-8,
+    min_lr: float = 0.0,
+    decoupled_names: Sequence[str] = (),
+    decoupled_lr: Optional[float] = None,
+    decoupled_min_lr: float = 0.0,
 ) -> Tuple[List[torch.nn.Module], "megatron.core.optimizer.MegatronOptimizer"]:  # noqa: F821
     """Wrap the model chunks in megatron-core DDP and build the megatron Adam(W) optimizer over them.
 
@@ -46,6 +56,16 @@ def build_optimizer(
             biases and 1-D params (norms) get 0, megatron's convention (``optimizer/__init__.py:70``).
         adam_betas, adam_eps: Adam hyper-parameters. clip_grad: global L2 grad-norm clip (0 disables).
         use_distributed_optimizer: shard optimizer state over DP (ZeRO-1). bf16: bf16 params with fp32 main params.
+        min_lr: the final LR of a decaying schedule (:func:`build_lr_scheduler` ``style="cosine"``) of the params
+            outside the decoupled set; the constant schedule ignores it.
+        decoupled_names, decoupled_lr, decoupled_min_lr: with ``decoupled_lr`` set, the params whose name in the
+            (unwrapped) chunk matches one of the ``fnmatch`` patterns ``decoupled_names`` (e.g. ``("visual.*",)``;
+            the DDP wrapper's ``module.`` prefix is matched too) get their own param groups with peak LR
+            ``decoupled_lr`` and final LR ``decoupled_min_lr`` (megatron ``ParamKey(name=...)`` ->
+            ``ParamGroupOverride(max_lr, min_lr, is_decoupled_lr=True)``, merged with megatron's standard
+            no-weight-decay overrides). ``is_decoupled_lr`` is one of the keys megatron's optimizer load tells
+            groups apart by (``optimizer.py:96``): without it a checkpoint cannot be loaded back into these groups.
+            ``decoupled_lr`` None: megatron's default groups, exactly as before the option existed.
 
     Returns:
         ``(ddp_chunks, optimizer)``. Train through ``ddp_chunks``: zero with ``chunk.zero_grad_buffer()`` +
@@ -56,15 +76,30 @@ def build_optimizer(
 
     Raises:
         OptimizerSetupError: ``bf16``/``use_distributed_optimizer`` on CPU without the opt-in Tensor.type alias,
-            or ``lr``/``clip_grad``/``weight_decay`` negative.
+            ``lr``/``clip_grad``/``weight_decay``/``decoupled_lr`` negative, or a final LR outside [0, its peak].
     """
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer import (
+        OptimizerConfig,
+        ParamGroupOverride,
+        ParamKey,
+        get_megatron_optimizer,
+        get_standard_config_overrides,
+    )
     from megatron.core.utils import get_model_config
 
     for field, value in (("lr", lr), ("clip_grad", clip_grad), ("weight_decay", weight_decay)):
         if value < 0:
             raise OptimizerSetupError(f"dvr1.train.optim.build_optimizer: {field}={value} must be >= 0")
+    bounds = [("min_lr", min_lr, "lr", lr)]
+    if decoupled_lr is not None:
+        if decoupled_lr < 0:
+            raise OptimizerSetupError(f"dvr1.train.optim.build_optimizer: decoupled_lr={decoupled_lr} must be >= 0")
+        bounds.append(("decoupled_min_lr", decoupled_min_lr, "decoupled_lr", decoupled_lr))
+    for name, final, peak_name, peak in bounds:
+        if not 0 <= final <= peak:
+            raise OptimizerSetupError(f"dvr1.train.optim.build_optimizer: {name}={final} must be in [0, "
+                                      f"{peak_name}={peak}]")
     if (
         (bf16 or use_distributed_optimizer)
         and not torch.cuda.is_available()
@@ -89,7 +124,7 @@ def build_optimizer(
     opt_config = OptimizerConfig(
         optimizer="adam",
         lr=lr,
-        min_lr=0.0,
+        min_lr=min_lr,
         weight_decay=weight_decay,
         adam_beta1=adam_betas[0],
         adam_beta2=adam_betas[1],
@@ -99,7 +134,14 @@ def build_optimizer(
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=use_distributed_optimizer,
     )
-    optimizer = get_megatron_optimizer(opt_config, ddp_chunks)
+    overrides = None  # megatron's default: get_standard_config_overrides
+    if decoupled_lr is not None:
+        overrides = dict(get_standard_config_overrides(opt_config))
+        # the optimizer iterates the DDP chunks' named_parameters: "module.<name in the chunk>"
+        key = ParamKey(name=tuple(p for n in decoupled_names for p in (n, f"module.{n}")))
+        overrides[key] = ParamGroupOverride(max_lr=float(decoupled_lr), min_lr=float(decoupled_min_lr),
+                                            is_decoupled_lr=True)
+    optimizer = get_megatron_optimizer(opt_config, ddp_chunks, config_overrides=overrides)
     # Apply megatron's per-group weight-decay multiplier now (the scheduler re-applies it every step).
     for group in optimizer.param_groups:
         group["weight_decay"] = weight_decay * group.get("wd_mult", 1.0)
@@ -127,32 +169,68 @@ def on_step(optimizer, fn) -> int:
 
 
 def build_lr_scheduler(
-    optimizer, lr: float, warmup_steps: int = 0, weight_decay: float = 0.0, init_lr: float = 0.0
+    optimizer,
+    lr: float,
+    warmup_steps: int = 0,
+    weight_decay: float = 0.0,
+    init_lr: float = 0.0,
+    style: str = "constant",
+    decay_steps: int = 0,
+    min_lr: float = 0.0,
 ) -> "megatron.core.optimizer_param_scheduler.OptimizerParamScheduler":  # noqa: F821
-    """Constant learning rate ``lr`` after a linear warmup from ``init_lr`` over ``warmup_steps`` optimizer steps.
+    """A linear warmup from ``init_lr`` over ``warmup_steps`` optimizer steps, then a constant or cosine-decayed LR.
 
-    Megatron-core ``OptimizerParamScheduler`` (``optimizer_param_scheduler.py:122``, style ``constant``): call
-    ``scheduler.step(1)`` after each ``optimizer.step()``; the step with 0-based index ``k`` uses
-    ``init_lr + (lr - init_lr) * k / warmup_steps`` while ``k <= warmup_steps`` (so with warmup the first step
-    uses ``init_lr``), then ``lr``. Weight decay is constant ``weight_decay`` times each group's ``wd_mult``.
-    ``state_dict()`` / ``load_state_dict()`` round-trip through checkpoints.
+    Megatron-core ``OptimizerParamScheduler`` (``optimizer_param_scheduler.py:122``): call ``scheduler.step(1)``
+    after each ``optimizer.step()``; the step with 0-based index ``k`` uses, in each param group with peak
+    ``max_lr`` and final ``min_lr`` (``lr`` / ``min_lr`` of :func:`build_optimizer`, or its ``decoupled_lr`` /
+    ``decoupled_min_lr``):
 
-    Raises OptimizerSetupError for ``warmup_steps < 0`` or ``init_lr > lr``.
+    - ``k <= warmup_steps`` (with warmup): ``init_lr + (max_lr - init_lr) * k / warmup_steps`` (so the first step
+      uses ``init_lr``);
+    - ``style="constant"``: then ``max_lr``;
+    - ``style="cosine"``: then ``min_lr + (max_lr - min_lr) * 0.5 * (1 + cos(pi * (k - warmup_steps) /
+      (decay_steps - warmup_steps)))`` up to ``k = decay_steps``, ``min_lr`` after. With ``decay_steps`` = the
+      stage's optimizer steps (megatron's ``lr_decay_steps = train_iters``), the LR reaches ``min_lr`` after the
+      stage's last step (the last step, ``k = decay_steps - 1``, is one decay step short of it).
+
+    ``lr`` / ``min_lr`` here are megatron's scheduler-level values (bounds of ``init_lr``, stored in its state dict);
+    for ``"cosine"`` they must equal the default param groups' (:func:`build_optimizer`'s ``lr`` / ``min_lr``).
+    Weight decay is constant ``weight_decay`` times each group's ``wd_mult``. ``state_dict()`` /
+    ``load_state_dict()`` round-trip through checkpoints (the step count and style; the groups' ``max_lr`` /
+    ``min_lr`` travel in the optimizer's state): a resumed run continues the saved schedule.
+
+    Raises OptimizerSetupError for ``warmup_steps < 0``, ``init_lr > lr``, a ``style`` not in :data:`LR_SCHEDULES`,
+    and for ``"cosine"``: ``decay_steps <= warmup_steps``, ``min_lr`` outside [0, lr], or default param groups with
+    another ``max_lr`` / ``min_lr``.
     """
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
+    where = "dvr1.train.optim.build_lr_scheduler"
     if warmup_steps < 0:
-        raise OptimizerSetupError(f"dvr1.train.optim.build_lr_scheduler: warmup_steps={warmup_steps} must be >= 0")
+        raise OptimizerSetupError(f"{where}: warmup_steps={warmup_steps} must be >= 0")
     if init_lr > lr:
-        raise OptimizerSetupError(f"dvr1.train.optim.build_lr_scheduler: init_lr={init_lr} > lr={lr}")
+        raise OptimizerSetupError(f"{where}: init_lr={init_lr} > lr={lr}")
+    if style not in LR_SCHEDULES:
+        raise OptimizerSetupError(f"{where}: style={style!r} must be one of {', '.join(LR_SCHEDULES)}")
+    if style == "constant":
+        min_lr, decay_steps = lr, warmup_steps + 1
+    else:
+        if decay_steps <= warmup_steps:
+            raise OptimizerSetupError(f"{where}: decay_steps={decay_steps} must be > warmup_steps={warmup_steps}")
+        if not 0 <= min_lr <= lr:
+            raise OptimizerSetupError(f"{where}: min_lr={min_lr} must be in [0, lr={lr}]")
+        for g in optimizer.param_groups:
+            if g.get("default_config", True) and (g.get("max_lr", lr), g.get("min_lr", min_lr)) != (lr, min_lr):
+                raise OptimizerSetupError(f"{where}: lr={lr}, min_lr={min_lr} differ from the optimizer's default "
+                                          f"param groups (max_lr={g['max_lr']}, min_lr={g['min_lr']})")
     return OptimizerParamScheduler(
         optimizer,
         init_lr=init_lr,
         max_lr=lr,
-        min_lr=lr,
+        min_lr=min_lr,
         lr_warmup_steps=warmup_steps,
-        lr_decay_steps=warmup_steps + 1,
-        lr_decay_style="constant",
+        lr_decay_steps=decay_steps,
+        lr_decay_style=style,
         start_wd=weight_decay,
         end_wd=weight_decay,
         wd_incr_steps=1,

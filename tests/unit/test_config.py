@@ -105,12 +105,35 @@ def test_overrides_and_types():
     ("reward.iou=-1", "reward.iou=-1.0: must be >= 0"),
     ("video.max_pixels=100", "video.max_pixels=100: must be >= video.min_pixels=3136"),
     ("rl.save_every=0", "rl.save_every=0: must be >= 1"),
+    ("sft.lr_schedule=linear", "sft.lr_schedule='linear': must be one of constant, cosine"),
+    ("rl.lr_schedule=wsd", "rl.lr_schedule='wsd': must be one of constant, cosine"),
+    ("sft.min_lr_ratio=1.5", "sft.min_lr_ratio=1.5: must be in [0, 1]"),
+    ("rl.min_lr_ratio=-0.1", "rl.min_lr_ratio=-0.1: must be in [0, 1]"),
+    ("sft.vision_lr=-1e-4", "sft.vision_lr=-0.0001: must be >= 0"),
+    ("rl.vision_lr=nan", "rl.vision_lr=nan: must be a finite number"),
 ])
 def test_bad_values_name_the_field(override, message):
     """Every range/choice error is raised when the config loads, naming the field."""
     with pytest.raises(ConfigError) as e:
         load_config(None, [override])
     assert str(e.value).startswith(message)
+
+
+def test_lr_schedule_fields():
+    """Defaults: constant, min_lr_ratio 0, vision_lr None (= the stage's lr); cosine needs steps after the warmup
+    (a 0-step stage never schedules anything, so it passes)."""
+    cfg = load_config(None, [])
+    for stage in (cfg.sft, cfg.rl):
+        assert (stage.lr_schedule, stage.min_lr_ratio, stage.vision_lr) == ("constant", 0.0, None)
+    cfg = load_config(None, ["sft.lr_schedule=cosine", "sft.min_lr_ratio=1", "rl.vision_lr=3e-6"])
+    assert (cfg.sft.lr_schedule, cfg.sft.min_lr_ratio, cfg.rl.vision_lr) == ("cosine", 1.0, 3e-6)
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["sft.lr_schedule=cosine", "sft.steps=20", "sft.warmup=20"])
+    assert str(e.value) == ("sft.warmup=20: must be < sft.steps=20 with sft.lr_schedule=cosine (the decay follows the "
+                            "warmup)")
+    load_config(None, ["sft.lr_schedule=cosine", "sft.steps=21", "sft.warmup=20"])
+    load_config(None, ["sft.lr_schedule=cosine", "sft.steps=0"])
+    load_config(None, ["sft.steps=5", "sft.warmup=20"])  # constant: a warmup longer than the stage is allowed
 
 
 def test_vidchain_section():

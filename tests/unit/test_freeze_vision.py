@@ -1,7 +1,8 @@
 """`model.freeze_vision` (issue 16): the default keeps the vision tower frozen and the SFT step exactly as before;
 `false` trains the tower with gradients equal to Hugging Face's model, invalidates the embedding cache after every
 update, checkpoints and resumes it exactly, and the HF export / megatron->HF conversion carry the trained tower
-(transformers loads it and gives the policy's logits). TP=2 / PP=2 gradients:
+(transformers loads it and gives the policy's logits); `sft.vision_lr` / `rl.vision_lr` put the tower in its own
+param groups on the stage's schedule (generic schedule tests: tests/unit/test_optim.py). TP=2 / PP=2 gradients:
 tests/distributed/test_rl_step_parallel.py; the vLLM refit: tests/distributed/test_vllm_sync.py.
 """
 
@@ -63,7 +64,7 @@ def _setup(data, freeze: bool, *extra):
     seed_everything(0)
     kw = {} if freeze else {"train_vision": not freeze_vision(cfg, "sft")}
     policy = job.build_policy(cfg, ckpt, parallel_info(), **kw)
-    model, opt, sched = job.optimizer_for(policy, cfg.sft.lr, 0.0, 1.0, 0, cfg)
+    model, opt, sched = job.stage_optimizer(cfg, policy, "sft")  # sft.weight_decay 0, clip 1.0: as before
     tok = AutoTokenizer.from_pretrained(ckpt)
     builder = InputBuilder(policy, tok, cfg.video)
     return cfg, policy, model, opt, sched, builder, SFTTrainer(cfg, model, opt, sched, builder, tok, recs)
@@ -233,3 +234,86 @@ def test_frozen_checkpoint_holds_no_tower(parallel_state_1, data, tmp_path):
     _, _, model, opt, sched, _, _ = _setup(data, True)
     save_checkpoint(tmp_path, 0, [model], opt, sched, {})
     assert not any(k.startswith("visual.") for k in _dist_keys(tmp_path / "ckpt" / "step_0"))
+
+
+def _closed_form(k, peak, final, warmup, decay):
+    """The cosine schedule's LR at 0-based step k (dvr1.train.optim.build_lr_scheduler)."""
+    import math
+
+    if k <= warmup:
+        return peak * k / warmup
+    if k > decay:
+        return final
+    return final + (peak - final) * 0.5 * (1 + math.cos(math.pi * (k - warmup) / (decay - warmup)))
+
+
+VISION_LR = ["sft.vision_lr=5e-4", "sft.lr_schedule=cosine", "sft.min_lr_ratio=0.1", "sft.steps=6", "sft.warmup=2"]
+
+
+def _group_of(opt, params):
+    """{name: its param group's (is_decoupled_lr, max_lr, min_lr)} for the named params."""
+    where = {id(p): g for g in opt.param_groups for p in g["params"]}
+    return {n: (where[id(p)]["is_decoupled_lr"], where[id(p)]["max_lr"], where[id(p)]["min_lr"]) for n, p in params}
+
+
+def test_vision_lr_gives_the_tower_its_own_param_groups_and_schedule(parallel_state_1, data, tmp_path):
+    """sft.vision_lr: the tower + merger params, and only they, are in the decoupled groups (the DDP chunk names
+    them "module.visual.*"); both groups follow the warmup + cosine closed form with their own peak and
+    min_lr_ratio * peak; the tower trains; a resume from a checkpoint continues at the same per-group LRs."""
+    from dvr1.train.checkpoint import load_checkpoint, save_checkpoint
+
+    cfg, policy, model, opt, sched, _, trainer = _setup(data, False, *VISION_LR)
+    assert any(n.startswith("module.visual.merger.") for n, _ in model.named_parameters())
+    groups = _group_of(opt, policy.named_parameters())
+    assert set(groups) == {n for n, _ in policy.named_parameters()}
+    for n, got in groups.items():
+        assert got == ((True, 5e-4, pytest.approx(5e-5)) if n.startswith("visual.") else (False, 1e-3, 1e-4)), n
+    assert {g["wd_mult"] for g in opt.param_groups if g["is_decoupled_lr"]} == {0.0, 1.0}  # biases/norms: no wd
+
+    def lrs():
+        return {g["is_decoupled_lr"]: g["lr"] for g in opt.param_groups}
+
+    seen = [lrs()]
+    vis0 = _params(policy.visual)
+    for _ in range(2):
+        trainer.step()
+        seen.append(lrs())
+    save_checkpoint(tmp_path, 2, [model], opt, sched, {"trainer": trainer.state_dict()})
+    assert any(not torch.equal(p, vis0[n]) for n, p in policy.visual.named_parameters())  # the tower trained
+    for _ in range(6):
+        sched.step(1)
+        seen.append(lrs())
+    for k, got in enumerate(seen):
+        assert got[False] == pytest.approx(_closed_form(k, 1e-3, 1e-4, 2, 6), rel=1e-12), k
+        assert got[True] == pytest.approx(_closed_form(k, 5e-4, 5e-5, 2, 6), rel=1e-12), k
+    assert seen[6] == pytest.approx({False: 1e-4, True: 5e-5})  # min_lr_ratio * peak after the stage's 6 steps
+
+    _, policy_b, model_b, opt_b, sched_b, _, _ = _setup(data, False, *VISION_LR)
+    load_checkpoint(tmp_path, [model_b], opt_b, sched_b)
+    assert sched_b.num_steps == 2
+    assert {g["is_decoupled_lr"]: g["lr"] for g in opt_b.param_groups} == seen[2]
+    assert _group_of(opt_b, policy_b.named_parameters()) == groups
+
+
+def test_vision_lr_of_a_frozen_tower_makes_no_group(parallel_state_1, data, caplog):
+    _, policy, _, opt, _, _, _ = _setup(data, True, *VISION_LR)
+    assert not any(g["is_decoupled_lr"] for g in opt.param_groups)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(policy.lm.parameters()))
+    assert "vision_lr=0.0005 is unused: the vision tower is frozen" in caplog.text
+
+
+def test_rl_stage_schedules_its_optimizer_updates(parallel_state_1, data):
+    """RL: no warmup, the cosine runs over rl.steps * algo.ppo_epochs updates; rl.vision_lr is the tower's peak."""
+    from dvr1.parallel.setup import parallel_info
+    from dvr1.train import job
+
+    ckpt, _ = data
+    cfg = _cfg(False, "rl.lr_schedule=cosine", "rl.steps=5", "algo.ppo_epochs=2", "rl.vision_lr=3e-4",
+               "rl.min_lr_ratio=0.5")
+    policy = job.build_policy(cfg, ckpt, parallel_info(), train_vision=not freeze_vision(cfg, "rl"))
+    _, opt, sched = job.stage_optimizer(cfg, policy, "rl")
+    assert (sched.lr_warmup_steps, sched.lr_decay_steps, sched.lr_decay_style) == (0, 10, "cosine")
+    assert {g["is_decoupled_lr"]: g["lr"] for g in opt.param_groups} == {False: cfg.rl.lr, True: 3e-4}
+    sched.step(10)
+    assert {g["is_decoupled_lr"]: g["lr"] for g in opt.param_groups} == pytest.approx({False: cfg.rl.lr / 2,
+                                                                                       True: 1.5e-4})
