@@ -54,6 +54,10 @@ class ModelConfig:
     spec: str = "local"  # local (CPU) | te (TransformerEngine, GPU image)
     dtype: str = "float32"  # float32 | bfloat16
     tokenizer_vocab: int = 2048  # tiny checkpoint only
+    # tiny checkpoint only: text-only "reading" warm-up steps of its random LM on the training split's option lists
+    # (dvr1.models.tiny.reading_warmup: "up is option B." ...), the stand-in for a real checkpoint's language
+    # pretraining; 0 = none (docs/SEEING_POLICY.md)
+    tiny_reading_steps: int = 0
     # apply the output layer inside the log-prob reduction (dvr1/parallel/logprobs.py fused_linear_logprobs), so the
     # logits shard [rows, seq, vocab/tp] is never materialised in the training and log-prob passes. At a 152k
     # vocabulary it takes ~0.2x the memory in ~0.9-1.0x the time of the logits path (docs/BENCHMARKS.md); off by
@@ -362,7 +366,7 @@ _RANGES = {
     "video.max_frames": (2, None, "must be >= 2 (frames go in pairs, the temporal patch)"),
     "video.min_pixels": _AT_LEAST_1,
     "model.logprob_chunk": _AT_LEAST_1, "model.max_prompt_tokens": _AT_LEAST_0,
-    "model.fp8_amax_history_len": _AT_LEAST_1,
+    "model.fp8_amax_history_len": _AT_LEAST_1, "model.tiny_reading_steps": _AT_LEAST_0,
     "model.recompute_num_layers": _AT_LEAST_1,
     "parallel.tp": _AT_LEAST_1, "parallel.pp": _AT_LEAST_1,
     "rollout.top_p": (1e-300, 1.0, "must be in (0, 1]"), "rollout.max_new_tokens": _AT_LEAST_1,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Iterable
 
 from dvr1.models.tokenizer import special_ids, train_tokenizer
@@ -36,6 +37,104 @@ TINY_VISION = dict(
     fullatt_block_indexes=[1],
     tokens_per_second=2,
 )
+
+
+READING_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def reading_text(options: list[str], order: list[int]) -> tuple[str, str]:
+    """One reading-warm-up sample: (prompt, target) = (``"A. {options[0]}\nB. {options[1]}\n...\n"``,
+    ``"{options[i]} is option {letter}. ..."`` for ``i`` in ``order``). The option list is written as
+    `dvr1.data.prompts.format_question` writes it; the target maps each stated value back to its letter."""
+    prompt = "".join(f"{READING_LETTERS[i]}. {o}\n" for i, o in enumerate(options))
+    return prompt, " ".join(f"{options[i]} is option {READING_LETTERS[i]}." for i in order)
+
+
+def reading_warmup(model, tokenizer, option_lists: list[list[str]], steps: int, batch_size: int = 32,
+                   lr: float = 3e-3, warmup: int = 30, seed: int = 0, progress: bool = True) -> dict:
+    """Text-only warm-up of the tiny checkpoint's language model: next-token training on :func:`reading_text`
+    samples (each option list with its options stated twice in random order), so the random LM learns to find a
+    stated value in an option list and copy its letter -- the skill multiple-choice answers need, which every real
+    checkpoint brings from its language pretraining and which the tiny LM does not learn from SFT alone
+    (docs/SEEING_POLICY.md: teacher-forced letter accuracy stays at chance through 1,200 SFT steps).
+
+    Plain AdamW (betas 0.9/0.95, grad-norm clip 1.0, linear warmup over `warmup` steps, then constant `lr`) on the
+    language model's parameters only; the vision tower is not touched. Uses no answers and no video.
+
+    Args:
+        model: a `Qwen2_5_VLForConditionalGeneration` (fp32, CPU).
+        tokenizer: its tokenizer. option_lists: the training split's option lists (2-26 options each).
+        steps: optimizer steps (0: nothing is done). batch_size: samples per step.
+
+    Returns:
+        ``{"steps", "first_loss" (the first step's mean NLL per target token), "loss" (the same, mean over the last
+        50 steps), "letter_accuracy"}``; the accuracy is
+        teacher-forced argmax accuracy of the letter tokens on 64 fixed samples drawn from `option_lists` after
+        training (chance = 1 / number of options).
+
+    Raises:
+        ValueError: ``steps > 0`` with no option list.
+    """
+    import torch
+
+    if steps <= 0:
+        return {"steps": 0}
+    if not option_lists:
+        raise ValueError("reading_warmup: no multiple-choice record to build the warm-up from")
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    gen = torch.Generator().manual_seed(seed)
+    visual = {id(p) for p in model.model.visual.parameters()}
+    params = [p for p in model.parameters() if id(p) not in visual]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+
+    def batch(lists, g):
+        rows = []
+        for opts in lists:
+            order = torch.randperm(len(opts), generator=g).tolist() + torch.randperm(len(opts), generator=g).tolist()
+            prompt, target = reading_text(opts, order)
+            p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            enc = tokenizer(target, add_special_tokens=False, return_offsets_mapping=True)
+            spans = [m.span(1) for m in re.finditer(r" is option ([A-Z])\.", target)]
+            letter = [any(a < e and b > s for s, e in spans) for a, b in enc["offset_mapping"]]
+            rows.append((p, enc["input_ids"], letter))
+        n = max(len(p) + len(t) for p, t, _ in rows)
+        ids = torch.full((len(rows), n), pad, dtype=torch.long)
+        mask = torch.zeros(len(rows), n, dtype=torch.long)
+        scored = torch.zeros(len(rows), n, dtype=torch.bool)
+        letters = torch.zeros(len(rows), n, dtype=torch.bool)
+        for i, (p, t, letter) in enumerate(rows):
+            ids[i, :len(p) + len(t)] = torch.tensor(p + t)
+            mask[i, :len(p) + len(t)] = 1
+            scored[i, len(p):len(p) + len(t)] = True
+            letters[i, len(p):len(p) + len(t)] = torch.tensor(letter)
+        return ids, mask, scored[:, 1:], letters[:, 1:]
+
+    from tqdm import tqdm
+
+    losses = []
+    model.train()
+    for step in tqdm(range(steps), desc="reading warm-up", disable=not progress, unit="step"):
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
+        idx = torch.randint(len(option_lists), (batch_size,), generator=gen).tolist()
+        ids, mask, scored, _ = batch([option_lists[i] for i in idx], gen)
+        logp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].log_softmax(-1)
+        nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]
+        loss = nll[scored].mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(float(loss))
+    model.eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    idx = torch.randint(len(option_lists), (64,), generator=g).tolist()
+    ids, mask, _, letters = batch([option_lists[i] for i in idx], g)
+    with torch.no_grad():
+        hit = model(input_ids=ids, attention_mask=mask).logits[:, :-1].argmax(-1) == ids[:, 1:]
+    tail = losses[-50:]
+    return {"steps": steps, "first_loss": losses[0], "loss": sum(tail) / len(tail),
+            "letter_accuracy": float(hit[letters].float().mean())}
 
 
 def _round_up(x: int, m: int) -> int:
@@ -102,12 +201,16 @@ def make_tiny_checkpoint(
     text=None,
     vision=None,
     model_vocab: int | None = None,
+    reading_options: list[list[str]] | None = None,
+    reading_steps: int = 0,
 ) -> str:
     """Train the tokenizer on `texts`, build a random-init tiny Qwen2.5-VL and `save_pretrained` both to `out_dir`.
 
     The model's vocabulary is the tokenizer's rounded up to a multiple of 128 (divisible by any TP size we use), or
     `model_vocab` (>= the tokenizer's; e.g. 152,064 for a 7B-shaped benchmark policy). `text` / `vision` override
-    :data:`TINY_TEXT` / :data:`TINY_VISION` entries. Returns `out_dir`.
+    :data:`TINY_TEXT` / :data:`TINY_VISION` entries. `reading_steps` > 0: the random LM gets :func:`reading_warmup`
+    on `reading_options` (the training split's option lists) before it is saved; its result is recorded in
+    ``dvr1_tiny.json`` under ``"reading"``. Returns `out_dir`.
     """
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -121,8 +224,10 @@ def make_tiny_checkpoint(
     cfg = tiny_config(special_ids(tok), vocab, tie_word_embeddings, text, vision)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(cfg).float()
+    reading = reading_warmup(model, tok, list(reading_options or []), reading_steps, seed=seed)
     model.save_pretrained(out_dir)
     write_processor_config(out_dir, cfg.vision_config)
     with open(os.path.join(out_dir, "dvr1_tiny.json"), "w") as f:
-        json.dump({"seed": seed, "tokenizer_vocab": len(tok), "model_vocab": cfg.text_config.vocab_size}, f)
+        json.dump({"seed": seed, "tokenizer_vocab": len(tok), "model_vocab": cfg.text_config.vocab_size,
+                   **({"reading": reading} if reading_steps > 0 else {})}, f)
     return out_dir

@@ -175,13 +175,16 @@ def ensure_model(cfg) -> str:
             from dvr1.data.prompts import format_question, sft_response
             from dvr1.models.tiny import make_tiny_checkpoint
 
-            texts = []
+            texts, options = [], []
             for split in ("train", "val"):  # the user's records may have no val split
                 if split == "train" or os.path.exists(os.path.join(data_root(cfg), f"{split}.jsonl")):
                     for r in records(cfg, split):
                         texts += [format_question(r, style=prompt_style(cfg)), sft_response(r)]
+                        if split == "train" and r.options:
+                            options.append(list(r.options))
             log.info("making the tiny Qwen2.5-VL checkpoint at %s (tokenizer on %d texts)", path, len(texts))
-            make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab)
+            make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab,
+                                 reading_options=options, reading_steps=cfg.model.tiny_reading_steps)
         if dist.is_initialized():
             dist.barrier()
     return path

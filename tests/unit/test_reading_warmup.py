@@ -1,0 +1,52 @@
+"""The tiny checkpoint's text-only reading warm-up (dvr1.models.tiny.reading_warmup, model.tiny_reading_steps)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dvr1.models.tiny import make_tiny_checkpoint, reading_text
+
+OPTIONS = [["left", "up", "down", "right"], ["played forward", "played in reverse", "frozen on a single frame",
+                                              "played forward, then backward"], ["1", "2", "3", "4"],
+           ["1, 3, 2", "2, 1, 3", "3, 2, 1", "1, 2, 3"]]
+TEXTS = [f"{'ABCD'[i]}. {o}" for opts in OPTIONS for i, o in enumerate(opts)] + [
+    reading_text(opts, [3, 2, 1, 0])[1] for opts in OPTIONS] + ["<think>x</think><answer>B</answer>"] * 4
+
+
+def test_reading_text_writes_the_option_list_and_maps_each_value_to_its_letter():
+    prompt, target = reading_text(["left", "up", "down"], [2, 0, 1, 2])
+    assert prompt == "A. left\nB. up\nC. down\n"
+    assert target == "down is option C. left is option A. up is option B. down is option C."
+
+
+def test_zero_steps_saves_the_same_weights_as_before(tmp_path):
+    a = make_tiny_checkpoint(str(tmp_path / "a"), TEXTS, seed=3, vocab_size=300)
+    b = make_tiny_checkpoint(str(tmp_path / "b"), TEXTS, seed=3, vocab_size=300, reading_options=OPTIONS,
+                             reading_steps=0)
+    wa, wb = load_file(f"{a}/model.safetensors"), load_file(f"{b}/model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert "reading" not in json.load(open(f"{b}/dvr1_tiny.json"))
+
+
+def test_warmup_trains_the_language_model_only_and_records_its_result(tmp_path):
+    a = make_tiny_checkpoint(str(tmp_path / "a"), TEXTS, seed=3, vocab_size=300)
+    b = make_tiny_checkpoint(str(tmp_path / "b"), TEXTS, seed=3, vocab_size=300, reading_options=OPTIONS,
+                             reading_steps=25)
+    wa, wb = load_file(f"{a}/model.safetensors"), load_file(f"{b}/model.safetensors")
+    vision = [k for k in wa if ".visual." in k or k.startswith("visual.")]
+    assert vision and all(torch.equal(wa[k], wb[k]) for k in vision)  # the tower is untouched
+    changed = [k for k in wa if k not in vision and not torch.equal(wa[k], wb[k])]
+    assert any("embed_tokens" in k for k in changed) and any("layers.0.self_attn" in k for k in changed)
+    info = json.load(open(f"{b}/dvr1_tiny.json"))["reading"]
+    assert info["steps"] == 25
+    # the warm-up's target text (the option values, the fixed " is option" words) is being learned
+    assert info["loss"] < 0.7 * info["first_loss"], info
+    assert 0.0 <= info["letter_accuracy"] <= 1.0
+
+
+def test_warmup_without_multiple_choice_records_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="^reading_warmup: no multiple-choice record to build the warm-up from$"):
+        make_tiny_checkpoint(str(tmp_path / "a"), TEXTS, seed=3, vocab_size=300, reading_options=[],
+                             reading_steps=5)
