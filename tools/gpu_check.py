@@ -69,6 +69,19 @@ def _installed(mod: str) -> bool:
         return False
 
 
+def _clock(cuda: bool):
+    """A ``now()`` in seconds (``time.perf_counter``) that first waits for queued CUDA work when `cuda`, so the time
+    between two calls includes the kernels launched between them."""
+    import torch
+
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    return now
+
+
 # ---- workers (run in subprocesses) ----------------------------------------------------------------------------
 
 def _init(dtype: str, spec: str = "local", fp8: str | None = None):
@@ -269,11 +282,7 @@ def worker_rl_step(args) -> dict:
     cfg, pinfo = _init(args.dtype)
     cuda = pinfo.device.type == "cuda"
 
-    def now():
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
+    now = _clock(cuda)
     policy = job.build_policy(cfg, args.ckpt, pinfo)
     reference = job.build_policy(cfg, args.ckpt, pinfo, trainable=False)
     model, opt, _ = job.optimizer_for(policy, 1e-6, 0.0, 1.0, 0, cfg)
@@ -521,11 +530,7 @@ def worker_vllm(args) -> dict:
     cfg.rollout.max_model_len = 512  # prompt (~60 tokens with the video) + response
     cuda = pinfo.device.type == "cuda"
 
-    def now():
-        if cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
+    now = _clock(cuda)
     policy = job.build_policy(cfg, args.ckpt, pinfo)
     model, opt, _ = job.optimizer_for(policy, 5e-2, 0.0, 0.0, 0, cfg)
     hf_cfg, tok = load_hf_config(args.ckpt), job.tokenizer(args.ckpt)
