@@ -12,6 +12,7 @@ import os
 import re
 from typing import Iterable
 
+from dvr1.data.schema import LETTERS
 from dvr1.models.tokenizer import special_ids, train_tokenizer
 
 TINY_TEXT = dict(
@@ -39,15 +40,12 @@ TINY_VISION = dict(
 )
 
 
-READING_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-
-
 def reading_text(options: list[str], order: list[int]) -> tuple[str, str]:
     """One reading-warm-up sample: (prompt, target) = (``"A. {options[0]}\nB. {options[1]}\n...\n"``,
     ``"{options[i]} is option {letter}. ..."`` for ``i`` in ``order``). The option list is written as
     `dvr1.data.prompts.format_question` writes it; the target maps each stated value back to its letter."""
-    prompt = "".join(f"{READING_LETTERS[i]}. {o}\n" for i, o in enumerate(options))
-    return prompt, " ".join(f"{options[i]} is option {READING_LETTERS[i]}." for i in order)
+    prompt = "".join(f"{LETTERS[i]}. {o}\n" for i, o in enumerate(options))
+    return prompt, " ".join(f"{options[i]} is option {LETTERS[i]}." for i in order)
 
 
 def reading_warmup(model, tokenizer, option_lists: list[list[str]], steps: int, batch_size: int = 32,
