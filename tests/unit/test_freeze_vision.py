@@ -8,14 +8,12 @@ tests/distributed/test_rl_step_parallel.py; the vLLM refit: tests/distributed/te
 
 import os
 
-import numpy as np
 import pytest
 import torch
 
 from dvr1.config import freeze_vision, load_config
-from dvr1.data.build import write_webm
-from dvr1.data.schema import VideoQARecord
 from dvr1.models.tiny import make_tiny_checkpoint
+from tests.unit.test_sft_val import moving_square_clip  # the moving-square clips (shared helper)
 
 TEXTS = ["Which way does the square move? A. left B. right <think>I look.</think><answer>A</answer>"] * 20
 # measured with the code before model.freeze_vision existed (commit 3d27fbe, the same two SFT steps, CPU fp32): the
@@ -28,17 +26,7 @@ FROZEN_BEFORE = [{"loss": 6.000179290771484, "grad_norm": 12.165242847757781},
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("fv")
     ckpt = make_tiny_checkpoint(str(root / "tiny"), TEXTS, seed=3, vocab_size=320, text={"num_hidden_layers": 2})
-    recs = []
-    for i in range(4):
-        frames = np.zeros((8, 56, 56, 3), dtype=np.uint8)
-        for t in range(8):  # a bright square moving left or right
-            x = 4 + 5 * t if i % 2 else 40 - 5 * t
-            frames[t, 20:32, x:x + 12] = 60 * i + 50
-        path = root / f"clip{i}.webm"
-        write_webm(str(path), frames, fps=8)
-        recs.append(VideoQARecord(id=f"r{i}", video=str(path), question="Which way does the square move?",
-                                  options=["left", "right"], answer="B" if i % 2 else "A", task="motion_direction",
-                                  segment=None, fps=8.0, duration=1.0, source="s", split="train", meta={}))
+    recs = [moving_square_clip(root, f"clip{i}", i, brightness_step=60, record_id=f"r{i}") for i in range(4)]
     return ckpt, recs
 
 

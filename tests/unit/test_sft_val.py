@@ -22,14 +22,17 @@ from dvr1.models.tiny import make_tiny_checkpoint
 TEXTS = ["Which way does the square move? A. left B. right <think>I look.</think><answer>A</answer>"] * 20
 
 
-def _clip(root, name, i):
+def moving_square_clip(root, name, i, brightness_step=25, record_id=None):
+    """`root/{name}.webm`: 8 frames of 56x56, a square of brightness ``brightness_step * i + 50`` moving right (odd
+    `i`, answer B) or left (even `i`, answer A); and its motion-direction record (id `record_id`, default `name`).
+    Shared with test_freeze_vision."""
     frames = np.zeros((8, 56, 56, 3), dtype=np.uint8)
     for t in range(8):  # a bright square moving left or right
         x = 4 + 5 * t if i % 2 else 40 - 5 * t
-        frames[t, 20:32, x:x + 12] = 25 * i + 50
+        frames[t, 20:32, x:x + 12] = brightness_step * i + 50
     path = root / f"{name}.webm"
     write_webm(str(path), frames, fps=8)
-    return VideoQARecord(id=name, video=str(path), question="Which way does the square move?",
+    return VideoQARecord(id=record_id or name, video=str(path), question="Which way does the square move?",
                          options=["left", "right"], answer="B" if i % 2 else "A", task="motion_direction",
                          segment=None, fps=8.0, duration=1.0, source="s", split="train", meta={})
 
@@ -38,8 +41,8 @@ def _clip(root, name, i):
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("sftval")
     ckpt = make_tiny_checkpoint(str(root / "tiny"), TEXTS, seed=3, vocab_size=320, text={"num_hidden_layers": 2})
-    train = [_clip(root, f"t{i}", i) for i in range(4)]
-    val = [_clip(root, f"v{i}", i + 4) for i in range(3)]
+    train = [moving_square_clip(root, f"t{i}", i) for i in range(4)]
+    val = [moving_square_clip(root, f"v{i}", i + 4) for i in range(3)]
     return ckpt, train, val
 
 
