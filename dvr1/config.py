@@ -202,6 +202,9 @@ class SFTConfig:
     vision_lr: Optional[float] = None
     weight_decay: float = 0.0
     freeze_vision: Optional[bool] = None  # None = model.freeze_vision
+    # loss weight of the answer tokens (the <answer> content and the reasoning's "option X" of the answer letter;
+    # dvr1.data.prompts.answer_spans), normaliser unchanged (dvr1.train.sft); 1 = the plain mean NLL
+    answer_weight: float = 1.0
     # the mean NLL per response token over the `val` split (no gradients) every val_every steps and at the last step,
     # logged as `val_loss` (dvr1.train.sft.SFTTrainer.validate); 0 = off; skipped when the data has no val split
     val_every: int = 50

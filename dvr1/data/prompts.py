@@ -12,6 +12,8 @@ tulerfeng/Video-R1 ``src/r1-v/src/open_r1/grpo.py``); the synthetic set keeps th
 
 from __future__ import annotations
 
+import re
+
 from dvr1.data.schema import LETTERS, VideoQARecord
 
 QA_TEMPLATE = (
@@ -244,6 +246,17 @@ def sft_target(record: VideoQARecord) -> tuple[str, str]:
     if record.problem_type == "grounded_qa":
         text += _glue(record)
     return text, source
+
+
+def answer_spans(record: VideoQARecord, text: str) -> list[tuple[int, int]]:
+    """Character spans ``[(start, end)]`` of the answer in an SFT target `text` (:func:`sft_target`'s format): what
+    ``<answer>…</answer>`` holds, and, for multiple choice, the answer's letter wherever the reasoning names it as
+    ``option X`` (the synthetic traces' "…, which is option B."). These are the tokens `sft.answer_weight` weights
+    (`dvr1.train.sft`); empty when `text` has no ``<answer>`` tag."""
+    spans = [m.span(1) for m in re.finditer(r"<answer>(.*?)</answer>", text, re.S)]
+    if record.options is not None and record.answer in LETTERS:
+        spans += [m.span(1) for m in re.finditer(rf"option ({re.escape(record.answer)})\b", text)]
+    return sorted(spans)
 
 
 def sft_response(record: VideoQARecord) -> str:

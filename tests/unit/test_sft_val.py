@@ -77,25 +77,90 @@ def test_val_loss_equals_hugging_face_nll(parallel_state_1, data, tmp_path):
 
     ckpt, _, val = data
     _, _, _, _, trainer = _setup(data, tmp_path, "model.freeze_vision=false", "sft.micro_batch_size=2")
-    got = trainer.validate()
+    got, got_answer = trainer.validate(answer=True)
+    assert trainer.validate() == got
 
     hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
-    nll, n = 0.0, 0
+    nll, n, a_nll, a_n = 0.0, 0, 0.0, 0
     with torch.no_grad():
         for r in val:
             p = trainer.val_builder.prepare(r, embed=False)
-            resp = trainer.target_ids(r)
+            resp, flags, _ = trainer.target_tokens(r)
+            assert resp == trainer.target_ids(r) and len(flags) == len(resp) and 0 < sum(flags) < len(resp)
             pos = build_batch([(p, resp)], trainer.pad).position_ids
             ids = torch.cat([p.request.prompt_ids, torch.tensor(resp)]).view(1, -1)
             L = p.request.prompt_ids.numel()
             logits = hf(input_ids=ids, position_ids=pos, pixel_values_videos=p.request.pixel_values_videos,
                         video_grid_thw=p.request.video_grid_thw,
                         second_per_grid_ts=torch.tensor([p.second_per_grid])).logits[0]
-            nll -= torch.log_softmax(logits[L - 1:-1].double(), -1).gather(1, ids[0, L:, None]).sum().item()
+            tok_nll = -torch.log_softmax(logits[L - 1:-1].double(), -1).gather(1, ids[0, L:, None])[:, 0]
+            nll += tok_nll.sum().item()
             n += len(resp)
+            a_nll += tok_nll[torch.tensor(flags)].sum().item()
+            a_n += sum(flags)
     assert got == pytest.approx(nll / n, rel=1e-5)
-    assert trainer.periodic(1, 10) == {} and trainer.periodic(50, 60).keys() == {"val_loss"}
-    assert trainer.periodic(7, 7)["val_loss"] == pytest.approx(got, rel=1e-6)  # the last step, no update between
+    assert got_answer == pytest.approx(a_nll / a_n, rel=1e-5)
+    assert trainer.periodic(1, 10) == {} and trainer.periodic(50, 60).keys() == {"val_loss", "val_answer_loss"}
+    last = trainer.periodic(7, 7)  # the last step, no update between
+    assert last["val_loss"] == pytest.approx(got, rel=1e-6) and last["val_answer_loss"] == pytest.approx(got_answer,
+                                                                                                          rel=1e-6)
+
+
+def test_answer_spans_are_the_answer_and_its_option_letter():
+    """What `sft.answer_weight` weights: the <answer> content and "option X" of the answer letter only (not another
+    option's letter, not a letter inside a word); grounding's span; none without an <answer> tag."""
+    from dvr1.data.prompts import answer_spans
+
+    rec = VideoQARecord(id="r", video="v.webm", question="Which way?", options=["left", "right", "up"], answer="B",
+                        task="motion_direction", segment=None, fps=8.0, duration=1.0, source="s", split="train",
+                        meta={})
+    text = "<think>Not option A. It moves right, which is option B. Options Bx.</think><answer>B</answer>"
+    assert [text[a:b] for a, b in answer_spans(rec, text)] == ["B", "B"]
+    assert answer_spans(rec, text)[0][0] == text.index("option B.") + len("option ")
+    assert answer_spans(rec, text)[1][0] == text.index("<answer>") + len("<answer>")
+    ground = VideoQARecord(id="g", video="v.webm", question="When?", options=None, answer="[1.0, 2.5]",
+                           task="grounding", segment=[1.0, 2.5], fps=8.0, duration=3.0, source="s", split="train",
+                           meta={})
+    t2 = "<think>At 1.0 s, option B.</think><answer>[1.0, 2.5]</answer>"
+    assert [t2[a:b] for a, b in answer_spans(ground, t2)] == ["[1.0, 2.5]"]
+    assert answer_spans(rec, "<think>option B</think>") == [(len("<think>option "), len("<think>option B"))]
+    assert answer_spans(rec, "no tags") == []
+
+
+def test_answer_weight_loss_is_the_weighted_mean_nll(parallel_state_1, data, tmp_path):
+    """One SFT step with sft.answer_weight=3: the logged loss (before the update) equals
+    Σ_t w_t·NLL_t / n_tokens computed with transformers' model on the step's two records (w = 3 on answer tokens,
+    1 elsewhere); weight 1 gives the plain mean; a negative weight is refused."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from dvr1.train.inputs import build_batch
+
+    ckpt = data[0]
+    for w in (1.0, 3.0):
+        _, _, _, _, trainer = _setup(data, tmp_path / str(w), f"sft.answer_weight={w}", "model.freeze_vision=false")
+        state = trainer.sampler.state_dict()
+        recs = [trainer.sampler.next() for _ in range(2)]
+        trainer.sampler.load_state_dict(state)
+        hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for r in recs:
+                p = trainer.builder.prepare(r, embed=False)  # the trained tower: the request carries the pixels
+                resp, flags, _ = trainer.target_tokens(r)
+                pos = build_batch([(p, resp)], trainer.pad).position_ids
+                ids = torch.cat([p.request.prompt_ids, torch.tensor(resp)]).view(1, -1)
+                L = p.request.prompt_ids.numel()
+                logits = hf(input_ids=ids, position_ids=pos, pixel_values_videos=p.request.pixel_values_videos,
+                            video_grid_thw=p.request.video_grid_thw,
+                            second_per_grid_ts=torch.tensor([p.second_per_grid])).logits[0]
+                tok_nll = -torch.log_softmax(logits[L - 1:-1].double(), -1).gather(1, ids[0, L:, None])[:, 0]
+                wt = torch.tensor([w if f else 1.0 for f in flags], dtype=torch.float64)
+                assert sum(flags) > 0
+                total += float((wt * tok_nll).sum())
+                n += len(resp)
+        assert trainer.step()["loss"] == pytest.approx(total / n, rel=1e-5)
+    with pytest.raises(ValueError, match=r"sft.answer_weight must be >= 0, got -1.0"):
+        _setup(data, tmp_path / "neg", "sft.answer_weight=-1")
 
 
 def _run(data, run_dir, *extra, fail_at=None):
@@ -124,7 +189,8 @@ def test_val_pass_leaves_training_alone_and_resume_logs_the_same_rows(parallel_s
     assert [r["step"] for r in rows if "val_loss" in r] == [2, 4, 5]  # every 2 steps and at the last
     plain = _run(data, tmp_path / "off", "sft.val_every=0")
     assert all("val_loss" not in r for r in plain)
-    assert [{k: v for k, v in r.items() if k != "val_loss"} for r in rows] == plain  # training did not move
+    assert all("val_answer_loss" in r for r in rows if "val_loss" in r)
+    assert [{k: v for k, v in r.items() if not k.startswith("val_")} for r in rows] == plain  # training did not move
     with pytest.raises(RuntimeError, match="crash"):
         _run(data, tmp_path / "b", "sft.val_every=2", fail_at=4)  # steps 1-3 logged, checkpoint at step 2
     resumed = _run(data, tmp_path / "b", "sft.val_every=2")  # resumes from step 2, re-logs 3-5
