@@ -123,7 +123,7 @@ def reading_warmup(model, tokenizer, option_lists: list[list[str]], steps: int, 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.detach().item())
     model.eval()
     g = torch.Generator().manual_seed(seed + 1)
     idx = torch.randint(len(option_lists), (64,), generator=g).tolist()
