@@ -97,8 +97,9 @@ def plot_run(run_dir: str) -> list[str]:
 
     rl_reward.png: mean reward (and format/accuracy/IoU components) per RL step, each raw series faint under its
     trailing rolling mean over `RL_SMOOTH` steps in bold (`dvr1.plots.rolling_mean`); rl_vanishing_advantage.png: the
-    fraction of groups with zero reward std per step (DVR1 Fig. 3 left); sft_loss.png: the training loss per step and
-    the validation loss (`val_loss`, every `sft.val_every` steps); accuracy.png: test accuracy
+    fraction of groups with zero reward std per step (DVR1 Fig. 3 left); sft_loss.png (log y): the training NLL per step
+    (`nll`: unweighted, so comparable; older runs: `loss`), the validation loss (`val_loss`, every `sft.val_every`
+    steps) and the answer tokens' validation NLL (`val_answer_loss`); accuracy.png: test accuracy
     per task after SFT and after RL. VidChain (`dvr1.vidchain.job`): vidchain_sft_loss.png and, per M-DPO step
     (`dvr1.vidchain.mdpo`, TRL's DPO metric names), mdpo_rewards.png (implicit rewards of chosen / rejected and
     their margin), mdpo_accuracy.png (preference accuracy), mdpo_logps.png, mdpo_pairs.png (pairs formed, per chain
@@ -110,7 +111,7 @@ def plot_run(run_dir: str) -> list[str]:
     plots = os.path.join(run_dir, "plots")
     os.makedirs(plots, exist_ok=True)
 
-    def line(rows, keys, title, ylabel, name, smooth=1, labels=None):
+    def line(rows, keys, title, ylabel, name, smooth=1, labels=None, logy=False):
         rows = [r for r in rows if any(k in r for k in keys)]
         if not rows:
             return
@@ -130,6 +131,8 @@ def plot_run(run_dir: str) -> list[str]:
                     ax.plot(steps, rolling_mean(ys, smooth), color=raw.get_color(), linewidth=2, label=label)
                 else:
                     ax.plot(*zip(*pts), label=label, marker="." if len(pts) < 60 else None)
+            if logy:
+                ax.set_yscale("log")
         out.append(path)
 
     rl = read_jsonl(os.path.join(run_dir, "metrics", "rl.jsonl"))
@@ -138,8 +141,10 @@ def plot_run(run_dir: str) -> list[str]:
     line(rl, ["vanishing_advantage_ratio"], "Vanishing-advantage ratio (groups with σ_r = 0)", "fraction",
          "rl_vanishing_advantage.png")
     sft = read_jsonl(os.path.join(run_dir, "metrics", "sft.jsonl"))
-    line(sft, ["loss", "val_loss"], "SFT loss (mean NLL per response token)", "nats", "sft_loss.png",
-         labels={"loss": "train (batch of the step)", "val_loss": "validation (val split)"})
+    train_key = "nll" if any("nll" in r for r in sft) else "loss"  # runs before `nll` was logged: the loss
+    line(sft, [train_key, "val_loss", "val_answer_loss"], "SFT loss (mean NLL per response token, log scale)", "nats",
+         "sft_loss.png", logy=True, labels={train_key: "train (batch of the step)", "val_loss": "validation (val split)",
+                                            "val_answer_loss": "validation, answer tokens only"})
 
     vsft = read_jsonl(os.path.join(run_dir, "metrics", "vidchain_sft.jsonl"))
     line(vsft, ["loss"], "CoTasks SFT loss (mean NLL per response token)", "nats", "vidchain_sft_loss.png")

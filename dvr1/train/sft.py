@@ -7,7 +7,7 @@ negative log-likelihood per response token (the `<|im_end|>` stop token included
 log-prob path as RL. `sft.answer_weight` (default 1: plain mean) multiplies the NLL of the answer tokens
 (`dvr1.data.prompts.answer_spans`: what ``<answer>`` holds and the reasoning's "option X" of the answer letter) while
 the normaliser stays the response-token count: ``loss = Σ_t w_t·NLL_t / n_tokens``, ``w_t = answer_weight`` on answer
-tokens, 1 elsewhere (docs/ALGORITHMS.md §12). In the tiny synthetic set the letter is 1-2 of ~60 response tokens;
+tokens, 1 elsewhere (docs/ALGORITHMS.md §12); each step also logs the unweighted mean NLL as `nll`. In the tiny synthetic set the letter is 1-2 of ~60 response tokens;
 without the weight the 4-layer LM never learns to find the stated value among the options (docs/SEEING_POLICY.md).
 
 Validation (`sft.val_every`): the same NLL, without gradients, over the whole `val` split (`validate`), logged as
@@ -117,8 +117,10 @@ class SFTTrainer:
                                rows_per_microbatch=self.cfg.sft.micro_batch_size)  # grads DP-reduced inside
         _, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(1)
-        loss = grid.broadcast_from_last_stage(None if res is None else float(res.loss))
-        return {"loss": loss, "grad_norm": float(grad_norm or 0.0),
+        # the unweighted mean NLL per response token beside the (weighted) loss: comparable with val_loss
+        nll = None if res is None else -float((res.logp.double().cpu() * batch.resp_mask.double()).sum() / n_tok)
+        loss, nll = grid.broadcast_from_last_stage(None if res is None else (float(res.loss), nll))
+        return {"loss": loss, "nll": nll, "grad_norm": float(grad_norm or 0.0),
                 "lr": self.optimizer.param_groups[0]["lr"], "tokens": float(n_tok),
                 **{f"sft/target_{k}": float(v) for k, v in sources.items()}}
 

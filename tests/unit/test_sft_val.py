@@ -142,7 +142,7 @@ def test_answer_weight_loss_is_the_weighted_mean_nll(parallel_state_1, data, tmp
         recs = [trainer.sampler.next() for _ in range(2)]
         trainer.sampler.load_state_dict(state)
         hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
-        total, n = 0.0, 0
+        total, plain, n = 0.0, 0.0, 0
         with torch.no_grad():
             for r in recs:
                 p = trainer.builder.prepare(r, embed=False)  # the trained tower: the request carries the pixels
@@ -157,8 +157,11 @@ def test_answer_weight_loss_is_the_weighted_mean_nll(parallel_state_1, data, tmp
                 wt = torch.tensor([w if f else 1.0 for f in flags], dtype=torch.float64)
                 assert sum(flags) > 0
                 total += float((wt * tok_nll).sum())
+                plain += float(tok_nll.sum())
                 n += len(resp)
-        assert trainer.step()["loss"] == pytest.approx(total / n, rel=1e-5)
+        out = trainer.step()
+        assert out["loss"] == pytest.approx(total / n, rel=1e-5)
+        assert out["nll"] == pytest.approx(plain / n, rel=1e-5)  # the unweighted mean, logged beside it
     with pytest.raises(ValueError, match=r"sft.answer_weight must be >= 0, got -1.0"):
         _setup(data, tmp_path / "neg", "sft.answer_weight=-1")
 
@@ -224,7 +227,8 @@ def test_plot_run_draws_raw_and_smoothed_rl_curves_and_both_sft_losses(tmp_path,
     rng = np.random.default_rng(0)
     rl = [{"step": s, "reward/mean": float(rng.random()), "reward/accuracy": float(rng.random()),
            "vanishing_advantage_ratio": 0.5} for s in range(1, 26)]
-    sft = [{"step": s, "loss": 1.0 / s, **({"val_loss": 2.0 / s} if s % 5 == 0 else {})} for s in range(1, 16)]
+    sft = [{"step": s, "loss": 3.0 / s, "nll": 1.0 / s, **({"val_loss": 2.0 / s, "val_answer_loss": 4.0 / s}
+                                                           if s % 5 == 0 else {})} for s in range(1, 16)]
     for name, rows in (("rl", rl), ("sft", sft)):
         with open(tmp_path / "metrics" / f"{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -248,6 +252,9 @@ def test_plot_run_draws_raw_and_smoothed_rl_curves_and_both_sft_losses(tmp_path,
         assert raw[1] == [list(range(1, 26)), [r[key] for r in rl]] and raw[2]["alpha"] < 1
         assert smooth[1][0] == raw[1][0] and smooth[2]["label"] == key and smooth[2]["linewidth"] > 1
         assert smooth[1][1] == pytest.approx(rolling_mean([r[key] for r in rl], RL_SMOOTH))
-    sft_lines = drawn[-2:]
+    sft_lines = drawn[-3:]  # the unweighted train NLL (not the weighted loss), val, val answer tokens
     assert sft_lines[0][1] == [list(range(1, 16)), [1.0 / s for s in range(1, 16)]]
     assert sft_lines[1][1] == [[5.0, 10.0, 15.0], [0.4, 0.2, 2.0 / 15]]
+    assert sft_lines[2][1] == [[5.0, 10.0, 15.0], [0.8, 0.4, 4.0 / 15]]
+    assert [d[2]["label"] for d in sft_lines] == ["train (batch of the step)", "validation (val split)",
+                                                  "validation, answer tokens only"]
