@@ -91,6 +91,24 @@ def sft_init(smoke_data):
     return str(root / "prep" / "sft" / "hf")
 
 
+def test_vllm_main_job_makes_the_same_sft_model(smoke_data, sft_init):
+    """Issue 16: the SFT stage of `rollout.engine=vllm` (its own tiny checkpoint, same seed) gives the native run's
+    SFT model bit for bit, under the same position rule (vLLM plays no part in SFT; one mrope rule for both)."""
+    from safetensors.torch import load_file
+
+    root, data = smoke_data
+    run = root / "prep_vllm"
+    dvr1("sft", "-c", SMOKE, f"data.root={data}", f"run_dir={run}", "rollout.engine=vllm")
+    native = load_file(os.path.join(sft_init, "model.safetensors"))
+    vllm = load_file(str(run / "sft/hf/model.safetensors"))
+    assert native.keys() == vllm.keys() and len(native) > 0
+    for k in native:
+        assert torch.equal(native[k], vllm[k]), k
+    rules = [json.loads(open(os.path.join(d, "config.json")).read())["dvr1_mrope_rule"]
+             for d in (sft_init, str(run / "sft/hf"))]
+    assert rules == ["qwen", "qwen"]
+
+
 def _full_and_resumed(root, name, common, init):
     """3 uninterrupted RL steps, and 2 steps + a resume to 3 (the step-2 run's HF export removed, as if killed after
     its checkpoint). Asserts the resume happened and that step 3's metrics and the final weights agree; returns
