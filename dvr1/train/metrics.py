@@ -142,9 +142,10 @@ def plot_run(run_dir: str) -> list[str]:
          "rl_vanishing_advantage.png")
     sft = read_jsonl(os.path.join(run_dir, "metrics", "sft.jsonl"))
     train_key = "nll" if any("nll" in r for r in sft) else "loss"  # runs before `nll` was logged: the loss
+    labels = {train_key: "train (batch of the step)", "val_loss": "validation (val split)",
+              "val_answer_loss": "validation, answer tokens only"}
     line(sft, [train_key, "val_loss", "val_answer_loss"], "SFT loss (mean NLL per response token, log scale)", "nats",
-         "sft_loss.png", logy=True, labels={train_key: "train (batch of the step)", "val_loss": "validation (val split)",
-                                            "val_answer_loss": "validation, answer tokens only"})
+         "sft_loss.png", logy=True, labels=labels)
 
     vsft = read_jsonl(os.path.join(run_dir, "metrics", "vidchain_sft.jsonl"))
     line(vsft, ["loss"], "CoTasks SFT loss (mean NLL per response token)", "nats", "vidchain_sft_loss.png")

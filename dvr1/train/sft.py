@@ -7,8 +7,9 @@ negative log-likelihood per response token (the `<|im_end|>` stop token included
 log-prob path as RL. `sft.answer_weight` (default 1: plain mean) multiplies the NLL of the answer tokens
 (`dvr1.data.prompts.answer_spans`: what ``<answer>`` holds and the reasoning's "option X" of the answer letter) while
 the normaliser stays the response-token count: ``loss = Σ_t w_t·NLL_t / n_tokens``, ``w_t = answer_weight`` on answer
-tokens, 1 elsewhere (docs/ALGORITHMS.md §12); each step also logs the unweighted mean NLL as `nll`. In the tiny synthetic set the letter is 1-2 of ~60 response tokens;
-without the weight the 4-layer LM never learns to find the stated value among the options (docs/SEEING_POLICY.md).
+tokens, 1 elsewhere (docs/ALGORITHMS.md §12); each step also logs the unweighted mean NLL as `nll`. In the tiny
+synthetic set the letter is 1-2 of ~60 response tokens; without the weight the 4-layer LM never learns to find the
+stated value among the options (docs/SEEING_POLICY.md).
 
 Validation (`sft.val_every`): the same NLL, without gradients, over the whole `val` split (`validate`), logged as
 `val_loss` every `val_every` steps and at the last step (`periodic`), and the mean NLL of the answer tokens alone
