@@ -67,13 +67,28 @@ def _setup(data, run_dir, *extra):
     return cfg, model, opt, sched, trainer
 
 
+def _hf_target_nll(hf, trainer, builder, record):
+    """(per-token NLL float64 `[len(target)]` of the record's SFT target under transformers' model `hf`, positions
+    given and the clip's pixels passed (the tower trains), answer-token flags, target ids)."""
+    from dvr1.train.inputs import build_batch
+
+    p = builder.prepare(record, embed=False)
+    resp, flags, _ = trainer.target_tokens(record)
+    pos = build_batch([(p, resp)], trainer.pad).position_ids
+    ids = torch.cat([p.request.prompt_ids, torch.tensor(resp)]).view(1, -1)
+    L = p.request.prompt_ids.numel()
+    with torch.no_grad():
+        logits = hf(input_ids=ids, position_ids=pos, pixel_values_videos=p.request.pixel_values_videos,
+                    video_grid_thw=p.request.video_grid_thw,
+                    second_per_grid_ts=torch.tensor([p.second_per_grid])).logits[0]
+    return -torch.log_softmax(logits[L - 1:-1].double(), -1).gather(1, ids[0, L:, None])[:, 0], flags, resp
+
+
 def test_val_loss_equals_hugging_face_nll(parallel_state_1, data, tmp_path):
     """3 val records in batches of 2 (the last one short), microbatches of 2: the mean NLL per response token equals
     transformers' model on each prompt + target, positions given (the tower trained, so the clip's pixels reach the
     HF model)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
-
-    from dvr1.train.inputs import build_batch
 
     ckpt, _, val = data
     _, _, _, _, trainer = _setup(data, tmp_path, "model.freeze_vision=false", "sft.micro_batch_size=2")
@@ -82,22 +97,13 @@ def test_val_loss_equals_hugging_face_nll(parallel_state_1, data, tmp_path):
 
     hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
     nll, n, a_nll, a_n = 0.0, 0, 0.0, 0
-    with torch.no_grad():
-        for r in val:
-            p = trainer.val_builder.prepare(r, embed=False)
-            resp, flags, _ = trainer.target_tokens(r)
-            assert resp == trainer.target_ids(r) and len(flags) == len(resp) and 0 < sum(flags) < len(resp)
-            pos = build_batch([(p, resp)], trainer.pad).position_ids
-            ids = torch.cat([p.request.prompt_ids, torch.tensor(resp)]).view(1, -1)
-            L = p.request.prompt_ids.numel()
-            logits = hf(input_ids=ids, position_ids=pos, pixel_values_videos=p.request.pixel_values_videos,
-                        video_grid_thw=p.request.video_grid_thw,
-                        second_per_grid_ts=torch.tensor([p.second_per_grid])).logits[0]
-            tok_nll = -torch.log_softmax(logits[L - 1:-1].double(), -1).gather(1, ids[0, L:, None])[:, 0]
-            nll += tok_nll.sum().item()
-            n += len(resp)
-            a_nll += tok_nll[torch.tensor(flags)].sum().item()
-            a_n += sum(flags)
+    for r in val:
+        tok_nll, flags, resp = _hf_target_nll(hf, trainer, trainer.val_builder, r)
+        assert resp == trainer.target_ids(r) and len(flags) == len(resp) and 0 < sum(flags) < len(resp)
+        nll += tok_nll.sum().item()
+        n += len(resp)
+        a_nll += tok_nll[torch.tensor(flags)].sum().item()
+        a_n += sum(flags)
     assert got == pytest.approx(nll / n, rel=1e-5)
     assert got_answer == pytest.approx(a_nll / a_n, rel=1e-5)
     assert trainer.periodic(1, 10) == {} and trainer.periodic(50, 60).keys() == {"val_loss", "val_answer_loss"}
@@ -133,8 +139,6 @@ def test_answer_weight_loss_is_the_weighted_mean_nll(parallel_state_1, data, tmp
     1 elsewhere); weight 1 gives the plain mean; a negative weight is refused."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from dvr1.train.inputs import build_batch
-
     ckpt = data[0]
     for w in (1.0, 3.0):
         _, _, _, _, trainer = _setup(data, tmp_path / str(w), f"sft.answer_weight={w}", "model.freeze_vision=false")
@@ -143,22 +147,13 @@ def test_answer_weight_loss_is_the_weighted_mean_nll(parallel_state_1, data, tmp
         trainer.sampler.load_state_dict(state)
         hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
         total, plain, n = 0.0, 0.0, 0
-        with torch.no_grad():
-            for r in recs:
-                p = trainer.builder.prepare(r, embed=False)  # the trained tower: the request carries the pixels
-                resp, flags, _ = trainer.target_tokens(r)
-                pos = build_batch([(p, resp)], trainer.pad).position_ids
-                ids = torch.cat([p.request.prompt_ids, torch.tensor(resp)]).view(1, -1)
-                L = p.request.prompt_ids.numel()
-                logits = hf(input_ids=ids, position_ids=pos, pixel_values_videos=p.request.pixel_values_videos,
-                            video_grid_thw=p.request.video_grid_thw,
-                            second_per_grid_ts=torch.tensor([p.second_per_grid])).logits[0]
-                tok_nll = -torch.log_softmax(logits[L - 1:-1].double(), -1).gather(1, ids[0, L:, None])[:, 0]
-                wt = torch.tensor([w if f else 1.0 for f in flags], dtype=torch.float64)
-                assert sum(flags) > 0
-                total += float((wt * tok_nll).sum())
-                plain += float(tok_nll.sum())
-                n += len(resp)
+        for r in recs:
+            tok_nll, flags, resp = _hf_target_nll(hf, trainer, trainer.builder, r)
+            wt = torch.tensor([w if f else 1.0 for f in flags], dtype=torch.float64)
+            assert sum(flags) > 0
+            total += float((wt * tok_nll).sum())
+            plain += float(tok_nll.sum())
+            n += len(resp)
         out = trainer.step()
         assert out["loss"] == pytest.approx(total / n, rel=1e-5)
         assert out["nll"] == pytest.approx(plain / n, rel=1e-5)  # the unweighted mean, logged beside it
