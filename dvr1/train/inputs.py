@@ -67,6 +67,7 @@ class InputBuilder:
     When the policy trains its vision tower (`model.freeze_vision=false`), every request also carries the clip's
     `pixel_values_videos`, so the training pass runs the tower with gradients (`SeqBatch.vision_inputs`);
     `prepare(..., embed=False)` then skips the no-grad encoding a caller that never rolls out does not need (SFT).
+    `clip_inputs(record)` gives the same cached vision inputs to callers that build their own prompts (VidChain).
 
     `max_prompt_tokens` > 0 bounds the prompt length in tokens: a prompt over it gets fewer frames (whole temporal
     patches, uniformly over the sampled ones), and one whose text alone does not fit raises `PromptTooLong`.
