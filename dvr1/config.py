@@ -280,6 +280,10 @@ class VidChainOptions:
     sft_batch_size: int = 4  # records per step; every turn of the record's chain is a row
     sft_lr: float = 2e-3
     sft_warmup: int = 20
+    # the vision tower + merger train in CoTasks SFT when sft.freeze_vision (else model.freeze_vision) is false, in
+    # M-DPO when rl.freeze_vision (else model.freeze_vision) is false; their peak LRs (None = sft_lr / mdpo_lr)
+    sft_vision_lr: Optional[float] = None
+    mdpo_vision_lr: Optional[float] = None
     mdpo_chains: list[str] = field(default_factory=lambda: ["count_seg_cap", "cap_seg"])
     mdpo_steps: int = 30
     records_per_step: int = 2  # global (split over DP ranks)
@@ -395,7 +399,8 @@ _RANGES = {
     "rl.steps": _AT_LEAST_0, "rl.prompts_per_step": _AT_LEAST_1, "rl.micro_batch_groups": _AT_LEAST_0,
     "rl.lr": _AT_LEAST_0, "rl.weight_decay": _AT_LEAST_0, "rl.clip_grad": _AT_LEAST_0, "rl.save_every": _AT_LEAST_1,
     "rl.keep_last": _AT_LEAST_1, "rl.dynamic_sampling_max_rounds": _AT_LEAST_1,
-    "vidchain.micro_batch_pairs": _AT_LEAST_0,
+    "vidchain.micro_batch_pairs": _AT_LEAST_0, "vidchain.sft_vision_lr": _AT_LEAST_0,
+    "vidchain.mdpo_vision_lr": _AT_LEAST_0,
     "eval.max_samples": _AT_LEAST_0, "eval.max_new_tokens": _AT_LEAST_1,
 }
 

@@ -67,6 +67,7 @@ class InputBuilder:
     When the policy trains its vision tower (`model.freeze_vision=false`), every request also carries the clip's
     `pixel_values_videos`, so the training pass runs the tower with gradients (`SeqBatch.vision_inputs`);
     `prepare(..., embed=False)` then skips the no-grad encoding a caller that never rolls out does not need (SFT).
+    `clip_inputs(record)` gives the same cached vision inputs to callers that build their own prompts (VidChain).
 
     `max_prompt_tokens` > 0 bounds the prompt length in tokens: a prompt over it gets fewer frames (whole temporal
     patches, uniformly over the sampled ones), and one whose text alone does not fit raises `PromptTooLong`.
@@ -183,6 +184,43 @@ class InputBuilder:
                                 f"{self.max_prompt_tokens} even with one temporal patch of frames")
         return keep_t * self.info.temporal_patch_size
 
+    def clip_inputs(self, record: VideoQARecord, embed: bool = True):
+        """The vision inputs of `record`'s whole clean clip (no frame reduction, noise or shuffle), through the same
+        tower-version-keyed embedding cache as `prepare`: (video_embeds float ``[num_video_tokens, hidden]`` or None,
+        video_grid_thw int64 ``[1, 3]``, pixel_values_videos ``[patches, 3*2*14*14]`` or None, second_per_grid
+        seconds). Pixel values only when the policy trains its tower; `embed=False` skips the no-grad encoding of a
+        trained tower (as in `prepare`). Callers that build their own prompts (VidChain's multi-turn chats) use it.
+        Raises VideoError for a bad video."""
+        base = self.clip_key(record)
+        vin = self.video(record, base)
+        embeds, grid, pixels = self._video_tensors((base, None), vin.video, None, embed)
+        return embeds, grid, pixels, vin.second_per_grid
+
+    def _video_tensors(self, key: tuple, clean: torch.Tensor, video: Optional[torch.Tensor], embed: bool):
+        """(embeds or None, grid ``[1, 3]``, pixel values or None) of `clean` (cached under `key` and the tower
+        version) or of an uncached `video` (noisy / shuffled); pixel values only for a trained tower."""
+        version = self._vision_version()
+        if version != self._embeds_version:  # the tower changed: no cached embedding is valid any more
+            self._embeds.clear()
+            self._embeds_version = version
+        key = (*key, version)
+        trained = bool(getattr(self.policy, "vision_trainable", False))
+        embed = embed or not trained  # a frozen tower's embeddings are the only video input
+        pixels = None
+        if video is None and embed:
+            if key not in self._embeds:
+                self._cache(self._embeds, key, self.encode(clean))
+            else:
+                self._embeds.move_to_end(key)
+            embeds, grid = self._embeds[key]
+            if trained:
+                pixels = self._encode(clean, embed=False)[2]
+        else:
+            embeds, grid, pixels = self._encode(clean if video is None else video, embed)
+        if not trained:
+            pixels = None
+        return embeds, grid, pixels
+
     def prepare(self, record: VideoQARecord, hint: Optional[str] = None, reveal_answer: bool = False,
                 video: Optional[torch.Tensor] = None, shuffle: Optional[torch.Generator] = None,
                 embed: bool = True) -> Prepared:
@@ -220,26 +258,7 @@ class InputBuilder:
             src = clean if video is None else video
             perm = torch.randperm(src.shape[0], generator=shuffle)
             order, video = perm.tolist(), src[perm]
-        version = self._vision_version()
-        if version != self._embeds_version:  # the tower changed: no cached embedding is valid any more
-            self._embeds.clear()
-            self._embeds_version = version
-        key = (*key, version)
-        trained = bool(getattr(self.policy, "vision_trainable", False))
-        embed = embed or not trained  # a frozen tower's embeddings are the only video input
-        pixels = None
-        if video is None and embed:
-            if key not in self._embeds:
-                self._cache(self._embeds, key, self.encode(clean))
-            else:
-                self._embeds.move_to_end(key)
-            embeds, grid = self._embeds[key]
-            if trained:
-                pixels = self._encode(clean, embed=False)[2]
-        else:
-            embeds, grid, pixels = self._encode(clean if video is None else video, embed)
-        if not trained:
-            pixels = None
+        embeds, grid, pixels = self._video_tensors(key, clean, video, embed)
         prompt = chat_prompt(text, num_video_tokens(grid[0], self.info.merge_size))
         ids = torch.tensor(self.tokenizer(prompt, add_special_tokens=False)["input_ids"], dtype=torch.long)
         pos = get_rope_index(ids.view(1, -1), self.info.video_token_id, grid, [second_per_grid],

@@ -255,6 +255,54 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None, scor
     return res
 
 
+def sft_stage(cfg, pinfo, init_hf: str, train):
+    """(CoTasksSFTTrainer, DDP model, optimizer, scheduler) of the CoTasks SFT stage from the HF checkpoint
+    ``init_hf`` on the ``train`` records: ``vidchain.sft_lr`` / ``sft_warmup`` / ``sft_chains`` /
+    ``sft_batch_size``, ``sft.weight_decay``, grad clip 1.0. The vision tower + merger train too when
+    `dvr1.config.freeze_vision` (cfg, "sft") is false (``sft.freeze_vision``, else ``model.freeze_vision``), at
+    ``vidchain.sft_vision_lr`` (None = ``vidchain.sft_lr``) on the same warmup; the exported ``hf/`` then carries
+    the trained tower (`dvr1.models.export.export_hf`)."""
+    from dvr1.config import freeze_vision
+    from dvr1.train import job
+    from dvr1.train.inputs import InputBuilder
+    from dvr1.vidchain.sft import ChainInputs, CoTasksSFTTrainer
+
+    opts = cfg.vidchain
+    policy = job.build_policy(cfg, init_hf, pinfo, train_vision=not freeze_vision(cfg, "sft"))
+    model, opt, sched = job.optimizer_for(policy, opts.sft_lr, cfg.sft.weight_decay, 1.0, opts.sft_warmup, cfg,
+                                          vision_lr=opts.sft_vision_lr)
+    tok = job.tokenizer(init_hf)
+    inputs = ChainInputs(InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict))
+    trainer = CoTasksSFTTrainer(model, opt, sched, inputs, train, opts.sft_chains, opts.sft_batch_size, cfg.seed)
+    return trainer, model, opt, sched
+
+
+def mdpo_stage(cfg, pinfo, sft_hf: str, train, caption_scorer):
+    """(MDPOTrainer, DDP model, optimizer, scheduler) of the M-DPO stage from the CoTasks-SFT checkpoint ``sft_hf``
+    (π_ref = a frozen copy of it): ``vidchain.mdpo_lr``, ``rl.weight_decay``, ``rl.clip_grad``, no warmup. The
+    vision tower trains when `dvr1.config.freeze_vision` (cfg, "rl") is false (``rl.freeze_vision``, else
+    ``model.freeze_vision``), at ``vidchain.mdpo_vision_lr`` (None = ``vidchain.mdpo_lr``): the pairs' rows then
+    carry pixel values, so the policy and π_ref each encode the clip with their own tower, and the rollouts'
+    embeddings are re-encoded after every update (`InputBuilder`'s version-keyed cache)."""
+    from dvr1.config import freeze_vision
+    from dvr1.train import job
+    from dvr1.train.inputs import InputBuilder
+    from dvr1.vidchain.mdpo import MDPOTrainer
+    from dvr1.vidchain.sft import ChainInputs
+
+    opts = cfg.vidchain
+    policy = job.build_policy(cfg, sft_hf, pinfo, train_vision=not freeze_vision(cfg, "rl"))
+    reference = job.build_policy(cfg, sft_hf, pinfo, trainable=False)
+    model, opt, sched = job.optimizer_for(policy, opts.mdpo_lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg,
+                                          vision_lr=opts.mdpo_vision_lr)
+    tok = job.tokenizer(sft_hf)
+    inputs = ChainInputs(InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict))
+    engine = job.rollout_engine(cfg, policy, sft_hf)
+    trainer = MDPOTrainer(model, opt, sched, reference, engine, inputs, tok, train, opts, caption_scorer,
+                          seed=cfg.seed + 17)
+    return trainer, model, opt, sched
+
+
 def run(cfg, opts, init: str | None = None, stop_after: str | None = None, sft_eval: str | None = None) -> dict:
     """The whole VidChain job (module docstring); returns ``{"sft": eval, "mdpo": eval, "changed": ...}``.
 
@@ -268,11 +316,8 @@ def run(cfg, opts, init: str | None = None, stop_after: str | None = None, sft_e
     Raises FileNotFoundError for an ``init`` that is not an HF checkpoint, ValueError for another ``stop_after``.
     """
     from dvr1.train import job
-    from dvr1.train.inputs import InputBuilder
     from dvr1.train.metrics import plot_run
     from dvr1.vidchain.metrics import default_scorers
-    from dvr1.vidchain.mdpo import MDPOTrainer
-    from dvr1.vidchain.sft import ChainInputs, CoTasksSFTTrainer
 
     if stop_after not in (None, "sft"):
         raise ValueError(f"dvr1 vidchain: --stop-after {stop_after!r}: only 'sft' is a stage to stop after")
@@ -298,13 +343,7 @@ def run(cfg, opts, init: str | None = None, stop_after: str | None = None, sft_e
         init_hf = ensure_model(cfg, opts)
         sft_hf, sft_done = job.finished_stage(cfg, "vidchain_sft")
         if not sft_done:
-            policy = job.build_policy(cfg, init_hf, pinfo)
-            model, opt, sched = job.optimizer_for(policy, opts.sft_lr, cfg.sft.weight_decay, 1.0, opts.sft_warmup,
-                                                  cfg)
-            tok = job.tokenizer(init_hf)
-            inputs = ChainInputs(InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict))
-            trainer = CoTasksSFTTrainer(model, opt, sched, inputs, train, opts.sft_chains, opts.sft_batch_size,
-                                        cfg.seed)
+            trainer, model, opt, sched = sft_stage(cfg, pinfo, init_hf, train)
             sft_hf = job._train_loop(cfg, "vidchain_sft", trainer, model, opt, sched, opts.sft_steps,
                                      max(opts.sft_steps // 3, 1), 1, init_hf)
 
@@ -319,14 +358,7 @@ def run(cfg, opts, init: str | None = None, stop_after: str | None = None, sft_e
     # M-DPO from the SFT model; π_ref = the frozen SFT model
     mdpo_hf, mdpo_done = job.finished_stage(cfg, "vidchain_mdpo")
     if not mdpo_done:
-        policy = job.build_policy(cfg, sft_hf, pinfo)
-        reference = job.build_policy(cfg, sft_hf, pinfo, trainable=False)
-        model, opt, sched = job.optimizer_for(policy, opts.mdpo_lr, cfg.rl.weight_decay, cfg.rl.clip_grad, 0, cfg)
-        tok = job.tokenizer(sft_hf)
-        inputs = ChainInputs(InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict))
-        engine = job.rollout_engine(cfg, policy, sft_hf)
-        trainer = MDPOTrainer(model, opt, sched, reference, engine, inputs, tok, train, opts, caption_scorer,
-                              seed=cfg.seed + 17)
+        trainer, model, opt, sched = mdpo_stage(cfg, pinfo, sft_hf, train, caption_scorer)
         mdpo_hf = job._train_loop(cfg, "vidchain_mdpo", trainer, model, opt, sched, opts.mdpo_steps,
                                   max(opts.mdpo_steps // 3, 1), 1, sft_hf)
     results["mdpo"] = run_eval(cfg, pinfo, mdpo_hf, "mdpo", "test", scorers)

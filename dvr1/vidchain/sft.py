@@ -2,19 +2,22 @@
 
 :class:`ChainInputs` turns (record, chain, turn k, earlier answers) into a `dvr1.train.inputs.Prepared` whose prompt
 is the multi-turn chat of :func:`dvr1.vidchain.cotasks.multiturn_prompt` (video in the first user turn). The video
-is decoded and encoded once per record by the shared `InputBuilder` (frozen vision tower) and cached here.
+comes from the shared `InputBuilder` (`InputBuilder.clip_inputs`): decoded once per clip, its embeddings cached under
+the tower's version, so a frozen tower encodes each clip once and a trained one (`sft.freeze_vision` /
+`rl.freeze_vision` / `model.freeze_vision` = false) once per clip and update; with a trained tower every request also
+carries the clip's pixel values, and the training pass runs the tower with gradients.
 
 :class:`CoTasksSFTTrainer`: teacher-forced SFT on every turn of a chain: the prompt of turn k holds the ground-truth
 answers of turns < k, the target is turn k's answer + ``<|im_end|>``; loss = mean NLL per target token through
 `dvr1.parallel.forward.forward_backward` (the RL log-prob path). Summed over turns this is the NLL of all assistant
-turns of the conversation.
+turns of the conversation. With a trained tower the SFT rows carry pixel values only (``embed=False``: the pass
+encodes them), so the tower + merger get gradients.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections import OrderedDict
 
 import torch
 
@@ -30,23 +33,13 @@ log = logging.getLogger(__name__)
 
 
 class ChainInputs:
-    """Multi-turn CoTasks prompts for one policy (`builder`: `dvr1.train.inputs.InputBuilder`)."""
+    """Multi-turn CoTasks prompts for one policy (`builder`: `dvr1.train.inputs.InputBuilder`, which owns the clip and
+    embedding caches)."""
 
-    def __init__(self, builder, cache_size: int = 4096):
+    def __init__(self, builder):
         self.builder = builder
         self.tok = builder.tokenizer
         self.info = builder.info
-        self._embeds: OrderedDict = OrderedDict()
-        self.cache_size = cache_size
-
-    def _video(self, record):
-        vin = self.builder.video(record)
-        if record.id not in self._embeds:
-            self._embeds[record.id] = self.builder.encode(vin.video)
-            while len(self._embeds) > self.cache_size:
-                self._embeds.popitem(last=False)
-        embeds, grid = self._embeds[record.id]
-        return embeds, grid, vin.second_per_grid
 
     def turns(self, record, chain: str, event: int | None = None) -> list[Turn]:
         """Ground-truth turns of ``chain`` for ``record`` (``"ground"`` uses event index ``event``)."""
@@ -55,19 +48,22 @@ class ChainInputs:
             return chain_turns(chain, [record.events[e]], [record.captions[e]], record.duration)
         return chain_turns(chain, record.events, record.captions, record.duration)
 
-    def prepare(self, record, turns: list[Turn], k: int) -> Prepared:
+    def prepare(self, record, turns: list[Turn], k: int, embed: bool = True) -> Prepared:
         """Prompt for turn ``k`` with ``turns[:k]`` answers as the history.
 
-        Returns: `Prepared` (prompt ids int64 ``[L]``, mrope positions ``[3, L]``, video embeds ``[V, hidden]``).
+        ``embed=False``: no no-grad video embeddings when the tower trains (a training pass that encodes the pixel
+        values itself: SFT); ignored for a frozen tower (`InputBuilder.clip_inputs`).
+        Returns: `Prepared` (prompt ids int64 ``[L]``, mrope positions ``[3, L]``, video embeds ``[V, hidden]`` or
+        None, and with a trained tower the clip's ``pixel_values_videos``).
         Raises: `dvr1.data.video.VideoError` for an unreadable video.
         """
-        embeds, grid, spg = self._video(record)
+        embeds, grid, pixels, spg = self.builder.clip_inputs(record, embed)
         text = multiturn_prompt(turns, k, num_video_tokens(grid[0], self.info.merge_size))
         ids = torch.tensor(self.tok(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
         pos = get_rope_index(ids.view(1, -1), self.info.video_token_id, grid, [spg], self.info.merge_size,
                              self.info.tokens_per_second, self.info.mrope_rule)[:, 0]
         req = RolloutRequest(prompt_ids=ids, position_ids=pos, video_embeds=embeds, video_grid_thw=grid,
-                             second_per_grid=spg)
+                             second_per_grid=spg, pixel_values_videos=pixels)
         return Prepared(record, text, req, grid, spg, self.info.video_token_id)
 
     def answer_ids(self, text: str, eos: int) -> list[int]:
@@ -102,7 +98,9 @@ class CoTasksSFTTrainer:
             chain = self.chains[self.rng.randrange(len(self.chains))]
             turns = self.inputs.turns(rec, chain, self.rng.randrange(len(rec.events)))
             for k, t in enumerate(turns):
-                out.append((self.inputs.prepare(rec, turns, k), self.inputs.answer_ids(t.answer, self.eos)))
+                # a trained tower encodes the clip inside the training pass (no rollout needs no-grad embeddings)
+                prepared = self.inputs.prepare(rec, turns, k, embed=False)
+                out.append((prepared, self.inputs.answer_ids(t.answer, self.eos)))
         return out
 
     def step(self) -> dict:
