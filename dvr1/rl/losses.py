@@ -268,7 +268,7 @@ def grpo_loss(
         else:
             frac = frac_low = 0.0
         metrics = {
-            "loss": float(loss),
+            "loss": float(loss.detach()),
             "pg_loss": float(aggregate(pg_tokens, mask, loss_agg, norm)),
             "kl": _share(kl * m, norm.tokens) if kl is not None else 0.0,
             "clip_frac": frac,
@@ -374,7 +374,7 @@ def reg_grpo_loss(
         n_pred = norm.groups * G
         pv = pred_adv[vmask]
         metrics = {
-            "loss": float(loss),
+            "loss": float(loss.detach()),
             "regression": float(regression),
             "kl": float(kl_term) if kl_term is not None else 0.0,
             "rho_mean": _share(rho, norm.rows),
@@ -440,7 +440,7 @@ def gspo_loss(
         low = active * (adv < 0).to(keep.dtype)
         s_sel = seq_ratio[nonempty]
         metrics = {
-            "loss": float(loss),
+            "loss": float(loss.detach()),
             "pg_loss": float(pg),
             "kl": float(kl_term) if kl_term is not None else 0.0,
             "clip_frac": _share(active, norm.seqs),
@@ -495,7 +495,7 @@ def cispo_loss(
         low = (ratio < 1.0 - clip_eps_low).to(m.dtype) * m
         high = (ratio > 1.0 + clip_eps_high).to(m.dtype) * m
         metrics = {
-            "loss": float(loss),
+            "loss": float(loss.detach()),
             "pg_loss": float(aggregate(pg_tokens, mask, "token-mean", norm)),
             "kl": _share(kl * m, norm.tokens) if kl is not None else 0.0,
             "clip_frac": _share(low + high, norm.tokens),
@@ -591,7 +591,7 @@ def rebel_loss(
     loss = regression + beta * kl_term if beta != 0 else regression
     with torch.no_grad():
         metrics = {
-            "loss": float(loss),
+            "loss": float(loss.detach()),
             "regression": float(regression),
             "kl": float(kl_term) if kl_term is not None else 0.0,
             "rho_mean": _share(rho, norm.rows),
@@ -704,5 +704,5 @@ def dpo_loss(
         values = (per_pair, chosen, rejected, chosen - rejected, (chosen > rejected).to(chosen.dtype),
                   policy_chosen_logp, policy_rejected_logp)
         metrics = {k: float((w * v.detach()).sum()) for k, v in zip(DPO_METRICS, values)}
-    metrics["loss"] = float(loss)
+    metrics["loss"] = float(loss.detach())
     return loss, metrics

@@ -238,8 +238,9 @@ class InputBuilder:
         key = (base, None)
         text = format_question(record, hint=hint, reveal_answer=reveal_answer, style=self.prompt_style)
         T = vin.video.shape[0]
-        grid_full = torch.tensor([[-(-T // self.info.temporal_patch_size),
-                                   vin.video.shape[2] // self.info.patch_size, vin.video.shape[3] // self.info.patch_size]])
+        ps = self.info.patch_size
+        grid_full = torch.tensor([[-(-T // self.info.temporal_patch_size), vin.video.shape[2] // ps,
+                                   vin.video.shape[3] // ps]])
         keep = self._fit(record, text, grid_full)
         second_per_grid = vin.second_per_grid
         clean = vin.video
