@@ -44,14 +44,15 @@ def evaluate(engine, builder, tokenizer, records, max_new_tokens: int = 64, stri
 
     Returns (and writes to `out_path` as JSON): {"n", "skipped", "n_read", "n_used", "n_skipped": {reason: count},
     "accuracy", "mean_iou", "format", "per_task": {task: {"n", "accuracy", "format", "mean_iou"}}, "samples": first 20
-    (id, task, answer, response)}. Accuracy of grounding = IoU >= 0.5; "mean_iou" is over the grounding and grounded
+    (id, task, answer, response), "outputs": every scored record's {id, task, answer, response, accuracy} (what a
+    content analysis or a before/after comparison of two evals reads)}. Accuracy of grounding = IoU >= 0.5; "mean_iou" is over the grounding and grounded
     QA records. Records whose video cannot be read or whose prompt cannot fit are reported (into `builder.skips`, a
     `SkipReport`, when set) and counted: "n" = "n_used" records scored, "skipped" = all skipped records. `n_read`:
     the lines read for `records` (default: `len(records)` plus the report's read-time skips).
     """
     per = defaultdict(lambda: {"n": 0, "accuracy": 0.0, "format": 0.0, "iou": 0.0})
     seg = {"n": 0, "iou": 0.0}  # records with ground-truth segments
-    samples, skipped = [], 0
+    samples, outputs, skipped = [], [], 0
     bar = tqdm(total=len(records), desc="eval", disable=not progress)
     for chunk, results in _predict(engine, builder, tokenizer, records, max_new_tokens, strict, batch):
         bar.update(len(chunk))
@@ -70,6 +71,8 @@ def evaluate(engine, builder, tokenizer, records, max_new_tokens: int = 64, stri
                 seg["iou"] += sc["iou"]
             if len(samples) < 20:
                 samples.append({"id": r.id, "task": r.task, "answer": r.answer, "response": text})
+            outputs.append({"id": r.id, "task": r.task, "answer": r.answer, "response": text,
+                            "accuracy": sc["accuracy"]})
     bar.close()
     n = sum(d["n"] for d in per.values())
     per_task = {t: {"n": d["n"], "accuracy": d["accuracy"] / d["n"], "format": d["format"] / d["n"],
@@ -92,6 +95,7 @@ def evaluate(engine, builder, tokenizer, records, max_new_tokens: int = 64, stri
         "mean_iou": seg["iou"] / seg["n"] if seg["n"] else 0.0,
         "per_task": per_task,
         "samples": samples,
+        "outputs": outputs,
     }
     if out_path and grid.is_writer():
         os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)

@@ -114,6 +114,10 @@ def test_every_command_on_user_data_reports_bad_records_and_never_writes(user_da
     assert (ev["n_read"], ev["n_used"], ev["n"], ev["n_skipped"], ev["skipped"]) == (
         n_good + len(BAD), n_good, n_good, want_skipped, len(BAD))
     assert sorted(s["id"] for s in ev["samples"]) == sorted(g["id"] for g in GOOD)
+    # "outputs": every scored record once, its accuracy the per-record score the total averages
+    assert sorted(o["id"] for o in ev["outputs"]) == sorted(g["id"] for g in GOOD)
+    assert sum(o["accuracy"] for o in ev["outputs"]) / n_good == pytest.approx(ev["accuracy"], abs=1e-12)
+    assert [o["response"] for o in ev["outputs"][:len(ev["samples"])]] == [s["response"] for s in ev["samples"]]
     assert set(ev["per_task"]) == {"transition", "action", "causal", "grounding", "count", "ocr", "free_form",
                                    "regression", "arrow_of_time"}
     # SFT drew 12 records of the 11 readable ones: every good one used, the corrupt and the over-long one skipped
