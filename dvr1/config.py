@@ -58,6 +58,12 @@ class ModelConfig:
     # (dvr1.models.tiny.reading_warmup: "up is option B." ...), the stand-in for a real checkpoint's language
     # pretraining; 0 = none (docs/SEEING_POLICY.md)
     tiny_reading_steps: int = 0
+    # tiny checkpoint only: its text RoPE base and mrope split [t, h, w] (frequency pairs, summing to head_dim/2 = 16;
+    # pairs run from the highest frequency down, t first). At Qwen's 1e6 / [4, 6, 6] the h and w pairs turn by at
+    # most 0.1 rad across the tiny clips' 4x4 grid of merged tokens, so the language model cannot tell where in a
+    # frame a video token sits; 10 / [2, 4, 10] turns them by 1.3-1.7 rad (docs/SEEING_POLICY.md)
+    tiny_rope_theta: float = 1_000_000.0
+    tiny_mrope_section: list = field(default_factory=lambda: [4, 6, 6])
     # apply the output layer inside the log-prob reduction (dvr1/parallel/logprobs.py fused_linear_logprobs), so the
     # logits shard [rows, seq, vocab/tp] is never materialised in the training and log-prob passes. At a 152k
     # vocabulary it takes ~0.2x the memory in ~0.9-1.0x the time of the logits path (docs/BENCHMARKS.md); off by
@@ -437,6 +443,14 @@ def validate(cfg) -> None:
         if cfg.model.mrope_rule != "qwen":
             raise ConfigError(f"model.mrope_rule={cfg.model.mrope_rule!r}: rollout.engine=vllm samples with "
                               "Qwen2.5-VL's original rule (vLLM's own mrope), so it needs model.mrope_rule=qwen")
+    theta = cfg.model.tiny_rope_theta
+    if theta < 1 or theta != int(theta):
+        raise ConfigError(f"model.tiny_rope_theta={theta}: must be a whole number >= 1 (megatron-core's rotary_base "
+                          "is an integer)")
+    sec = list(cfg.model.tiny_mrope_section)
+    if len(sec) != 3 or any(not isinstance(x, int) or x < 1 for x in sec) or sum(sec) != 16:
+        raise ConfigError(f"model.tiny_mrope_section={sec}: must be 3 positive integers [t, h, w] summing to 16 "
+                          "(the tiny model's head_dim / 2)")
     if cfg.rollout.group_size < 2:
         raise ConfigError(f"rollout.group_size={cfg.rollout.group_size}: a group needs at least 2 responses")
     if cfg.rollout.group_size > 1 and cfg.rollout.temperature <= 0:

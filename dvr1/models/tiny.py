@@ -190,6 +190,13 @@ def write_processor_config(out_dir: str, vision_config=None, min_pixels: int = 3
     return path
 
 
+def text_overrides(model_cfg) -> dict:
+    """The :data:`TINY_TEXT` entries a run's ``model:`` config section sets (``tiny_rope_theta``,
+    ``tiny_mrope_section``), as :func:`make_tiny_checkpoint`'s `text` argument."""
+    return {"rope_theta": float(model_cfg.tiny_rope_theta),
+            "mrope_section": [int(x) for x in model_cfg.tiny_mrope_section]}
+
+
 def make_tiny_checkpoint(
     out_dir: str,
     texts: Iterable[str],

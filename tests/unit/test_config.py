@@ -111,6 +111,11 @@ def test_overrides_and_types():
     ("rl.min_lr_ratio=-0.1", "rl.min_lr_ratio=-0.1: must be in [0, 1]"),
     ("sft.vision_lr=-1e-4", "sft.vision_lr=-0.0001: must be >= 0"),
     ("rl.vision_lr=nan", "rl.vision_lr=nan: must be a finite number"),
+    ("model.tiny_rope_theta=2.5", "model.tiny_rope_theta=2.5: must be a whole number >= 1"),
+    ("model.tiny_rope_theta=0", "model.tiny_rope_theta=0.0: must be a whole number >= 1"),
+    ("model.tiny_mrope_section=[2,4,9]", "model.tiny_mrope_section=[2, 4, 9]: must be 3 positive integers [t, h, w] "
+                                         "summing to 16"),
+    ("model.tiny_mrope_section=[0,6,10]", "model.tiny_mrope_section=[0, 6, 10]: must be 3 positive"),
 ])
 def test_bad_values_name_the_field(override, message):
     """Every range/choice error is raised when the config loads, naming the field."""
