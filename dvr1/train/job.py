@@ -173,18 +173,22 @@ def ensure_model(cfg) -> str:
     if not os.path.exists(os.path.join(path, "config.json")):
         if grid.is_writer():
             from dvr1.data.prompts import format_question, sft_response
-            from dvr1.models.tiny import make_tiny_checkpoint
+            from dvr1.models.tiny import make_tiny_checkpoint, text_overrides
+            from dvr1.models.tokenizer import chat_prompt
 
             texts, options = [], []
             for split in ("train", "val"):  # the user's records may have no val split
                 if split == "train" or os.path.exists(os.path.join(data_root(cfg), f"{split}.jsonl")):
                     for r in records(cfg, split):
-                        texts += [format_question(r, style=prompt_style(cfg)), sft_response(r)]
+                        # the whole chat prompt, so the fixed template (system prompt, role headers) gets merged
+                        # into few tokens too: about 25 fewer per sequence than the question alone
+                        texts += [chat_prompt(format_question(r, style=prompt_style(cfg)), 0), sft_response(r)]
                         if split == "train" and r.options:
                             options.append(list(r.options))
             log.info("making the tiny Qwen2.5-VL checkpoint at %s (tokenizer on %d texts)", path, len(texts))
             make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab,
-                                 reading_options=options, reading_steps=cfg.model.tiny_reading_steps)
+                                 reading_options=options, reading_steps=cfg.model.tiny_reading_steps,
+                                 text=text_overrides(cfg.model))
         if dist.is_initialized():
             dist.barrier()
     return path
