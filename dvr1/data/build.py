@@ -359,6 +359,7 @@ def _task_motion_direction(rng, seed, key, i, ctx):
             "direction": direction,
             "color": color,
             "shape": "disc",
+            "size": size,
             "start": [round(float(x), 1) for x in start],
             "end": [round(float(x), 1) for x in end],
             "distractors": distractors,

@@ -140,7 +140,7 @@ def _reason_arrow(r: VideoQARecord) -> list[str]:
         s.append("The motion runs against cause and effect: movements undo themselves and things travel backwards.")
     else:
         s.append("The motion follows cause and effect: movements unfold the way they would in real time.")
-    s.append(f"So the clip is played {'in reverse' if rev else 'forward'}, which is option {r.answer}.")
+    s.append(f"So the clip is played {'in reverse' if rev else 'forward'}.")
     return s
 
 
@@ -150,7 +150,7 @@ def _reason_order(r: VideoQARecord) -> list[str]:
     s = [f"The video shows {n} clips separated by black frames, all cut from the same scene."]
     links = [f"clip {a} leads into clip {b}" for a, b in zip(orig[:-1], orig[1:])]
     s.append(f"Following the motion across the cuts, {_ordinal_list(links)}.")
-    s.append(f"So the original order is {', '.join(map(str, orig))}, which is option {r.answer}.")
+    s.append(f"So the original order is {', '.join(map(str, orig))}.")
     return s
 
 
@@ -189,8 +189,18 @@ def _reason_counting(r: VideoQARecord) -> list[str]:
     others = [f"{d['color']} {d['shape']}" for d in m.get("distractors", [])]
     if others:
         s.append(f"The other objects ({_ordinal_list(others)}) do not count.")
-    s.append(f"So the answer is {n}, which is option {r.answer}.")
+    s.append(f"So the answer is {n}.")
     return s
+
+
+def frame_cell(x: float, y: float, size: float) -> str:
+    """Where pixel (x, y) of a `size` x `size` frame lies on a 3 x 3 grid, in words: "top left", "top centre", ...,
+    "left side", "centre", "right side", ..., "bottom right" (x to the right, y downwards)."""
+    row = ("top", "middle", "bottom")[min(2, max(0, int(3 * y / size)))]
+    col = ("left", "centre", "right")[min(2, max(0, int(3 * x / size)))]
+    if row == "middle":
+        return "centre" if col == "centre" else f"{col} side"
+    return f"{row} {col}"
 
 
 def _reason_direction(r: VideoQARecord) -> list[str]:
@@ -198,11 +208,9 @@ def _reason_direction(r: VideoQARecord) -> list[str]:
     what = f"{m['color']} {m['shape']}"
     (x0, y0), (x1, y1) = m["start"], m["end"]
     s = [f"I follow the {what} from the first frame to the last."]
-    s.append(
-        f"It starts at about ({x0:.0f}, {y0:.0f}) and ends at about ({x1:.0f}, {y1:.0f}) in pixels "
-        f"(x to the right, y downwards)."
-    )
-    s.append(f"So it moves {m['direction']}, which is option {r.answer}.")
+    size = float(m.get("size", 112))  # sets built before "size" was recorded: the build's default side
+    s.append(f"It starts near the {frame_cell(x0, y0, size)} and ends near the {frame_cell(x1, y1, size)}.")
+    s.append(f"So it moves {m['direction']}.")
     return s
 
 
@@ -217,7 +225,10 @@ _REASONERS = {
 
 def sft_reasoning(record: VideoQARecord) -> str:
     """2-4 short sentences a careful viewer would write, built from ``record.meta`` (the synthetic set's
-    construction metadata); the last states the conclusion. Deterministic.
+    construction metadata); the last states the conclusion as the answer's value ("So it moves left.", "So the answer
+    is 3."), not its letter: the letter comes only in ``<answer>``, where it is the prompt's own token (a trace that
+    ended "..., which is option B." left the tiny LM's letter at chance; docs/SEEING_POLICY.md). Motion direction
+    names the start and end cell of a 3 x 3 grid (:func:`frame_cell`). Deterministic.
 
     Raises:
         KeyError: ``record.task`` is not a synthetic task, or ``record.meta`` lacks a field its reasoning needs.
@@ -251,8 +262,9 @@ def sft_target(record: VideoQARecord) -> tuple[str, str]:
 def answer_spans(record: VideoQARecord, text: str) -> list[tuple[int, int]]:
     """Character spans ``[(start, end)]`` of the answer in an SFT target `text` (:func:`sft_target`'s format): what
     ``<answer>…</answer>`` holds, and, for multiple choice, the answer's letter wherever the reasoning names it as
-    ``option X`` (the synthetic traces' "…, which is option B."). These are the tokens `sft.answer_weight` weights
-    (`dvr1.train.sft`); empty when `text` has no ``<answer>`` tag."""
+    ``option X`` (as in a record's own reasoning, "…, which is option B."; the synthetic traces end at the stated
+    value instead). These are the tokens `sft.answer_weight` weights (`dvr1.train.sft`); empty when `text` has no
+    ``<answer>`` tag."""
     spans = [m.span(1) for m in re.finditer(r"<answer>(.*?)</answer>", text, re.S)]
     if record.options is not None and record.answer in LETTERS:
         spans += [m.span(1) for m in re.finditer(rf"option ({re.escape(record.answer)})\b", text)]

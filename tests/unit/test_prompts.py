@@ -77,8 +77,9 @@ def test_sft_response(rec):
     reasoning = sft_reasoning(rec)
     sentences = [s for s in re.split(r"(?<=[.!?])\s+", reasoning) if s]
     assert 2 <= len(sentences) <= 4, sentences
-    # the last sentence states the conclusion
-    assert (f"option {rec.answer}." if rec.options else f"{rec.answer}.") in sentences[-1]
+    # the last sentence states the conclusion: the answer's value (the option text), never its letter
+    value = rec.options["ABCD".index(rec.answer)] if rec.options else rec.answer
+    assert sentences[-1].endswith(f"{value}.") and "option" not in reasoning
     assert sft_response(rec) == resp
 
 
@@ -90,7 +91,18 @@ def test_sft_reasoning_content():
     assert "first frame" in sft_reasoning(RECORDS[4]) and "until the end" in sft_reasoning(RECORDS[4])
     assert "There are 3 red discs that change position." in sft_reasoning(RECORDS[5])
     assert "There is 1 green disc that changes position." in sft_reasoning(RECORDS[6])
-    assert "moves left" in sft_reasoning(RECORDS[7])
+    assert sft_reasoning(RECORDS[7]) == ("I follow the red disc from the first frame to the last. It starts near the "
+                                         "right side and ends near the left side. So it moves left.")
+
+
+def test_frame_cell():
+    from dvr1.data.prompts import frame_cell
+
+    assert [frame_cell(x, y, 112) for x, y in [(0, 0), (56, 10), (111.9, 0), (0, 56), (56, 56), (112, 56),
+                                               (10, 80), (56, 112), (120, 130)]] == [
+        "top left", "top centre", "top right", "left side", "centre", "right side", "bottom left", "bottom centre",
+        "bottom right"]
+    assert frame_cell(37.4, 74.6, 112) == "centre" and frame_cell(37.2, 74.7, 112) == "bottom left"
 
 
 # ---- real records (issue 14, problems 5 and 6) ---------------------------------------------------------------------
