@@ -60,8 +60,9 @@ class ModelConfig:
     tiny_reading_steps: int = 0
     # tiny checkpoint only: its text RoPE base and mrope split [t, h, w] (frequency pairs, summing to head_dim/2 = 16;
     # pairs run from the highest frequency down, t first). At Qwen's 1e6 / [4, 6, 6] the h and w pairs turn by at
-    # most 0.1 rad across the tiny clips' 4x4 grid of merged tokens, so the language model cannot tell where in a
-    # frame a video token sits; 10 / [2, 4, 10] turns them by 1.3-1.7 rad (docs/SEEING_POLICY.md)
+    # most 0.1 rad (h) and 0.001 rad (w) across the tiny clips' 4x4 grid of merged tokens, so the language model
+    # cannot tell where in a frame a video token sits; 10 / [2, 4, 10] turns them by up to 2.3 (h) and 1.3 (w) rad
+    # (docs/SEEING_POLICY.md)
     tiny_rope_theta: float = 1_000_000.0
     tiny_mrope_section: list = field(default_factory=lambda: [4, 6, 6])
     # apply the output layer inside the log-prob reduction (dvr1/parallel/logprobs.py fused_linear_logprobs), so the
