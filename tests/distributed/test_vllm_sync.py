@@ -23,23 +23,35 @@ def ckpt(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, ckpt):
-    """Each layout's per-rank results, the script run once per layout in this module: ``runs(nproc, tp, pp)``."""
+def ckpt_tiny_rope(tmp_path_factory):
+    """The main job's tiny RoPE (examples/tiny_cpu.yaml: base 10, mrope [2, 4, 10]), which vLLM reads from the
+    checkpoint's rope_parameters like the trainer does."""
+    path = tmp_path_factory.mktemp("tiny_vllm_rope10")
+    return make_tiny_checkpoint(str(path), ["question 0? question 1? describe the motion <think>x</think>"] * 20,
+                                seed=0, vocab_size=512, text={"rope_theta": 10.0, "mrope_section": [2, 4, 10]})
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, ckpt, ckpt_tiny_rope):
+    """Each layout's per-rank results, the script run once per layout in this module: ``runs(nproc, tp, pp)``
+    (``rope10=True``: on the main job's tiny-RoPE checkpoint)."""
     done = {}
 
-    def get(nproc, tp, pp):
-        if (nproc, tp, pp) not in done:
-            out = tmp_path_factory.mktemp(f"vllm_sync_tp{tp}_pp{pp}")
-            run_torchrun(SCRIPTS / "vllm_sync.py", ckpt, out, tp, pp, nproc=nproc, timeout=400)
-            done[nproc, tp, pp] = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
-        return done[nproc, tp, pp]
+    def get(nproc, tp, pp, rope10=False):
+        if (nproc, tp, pp, rope10) not in done:
+            out = tmp_path_factory.mktemp(f"vllm_sync_tp{tp}_pp{pp}{'_rope10' if rope10 else ''}")
+            run_torchrun(SCRIPTS / "vllm_sync.py", ckpt_tiny_rope if rope10 else ckpt, out, tp, pp, nproc=nproc,
+                         timeout=400)
+            done[nproc, tp, pp, rope10] = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(nproc)]
+        return done[nproc, tp, pp, rope10]
 
     return get
 
 
-@pytest.mark.parametrize("nproc,tp,pp", [(1, 1, 1), (2, 2, 1), (2, 1, 2)], ids=["tp1", "tp2", "pp2"])
-def test_vllm_after_sync_equals_trainer(runs, nproc, tp, pp):
-    ranks = runs(nproc, tp, pp)
+@pytest.mark.parametrize("nproc,tp,pp,rope10", [(1, 1, 1, False), (2, 2, 1, False), (2, 1, 2, False),
+                                                (1, 1, 1, True)], ids=["tp1", "tp2", "pp2", "tp1_rope10"])
+def test_vllm_after_sync_equals_trainer(runs, nproc, tp, pp, rope10):
+    ranks = runs(nproc, tp, pp, rope10)
     assert sum("vllm_visual_diff" in r for r in ranks) == (nproc if pp == 1 else 1)
     for r in ranks:
         # greedy tokens: vLLM after the sync == the native sampler on the trained policy, on every rank
