@@ -72,7 +72,8 @@ def run_check(engine, builder, tokenizer, records, da_aug, max_new_tokens: int =
     """Evaluate every condition (module docstring). `da_aug`: the config's `da_aug` section (sigma0, max_level,
     mask_fraction). Returns ``{"settings": {...}, "conditions": [{"condition", "kind" ("noise"/"hint"), "level",
     "sigma" (noise) or "empty_hints"/"mean_hint_sentences" (hint), "n", "accuracy", "format", "per_task": {task:
-    accuracy}}], "tasks": [...], "noise_falls": bool, "hints_rise": bool}``."""
+    accuracy}, "outputs": every record's response (`evaluate`'s "outputs")}], "tasks": [...], "noise_falls": bool,
+    "hints_rise": bool}``."""
     L = int(da_aug.max_level)
     conditions = []
     for kind, levels in (("noise", range(0, L + 1)), ("hint", range(1, L + 1))):
@@ -86,7 +87,8 @@ def run_check(engine, builder, tokenizer, records, da_aug, max_new_tokens: int =
             row = {"condition": f"{kind} {level}", "kind": kind, "level": level, "n": res["n"],
                    "accuracy": res["accuracy"], "format": res["format"],
                    "per_task": {t: d["accuracy"] for t, d in res["per_task"].items()},
-                   "n_per_task": {t: d["n"] for t, d in res["per_task"].items()}}
+                   "n_per_task": {t: d["n"] for t, d in res["per_task"].items()},
+                   "outputs": res["outputs"]}
             if kind == "noise":
                 row["sigma"] = da_aug.sigma0 * level
             else:

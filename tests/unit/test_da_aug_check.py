@@ -107,6 +107,7 @@ def test_noise_reaches_the_vision_tower_with_sigma0_times_level(setup, result):
     noise0 = res["conditions"][0]
     assert noise0["condition"] == "noise 0" and noise0["accuracy"] == plain["accuracy"]
     assert noise0["per_task"] == {t: d["accuracy"] for t, d in plain["per_task"].items()}
+    assert noise0["outputs"] == plain["outputs"]  # noise 0 decodes exactly what plain eval decodes
     assert [c["sigma"] for c in res["conditions"][:4]] == pytest.approx([0.0, 0.3, 0.6, 0.9])
 
 
