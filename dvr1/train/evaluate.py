@@ -47,8 +47,9 @@ def evaluate(engine, builder, tokenizer, records, max_new_tokens: int = 64, stri
     (id, task, answer, response), "outputs": every scored record's {id, task, answer, response, accuracy} (what a
     content analysis or a before/after comparison of two evals reads)}. Accuracy of grounding = IoU >= 0.5;
     "mean_iou" is over the grounding and grounded QA records. Records whose video cannot be read or whose prompt
-    cannot fit are reported (into `builder.skips`, a `SkipReport`, when set) and counted: "n" = "n_used" records scored, "skipped" = all skipped records. `n_read`:
-    the lines read for `records` (default: `len(records)` plus the report's read-time skips).
+    cannot fit are reported (into `builder.skips`, a `SkipReport`, when set) and counted: "n" = "n_used" records
+    scored, "skipped" = all skipped records. `n_read`: the lines read for `records` (default: `len(records)` plus the
+    report's read-time skips).
     """
     per = defaultdict(lambda: {"n": 0, "accuracy": 0.0, "format": 0.0, "iou": 0.0})
     seg = {"n": 0, "iou": 0.0}  # records with ground-truth segments
