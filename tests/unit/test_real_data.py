@@ -101,6 +101,15 @@ def test_every_command_on_user_data_reports_bad_records_and_never_writes(user_da
     assert _dvr1("data", ov=ov) == 0
     assert capsys.readouterr().out.strip() == str(user_data)  # nothing built
     assert _dvr1("make-tiny", ov=ov) == 0
+    # the tokenizer was trained on whole chat prompts: the fixed system header is a few merged tokens, not ~25
+    # near-characters ("s", "y", "st", "e", "m", ... as when only the questions were its training text)
+    from transformers import AutoTokenizer
+
+    from dvr1.models.tokenizer import SYSTEM_PROMPT
+
+    header = AutoTokenizer.from_pretrained(run / "tiny_init")(f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n",
+                                                             add_special_tokens=False)["input_ids"]
+    assert len(header) <= 14, len(header)  # 11 here; 30 with the questions alone
     assert _dvr1("sft", ov=ov) == 0
     assert _dvr1("train", ov=ov) == 0
     assert _dvr1("eval", "--model", str(run / "sft" / "hf"), "--name", "mixed", ov=ov) == 0
