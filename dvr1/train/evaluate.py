@@ -53,7 +53,7 @@ def evaluate(engine, builder, tokenizer, records, max_new_tokens: int = 64, stri
     """
     per = defaultdict(lambda: {"n": 0, "accuracy": 0.0, "format": 0.0, "iou": 0.0})
     seg = {"n": 0, "iou": 0.0}  # records with ground-truth segments
-    samples, outputs, skipped = [], [], 0
+    outputs, skipped = [], 0
     bar = tqdm(total=len(records), desc="eval", disable=not progress)
     for chunk, results in _predict(engine, builder, tokenizer, records, max_new_tokens, strict, batch):
         bar.update(len(chunk))
@@ -70,8 +70,6 @@ def evaluate(engine, builder, tokenizer, records, max_new_tokens: int = 64, stri
             if r.segments is not None:
                 seg["n"] += 1
                 seg["iou"] += sc["iou"]
-            if len(samples) < 20:
-                samples.append({"id": r.id, "task": r.task, "answer": r.answer, "response": text})
             outputs.append({"id": r.id, "task": r.task, "answer": r.answer, "response": text,
                             "accuracy": sc["accuracy"]})
     bar.close()
@@ -95,7 +93,7 @@ def evaluate(engine, builder, tokenizer, records, max_new_tokens: int = 64, stri
         "format": sum(d["format"] for d in per.values()) / max(n, 1),
         "mean_iou": seg["iou"] / seg["n"] if seg["n"] else 0.0,
         "per_task": per_task,
-        "samples": samples,
+        "samples": [{k: o[k] for k in ("id", "task", "answer", "response")} for o in outputs[:20]],
         "outputs": outputs,
     }
     if out_path and grid.is_writer():
