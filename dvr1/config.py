@@ -58,6 +58,10 @@ class ModelConfig:
     # (dvr1.models.tiny.reading_warmup: "up is option B." ...), the stand-in for a real checkpoint's language
     # pretraining; 0 = none (docs/SEEING_POLICY.md)
     tiny_reading_steps: int = 0
+    # tiny checkpoint only: perception warm-up steps of its random vision tower + merger on rendered clips labelled
+    # per merged video token (dvr1.models.tiny.vision_warmup: which coloured shape sits in each token, which way it
+    # moves), the stand-in for a real checkpoint's pretrained vision encoder; 0 = none (docs/SEEING_POLICY.md)
+    tiny_vision_steps: int = 0
     # tiny checkpoint only: its text RoPE base and mrope split [t, h, w] (frequency pairs, summing to head_dim/2 = 16;
     # pairs run from the highest frequency down, t first). At Qwen's 1e6 / [4, 6, 6] the h and w pairs turn by at
     # most 0.1 rad (h) and 0.001 rad (w) across the tiny clips' 4x4 grid of merged tokens, so the language model
@@ -381,6 +385,7 @@ _RANGES = {
     "video.min_pixels": _AT_LEAST_1,
     "model.logprob_chunk": _AT_LEAST_1, "model.max_prompt_tokens": _AT_LEAST_0,
     "model.fp8_amax_history_len": _AT_LEAST_1, "model.tiny_reading_steps": _AT_LEAST_0,
+    "model.tiny_vision_steps": _AT_LEAST_0,
     "model.recompute_num_layers": _AT_LEAST_1,
     "parallel.tp": _AT_LEAST_1, "parallel.pp": _AT_LEAST_1,
     "rollout.top_p": (1e-300, 1.0, "must be in (0, 1]"), "rollout.max_new_tokens": _AT_LEAST_1,

@@ -158,6 +158,20 @@ def tiny_path(cfg) -> str:
     return os.path.join(os.path.abspath(cfg.run_dir), "tiny_init")
 
 
+def tiny_vision_warmup(cfg, size: int) -> dict:
+    """`dvr1.models.tiny.make_tiny_checkpoint`'s ``vision_steps`` / ``vision_sample`` for ``model.tiny_vision_steps``:
+    `dvr1.data.perception.perception_sample` clips of ``size`` pixels a side (the data's frame size), at
+    ``video.num_frames`` frames (8 when 0: fps sampling) and the ``video.min_pixels`` / ``max_pixels`` resize."""
+    import functools
+
+    from dvr1.data.perception import perception_sample
+
+    frames = cfg.video.num_frames or 8
+    return {"vision_steps": cfg.model.tiny_vision_steps,
+            "vision_sample": functools.partial(perception_sample, size=size, num_frames=frames,
+                                               min_pixels=cfg.video.min_pixels, max_pixels=cfg.video.max_pixels)}
+
+
 def ensure_model(cfg) -> str:
     """`model.path`, or the tiny checkpoint (tokenizer trained on the dataset's text) made on first use."""
     import torch.distributed as dist
@@ -188,7 +202,7 @@ def ensure_model(cfg) -> str:
             log.info("making the tiny Qwen2.5-VL checkpoint at %s (tokenizer on %d texts)", path, len(texts))
             make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab,
                                  reading_options=options, reading_steps=cfg.model.tiny_reading_steps,
-                                 text=text_overrides(cfg.model))
+                                 text=text_overrides(cfg.model), **tiny_vision_warmup(cfg, cfg.data.size))
         if dist.is_initialized():
             dist.barrier()
     return path

@@ -89,6 +89,7 @@ def ensure_data(opts) -> str:
 def ensure_model(cfg, opts) -> str:
     """``model.path`` or ``<run_dir>/vidchain_tiny_init`` (tokenizer trained on the CoTasks texts of train/val)."""
     from dvr1.models.tiny import make_tiny_checkpoint, text_overrides
+    from dvr1.train import job
     from dvr1.vidchain.cotasks import CHAINS, chain_texts
 
     if cfg.model.path:
@@ -105,7 +106,7 @@ def ensure_model(cfg, opts) -> str:
                     texts += chain_texts("ground", [ev], [cap], r.duration)
         log.info("making the tiny checkpoint at %s (tokenizer on %d texts)", path, len(texts))
         make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab,
-                             text=text_overrides(cfg.model))
+                             text=text_overrides(cfg.model), **job.tiny_vision_warmup(cfg, opts.size))
 
     _rank0_builds(os.path.join(path, "config.json"), build)
     return path
