@@ -48,6 +48,17 @@ def reading_text(options: list[str], order: list[int]) -> tuple[str, str]:
     return prompt, " ".join(f"{options[i]} is option {LETTERS[i]}." for i in order)
 
 
+def _clipped_step(opt, params, loss) -> float:
+    """One optimizer step of the warm-ups: backward, grad-norm clip 1.0, step; returns the loss."""
+    import torch
+
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    return loss.detach().item()
+
+
 def reading_warmup(model, tokenizer, option_lists: list[list[str]], steps: int, batch_size: int = 32,
                    lr: float = 3e-3, warmup: int = 30, seed: int = 0, progress: bool = True) -> dict:
     """Text-only warm-up of the tiny checkpoint's language model: next-token training on :func:`reading_text`
@@ -118,12 +129,7 @@ def reading_warmup(model, tokenizer, option_lists: list[list[str]], steps: int, 
         ids, mask, scored, _ = batch([option_lists[i] for i in idx], gen)
         logp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].log_softmax(-1)
         nll = -logp.gather(-1, ids[:, 1:, None])[..., 0]
-        loss = nll[scored].mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.detach().item())
+        losses.append(_clipped_step(opt, params, nll[scored].mean()))
     model.eval()
     g = torch.Generator().manual_seed(seed + 1)
     idx = torch.randint(len(option_lists), (64,), generator=g).tolist()
@@ -200,12 +206,7 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
         decay = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup)) * decay
-        loss = forward(batch(rng, batch_size))[0]
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        losses.append(loss.detach().item())
+        losses.append(_clipped_step(opt, params, forward(batch(rng, batch_size))[0]))
     visual.eval()
     with torch.no_grad():
         b = batch(held_out, 32)
