@@ -172,8 +172,14 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
     if steps <= 0:
         return {"steps": 0}
     visual = model.model.visual
-    rng, held_out = np.random.default_rng(seed), np.random.default_rng(seed + 1)
-    n_classes = int(sample(np.random.default_rng(seed + 2))[2].shape[-1])
+    rng = np.random.default_rng(seed)
+
+    def batch(r, n):
+        clips = [sample(r) for _ in range(n)]
+        return tuple(torch.cat(x) if i != 1 else torch.stack(x) for i, x in enumerate(zip(*clips)))
+
+    held_out = batch(np.random.default_rng(seed + 1), 32)  # scored after training; its labels give the class count
+    n_classes = int(held_out[2].shape[-1])
     gen = torch.Generator().manual_seed(seed)
     head = torch.nn.Linear(model.config.text_config.hidden_size, n_classes + 4)
     with torch.no_grad():
@@ -182,10 +188,6 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
         head.bias.zero_()
     params = list(visual.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-
-    def batch(r, n):
-        clips = [sample(r) for _ in range(n)]
-        return tuple(torch.cat(x) if i != 1 else torch.stack(x) for i, x in enumerate(zip(*clips)))
 
     def forward(b):
         pv, thw, presence, direction = b
@@ -209,9 +211,8 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
         losses.append(_clipped_step(opt, params, forward(batch(rng, batch_size))[0]))
     visual.eval()
     with torch.no_grad():
-        b = batch(held_out, 32)
-        _, out, tokens = forward(b)
-    presence, direction = b[2], b[3]
+        _, out, tokens = forward(held_out)
+    presence, direction = held_out[2], held_out[3]
     occupied, has = presence.sum(-1) > 0, direction >= 0
     same_set = ((out[:, :n_classes] > 0).float() == presence).all(-1)
     tail = losses[-50:]
