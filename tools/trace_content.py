@@ -25,7 +25,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from dvr1.data.prompts import LETTERS  # noqa: E402
-from dvr1.data.schema import VideoQARecord, read_jsonl  # noqa: E402
+from dvr1.data.schema import read_records  # noqa: E402
 
 ANSWER = re.compile(r"<answer>\s*([A-Z])\s*</answer>")
 
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         ev = json.load(f)
     if "outputs" not in ev:
         raise SystemExit(f"{a.eval_json}: no 'outputs' (per-record responses); re-run dvr1 eval to get them")
-    records = {r.id: r for r in read_jsonl(a.records, VideoQARecord.from_json)}
+    records = {r.id: r for r in read_records(a.records, check_video=False)}
     result = content(ev["outputs"], records)
     print(format_table(result))
     if a.json:
