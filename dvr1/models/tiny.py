@@ -77,9 +77,12 @@ def reading_warmup(model, tokenizer, option_lists: list[list[str]], steps: int, 
 
     Returns:
         ``{"steps", "first_loss" (the first step's mean NLL per target token), "loss" (the same, mean over the last
-        50 steps), "letter_accuracy"}``; the accuracy is
-        teacher-forced argmax accuracy of the letter tokens on 64 fixed samples drawn from `option_lists` after
-        training (chance = 1 / number of options).
+        50 steps), "letter_accuracy", "lookup_accuracy", "lookup_chance"}``: teacher-forced argmax accuracy of the
+        letter tokens on 64 fixed samples drawn from `option_lists` after training -- of all of them, and of the
+        first round's statements before its last, with the accuracy elimination alone gives those (statement ``k``
+        of ``n``: ``1 / (n - k)``). Each round's last letter is decided by elimination (the option not yet stated),
+        so `letter_accuracy` overstates the lookup; `lookup_accuracy` near `lookup_chance` means no lookup was
+        learned (docs/SEEING_POLICY.md).
 
     Raises:
         ValueError: ``steps > 0`` with no option list.
@@ -136,9 +139,17 @@ def reading_warmup(model, tokenizer, option_lists: list[list[str]], steps: int, 
     ids, mask, _, letters = batch([option_lists[i] for i in idx], g)
     with torch.no_grad():
         hit = model(input_ids=ids, attention_mask=mask).logits[:, :-1].argmax(-1) == ids[:, 1:]
+    # the first round's statements before its last: elimination narrows them (chance 1/(n-k) for statement k) but
+    # does not decide them, as it decides each round's last letter; only these measure the lookup itself
+    looked, chance = [], []
+    for i, j in enumerate(idx):
+        n = len(option_lists[j])
+        looked += hit[i][letters[i]][:n - 1].tolist()
+        chance += [1.0 / (n - k) for k in range(n - 1)]
     tail = losses[-50:]
     return {"steps": steps, "first_loss": losses[0], "loss": sum(tail) / len(tail),
-            "letter_accuracy": float(hit[letters].float().mean())}
+            "letter_accuracy": float(hit[letters].float().mean()),
+            "lookup_accuracy": sum(looked) / len(looked), "lookup_chance": sum(chance) / len(chance)}
 
 
 def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e-3, warmup: int = 30,

@@ -43,7 +43,9 @@ def test_warmup_trains_the_language_model_only_and_records_its_result(tmp_path):
     assert info["steps"] == 25
     # the warm-up's target text (the option values, the fixed " is option" words) is being learned
     assert info["loss"] < 0.7 * info["first_loss"], info
-    assert 0.0 <= info["letter_accuracy"] <= 1.0
+    assert 0.0 <= info["letter_accuracy"] <= 1.0 and 0.0 <= info["lookup_accuracy"] <= 1.0
+    # every list has 4 options: statements 1-3 of the first round, elimination alone gives 1/4, 1/3, 1/2
+    assert info["lookup_chance"] == pytest.approx((1 / 4 + 1 / 3 + 1 / 2) / 3)
 
 
 def test_warmup_without_multiple_choice_records_is_an_error(tmp_path):
