@@ -59,6 +59,71 @@ def _clipped_step(opt, params, loss) -> float:
     return loss.detach().item()
 
 
+def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 1e-3, warmup: int = 30,
+                seed: int = 0, progress: bool = True) -> dict:
+    """Text-only induction warm-up of the tiny checkpoint's language model, before :func:`reading_warmup`: each
+    sample is ``prefix + x + filler + x`` with ``x`` 6-39 random ordinary tokens and random prefix (0-19) and filler
+    (0-29) lengths, and the loss is next-token NLL on the repeat of ``x`` after its first token. The repeat sits at a
+    different distance in every batch, so only copying by content (an induction head: find the earlier occurrence of
+    the current token, emit the one after it) lowers it; a fixed distance would be learned by position alone in
+    ~150 steps and teach nothing about lookups. The tiny LM shows the usual phase change: near chance (ln of the
+    token pool) for ~1,400 steps, then > 0.9 copy accuracy within ~100 more (lr 1e-3; docs/SEEING_POLICY.md). Without
+    it no drill or SFT recipe tried taught the option lookup (a value's letter in the option list): an induction
+    head is what a real checkpoint brings from its language pretraining.
+
+    Plain AdamW (betas 0.9/0.95, grad-norm clip 1.0, linear warmup over `warmup` steps, then constant `lr`) on the
+    language model's parameters only; the vision tower is not touched. Uses no record, no answer and no video.
+
+    Args:
+        model: a `Qwen2_5_VLForConditionalGeneration` (fp32, CPU). tokenizer: its tokenizer (the token pool is
+            its ordinary, non-special tokens). steps: optimizer steps (0: nothing is done). batch_size: samples.
+
+    Returns:
+        ``{"steps", "first_loss", "loss" (mean over the last 50 steps), "copy_accuracy"}``: the loss is the mean NLL
+        per copied token; the accuracy is teacher-forced argmax accuracy on 8 held-out batches after training
+        (chance = 1 / the pool size).
+    """
+    import torch
+
+    if steps <= 0:
+        return {"steps": 0}
+    special = set(tokenizer.all_special_ids) | {i for t, i in tokenizer.get_vocab().items() if t.startswith("<|")}
+    pool = torch.tensor(sorted(i for i in tokenizer.get_vocab().values() if i not in special))
+    visual = {id(p) for p in model.model.visual.parameters()}
+    params = [p for p in model.parameters() if id(p) not in visual]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+
+    def batch(g):
+        n, pre, gap = (int(torch.randint(a, b, (1,), generator=g)) for a, b in ((6, 40), (0, 20), (0, 30)))
+        x = pool[torch.randint(len(pool), (batch_size, n + pre + gap), generator=g)]
+        ids = torch.cat([x, x[:, pre:pre + n]], 1)  # prefix, x, filler, x
+        return ids, n
+
+    def forward(ids, n):
+        logits = model(input_ids=ids).logits[:, -n:-1]  # predicts the repeat's tokens 2..n
+        return logits, ids[:, -n + 1:]
+
+    from tqdm import tqdm
+
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    for step in tqdm(range(steps), desc="copy warm-up", disable=not progress, unit="step"):
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
+        logits, target = forward(*batch(gen))
+        losses.append(_clipped_step(opt, params, torch.nn.functional.cross_entropy(logits.flatten(0, 1),
+                                                                                    target.flatten())))
+    model.eval()
+    g, hits, total = torch.Generator().manual_seed(seed + 1), 0, 0
+    with torch.no_grad():
+        for _ in range(8):
+            logits, target = forward(*batch(g))
+            hits, total = hits + int((logits.argmax(-1) == target).sum()), total + target.numel()
+    tail = losses[-50:]
+    return {"steps": steps, "first_loss": losses[0], "loss": sum(tail) / len(tail), "copy_accuracy": hits / total}
+
+
 def reading_warmup(model, tokenizer, option_lists: list[list[str]], steps: int, batch_size: int = 32,
                    lr: float = 3e-3, warmup: int = 30, seed: int = 0, progress: bool = True) -> dict:
     """Text-only warm-up of the tiny checkpoint's language model: next-token training on :func:`reading_text`
@@ -306,6 +371,8 @@ def make_tiny_checkpoint(
     model_vocab: int | None = None,
     reading_options: list[list[str]] | None = None,
     reading_steps: int = 0,
+    reading_lr: float = 3e-3,
+    copy_steps: int = 0,
     vision_sample=None,
     vision_steps: int = 0,
 ) -> str:
@@ -313,9 +380,10 @@ def make_tiny_checkpoint(
 
     The model's vocabulary is the tokenizer's rounded up to a multiple of 128 (divisible by any TP size we use), or
     `model_vocab` (>= the tokenizer's; e.g. 152,064 for a 7B-shaped benchmark policy). `text` / `vision` override
-    :data:`TINY_TEXT` / :data:`TINY_VISION` entries. `reading_steps` > 0: the random LM gets :func:`reading_warmup`
-    on `reading_options` (the training split's option lists) before it is saved; its result is recorded in
-    ``dvr1_tiny.json`` under ``"reading"``. `vision_steps` > 0: the random tower + merger get :func:`vision_warmup` on
+    :data:`TINY_TEXT` / :data:`TINY_VISION` entries. `copy_steps` > 0: the random LM first gets :func:`copy_warmup`
+    (recorded in ``dvr1_tiny.json`` under ``"copy"``). `reading_steps` > 0: then :func:`reading_warmup` at
+    `reading_lr` on `reading_options` (the training split's option lists) before it is saved; its result is recorded
+    in ``dvr1_tiny.json`` under ``"reading"``. `vision_steps` > 0: the random tower + merger get :func:`vision_warmup` on
     clips from `vision_sample`, recorded under ``"vision"``. Returns `out_dir`.
 
     Raises:
@@ -333,7 +401,8 @@ def make_tiny_checkpoint(
     cfg = tiny_config(special_ids(tok), vocab, tie_word_embeddings, text, vision)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(cfg).float()
-    reading = reading_warmup(model, tok, list(reading_options or []), reading_steps, seed=seed)
+    copied = copy_warmup(model, tok, copy_steps, seed=seed)
+    reading = reading_warmup(model, tok, list(reading_options or []), reading_steps, lr=reading_lr, seed=seed)
     if vision_steps > 0 and vision_sample is None:
         raise ValueError("make_tiny_checkpoint: vision_steps > 0 needs a vision_sample to draw warm-up clips from")
     vision = vision_warmup(model, vision_sample, vision_steps, seed=seed) if vision_steps > 0 else None
@@ -341,6 +410,7 @@ def make_tiny_checkpoint(
     write_processor_config(out_dir, cfg.vision_config)
     with open(os.path.join(out_dir, "dvr1_tiny.json"), "w") as f:
         json.dump({"seed": seed, "tokenizer_vocab": len(tok), "model_vocab": cfg.text_config.vocab_size,
+                   **({"copy": copied} if copy_steps > 0 else {}),
                    **({"reading": reading} if reading_steps > 0 else {}),
                    **({"vision": vision} if vision is not None else {})}, f)
     return out_dir

@@ -202,6 +202,7 @@ def ensure_model(cfg) -> str:
             log.info("making the tiny Qwen2.5-VL checkpoint at %s (tokenizer on %d texts)", path, len(texts))
             make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab,
                                  reading_options=options, reading_steps=cfg.model.tiny_reading_steps,
+                                 reading_lr=cfg.model.tiny_reading_lr, copy_steps=cfg.model.tiny_copy_steps,
                                  text=text_overrides(cfg.model), **tiny_vision_warmup(cfg, cfg.data.size))
         if dist.is_initialized():
             dist.barrier()

@@ -1,6 +1,7 @@
 """The tiny checkpoint's text-only reading warm-up (dvr1.models.tiny.reading_warmup, model.tiny_reading_steps)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -70,3 +71,20 @@ def test_tiny_rope_knobs_reach_the_checkpoint_config(tmp_path):
                                    text=text_overrides(model_cfg))
         rope = json.load(open(f"{out}/config.json"))["text_config"]["rope_parameters"]
         assert (rope["rope_theta"], rope["mrope_section"]) == want
+
+
+def test_copy_warmup_runs_first_trains_the_language_model_only_and_records_its_result(tmp_path):
+    a = make_tiny_checkpoint(str(tmp_path / "a"), TEXTS, seed=3, vocab_size=300)
+    b = make_tiny_checkpoint(str(tmp_path / "b"), TEXTS, seed=3, vocab_size=300, copy_steps=20)
+    c = make_tiny_checkpoint(str(tmp_path / "c"), TEXTS, seed=3, vocab_size=300, copy_steps=0)
+    wa, wb, wc = (load_file(f"{x}/model.safetensors") for x in (a, b, c))
+    assert all(torch.equal(wa[k], wc[k]) for k in wa) and "copy" not in json.load(open(f"{c}/dvr1_tiny.json"))
+    vision = [k for k in wa if ".visual." in k or k.startswith("visual.")]
+    assert vision and all(torch.equal(wa[k], wb[k]) for k in vision)  # the tower is untouched
+    assert any("layers.0.self_attn" in k and not torch.equal(wa[k], wb[k]) for k in wa)
+    meta = json.load(open(f"{b}/dvr1_tiny.json"))
+    info = meta["copy"]
+    # 20 steps are far from the induction phase change: the random init starts near uniform over its vocabulary and
+    # only the unigram fit moves the loss; copy accuracy stays near chance (1 / the token pool)
+    assert info["steps"] == 20 and abs(info["first_loss"] - math.log(meta["model_vocab"])) < 0.5, info
+    assert info["loss"] < info["first_loss"] and info["copy_accuracy"] < 0.2, info
