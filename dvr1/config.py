@@ -63,6 +63,9 @@ class ModelConfig:
     # (dvr1.models.tiny.copy_warmup: a random token run repeated at a random distance); without it the tiny LM learns
     # no option lookup (docs/SEEING_POLICY.md); 0 = none
     tiny_copy_steps: int = 0
+    # tiny checkpoint only: steps of the option lookup drilled in the SFT answer's own form after the reading warm-up
+    # (dvr1.models.tiny.answer_drill: the reasoning states a random option, the loss is on its letter); 0 = none
+    tiny_answer_steps: int = 0
     # tiny checkpoint only: perception warm-up steps of its random vision tower + merger on rendered clips labelled
     # per merged video token (dvr1.models.tiny.vision_warmup: which coloured shape sits in each token, which way it
     # moves), the stand-in for a real checkpoint's pretrained vision encoder; 0 = none (docs/SEEING_POLICY.md)
@@ -390,7 +393,7 @@ _RANGES = {
     "video.min_pixels": _AT_LEAST_1,
     "model.logprob_chunk": _AT_LEAST_1, "model.max_prompt_tokens": _AT_LEAST_0,
     "model.fp8_amax_history_len": _AT_LEAST_1, "model.tiny_reading_steps": _AT_LEAST_0,
-    "model.tiny_copy_steps": _AT_LEAST_0, "model.tiny_reading_lr": _POSITIVE,
+    "model.tiny_copy_steps": _AT_LEAST_0, "model.tiny_answer_steps": _AT_LEAST_0, "model.tiny_reading_lr": _POSITIVE,
     "model.tiny_vision_steps": _AT_LEAST_0,
     "model.recompute_num_layers": _AT_LEAST_1,
     "parallel.tp": _AT_LEAST_1, "parallel.pp": _AT_LEAST_1,

@@ -186,11 +186,11 @@ def ensure_model(cfg) -> str:
     path = tiny_path(cfg)
     if not os.path.exists(os.path.join(path, "config.json")):
         if grid.is_writer():
-            from dvr1.data.prompts import format_question, sft_response
+            from dvr1.data.prompts import format_question, lookup_drill_texts, sft_response
             from dvr1.models.tiny import make_tiny_checkpoint, text_overrides
             from dvr1.models.tokenizer import chat_prompt
 
-            texts, options = [], []
+            texts, options, drill = [], [], []
             for split in ("train", "val"):  # the user's records may have no val split
                 if split == "train" or os.path.exists(os.path.join(data_root(cfg), f"{split}.jsonl")):
                     for r in records(cfg, split):
@@ -199,10 +199,12 @@ def ensure_model(cfg) -> str:
                         texts += [chat_prompt(format_question(r, style=prompt_style(cfg)), 0), sft_response(r)]
                         if split == "train" and r.options:
                             options.append(list(r.options))
+                            drill += lookup_drill_texts(r, style=prompt_style(cfg))
             log.info("making the tiny Qwen2.5-VL checkpoint at %s (tokenizer on %d texts)", path, len(texts))
             make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab,
                                  reading_options=options, reading_steps=cfg.model.tiny_reading_steps,
                                  reading_lr=cfg.model.tiny_reading_lr, copy_steps=cfg.model.tiny_copy_steps,
+                                 answer_samples=drill, answer_steps=cfg.model.tiny_answer_steps,
                                  text=text_overrides(cfg.model), **tiny_vision_warmup(cfg, cfg.data.size))
         if dist.is_initialized():
             dist.barrier()

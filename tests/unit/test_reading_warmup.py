@@ -88,3 +88,46 @@ def test_copy_warmup_runs_first_trains_the_language_model_only_and_records_its_r
     # only the unigram fit moves the loss; copy accuracy stays near chance (1 / the token pool)
     assert info["steps"] == 20 and abs(info["first_loss"] - math.log(meta["model_vocab"])) < 0.5, info
     assert info["loss"] < info["first_loss"] and info["copy_accuracy"] < 0.2, info
+
+
+def _motion_record():
+    from dvr1.data.schema import VideoQARecord
+
+    return VideoQARecord(id="m0", video="v.webm", question="In which direction does the green disc move?",
+                         options=["right", "left", "up", "down"], answer="D", task="motion_direction", segment=None,
+                         fps=8.0, duration=2.0, source="render:m0", split="train",
+                         meta={"direction": "down", "color": "green", "shape": "disc", "size": 112,
+                               "start": [67.1, 14.2], "end": [67.1, 63.0]})
+
+
+def test_lookup_drill_texts_state_each_option_and_answer_its_letter():
+    from dvr1.data.prompts import format_question, lookup_drill_texts
+
+    r = _motion_record()
+    got = lookup_drill_texts(r)
+    trace = ("<think>I follow the green disc from the first frame to the last. It starts near the top centre and ends "
+             "near the centre. So it moves {}.</think><answer>")
+    assert got == [(format_question(r), trace.format(v), letter)
+                   for v, letter in (("right", "A"), ("left", "B"), ("up", "C"), ("down", "D"))]
+    r.options = None
+    assert lookup_drill_texts(r) == []
+
+
+def test_answer_drill_trains_the_language_model_only_and_records_its_result(tmp_path):
+    from dvr1.data.prompts import lookup_drill_texts
+
+    samples = lookup_drill_texts(_motion_record())
+    a = make_tiny_checkpoint(str(tmp_path / "a"), TEXTS, seed=3, vocab_size=300)
+    b = make_tiny_checkpoint(str(tmp_path / "b"), TEXTS, seed=3, vocab_size=300, answer_samples=samples,
+                             answer_steps=15)
+    wa, wb = load_file(f"{a}/model.safetensors"), load_file(f"{b}/model.safetensors")
+    vision = [k for k in wa if ".visual." in k or k.startswith("visual.")]
+    assert vision and all(torch.equal(wa[k], wb[k]) for k in vision)
+    assert any("layers.3.self_attn" in k and not torch.equal(wa[k], wb[k]) for k in wa)
+    info = json.load(open(f"{b}/dvr1_tiny.json"))["answer"]
+    # the letter's NLL starts near ln(vocabulary) (5.97 measured, ln 384 = 5.95) and falls in the LR warm-up (4.81)
+    assert info["steps"] == 15 and abs(info["first_loss"] - math.log(384)) < 0.5, info
+    assert info["loss"] < info["first_loss"] - 0.5 and 0.0 <= info["letter_accuracy"] <= 1.0, info
+    with pytest.raises(ValueError, match="^answer_drill: no multiple-choice record whose SFT reasoning states its "
+                                         "answer's value$"):
+        make_tiny_checkpoint(str(tmp_path / "c"), TEXTS, seed=3, vocab_size=300, answer_samples=[], answer_steps=3)
