@@ -59,6 +59,16 @@ def _clipped_step(opt, params, loss) -> float:
     return loss.detach().item()
 
 
+def _lm_optimizer(model, lr: float):
+    """The text warm-ups' optimizer: AdamW (betas 0.9/0.95, no weight decay) on the language model's parameters
+    only (the vision tower's are left out); returns ``(params, optimizer)``."""
+    import torch
+
+    visual = {id(p) for p in model.model.visual.parameters()}
+    params = [p for p in model.parameters() if id(p) not in visual]
+    return params, torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+
+
 def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 1e-3, warmup: int = 30,
                 seed: int = 0, progress: bool = True) -> dict:
     """Text-only induction warm-up of the tiny checkpoint's language model, before :func:`reading_warmup`: each
@@ -89,9 +99,7 @@ def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 
         return {"steps": 0}
     special = set(tokenizer.all_special_ids) | {i for t, i in tokenizer.get_vocab().items() if t.startswith("<|")}
     pool = torch.tensor(sorted(i for i in tokenizer.get_vocab().values() if i not in special))
-    visual = {id(p) for p in model.model.visual.parameters()}
-    params = [p for p in model.parameters() if id(p) not in visual]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    params, opt = _lm_optimizer(model, lr)
 
     def batch(g):
         n, pre, gap = (int(torch.randint(a, b, (1,), generator=g)) for a, b in ((6, 40), (0, 20), (0, 30)))
@@ -161,9 +169,7 @@ def reading_warmup(model, tokenizer, option_lists: list[list[str]], steps: int, 
         raise ValueError("reading_warmup: no multiple-choice record to build the warm-up from")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     gen = torch.Generator().manual_seed(seed)
-    visual = {id(p) for p in model.model.visual.parameters()}
-    params = [p for p in model.parameters() if id(p) not in visual]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    params, opt = _lm_optimizer(model, lr)
 
     def batch(lists, g):
         rows = []
@@ -250,9 +256,7 @@ def answer_drill(model, tokenizer, samples: list[tuple[str, str, str]], steps: i
         raise ValueError("answer_drill: no multiple-choice record whose SFT reasoning states its answer's value")
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     gen = torch.Generator().manual_seed(seed)
-    visual = {id(p) for p in model.model.visual.parameters()}
-    params = [p for p in model.parameters() if id(p) not in visual]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    params, opt = _lm_optimizer(model, lr)
 
     def encode(question, prefix, letter):
         ids = tokenizer(chat_prompt(question, 0) + prefix, add_special_tokens=False)["input_ids"]
