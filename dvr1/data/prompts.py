@@ -281,9 +281,9 @@ def lookup_drill_texts(record: VideoQARecord, style: str = "dvr1") -> list[tuple
     `record` whose SFT reasoning ends at the answer's value: ``(question, response_prefix, letter)`` with
     ``question`` = :func:`format_question` in `style`, ``response_prefix`` = the SFT target up to and including
     ``<answer>`` with the reasoning's last statement of the value replaced by option ``k``'s ("So it moves up." ->
-    "So it moves left."), and ``letter`` = option ``k``'s letter. The value stated is arbitrary, so only the option list gives the letter
-    (`dvr1.models.tiny.answer_drill`; docs/SEEING_POLICY.md). ``[]`` for a record without options, a non-letter
-    answer, or a reasoning that does not state the answer's value."""
+    "So it moves left."), and ``letter`` = option ``k``'s letter. The value stated is arbitrary, so only the option
+    list gives the letter (`dvr1.models.tiny.answer_drill`; docs/SEEING_POLICY.md). ``[]`` for a record without
+    options, a non-letter answer, or a reasoning that does not state the answer's value."""
     if record.options is None or record.answer not in LETTERS:
         return []
     resp = sft_response(record)

@@ -69,6 +69,13 @@ def _lm_optimizer(model, lr: float):
     return params, torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
 
 
+def _linear_warmup(opt, lr: float, step: int, warmup: int) -> None:
+    """Set every param group's LR for 0-based `step`: linear from ``lr / warmup`` to `lr` over `warmup` steps, then
+    constant (the text warm-ups' schedule)."""
+    for g in opt.param_groups:
+        g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
+
+
 def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 1e-3, warmup: int = 30,
                 seed: int = 0, progress: bool = True) -> dict:
     """Text-only induction warm-up of the tiny checkpoint's language model, before :func:`reading_warmup`: each
@@ -117,8 +124,7 @@ def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 
     losses = []
     model.train()
     for step in tqdm(range(steps), desc="copy warm-up", disable=not progress, unit="step"):
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
+        _linear_warmup(opt, lr, step, warmup)
         logits, target = forward(*batch(gen))
         losses.append(_clipped_step(opt, params, torch.nn.functional.cross_entropy(logits.flatten(0, 1),
                                                                                     target.flatten())))
@@ -198,8 +204,7 @@ def reading_warmup(model, tokenizer, option_lists: list[list[str]], steps: int, 
     losses = []
     model.train()
     for step in tqdm(range(steps), desc="reading warm-up", disable=not progress, unit="step"):
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
+        _linear_warmup(opt, lr, step, warmup)
         idx = torch.randint(len(option_lists), (batch_size,), generator=gen).tolist()
         ids, mask, scored, _ = batch([option_lists[i] for i in idx], gen)
         logp = model(input_ids=ids, attention_mask=mask).logits[:, :-1].log_softmax(-1)
@@ -262,14 +267,15 @@ def answer_drill(model, tokenizer, samples: list[tuple[str, str, str]], steps: i
         ids = tokenizer(chat_prompt(question, 0) + prefix, add_special_tokens=False)["input_ids"]
         return ids, tokenizer(letter, add_special_tokens=False)["input_ids"][0]
 
+    encoded = [encode(*x) for x in samples]
+
     from tqdm import tqdm
 
     losses, hits = [], []
     model.train()
     for step in tqdm(range(steps), desc="answer drill", disable=not progress, unit="step"):
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
-        rows = [encode(*samples[i]) for i in torch.randint(len(samples), (batch_size,), generator=gen).tolist()]
+        _linear_warmup(opt, lr, step, warmup)
+        rows = [encoded[i] for i in torch.randint(len(encoded), (batch_size,), generator=gen).tolist()]
         n = max(len(x) for x, _ in rows)
         ids = torch.full((len(rows), n), pad, dtype=torch.long)
         mask = torch.zeros(len(rows), n, dtype=torch.long)

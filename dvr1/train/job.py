@@ -199,7 +199,8 @@ def ensure_model(cfg) -> str:
                         texts += [chat_prompt(format_question(r, style=prompt_style(cfg)), 0), sft_response(r)]
                         if split == "train" and r.options:
                             options.append(list(r.options))
-                            drill += lookup_drill_texts(r, style=prompt_style(cfg))
+                            if cfg.model.tiny_answer_steps > 0:
+                                drill += lookup_drill_texts(r, style=prompt_style(cfg))
             log.info("making the tiny Qwen2.5-VL checkpoint at %s (tokenizer on %d texts)", path, len(texts))
             make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab,
                                  reading_options=options, reading_steps=cfg.model.tiny_reading_steps,
