@@ -77,14 +77,16 @@ def _linear_warmup(opt, lr: float, step: int, warmup: int) -> None:
 
 
 def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 1e-3, warmup: int = 30,
-                seed: int = 0, progress: bool = True) -> dict:
+                seed: int = 0, progress: bool = True, max_run: int = 40) -> dict:
     """Text-only induction warm-up of the tiny checkpoint's language model, before :func:`reading_warmup`: each
-    sample is ``prefix + x + filler + x`` with ``x`` 6-39 random ordinary tokens and random prefix (0-19) and filler
-    (0-29) lengths, and the loss is next-token NLL on the repeat of ``x`` after its first token. The repeat sits at a
+    sample is ``prefix + x + filler + x`` with ``x`` 6 to `max_run` - 1 random ordinary tokens and random prefix
+    (0 to `max_run` / 2 - 1) and filler (0 to 3 `max_run` / 4 - 1) lengths (6-39, 0-19, 0-29 at the default 40), and
+    the loss is next-token NLL on the repeat of ``x`` after its first token. The repeat sits at a
     different distance in every batch, so only copying by content (an induction head: find the earlier occurrence of
     the current token, emit the one after it) lowers it; a fixed distance would be learned by position alone in
     ~150 steps and teach nothing about lookups. The tiny LM shows the usual phase change: near chance (ln of the
-    token pool) for ~1,400 steps, then > 0.9 copy accuracy within ~100 more (lr 1e-3; docs/SEEING_POLICY.md). Without
+    token pool) for ~1,400 steps, then > 0.9 copy accuracy within ~100 more (lr 1e-3; at `max_run` 20, half the
+    tokens and half the time per step, at ~1,700; docs/SEEING_POLICY.md). Without
     it no drill or SFT recipe tried taught the option lookup (a value's letter in the option list): an induction
     head is what a real checkpoint brings from its language pretraining.
 
@@ -94,6 +96,10 @@ def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 
     Args:
         model: a `Qwen2_5_VLForConditionalGeneration` (fp32, CPU). tokenizer: its tokenizer (the token pool is
             its ordinary, non-special tokens). steps: optimizer steps (0: nothing is done). batch_size: samples.
+        max_run: the longest repeated run + 1, in tokens (>= 8); prefix and filler scale with it.
+
+    Raises:
+        ValueError: `max_run` < 8.
 
     Returns:
         ``{"steps", "first_loss", "loss" (mean over the last 50 steps), "copy_accuracy"}``: the loss is the mean NLL
@@ -104,12 +110,15 @@ def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 
 
     if steps <= 0:
         return {"steps": 0}
+    if max_run < 8:
+        raise ValueError(f"copy_warmup: max_run={max_run} must be >= 8 (runs of 6 tokens and more)")
     special = set(tokenizer.all_special_ids) | {i for t, i in tokenizer.get_vocab().items() if t.startswith("<|")}
     pool = torch.tensor(sorted(i for i in tokenizer.get_vocab().values() if i not in special))
     params, opt = _lm_optimizer(model, lr)
 
     def batch(g):
-        n, pre, gap = (int(torch.randint(a, b, (1,), generator=g)) for a, b in ((6, 40), (0, 20), (0, 30)))
+        n, pre, gap = (int(torch.randint(a, b, (1,), generator=g))
+                       for a, b in ((6, max_run), (0, max_run // 2), (0, 3 * max_run // 4)))
         x = pool[torch.randint(len(pool), (batch_size, n + pre + gap), generator=g)]
         ids = torch.cat([x, x[:, pre:pre + n]], 1)  # prefix, x, filler, x
         return ids, n
@@ -293,7 +302,7 @@ def answer_drill(model, tokenizer, samples: list[tuple[str, str, str]], steps: i
 
 
 def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e-3, warmup: int = 30,
-                  seed: int = 0, progress: bool = True) -> dict:
+                  seed: int = 0, progress: bool = True, position: int = 0) -> dict:
     """Perception warm-up of the tiny checkpoint's vision tower + merger: per-token supervision on rendered clips
     (`sample`, e.g. :func:`dvr1.data.perception.perception_sample`), through a linear head on the merged video
     tokens (the embeddings the language model reads) that is thrown away afterwards. Each token learns which
@@ -307,7 +316,8 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
         model: a `Qwen2_5_VLForConditionalGeneration` (fp32, CPU).
         sample: ``rng -> (pixel_values_videos [N, 1176], video_grid_thw [3], presence float [n_tokens, C],
             direction int64 [n_tokens], -1 = no label)`` with ``rng`` a `numpy.random.Generator`.
-        steps: optimizer steps (0: nothing is done). batch_size: clips per step.
+        steps: optimizer steps (0: nothing is done). batch_size: clips per step. position: the progress bar's line
+            (1 when it runs beside the language model's warm-ups, :func:`make_tiny_checkpoint`).
 
     Returns:
         ``{"steps", "first_loss", "loss" (mean of the last 50 steps), "presence_accuracy", "direction_accuracy",
@@ -355,7 +365,7 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
 
     losses = []
     visual.train()
-    for step in tqdm(range(steps), desc="vision warm-up", disable=not progress, unit="step"):
+    for step in tqdm(range(steps), desc="vision warm-up", disable=not progress, unit="step", position=position):
         decay = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup)) * decay
@@ -371,6 +381,26 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
             "presence_accuracy": float(same_set[occupied].float().mean()),
             "direction_accuracy": float((out[has, n_classes:].argmax(-1) == direction[has]).float().mean()),
             "video_embedding_norm": float(tokens.norm(dim=-1).mean())}
+
+
+def _vision_warmup_worker(cfg, visual_state: dict, sample, steps: int, seed: int, threads: int):
+    """:func:`vision_warmup` in a spawned process, on a model with the parent's (still random) tower and merger:
+    returns (the trained tower + merger state dict, the warm-up's result). The warm-up reads and writes nothing but
+    the tower, merger and its own head and RNGs, so this equals running it in the parent, bit for bit."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    torch.set_num_threads(threads)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).float()
+    model.model.visual.load_state_dict(visual_state)
+    result = vision_warmup(model, sample, steps, seed=seed, position=1)
+    return model.model.visual.state_dict(), result
+
+
+def _spare_cores() -> bool:
+    """Whether this process may use a second CPU core (its affinity mask, else the machine's count)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores > 1
 
 
 def _round_up(x: int, m: int) -> int:
@@ -448,21 +478,28 @@ def make_tiny_checkpoint(
     reading_steps: int = 0,
     reading_lr: float = 3e-3,
     copy_steps: int = 0,
+    copy_max_run: int = 40,
     answer_samples: list[tuple[str, str, str]] | None = None,
     answer_steps: int = 0,
     vision_sample=None,
     vision_steps: int = 0,
+    vision_in_parallel: bool | None = None,
 ) -> str:
     """Train the tokenizer on `texts`, build a random-init tiny Qwen2.5-VL and `save_pretrained` both to `out_dir`.
 
     The model's vocabulary is the tokenizer's rounded up to a multiple of 128 (divisible by any TP size we use), or
     `model_vocab` (>= the tokenizer's; e.g. 152,064 for a 7B-shaped benchmark policy). `text` / `vision` override
     :data:`TINY_TEXT` / :data:`TINY_VISION` entries. `copy_steps` > 0: the random LM first gets :func:`copy_warmup`
-    (recorded in ``dvr1_tiny.json`` under ``"copy"``). `reading_steps` > 0: then :func:`reading_warmup` at
+    (`max_run` = `copy_max_run`; recorded in ``dvr1_tiny.json`` under ``"copy"``). `reading_steps` > 0: then :func:`reading_warmup` at
     `reading_lr` on `reading_options` (the training split's option lists) before it is saved; its result is recorded
     in ``dvr1_tiny.json`` under ``"reading"``. `answer_steps` > 0: then :func:`answer_drill` on `answer_samples`
     (under ``"answer"``). `vision_steps` > 0: the random tower + merger get :func:`vision_warmup` on
-    clips from `vision_sample`, recorded under ``"vision"``. Returns `out_dir`.
+    clips from `vision_sample`, recorded under ``"vision"``. The tower's warm-up and the language model's touch
+    disjoint parameters and draw from their own RNGs, so with both to run and `vision_in_parallel` (None: when a
+    second core is free, :func:`_spare_cores`) the tower's runs in a spawned process beside the others (the tiny main
+    job's ~2 minutes of it off the critical path), with the same weights, bit for bit, as one after the other
+    (tests/unit/test_perception.py). `vision_sample` must then pickle (a module-level function or a
+    `functools.partial` of one). Returns `out_dir`.
 
     Raises:
         ValueError: `vision_steps` > 0 without `vision_sample`; see also :func:`reading_warmup`.
@@ -479,12 +516,32 @@ def make_tiny_checkpoint(
     cfg = tiny_config(special_ids(tok), vocab, tie_word_embeddings, text, vision)
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(cfg).float()
-    copied = copy_warmup(model, tok, copy_steps, seed=seed)
-    reading = reading_warmup(model, tok, list(reading_options or []), reading_steps, lr=reading_lr, seed=seed)
-    answer = answer_drill(model, tok, list(answer_samples or []), answer_steps, seed=seed)
     if vision_steps > 0 and vision_sample is None:
         raise ValueError("make_tiny_checkpoint: vision_steps > 0 needs a vision_sample to draw warm-up clips from")
-    vision = vision_warmup(model, vision_sample, vision_steps, seed=seed) if vision_steps > 0 else None
+    lm_warmups = copy_steps > 0 or reading_steps > 0 or answer_steps > 0
+    if vision_in_parallel is None:
+        vision_in_parallel = _spare_cores()
+    pool = pending = None
+    if vision_steps > 0 and lm_warmups and vision_in_parallel:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("spawn").Pool(1)
+        pending = pool.apply_async(_vision_warmup_worker, (cfg, model.model.visual.state_dict(), vision_sample,
+                                                           vision_steps, seed, torch.get_num_threads()))
+    try:
+        copied = copy_warmup(model, tok, copy_steps, seed=seed, max_run=copy_max_run)
+        reading = reading_warmup(model, tok, list(reading_options or []), reading_steps, lr=reading_lr, seed=seed)
+        answer = answer_drill(model, tok, list(answer_samples or []), answer_steps, seed=seed)
+        if pending is not None:
+            visual_state, vision = pending.get()
+            model.model.visual.load_state_dict(visual_state)
+            pool.close()
+        else:
+            vision = vision_warmup(model, vision_sample, vision_steps, seed=seed) if vision_steps > 0 else None
+    finally:
+        if pool is not None:
+            pool.terminate()  # after close(): the worker has returned; on an error here: do not wait for it
+            pool.join()
     model.save_pretrained(out_dir)
     write_processor_config(out_dir, cfg.vision_config)
     with open(os.path.join(out_dir, "dvr1_tiny.json"), "w") as f:

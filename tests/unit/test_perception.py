@@ -1,6 +1,7 @@
 """Perception warm-up of the tiny checkpoint's vision tower (dvr1.data.perception, dvr1.models.tiny.vision_warmup,
 model.tiny_vision_steps)."""
 
+import functools
 import json
 
 import numpy as np
@@ -71,6 +72,22 @@ def test_vision_warmup_trains_the_tower_only_and_records_its_result(tmp_path):
     info = json.load(open(f"{b}/dvr1_tiny.json"))["vision"]
     assert info["steps"] == 60 and info["loss"] < 0.9 * info["first_loss"], info  # 2.08 -> 1.77 (measured)
     assert 0.0 <= info["presence_accuracy"] <= 1.0 and 0.0 <= info["direction_accuracy"] <= 1.0
+
+
+def test_vision_warmup_beside_the_lm_warmups_gives_the_same_checkpoint(tmp_path):
+    """make_tiny_checkpoint runs the tower's warm-up in a spawned process while the LM's run (vision_in_parallel):
+    the saved weights and results are those of running them one after the other, bit for bit."""
+    sample = functools.partial(perception_sample, size=56, num_frames=4)  # pickles into the spawned process
+    kw = dict(seed=3, vocab_size=300, copy_steps=4, vision_sample=sample, vision_steps=6)
+    a = make_tiny_checkpoint(str(tmp_path / "a"), TEXTS, vision_in_parallel=False, **kw)
+    b = make_tiny_checkpoint(str(tmp_path / "b"), TEXTS, vision_in_parallel=True, **kw)
+    wa, wb = load_file(f"{a}/model.safetensors"), load_file(f"{b}/model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = load_file(make_tiny_checkpoint(str(tmp_path / "c"), TEXTS, seed=3, vocab_size=300, copy_steps=4)
+                  + "/model.safetensors")
+    assert any(not torch.equal(wa[k], c[k]) for k in wa if "merger" in k)  # the tower did train in both
+    ia, ib = (json.load(open(f"{p}/dvr1_tiny.json")) for p in (a, b))
+    assert ia == ib and ia["vision"]["steps"] == 6 and ia["copy"]["steps"] == 4
 
 
 def test_vision_steps_without_clips_is_an_error(tmp_path):
