@@ -63,9 +63,6 @@ class ModelConfig:
     # (dvr1.models.tiny.copy_warmup: a random token run repeated at a random distance); without it the tiny LM learns
     # no option lookup (docs/SEEING_POLICY.md); 0 = none
     tiny_copy_steps: int = 0
-    # its samples' longest repeated run + 1 (tokens; prefix up to half of it, filler up to three quarters): 20 is half
-    # the tokens per step of 40, so half the time, and its phase change comes ~250 steps later (docs/SEEING_POLICY.md)
-    tiny_copy_max_run: int = 40
     # tiny checkpoint only: steps of the option lookup drilled in the SFT answer's own form after the reading warm-up
     # (dvr1.models.tiny.answer_drill: the reasoning states a random option, the loss is on its letter); 0 = none
     tiny_answer_steps: int = 0
@@ -397,7 +394,7 @@ _RANGES = {
     "model.logprob_chunk": _AT_LEAST_1, "model.max_prompt_tokens": _AT_LEAST_0,
     "model.fp8_amax_history_len": _AT_LEAST_1, "model.tiny_reading_steps": _AT_LEAST_0,
     "model.tiny_copy_steps": _AT_LEAST_0, "model.tiny_answer_steps": _AT_LEAST_0, "model.tiny_reading_lr": _POSITIVE,
-    "model.tiny_vision_steps": _AT_LEAST_0, "model.tiny_copy_max_run": (8, None, "must be >= 8 (tokens)"),
+    "model.tiny_vision_steps": _AT_LEAST_0,
     "model.recompute_num_layers": _AT_LEAST_1,
     "parallel.tp": _AT_LEAST_1, "parallel.pp": _AT_LEAST_1,
     "rollout.top_p": (1e-300, 1.0, "must be in (0, 1]"), "rollout.max_new_tokens": _AT_LEAST_1,

@@ -205,7 +205,6 @@ def ensure_model(cfg) -> str:
             make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab,
                                  reading_options=options, reading_steps=cfg.model.tiny_reading_steps,
                                  reading_lr=cfg.model.tiny_reading_lr, copy_steps=cfg.model.tiny_copy_steps,
-                                 copy_max_run=cfg.model.tiny_copy_max_run,
                                  answer_samples=drill, answer_steps=cfg.model.tiny_answer_steps,
                                  text=text_overrides(cfg.model), **tiny_vision_warmup(cfg, cfg.data.size))
         if dist.is_initialized():

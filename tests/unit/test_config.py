@@ -92,7 +92,6 @@ def test_overrides_and_types():
     ("rl.steps=-1", "rl.steps=-1: must be >= 0"),
     ("model.tiny_vision_steps=-5", "model.tiny_vision_steps=-5: must be >= 0"),
     ("model.tiny_copy_steps=-1", "model.tiny_copy_steps=-1: must be >= 0"),
-    ("model.tiny_copy_max_run=7", "model.tiny_copy_max_run=7: must be >= 8 (tokens)"),
     ("model.tiny_answer_steps=-2", "model.tiny_answer_steps=-2: must be >= 0"),
     ("model.tiny_reading_lr=0", "model.tiny_reading_lr=0.0: must be > 0"),
     ("algo.eps_rho=0", "algo.eps_rho=0.0: must be > 0 with algo.normalize_logratio=true"),

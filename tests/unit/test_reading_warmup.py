@@ -90,28 +90,6 @@ def test_copy_warmup_runs_first_trains_the_language_model_only_and_records_its_r
     assert info["loss"] < info["first_loss"] and info["copy_accuracy"] < 0.2, info
 
 
-def test_copy_warmup_max_run_bounds_its_samples(tmp_path):
-    """copy_warmup's samples are prefix + x + filler + x with |x| < max_run, prefix < max_run / 2, filler <
-    3 max_run / 4: the longest is 2 (max_run - 1) + (max_run / 2 - 1) + (3 max_run / 4 - 1) tokens."""
-    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-
-    from dvr1.models.tiny import copy_warmup
-
-    path = make_tiny_checkpoint(str(tmp_path / "a"), TEXTS, seed=3, vocab_size=300)
-    tok = AutoTokenizer.from_pretrained(path)
-    for max_run in (40, 20):
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
-        seen = []
-        model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape[1]), with_kwargs=True)
-        copy_warmup(model, tok, 30, batch_size=2, seed=0, progress=False, max_run=max_run)
-        longest = 2 * (max_run - 1) + max_run // 2 - 1 + 3 * max_run // 4 - 1
-        assert 12 <= min(seen) and max(seen) <= longest, (max_run, seen)
-        if max_run == 40:
-            assert max(seen) > 2 * 19 + 9 + 14  # longer than any max_run=20 sample
-    with pytest.raises(ValueError, match=r"^copy_warmup: max_run=7 must be >= 8 \(runs of 6 tokens and more\)$"):
-        copy_warmup(model, tok, 1, max_run=7)
-
-
 def _motion_record():
     from dvr1.data.schema import VideoQARecord
 
