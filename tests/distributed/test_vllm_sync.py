@@ -24,8 +24,8 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ckpt_tiny_rope(tmp_path_factory):
-    """The main job's tiny RoPE (examples/tiny_cpu.yaml: base 10, mrope [2, 4, 10]), which vLLM reads from the
-    checkpoint's rope_parameters like the trainer does."""
+    """A fast-turning tiny RoPE (base 10, mrope [2, 4, 10]; the main job's until 2026-12-02, now base 1e4), which
+    vLLM reads from the checkpoint's rope_parameters like the trainer does."""
     path = tmp_path_factory.mktemp("tiny_vllm_rope10")
     return make_tiny_checkpoint(str(path), ["question 0? question 1? describe the motion <think>x</think>"] * 20,
                                 seed=0, vocab_size=512, text={"rope_theta": 10.0, "mrope_section": [2, 4, 10]})

@@ -25,7 +25,8 @@ VARIANTS = {
     "tied_gqa2": (True, {}),
     "untied_gqa1": (False, {"num_key_value_heads": 4, "mrope_section": [8, 4, 4]}),
     "tied_gqa4": (True, {"num_key_value_heads": 1, "num_hidden_layers": 2, "mrope_section": [2, 7, 7]}),
-    # the main job's tiny RoPE (examples/tiny_cpu.yaml: model.tiny_rope_theta / tiny_mrope_section)
+    # a fast-turning tiny RoPE (model.tiny_rope_theta / tiny_mrope_section; the main job used base 10 until
+    # 2026-12-02, now 1e4: between this and the default)
     "theta10": (True, {"rope_theta": 10.0, "mrope_section": [2, 4, 10]}),
 }
 

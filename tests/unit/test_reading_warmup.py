@@ -56,7 +56,7 @@ def test_warmup_without_multiple_choice_records_is_an_error(tmp_path):
 
 
 def test_tiny_rope_knobs_reach_the_checkpoint_config(tmp_path):
-    """model.tiny_rope_theta / tiny_mrope_section (examples/tiny_cpu.yaml: 10, [2, 4, 10]) are what the saved
+    """model.tiny_rope_theta / tiny_mrope_section (examples/tiny_cpu.yaml: 1e4, [2, 4, 10]) are what the saved
     config.json carries, so transformers, megatron-core and vLLM all build the same rotary table; the defaults are
     Qwen's 1e6 / [4, 6, 6]."""
     from pathlib import Path
@@ -65,7 +65,7 @@ def test_tiny_rope_knobs_reach_the_checkpoint_config(tmp_path):
     from dvr1.models.tiny import text_overrides
 
     repo = Path(__file__).resolve().parents[2]
-    for cfg_path, want in ((repo / "examples/tiny_cpu.yaml", (10.0, [2, 4, 10])), (None, (1e6, [4, 6, 6]))):
+    for cfg_path, want in ((repo / "examples/tiny_cpu.yaml", (10000.0, [2, 4, 10])), (None, (1e6, [4, 6, 6]))):
         model_cfg = load_config(None if cfg_path is None else str(cfg_path)).model
         out = make_tiny_checkpoint(str(tmp_path / str(want[0])), TEXTS, seed=3, vocab_size=300,
                                    text=text_overrides(model_cfg))

@@ -63,7 +63,8 @@ READ_REASONS = {"invalid_utf8", "invalid_json", "invalid_record", "duplicate_id"
 TINY = ["log.wandb=false", "log.progress=false", "model.max_prompt_tokens=1500", "video.num_frames=4",
         "video.max_pixels=3136", "sft.steps=3", "sft.batch_size=4", "sft.warmup=0", "rl.steps=1",
         "rl.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=4", "eval.max_new_tokens=4",
-        "eval.split=train", "model.tokenizer_vocab=400", "model.tiny_reading_steps=0",
+        "eval.split=train", "model.tokenizer_vocab=400", "model.tiny_copy_steps=0", "model.tiny_answer_steps=0",
+        "model.tiny_reading_steps=0",
         "model.tiny_vision_steps=0"]
 
 
