@@ -77,16 +77,15 @@ def _linear_warmup(opt, lr: float, step: int, warmup: int) -> None:
 
 
 def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 1e-3, warmup: int = 30,
-                seed: int = 0, progress: bool = True, max_run: int = 40) -> dict:
+                seed: int = 0, progress: bool = True) -> dict:
     """Text-only induction warm-up of the tiny checkpoint's language model, before :func:`reading_warmup`: each
-    sample is ``prefix + x + filler + x`` with ``x`` 6 to `max_run` - 1 random ordinary tokens and random prefix
-    (0 to `max_run` / 2 - 1) and filler (0 to 3 `max_run` / 4 - 1) lengths (6-39, 0-19, 0-29 at the default 40), and
-    the loss is next-token NLL on the repeat of ``x`` after its first token. The repeat sits at a
+    sample is ``prefix + x + filler + x`` with ``x`` 6-39 random ordinary tokens and random prefix (0-19) and filler
+    (0-29) lengths, and the loss is next-token NLL on the repeat of ``x`` after its first token. The repeat sits at a
     different distance in every batch, so only copying by content (an induction head: find the earlier occurrence of
     the current token, emit the one after it) lowers it; a fixed distance would be learned by position alone in
     ~150 steps and teach nothing about lookups. The tiny LM shows the usual phase change: near chance (ln of the
-    token pool) for ~1,400 steps, then > 0.9 copy accuracy within ~100 more (lr 1e-3; at `max_run` 20, half the
-    tokens and half the time per step, at ~1,700; docs/SEEING_POLICY.md). Without
+    token pool) for ~1,400 steps, then > 0.9 copy accuracy within ~100 more (lr 1e-3; docs/SEEING_POLICY.md; on
+    samples of half this length, at ~1,700, and the head does not reach the answer drill's distances). Without
     it no drill or SFT recipe tried taught the option lookup (a value's letter in the option list): an induction
     head is what a real checkpoint brings from its language pretraining.
 
@@ -96,10 +95,6 @@ def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 
     Args:
         model: a `Qwen2_5_VLForConditionalGeneration` (fp32, CPU). tokenizer: its tokenizer (the token pool is
             its ordinary, non-special tokens). steps: optimizer steps (0: nothing is done). batch_size: samples.
-        max_run: the longest repeated run + 1, in tokens (>= 8); prefix and filler scale with it.
-
-    Raises:
-        ValueError: `max_run` < 8.
 
     Returns:
         ``{"steps", "first_loss", "loss" (mean over the last 50 steps), "copy_accuracy"}``: the loss is the mean NLL
@@ -110,15 +105,12 @@ def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 
 
     if steps <= 0:
         return {"steps": 0}
-    if max_run < 8:
-        raise ValueError(f"copy_warmup: max_run={max_run} must be >= 8 (runs of 6 tokens and more)")
     special = set(tokenizer.all_special_ids) | {i for t, i in tokenizer.get_vocab().items() if t.startswith("<|")}
     pool = torch.tensor(sorted(i for i in tokenizer.get_vocab().values() if i not in special))
     params, opt = _lm_optimizer(model, lr)
 
     def batch(g):
-        n, pre, gap = (int(torch.randint(a, b, (1,), generator=g))
-                       for a, b in ((6, max_run), (0, max_run // 2), (0, 3 * max_run // 4)))
+        n, pre, gap = (int(torch.randint(a, b, (1,), generator=g)) for a, b in ((6, 40), (0, 20), (0, 30)))
         x = pool[torch.randint(len(pool), (batch_size, n + pre + gap), generator=g)]
         ids = torch.cat([x, x[:, pre:pre + n]], 1)  # prefix, x, filler, x
         return ids, n
@@ -478,7 +470,6 @@ def make_tiny_checkpoint(
     reading_steps: int = 0,
     reading_lr: float = 3e-3,
     copy_steps: int = 0,
-    copy_max_run: int = 40,
     answer_samples: list[tuple[str, str, str]] | None = None,
     answer_steps: int = 0,
     vision_sample=None,
@@ -490,7 +481,7 @@ def make_tiny_checkpoint(
     The model's vocabulary is the tokenizer's rounded up to a multiple of 128 (divisible by any TP size we use), or
     `model_vocab` (>= the tokenizer's; e.g. 152,064 for a 7B-shaped benchmark policy). `text` / `vision` override
     :data:`TINY_TEXT` / :data:`TINY_VISION` entries. `copy_steps` > 0: the random LM first gets :func:`copy_warmup`
-    (`max_run` = `copy_max_run`; recorded in ``dvr1_tiny.json`` under ``"copy"``). `reading_steps` > 0: then :func:`reading_warmup` at
+    (recorded in ``dvr1_tiny.json`` under ``"copy"``). `reading_steps` > 0: then :func:`reading_warmup` at
     `reading_lr` on `reading_options` (the training split's option lists) before it is saved; its result is recorded
     in ``dvr1_tiny.json`` under ``"reading"``. `answer_steps` > 0: then :func:`answer_drill` on `answer_samples`
     (under ``"answer"``). `vision_steps` > 0: the random tower + merger get :func:`vision_warmup` on
@@ -529,7 +520,7 @@ def make_tiny_checkpoint(
         pending = pool.apply_async(_vision_warmup_worker, (cfg, model.model.visual.state_dict(), vision_sample,
                                                            vision_steps, seed, torch.get_num_threads()))
     try:
-        copied = copy_warmup(model, tok, copy_steps, seed=seed, max_run=copy_max_run)
+        copied = copy_warmup(model, tok, copy_steps, seed=seed)
         reading = reading_warmup(model, tok, list(reading_options or []), reading_steps, lr=reading_lr, seed=seed)
         answer = answer_drill(model, tok, list(answer_samples or []), answer_steps, seed=seed)
         if pending is not None:
