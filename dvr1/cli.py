@@ -119,6 +119,7 @@ def _run(args) -> int:
     elif args.command == "data":
         print(job.ensure_data(cfg))
     elif args.command == "make-tiny":
+        job.set_threads(cfg)
         job.ensure_data(cfg)
         print(job.ensure_model(cfg))
     elif args.command == "plot":

@@ -39,6 +39,14 @@ def setup_logging(run_dir: str | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+def set_threads(cfg) -> None:
+    """`threads` (> 0, CPU only): torch's intra-op threads for this process. Every command that computes calls it
+    first (`init`, `dvr1 make-tiny`): at torch's default (one per core) the tiny checkpoint's vision warm-up, in its
+    own process beside the language model's, would run 2 x cores threads on the cores."""
+    if cfg.threads > 0 and not torch.cuda.is_available():
+        torch.set_num_threads(cfg.threads)
+
+
 def init(cfg):
     """torch.distributed + megatron parallel state + CPU fallbacks; returns `ParallelInfo`."""
     import warnings
@@ -46,9 +54,7 @@ def init(cfg):
     warnings.filterwarnings("ignore", module="megatron")
     from dvr1.parallel.setup import init_parallel
 
-    if cfg.threads > 0 and not torch.cuda.is_available():
-        torch.set_num_threads(cfg.threads)
-
+    set_threads(cfg)
     return init_parallel(tp=cfg.parallel.tp, pp=cfg.parallel.pp, seed=cfg.parallel.seed)
 
 
