@@ -70,6 +70,10 @@ class ModelConfig:
     # per merged video token (dvr1.models.tiny.vision_warmup: which coloured shape sits in each token, which way it
     # moves), the stand-in for a real checkpoint's pretrained vision encoder; 0 = none (docs/SEEING_POLICY.md)
     tiny_vision_steps: int = 0
+    # its clips hold 1..tiny_vision_max_objects objects; tiny_vision_counts adds a count head (how many objects of a
+    # token's class its frame holds: dvr1.data.perception.token_labels(counts=True)); docs/SEEING_POLICY.md
+    tiny_vision_max_objects: int = 4
+    tiny_vision_counts: bool = False
     # tiny checkpoint only: its text RoPE base and mrope split [t, h, w] (frequency pairs, summing to head_dim/2 = 16;
     # pairs run from the highest frequency down, t first). At Qwen's 1e6 / [4, 6, 6] the h and w pairs turn by at
     # most 0.1 rad (h) and 0.001 rad (w) across the tiny clips' 4x4 grid of merged tokens, so the language model
@@ -394,7 +398,7 @@ _RANGES = {
     "model.logprob_chunk": _AT_LEAST_1, "model.max_prompt_tokens": _AT_LEAST_0,
     "model.fp8_amax_history_len": _AT_LEAST_1, "model.tiny_reading_steps": _AT_LEAST_0,
     "model.tiny_copy_steps": _AT_LEAST_0, "model.tiny_answer_steps": _AT_LEAST_0, "model.tiny_reading_lr": _POSITIVE,
-    "model.tiny_vision_steps": _AT_LEAST_0,
+    "model.tiny_vision_steps": _AT_LEAST_0, "model.tiny_vision_max_objects": _AT_LEAST_1,
     "model.recompute_num_layers": _AT_LEAST_1,
     "parallel.tp": _AT_LEAST_1, "parallel.pp": _AT_LEAST_1,
     "rollout.top_p": (1e-300, 1.0, "must be in (0, 1]"), "rollout.max_new_tokens": _AT_LEAST_1,

@@ -35,7 +35,7 @@ def direction_class(path: np.ndarray) -> int:
 
 
 def token_labels(objects: list[dict], grid: tuple[int, int, int], token_px: float,
-                 temporal_patch: int = TEMPORAL_PATCH_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
+                 temporal_patch: int = TEMPORAL_PATCH_SIZE, counts: bool = False) -> tuple[torch.Tensor, ...]:
     """Per-token labels of rendered objects.
 
     Args:
@@ -47,7 +47,9 @@ def token_labels(objects: list[dict], grid: tuple[int, int, int], token_px: floa
     Returns:
         ``presence`` float32 ``[t * h * w, len(PRESENCE_CLASSES)]`` (1 where an object's centre, averaged over the
         temporal patch's frames, falls in the token) and ``direction`` int64 ``[t * h * w]`` (the
-        :func:`direction_class` of the token's object where it holds exactly one, else -1).
+        :func:`direction_class` of the token's object where it holds exactly one, else -1); with `counts` also
+        ``count`` int64 ``[t * h * w]``: where the token holds exactly one object, how many objects of that object's
+        class the token's temporal patch holds in all (>= 1), else -1.
 
     Raises:
         ValueError: a path whose length is not ``grid[0] * temporal_patch``.
@@ -69,11 +71,25 @@ def token_labels(objects: list[dict], grid: tuple[int, int, int], token_px: floa
             count[k, i, j] += 1
             direction[k, i, j] = d
     direction[count != 1] = -1
-    return presence.reshape(gt * gh * gw, -1), direction.reshape(-1)
+    out = (presence.reshape(gt * gh * gw, -1), direction.reshape(-1))
+    if not counts:
+        return out
+    per_class = presence.new_zeros(gt, len(PRESENCE_CLASSES))  # objects of each class per temporal patch
+    owner = torch.full((gt, gh, gw), -1, dtype=torch.long)  # the class of a token's only object
+    for obj in objects:
+        path = np.asarray(obj["path"], np.float64)
+        for k in range(gt):
+            per_class[k, obj["class"]] += 1
+            cx, cy = path[k * temporal_patch:(k + 1) * temporal_patch].mean(0)
+            i, j = min(gh - 1, max(0, int(cy // token_px))), min(gw - 1, max(0, int(cx // token_px)))
+            owner[k, i, j] = obj["class"]
+    owner[count != 1] = -1
+    same = torch.gather(per_class, 1, owner.clamp(min=0).reshape(gt, -1)).reshape(gt, gh, gw).long()
+    return out + (torch.where(owner >= 0, same, torch.full_like(same, -1)).reshape(-1),)
 
 
 def perception_sample(rng: np.random.Generator, size: int = 112, num_frames: int = 8, min_pixels: int = 3136,
-                      max_pixels: int = 12544, max_objects: int = 4):
+                      max_pixels: int = 12544, max_objects: int = 4, counts: bool = False):
     """One warm-up clip: 1-``max_objects`` objects (random colour of :data:`dvr1.data.render.COLORS`, disc or
     square, radius 4.5-8 % of the frame; half move straight left/right/up/down, half at a random angle; 15-60 % of
     the frame in all) on a plain, gradient or noise background, ``num_frames`` frames of ``size`` pixels,
@@ -82,7 +98,7 @@ def perception_sample(rng: np.random.Generator, size: int = 112, num_frames: int
 
     Returns:
         ``(pixel_values_videos [N, 1176], video_grid_thw [3], presence, direction)``, the labels of
-        :func:`token_labels` for the tower's merged tokens.
+        :func:`token_labels` for the tower's merged tokens (and its ``count`` labels last, with `counts`).
 
     Raises:
         ValueError: ``num_frames`` not a positive multiple of the temporal patch.
@@ -101,5 +117,4 @@ def perception_sample(rng: np.random.Generator, size: int = 112, num_frames: int
     objs = place_objects(rng, size, num_frames, specs, min_move=size * 0.15, max_move=size * 0.6)
     pixel_values, thw = preprocess_video(render(bg, objs), min_pixels, max_pixels)
     grid = (int(thw[0]), int(thw[1]) // MERGE_SIZE, int(thw[2]) // MERGE_SIZE)
-    presence, direction = token_labels(objs, grid, size / grid[2])
-    return pixel_values, thw, presence, direction
+    return (pixel_values, thw) + token_labels(objs, grid, size / grid[2], counts=counts)

@@ -26,6 +26,9 @@ TINY_TEXT = dict(
     rope_theta=1_000_000.0,
     mrope_section=[4, 6, 6],
 )
+# the vision warm-up's count head: 1..MAX_COUNT objects of a token's class in its frame (more are MAX_COUNT)
+MAX_COUNT = 8
+
 TINY_VISION = dict(
     depth=2,
     hidden_size=64,
@@ -307,15 +310,18 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
     Args:
         model: a `Qwen2_5_VLForConditionalGeneration` (fp32, CPU).
         sample: ``rng -> (pixel_values_videos [N, 1176], video_grid_thw [3], presence float [n_tokens, C],
-            direction int64 [n_tokens], -1 = no label)`` with ``rng`` a `numpy.random.Generator`.
+            direction int64 [n_tokens], -1 = no label)`` with ``rng`` a `numpy.random.Generator`; a fifth item,
+            ``count`` int64 ``[n_tokens]`` (-1 = no label; :func:`dvr1.data.perception.token_labels` with
+            ``counts``), adds a count head: cross-entropy over 1..:data:`MAX_COUNT` objects of the token's class in
+            its frame, on the tokens with a direction label.
         steps: optimizer steps (0: nothing is done). batch_size: clips per step. position: the progress bar's line
             (1 when it runs beside the language model's warm-ups, :func:`make_tiny_checkpoint`).
 
     Returns:
         ``{"steps", "first_loss", "loss" (mean of the last 50 steps), "presence_accuracy", "direction_accuracy",
-        "video_embedding_norm"}``: the accuracies on 32 held-out clips after training -- the predicted set of
-        classes equals the true one on tokens that hold an object, and the argmax direction on tokens with a
-        direction label (chance 0.25) -- and the mean L2 norm of their merged tokens.
+        ["count_accuracy",] "video_embedding_norm"}``: the accuracies on 32 held-out clips after training -- the
+        predicted set of classes equals the true one on tokens that hold an object, the argmax direction (chance
+        0.25) and count on tokens with a direction label -- and the mean L2 norm of their merged tokens.
     """
     import math
 
@@ -333,8 +339,9 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
 
     held_out = batch(np.random.default_rng(seed + 1), 32)  # scored after training; its labels give the class count
     n_classes = int(held_out[2].shape[-1])
+    with_counts = len(held_out) > 4
     gen = torch.Generator().manual_seed(seed)
-    head = torch.nn.Linear(model.config.text_config.hidden_size, n_classes + 4)
+    head = torch.nn.Linear(model.config.text_config.hidden_size, n_classes + 4 + (MAX_COUNT if with_counts else 0))
     with torch.no_grad():
         bound = 1.0 / math.sqrt(head.in_features)
         head.weight.uniform_(-bound, bound, generator=gen)
@@ -343,14 +350,17 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
 
     def forward(b):
-        pv, thw, presence, direction = b
+        pv, thw, presence, direction = b[:4]
         tokens = visual(pv, grid_thw=thw)
         tokens = getattr(tokens, "pooler_output", tokens)
         out = head(tokens)
         has = direction >= 0
         loss = torch.nn.functional.binary_cross_entropy_with_logits(out[:, :n_classes], presence)
         if has.any():
-            loss = loss + torch.nn.functional.cross_entropy(out[has, n_classes:], direction[has])
+            loss = loss + torch.nn.functional.cross_entropy(out[has, n_classes:n_classes + 4], direction[has])
+        if with_counts and has.any():
+            loss = loss + torch.nn.functional.cross_entropy(out[has, n_classes + 4:],
+                                                            b[4][has].clamp(max=MAX_COUNT) - 1)
         return loss, out, tokens
 
     from tqdm import tqdm
@@ -371,7 +381,11 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
     tail = losses[-50:]
     return {"steps": steps, "first_loss": losses[0], "loss": sum(tail) / len(tail),
             "presence_accuracy": float(same_set[occupied].float().mean()),
-            "direction_accuracy": float((out[has, n_classes:].argmax(-1) == direction[has]).float().mean()),
+            "direction_accuracy": float((out[has, n_classes:n_classes + 4].argmax(-1)
+                                         == direction[has]).float().mean()),
+            **({"count_accuracy": float((out[has, n_classes + 4:].argmax(-1) + 1
+                                         == held_out[4][has].clamp(max=MAX_COUNT)).float().mean())}
+               if with_counts else {}),
             "video_embedding_norm": float(tokens.norm(dim=-1).mean())}
 
 

@@ -167,7 +167,8 @@ def tiny_path(cfg) -> str:
 def tiny_vision_warmup(cfg, size: int) -> dict:
     """`dvr1.models.tiny.make_tiny_checkpoint`'s ``vision_steps`` / ``vision_sample`` for ``model.tiny_vision_steps``:
     `dvr1.data.perception.perception_sample` clips of ``size`` pixels a side (the data's frame size), at
-    ``video.num_frames`` frames (8 when 0: fps sampling) and the ``video.min_pixels`` / ``max_pixels`` resize."""
+    ``video.num_frames`` frames (8 when 0: fps sampling) and the ``video.min_pixels`` / ``max_pixels`` resize, with
+    ``model.tiny_vision_max_objects`` / ``tiny_vision_counts``."""
     import functools
 
     from dvr1.data.perception import perception_sample
@@ -175,7 +176,9 @@ def tiny_vision_warmup(cfg, size: int) -> dict:
     frames = cfg.video.num_frames or 8
     return {"vision_steps": cfg.model.tiny_vision_steps,
             "vision_sample": functools.partial(perception_sample, size=size, num_frames=frames,
-                                               min_pixels=cfg.video.min_pixels, max_pixels=cfg.video.max_pixels)}
+                                               min_pixels=cfg.video.min_pixels, max_pixels=cfg.video.max_pixels,
+                                               max_objects=cfg.model.tiny_vision_max_objects,
+                                               counts=bool(cfg.model.tiny_vision_counts))}
 
 
 def ensure_model(cfg) -> str:

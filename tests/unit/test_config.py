@@ -91,6 +91,7 @@ def test_overrides_and_types():
     ("video.num_frames=1", "video.num_frames=1: must be 0 (fps sampling) or >= 2"),
     ("rl.steps=-1", "rl.steps=-1: must be >= 0"),
     ("model.tiny_vision_steps=-5", "model.tiny_vision_steps=-5: must be >= 0"),
+    ("model.tiny_vision_max_objects=0", "model.tiny_vision_max_objects=0: must be >= 1"),
     ("model.tiny_copy_steps=-1", "model.tiny_copy_steps=-1: must be >= 0"),
     ("model.tiny_answer_steps=-2", "model.tiny_answer_steps=-2: must be >= 0"),
     ("model.tiny_reading_lr=0", "model.tiny_reading_lr=0.0: must be > 0"),

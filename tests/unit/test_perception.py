@@ -38,6 +38,17 @@ def test_token_labels_by_hand():
     assert direction.tolist() == [right, down, -1, up, -1, -1, -1, up]  # the shared token has no direction
 
 
+def test_count_labels_by_hand():
+    # patch 0: a, b (class 0) alone in (0, 0) and (0, 1); c and d (class 1) share (1, 1). Patch 1: c moved to (1, 0)
+    a, b = {"class": 0, "path": [[5, 5]] * 4}, {"class": 0, "path": [[40, 5]] * 4}
+    c, d = {"class": 1, "path": [[40, 40]] * 2 + [[5, 40]] * 2}, {"class": 1, "path": [[40, 40]] * 4}
+    e = {"class": 2, "path": [[5, 40]] * 2 + [[40, 5]] * 2}  # patch 0: alone in (1, 0); patch 1: shares (0, 1)
+    presence, direction, count = token_labels([a, b, c, d, e], (2, 2, 2), 28.0, counts=True)
+    assert count.tolist() == [2, 2, 1, -1, 2, -1, 2, 2]  # where a token holds one object: its class's objects
+    assert torch.equal(count >= 0, direction >= 0)
+    assert all(torch.equal(x, y) for x, y in zip((presence, direction), token_labels([a, b, c, d, e], (2, 2, 2), 28.0)))
+
+
 def test_token_labels_rejects_a_path_of_the_wrong_length():
     with pytest.raises(ValueError, match=r"^token_labels: a path of 3 frames for 2 temporal patches of 2$"):
         token_labels([{"class": 0, "path": [[1, 1]] * 3}], (2, 2, 2), 28.0)
@@ -53,6 +64,8 @@ def test_sample_matches_the_tower_layout_and_its_rng():
     assert torch.equal(again[0], pv) and torch.equal(again[2], presence) and torch.equal(again[3], direction)
     with pytest.raises(ValueError, match=r"^perception_sample: num_frames=7 must be a positive multiple of 2 "):
         perception_sample(np.random.default_rng(7), num_frames=7)
+    counted = perception_sample(np.random.default_rng(7), size=112, num_frames=8, counts=True)
+    assert len(counted) == 5 and all(torch.equal(x, y) for x, y in zip(counted, (pv, thw, presence, direction)))
 
 
 def _sample(rng):
@@ -72,6 +85,18 @@ def test_vision_warmup_trains_the_tower_only_and_records_its_result(tmp_path):
     info = json.load(open(f"{b}/dvr1_tiny.json"))["vision"]
     assert info["steps"] == 60 and info["loss"] < 0.9 * info["first_loss"], info  # 2.08 -> 1.77 (measured)
     assert 0.0 <= info["presence_accuracy"] <= 1.0 and 0.0 <= info["direction_accuracy"] <= 1.0
+
+
+def test_vision_warmup_with_count_labels_trains_a_count_head(tmp_path):
+    kw = dict(seed=3, vocab_size=300, vision_steps=30)
+    a = make_tiny_checkpoint(str(tmp_path / "a"), TEXTS, vision_sample=_sample, **kw)
+    b = make_tiny_checkpoint(str(tmp_path / "b"), TEXTS, vision_sample=functools.partial(
+        perception_sample, size=56, num_frames=4, counts=True), **kw)
+    ia, ib = (json.load(open(f"{p}/dvr1_tiny.json"))["vision"] for p in (a, b))
+    assert "count_accuracy" not in ia and 0.0 <= ib["count_accuracy"] <= 1.0
+    assert ib["first_loss"] > ia["first_loss"] + 1.0  # + the count CE over 8 classes (~ln 8 = 2.08) at the start
+    wa, wb = load_file(f"{a}/model.safetensors"), load_file(f"{b}/model.safetensors")
+    assert wa.keys() == wb.keys() and any(not torch.equal(wa[k], wb[k]) for k in wa if "merger" in k)
 
 
 def test_vision_warmup_beside_the_lm_warmups_gives_the_same_checkpoint(tmp_path):
@@ -94,3 +119,14 @@ def test_vision_steps_without_clips_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="^make_tiny_checkpoint: vision_steps > 0 needs a vision_sample to draw "
                                          "warm-up clips from$"):
         make_tiny_checkpoint(str(tmp_path / "a"), TEXTS, seed=3, vocab_size=300, vision_steps=5)
+
+
+def test_the_config_knobs_reach_the_warmup_clips():
+    from dvr1.config import load_config
+    from dvr1.train.job import tiny_vision_warmup
+
+    kw = tiny_vision_warmup(load_config(None, ["model.tiny_vision_steps=5"]), 56)
+    assert kw["vision_steps"] == 5 and len(kw["vision_sample"](np.random.default_rng(0))) == 4
+    cfg = load_config(None, ["model.tiny_vision_max_objects=7", "model.tiny_vision_counts=true"])
+    sample = tiny_vision_warmup(cfg, 56)["vision_sample"]
+    assert sample.keywords["max_objects"] == 7 and len(sample(np.random.default_rng(0))) == 5
