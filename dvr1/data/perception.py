@@ -58,6 +58,8 @@ def token_labels(objects: list[dict], grid: tuple[int, int, int], token_px: floa
     presence = torch.zeros(gt, gh, gw, len(PRESENCE_CLASSES))
     count = torch.zeros(gt, gh, gw, dtype=torch.long)
     direction = torch.full((gt, gh, gw), -1, dtype=torch.long)
+    owner = torch.full((gt, gh, gw), -1, dtype=torch.long)  # the class of a token's (last) object
+    per_class = torch.zeros(gt, len(PRESENCE_CLASSES), dtype=torch.long)  # objects of each class per temporal patch
     for obj in objects:
         path = np.asarray(obj["path"], np.float64)
         if path.shape[0] != gt * temporal_patch:
@@ -70,21 +72,14 @@ def token_labels(objects: list[dict], grid: tuple[int, int, int], token_px: floa
             presence[k, i, j, obj["class"]] = 1.0
             count[k, i, j] += 1
             direction[k, i, j] = d
+            owner[k, i, j] = obj["class"]
+            per_class[k, obj["class"]] += 1
     direction[count != 1] = -1
     out = (presence.reshape(gt * gh * gw, -1), direction.reshape(-1))
     if not counts:
         return out
-    per_class = presence.new_zeros(gt, len(PRESENCE_CLASSES))  # objects of each class per temporal patch
-    owner = torch.full((gt, gh, gw), -1, dtype=torch.long)  # the class of a token's only object
-    for obj in objects:
-        path = np.asarray(obj["path"], np.float64)
-        for k in range(gt):
-            per_class[k, obj["class"]] += 1
-            cx, cy = path[k * temporal_patch:(k + 1) * temporal_patch].mean(0)
-            i, j = min(gh - 1, max(0, int(cy // token_px))), min(gw - 1, max(0, int(cx // token_px)))
-            owner[k, i, j] = obj["class"]
     owner[count != 1] = -1
-    same = torch.gather(per_class, 1, owner.clamp(min=0).reshape(gt, -1)).reshape(gt, gh, gw).long()
+    same = torch.gather(per_class, 1, owner.clamp(min=0).reshape(gt, -1)).reshape(gt, gh, gw)
     return out + (torch.where(owner >= 0, same, torch.full_like(same, -1)).reshape(-1),)
 
 
