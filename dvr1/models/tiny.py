@@ -339,9 +339,9 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
 
     held_out = batch(np.random.default_rng(seed + 1), 32)  # scored after training; its labels give the class count
     n_classes = int(held_out[2].shape[-1])
-    with_counts = len(held_out) > 4
+    widths = [n_classes, 4, MAX_COUNT if len(held_out) > 4 else 0]  # presence, direction, count logits
     gen = torch.Generator().manual_seed(seed)
-    head = torch.nn.Linear(model.config.text_config.hidden_size, n_classes + 4 + (MAX_COUNT if with_counts else 0))
+    head = torch.nn.Linear(model.config.text_config.hidden_size, sum(widths))
     with torch.no_grad():
         bound = 1.0 / math.sqrt(head.in_features)
         head.weight.uniform_(-bound, bound, generator=gen)
@@ -353,14 +353,13 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
         pv, thw, presence, direction = b[:4]
         tokens = visual(pv, grid_thw=thw)
         tokens = getattr(tokens, "pooler_output", tokens)
-        out = head(tokens)
+        out = head(tokens).split(widths, dim=-1)
         has = direction >= 0
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(out[:, :n_classes], presence)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out[0], presence)
         if has.any():
-            loss = loss + torch.nn.functional.cross_entropy(out[has, n_classes:n_classes + 4], direction[has])
-        if with_counts and has.any():
-            loss = loss + torch.nn.functional.cross_entropy(out[has, n_classes + 4:],
-                                                            b[4][has].clamp(max=MAX_COUNT) - 1)
+            loss = loss + torch.nn.functional.cross_entropy(out[1][has], direction[has])
+        if widths[2] and has.any():
+            loss = loss + torch.nn.functional.cross_entropy(out[2][has], b[4][has].clamp(max=MAX_COUNT) - 1)
         return loss, out, tokens
 
     from tqdm import tqdm
@@ -377,15 +376,14 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
         _, out, tokens = forward(held_out)
     presence, direction = held_out[2], held_out[3]
     occupied, has = presence.sum(-1) > 0, direction >= 0
-    same_set = ((out[:, :n_classes] > 0).float() == presence).all(-1)
+    same_set = ((out[0] > 0).float() == presence).all(-1)
     tail = losses[-50:]
     return {"steps": steps, "first_loss": losses[0], "loss": sum(tail) / len(tail),
             "presence_accuracy": float(same_set[occupied].float().mean()),
-            "direction_accuracy": float((out[has, n_classes:n_classes + 4].argmax(-1)
-                                         == direction[has]).float().mean()),
-            **({"count_accuracy": float((out[has, n_classes + 4:].argmax(-1) + 1
+            "direction_accuracy": float((out[1][has].argmax(-1) == direction[has]).float().mean()),
+            **({"count_accuracy": float((out[2][has].argmax(-1) + 1
                                          == held_out[4][has].clamp(max=MAX_COUNT)).float().mean())}
-               if with_counts else {}),
+               if widths[2] else {}),
             "video_embedding_norm": float(tokens.norm(dim=-1).mean())}
 
 

@@ -8,7 +8,8 @@ from dvr1.train import job
 
 def test_make_tiny_runs_at_the_configured_threads(monkeypatch, tmp_path):
     # `dvr1 make-tiny` did not apply `threads`: at torch's default (one per core) its vision warm-up, spawned beside
-    # the LM's with the parent's thread count, put 2 x cores threads on the cores (16 minutes on 2 cores, against the main job's 8)
+    # the LM's with the parent's thread count, put 2 x cores threads on the cores (16 minutes on 2 cores, against the
+    # main job's 8)
     seen = {}
     monkeypatch.setattr(job, "ensure_data", lambda cfg: None)
     monkeypatch.setattr(job, "ensure_model", lambda cfg: seen.setdefault("threads", torch.get_num_threads()))

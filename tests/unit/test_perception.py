@@ -46,7 +46,8 @@ def test_count_labels_by_hand():
     presence, direction, count = token_labels([a, b, c, d, e], (2, 2, 2), 28.0, counts=True)
     assert count.tolist() == [2, 2, 1, -1, 2, -1, 2, 2]  # where a token holds one object: its class's objects
     assert torch.equal(count >= 0, direction >= 0)
-    assert all(torch.equal(x, y) for x, y in zip((presence, direction), token_labels([a, b, c, d, e], (2, 2, 2), 28.0)))
+    plain = token_labels([a, b, c, d, e], (2, 2, 2), 28.0)
+    assert all(torch.equal(x, y) for x, y in zip((presence, direction), plain))
 
 
 def test_token_labels_rejects_a_path_of_the_wrong_length():
