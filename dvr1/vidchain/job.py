@@ -87,13 +87,22 @@ def ensure_data(opts) -> str:
 
 
 def ensure_model(cfg, opts) -> str:
-    """``model.path`` or ``<run_dir>/vidchain_tiny_init`` (tokenizer trained on the CoTasks texts of train/val)."""
+    """``model.path`` or ``<run_dir>/vidchain_tiny_init``: the tiny checkpoint with a tokenizer trained on the CoTasks
+    texts of train/val, and the main job's stand-ins for pretraining that apply to dense captioning: the LM's copy
+    warm-up (``model.tiny_copy_steps``) and the tower's perception warm-up (``model.tiny_vision_*``, on clips of
+    ``vidchain.size`` pixels). Raises `dvr1.config.ConfigError` for ``model.tiny_answer_steps`` /
+    ``tiny_reading_steps`` > 0: those drills read video-QA option lists, which dense-captioning records lack."""
+    from dvr1.config import ConfigError
     from dvr1.models.tiny import make_tiny_checkpoint, text_overrides
     from dvr1.train import job
     from dvr1.vidchain.cotasks import CHAINS, chain_texts
 
     if cfg.model.path:
         return os.path.abspath(cfg.model.path)
+    for key in ("tiny_answer_steps", "tiny_reading_steps"):
+        if getattr(cfg.model, key):
+            raise ConfigError(f"model.{key}={getattr(cfg.model, key)}: that drill reads the option lists of video-QA "
+                              f"records; VidChain's dense-captioning records have none (set it to 0)")
     path = os.path.join(os.path.abspath(cfg.run_dir), "vidchain_tiny_init")
 
     def build():
@@ -106,7 +115,8 @@ def ensure_model(cfg, opts) -> str:
                     texts += chain_texts("ground", [ev], [cap], r.duration)
         log.info("making the tiny checkpoint at %s (tokenizer on %d texts)", path, len(texts))
         make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab,
-                             text=text_overrides(cfg.model), **job.tiny_vision_warmup(cfg, opts.size))
+                             copy_steps=cfg.model.tiny_copy_steps, text=text_overrides(cfg.model),
+                             **job.tiny_vision_warmup(cfg, opts.size))
 
     _rank0_builds(os.path.join(path, "config.json"), build)
     return path

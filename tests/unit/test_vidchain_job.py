@@ -194,3 +194,28 @@ def test_changed_outputs_counts_by_hand():
         changed_outputs(before, {"outputs": before["outputs"][::-1]})
     with pytest.raises(ValueError, match="need per-record 'outputs'"):
         changed_outputs({"n": 2}, after)
+
+
+def test_ensure_model_passes_the_warmups_and_rejects_the_qa_drills(tmp_path, tiny, monkeypatch):
+    """The tiny VidChain checkpoint gets the run's copy and perception warm-ups (a key that were dropped would make
+    the knob a silent no-op); the option drills, which need video-QA options, are a one-line error."""
+    from dvr1.config import ConfigError
+    from dvr1.models import tiny as tiny_mod
+    from dvr1.vidchain.job import ensure_model, load
+
+    data_root, _ = tiny
+    seen = {}
+    monkeypatch.setattr(tiny_mod, "make_tiny_checkpoint", lambda path, texts, **kw: seen.update(kw, texts=texts))
+    ov = _overrides(tmp_path / "run", data_root)
+    cfg, opts = load("examples/vidchain_tiny.yaml", ov + ["model.tiny_copy_steps=7", "model.tiny_vision_steps=5",
+                                                         "model.tiny_vision_counts=true", "vidchain.size=32"])
+    assert ensure_model(cfg, opts) == str(tmp_path / "run" / "vidchain_tiny_init")
+    assert seen["copy_steps"] == 7 and seen["vision_steps"] == 5 and seen["seed"] == 0
+    sample = seen["vision_sample"]
+    assert sample.keywords["counts"] is True and sample.keywords["size"] == 32
+    assert seen["texts"] and all(isinstance(t, str) for t in seen["texts"])
+    for key in ("tiny_answer_steps", "tiny_reading_steps"):
+        cfg, opts = load("examples/vidchain_tiny.yaml", ov + [f"model.{key}=3"])
+        with pytest.raises(ConfigError, match=rf"^model\.{key}=3: that drill reads the option lists of video-QA "
+                                              r"records; VidChain's dense-captioning records have none \(set it to 0\)$"):
+            ensure_model(cfg, opts)
