@@ -77,6 +77,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             recs = run_grid(grid, a.launcher, a.arms.split(",") if a.arms else None, seeds,
                             echo=lambda s: print(s, flush=True))
             failed = [r for r in recs if r["status"].startswith("failed")]
+            locked = [r for r in recs if r["status"] == "locked"]
+            if locked:
+                print(f"[ablate] {len(locked)} run(s) left to the dvr1 ablate that holds their lock: "
+                      + ", ".join(f"{r['arm']} seed {r['seed']}" for r in locked), flush=True)
         if not a.no_report:
             rep = write_report(grid, a.smooth)
             print("\n" + rep["markdown"] + f"\nreport: {rep['report']}\nplots: {', '.join(rep['plots'])}", flush=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -107,6 +108,55 @@ def check_resume(grid: Grid) -> None:
                             "use another --out or delete the run directory")
 
 
+LOCK = "ablate.lock"
+
+
+def try_lock(run_dir: str) -> Optional[str]:
+    """Take ``<run_dir>/ablate.lock`` for this process (created exclusively; it holds ``host pid``). Returns None when
+    taken, else who holds it (``"pid N on host H"``): two `dvr1 ablate` processes on one grid (e.g. lanes given
+    overlapping `--arms`) must not train one run directory at once. A lock left by a dead process of this host is
+    replaced; one of another host (a shared file system) is left alone."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, LOCK)
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                host, pid = open(path).read().split()
+            except (OSError, ValueError):  # removed meanwhile, or half-written: look again
+                continue
+            if host == socket.gethostname() and not _alive(int(pid)):
+                os.remove(path)  # stale: its process is gone
+                continue
+            return f"pid {pid} on host {host}"
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return None
+    return f"another process (could not take {path})"
+
+
+def unlock(run_dir: str) -> None:
+    """Release the lock :func:`try_lock` took (only if this process holds it)."""
+    path = os.path.join(run_dir, LOCK)
+    try:
+        if open(path).read().split() == [socket.gethostname(), str(os.getpid())]:
+            os.remove(path)
+    except OSError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _execute(argv: list[str], log_path: str) -> tuple[int, float]:
     """Run `argv` (cwd = this process's cwd), appending stdout+stderr to `log_path`. Returns (rc, wall seconds)."""
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
@@ -126,6 +176,24 @@ def _ckpt_step(run_dir: str, stage: str = "rl") -> Optional[str]:
 def run_sft(grid: Grid, launcher: Optional[str] = None, echo: Callable[[str], None] = print) -> None:
     """The shared SFT stage (skipped when the SFT checkpoint / eval_sft.json exist). Raises GridError if it fails:
     every run depends on it."""
+    waited = False
+    while (holder := try_lock(grid.sft_dir)) is not None:  # another runner trains the shared SFT: wait for it
+        if not waited:
+            echo(f"[ablate] sft: {grid.sft_dir} is locked by {holder} (another dvr1 ablate); waiting for it")
+            waited = True
+        time.sleep(SFT_LOCK_POLL_S)
+    try:
+        _run_sft_stages(grid, launcher, echo)
+    finally:
+        unlock(grid.sft_dir)
+    if not os.path.exists(os.path.join(grid.sft_hf, "config.json")):
+        raise GridError(f"{grid.path}: sft.init: {grid.sft_hf} is not a HF checkpoint directory")
+
+
+SFT_LOCK_POLL_S = 10.0
+
+
+def _run_sft_stages(grid: Grid, launcher: Optional[str], echo: Callable[[str], None]) -> None:
     for stage, argv in sft_commands(grid, _launcher(grid, launcher, local=True)):
         done = (grid.sft_eval_path if grid.task == "vidchain"  # the vidchain SFT stage ends with its eval
                 else os.path.join(grid.sft_hf, "model.safetensors") if stage == "sft" else grid.sft_eval_path)
@@ -137,8 +205,6 @@ def run_sft(grid: Grid, launcher: Optional[str] = None, echo: Callable[[str], No
         if rc != 0:
             raise GridError(f"{grid.path}: shared {stage} failed (exit {rc}); see {grid.sft_dir}/ablate.log")
         echo(f"[ablate] {stage}: done in {wall / 60:.1f} min")
-    if not os.path.exists(os.path.join(grid.sft_hf, "config.json")):
-        raise GridError(f"{grid.path}: sft.init: {grid.sft_hf} is not a HF checkpoint directory")
 
 
 def run_grid(grid: Grid, launcher: Optional[str] = None, arms: Optional[list[str]] = None,
@@ -147,8 +213,10 @@ def run_grid(grid: Grid, launcher: Optional[str] = None, arms: Optional[list[str
 
     Skips runs whose eval JSON exists; evaluates without training when `rl/hf` exists; otherwise trains (resuming
     from `rl/ckpt` when there). A failing stage is recorded in `<run_dir>/ablate_run.json` (status
-    "failed:<stage>", exit code, wall seconds) and the grid continues. Returns one record per run (dict with arm,
-    seed, status: done | skipped | failed:train | failed:eval).
+    "failed:<stage>", exit code, wall seconds) and the grid continues. Each run holds ``<run_dir>/ablate.lock``
+    while it trains and evaluates (:func:`try_lock`): a run another `dvr1 ablate` process holds is skipped here
+    (status "locked"), so parallel lanes never train one run at once; the shared SFT's lock is waited for. Returns
+    one record per run (dict with arm, seed, status: done | skipped | locked | failed:train | failed:eval).
     Raises GridError for an invalid config (checked first), a run dir made with other overrides, or a failed SFT.
     """
     check_configs(grid)
@@ -166,26 +234,43 @@ def run_grid(grid: Grid, launcher: Optional[str] = None, arms: Optional[list[str
             echo(f"{tag}: {r.eval_path} exists, skipping")
             out.append({"arm": r.arm, "seed": r.seed, "status": "skipped"})
             continue
-        rec = read_record(r.run_dir) or {"arm": r.arm, "seed": r.seed, "overrides": r.overrides,
-                                            "init": grid.sft_hf, "attempts": []}
-        status = "done"
-        for stage, argv in run_commands(grid, r, lw):
-            if stage == "train" and r.task == "rl" and os.path.exists(os.path.join(r.hf_dir, "model.safetensors")):
-                echo(f"{tag}: {r.hf_dir} exists, evaluating only")
-                continue
-            step = _ckpt_step(r.run_dir, r.stage) if stage == "train" else None
-            what = "RL" if r.task == "rl" else "M-DPO"
-            echo(f"{tag}: {stage}" + (f" (resuming from {what} step {step})" if step else ""))
-            rc, wall = _execute(argv, os.path.join(r.run_dir, "ablate.log"))
-            rec["attempts"].append({"stage": stage, "rc": rc, "wall_s": wall, "resumed_from": step,
-                                    "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - wall))})
-            if rc != 0:
-                status = f"failed:{stage}"
-                echo(f"{tag}: {stage} FAILED (exit {rc}); log: {os.path.join(r.run_dir, 'ablate.log')}")
-                break
-            echo(f"{tag}: {stage} done in {wall / 60:.1f} min")
-        rec["status"] = status
-        _write_record(r.run_dir, rec)
+        holder = try_lock(r.run_dir)
+        if holder is not None:
+            echo(f"{tag}: {r.run_dir} is locked by {holder} (another dvr1 ablate runs it), skipping")
+            out.append({"arm": r.arm, "seed": r.seed, "status": "locked"})
+            continue
+        try:
+            status = _run_one(grid, r, lw, tag, echo)
+        finally:
+            unlock(r.run_dir)
         out.append({"arm": r.arm, "seed": r.seed, "status": status})
     return out
+
+
+def _run_one(grid: Grid, r: Run, lw: list[str], tag: str, echo: Callable[[str], None]) -> str:
+    """One run's train and eval (its lock held); writes its record and returns its status."""
+    if os.path.exists(r.eval_path):  # finished by another runner while this one waited for the lock
+        echo(f"{tag}: {r.eval_path} exists, skipping")
+        return "skipped"
+    rec = read_record(r.run_dir) or {"arm": r.arm, "seed": r.seed, "overrides": r.overrides,
+                                     "init": grid.sft_hf, "attempts": []}
+    status = "done"
+    for stage, argv in run_commands(grid, r, lw):
+        if stage == "train" and r.task == "rl" and os.path.exists(os.path.join(r.hf_dir, "model.safetensors")):
+            echo(f"{tag}: {r.hf_dir} exists, evaluating only")
+            continue
+        step = _ckpt_step(r.run_dir, r.stage) if stage == "train" else None
+        what = "RL" if r.task == "rl" else "M-DPO"
+        echo(f"{tag}: {stage}" + (f" (resuming from {what} step {step})" if step else ""))
+        rc, wall = _execute(argv, os.path.join(r.run_dir, "ablate.log"))
+        rec["attempts"].append({"stage": stage, "rc": rc, "wall_s": wall, "resumed_from": step,
+                                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - wall))})
+        if rc != 0:
+            status = f"failed:{stage}"
+            echo(f"{tag}: {stage} FAILED (exit {rc}); log: {os.path.join(r.run_dir, 'ablate.log')}")
+            break
+        echo(f"{tag}: {stage} done in {wall / 60:.1f} min")
+    rec["status"] = status
+    _write_record(r.run_dir, rec)
+    return status
 

@@ -203,6 +203,58 @@ def test_run_grid_resume_skip_and_crash(tmp_path, monkeypatch):
                             f"{tmp_path}/other_sft; use another --out or delete the run directory")
 
 
+def test_run_locks_keep_two_runners_off_one_run(tmp_path, monkeypatch):
+    """A run another live runner holds is skipped (status "locked"), a dead runner's lock is replaced, another host's
+    lock is respected, every lock this runner took is gone afterwards, and the shared SFT's lock is waited for."""
+    import socket
+    import threading
+
+    from dvr1.ablate import runner
+
+    g = load_grid(write_grid(tmp_path, GRID))
+    out = tmp_path / "out"
+    fake = tmp_path / "fake_dvr1.py"
+    fake.write_text(FAKE_DVR1)
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_CALLS", str(calls))
+    monkeypatch.setenv("FAKE_OUT", str(out))
+    monkeypatch.setattr(runner, "SFT_LOCK_POLL_S", 0.05)
+    host = socket.gethostname()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        for run, holder in (("grpo/seed3", f"{host} {live.pid}"), ("grpo/seed1", f"{host} {dead.pid}"),
+                            ("reg_da/seed3", f"other-node {dead.pid}"), ("sft", f"{host} {live.pid}")):
+            (out / run).mkdir(parents=True, exist_ok=True)
+            (out / run / "ablate.lock").write_text(holder)
+        msgs = []
+        # the other runner "finishes" the shared SFT's lock after a moment
+        threading.Timer(0.3, lambda: (out / "sft" / "ablate.lock").unlink()).start()
+        recs = ablate.run_grid(g, launcher=f"{sys.executable} {fake}", echo=msgs.append)
+    finally:
+        live.kill()
+        live.wait()
+    assert [(r["arm"], r["seed"], r["status"]) for r in recs] == [
+        ("grpo", 3, "locked"), ("grpo", 1, "done"), ("reg_da", 3, "locked"), ("reg_da", 1, "done")]
+    assert msgs[0] == (f"[ablate] sft: {out}/sft is locked by pid {live.pid} on host {host} (another dvr1 ablate); "
+                       "waiting for it")
+    assert f"[ablate 1/4] grpo seed 3: {out}/grpo/seed3 is locked by pid {live.pid} on host {host} (another dvr1 " \
+           "ablate runs it), skipping" in msgs
+    assert f"[ablate 3/4] reg_da seed 3: {out}/reg_da/seed3 is locked by pid {dead.pid} on host other-node " \
+           "(another dvr1 ablate runs it), skipping" in msgs
+    ran = [tuple(json.loads(line)) for line in calls.read_text().splitlines()]
+    assert ran == [("sft", "sft"), ("eval", "sft"), ("train", "grpo/seed1"), ("eval", "grpo/seed1"),
+                   ("train", "reg_da/seed1"), ("eval", "reg_da/seed1")]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("ablate.lock")) == ["grpo/seed3/ablate.lock",
+                                                                                 "reg_da/seed3/ablate.lock"]
+    # the lock is exclusive: a second take by anyone but a dead holder's successor fails
+    assert runner.try_lock(str(out / "x")) is None
+    assert runner.try_lock(str(out / "x")) == f"pid {os.getpid()} on host {host}"
+    runner.unlock(str(out / "x"))
+    assert not (out / "x" / "ablate.lock").exists()
+
+
 def test_failed_sft_stops_the_grid(tmp_path, monkeypatch):
     g = load_grid(write_grid(tmp_path, GRID))
     fake = tmp_path / "fail.py"
