@@ -109,6 +109,7 @@ def check_resume(grid: Grid) -> None:
 
 
 LOCK = "ablate.lock"
+SFT_LOCK_POLL_S = 10.0  # how often a runner waiting for the shared SFT's lock looks again (seconds)
 
 
 def try_lock(run_dir: str) -> Optional[str]:
@@ -188,9 +189,6 @@ def run_sft(grid: Grid, launcher: Optional[str] = None, echo: Callable[[str], No
         unlock(grid.sft_dir)
     if not os.path.exists(os.path.join(grid.sft_hf, "config.json")):
         raise GridError(f"{grid.path}: sft.init: {grid.sft_hf} is not a HF checkpoint directory")
-
-
-SFT_LOCK_POLL_S = 10.0
 
 
 def _run_sft_stages(grid: Grid, launcher: Optional[str], echo: Callable[[str], None]) -> None:
