@@ -207,7 +207,6 @@ def test_run_locks_keep_two_runners_off_one_run(tmp_path, monkeypatch):
     """A run another live runner holds is skipped (status "locked"), a dead runner's lock is replaced, another host's
     lock is respected, every lock this runner took is gone afterwards, and the shared SFT's lock is waited for."""
     import socket
-    import threading
 
     from dvr1.ablate import runner
 
@@ -229,9 +228,13 @@ def test_run_locks_keep_two_runners_off_one_run(tmp_path, monkeypatch):
             (out / run).mkdir(parents=True, exist_ok=True)
             (out / run / "ablate.lock").write_text(holder)
         msgs = []
-        # the other runner "finishes" the shared SFT's lock after a moment
-        threading.Timer(0.3, lambda: (out / "sft" / "ablate.lock").unlink()).start()
-        recs = ablate.run_grid(g, launcher=f"{sys.executable} {fake}", echo=msgs.append)
+
+        def echo(m):  # once this runner waits for the shared SFT, the other runner "finishes" it
+            msgs.append(m)
+            if m.endswith("waiting for it"):
+                (out / "sft" / "ablate.lock").unlink()
+
+        recs = ablate.run_grid(g, launcher=f"{sys.executable} {fake}", echo=echo)
     finally:
         live.kill()
         live.wait()
