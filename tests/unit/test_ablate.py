@@ -152,7 +152,8 @@ elif cmd == "eval":
 '''
 
 
-def test_run_grid_resume_skip_and_crash(tmp_path, monkeypatch):
+def _fake_grid(tmp_path, monkeypatch):
+    """(grid, its out dir, the fake dvr1 script, the calls log) of GRID run by FAKE_DVR1."""
     g = load_grid(write_grid(tmp_path, GRID))
     out = tmp_path / "out"
     fake = tmp_path / "fake_dvr1.py"
@@ -160,6 +161,11 @@ def test_run_grid_resume_skip_and_crash(tmp_path, monkeypatch):
     calls = tmp_path / "calls.jsonl"
     monkeypatch.setenv("FAKE_CALLS", str(calls))
     monkeypatch.setenv("FAKE_OUT", str(out))
+    return g, out, fake, calls
+
+
+def test_run_grid_resume_skip_and_crash(tmp_path, monkeypatch):
+    g, out, fake, calls = _fake_grid(tmp_path, monkeypatch)
     monkeypatch.setenv("FAKE_CRASH", str(out / "reg_da" / "seed3"))
     # grpo/seed3 finished earlier; grpo/seed1 trained but not evaluated; reg_da/seed1 has a partial RL checkpoint
     (out / "grpo" / "seed3").mkdir(parents=True)
@@ -210,13 +216,7 @@ def test_run_locks_keep_two_runners_off_one_run(tmp_path, monkeypatch):
 
     from dvr1.ablate import runner
 
-    g = load_grid(write_grid(tmp_path, GRID))
-    out = tmp_path / "out"
-    fake = tmp_path / "fake_dvr1.py"
-    fake.write_text(FAKE_DVR1)
-    calls = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("FAKE_CALLS", str(calls))
-    monkeypatch.setenv("FAKE_OUT", str(out))
+    g, out, fake, calls = _fake_grid(tmp_path, monkeypatch)
     monkeypatch.setattr(runner, "SFT_LOCK_POLL_S", 0.05)
     host = socket.gethostname()
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
