@@ -358,8 +358,8 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
         loss = torch.nn.functional.binary_cross_entropy_with_logits(out[0], presence)
         if has.any():
             loss = loss + torch.nn.functional.cross_entropy(out[1][has], direction[has])
-        if widths[2] and has.any():
-            loss = loss + torch.nn.functional.cross_entropy(out[2][has], b[4][has].clamp(max=MAX_COUNT) - 1)
+            if widths[2]:
+                loss = loss + torch.nn.functional.cross_entropy(out[2][has], b[4][has].clamp(max=MAX_COUNT) - 1)
         return loss, out, tokens
 
     from tqdm import tqdm
