@@ -119,7 +119,6 @@ def try_lock(run_dir: str) -> Optional[str]:
     replaced; one of another host (a shared file system) is left alone."""
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, LOCK)
-    me = f"{socket.gethostname()} {os.getpid()}"
     for _ in range(2):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -133,7 +132,7 @@ def try_lock(run_dir: str) -> Optional[str]:
                 continue
             return f"pid {pid} on host {host}"
         with os.fdopen(fd, "w") as f:
-            f.write(me)
+            f.write(_me())
         return None
     return f"another process (could not take {path})"
 
@@ -142,10 +141,15 @@ def unlock(run_dir: str) -> None:
     """Release the lock :func:`try_lock` took (only if this process holds it)."""
     path = os.path.join(run_dir, LOCK)
     try:
-        if open(path).read().split() == [socket.gethostname(), str(os.getpid())]:
+        if open(path).read() == _me():
             os.remove(path)
     except OSError:
         pass
+
+
+def _me() -> str:
+    """This process's lock content: ``host pid``."""
+    return f"{socket.gethostname()} {os.getpid()}"
 
 
 def _alive(pid: int) -> bool:
@@ -228,10 +232,6 @@ def run_grid(grid: Grid, launcher: Optional[str] = None, arms: Optional[list[str
     out = []
     for i, r in enumerate(todo):
         tag = f"[ablate {i + 1}/{len(todo)}] {r.arm} seed {r.seed}"
-        if os.path.exists(r.eval_path):
-            echo(f"{tag}: {r.eval_path} exists, skipping")
-            out.append({"arm": r.arm, "seed": r.seed, "status": "skipped"})
-            continue
         holder = try_lock(r.run_dir)
         if holder is not None:
             echo(f"{tag}: {r.run_dir} is locked by {holder} (another dvr1 ablate runs it), skipping")
@@ -247,7 +247,7 @@ def run_grid(grid: Grid, launcher: Optional[str] = None, arms: Optional[list[str
 
 def _run_one(grid: Grid, r: Run, lw: list[str], tag: str, echo: Callable[[str], None]) -> str:
     """One run's train and eval (its lock held); writes its record and returns its status."""
-    if os.path.exists(r.eval_path):  # finished by another runner while this one waited for the lock
+    if os.path.exists(r.eval_path):  # finished earlier (checked under the lock: no other runner is finishing it)
         echo(f"{tag}: {r.eval_path} exists, skipping")
         return "skipped"
     rec = read_record(r.run_dir) or {"arm": r.arm, "seed": r.seed, "overrides": r.overrides,
