@@ -15,6 +15,7 @@ Modules (``NAME``):
     inference_kv_cache   transformer/attention.py static KV-cache allocation
     tied_embeddings      language_module.py: tied embedding copy across PP stages (.cuda() before all-reduce)
     sequence_parallel_norm  transformer/torch_norm.py: the local norm under sequence parallel (no TE/apex)
+    softmax_threads      fusions/fused_softmax.py: the attention softmax's gradient independent of the CPU thread count
     tensor_type_alias    (opt-in) Tensor.type() CUDA spelling inside the bf16 / DistributedOptimizer constructors
 """
 
@@ -33,6 +34,7 @@ from megatron_patches import (
     pipeline_schedules,
     rng_tracker,
     sequence_parallel_norm,
+    softmax_threads,
     tied_embeddings,
 )
 from megatron_patches import tensor_type_alias as type_alias_patch
@@ -50,6 +52,7 @@ DEFAULT_PATCHES = (
     inference_kv_cache,
     tied_embeddings,
     sequence_parallel_norm,
+    softmax_threads,
 )
 
 TENSOR_TYPE_ALIAS_ENV = "DVR1_MEGATRON_TENSOR_TYPE_ALIAS"

@@ -24,6 +24,7 @@ DEFAULT_NAMES = [
     "inference_kv_cache",
     "tied_embeddings",
     "sequence_parallel_norm",
+    "softmax_threads",
 ]
 
 
@@ -404,3 +405,29 @@ def test_init_parallel_rejects_bad_layouts(parallel_state_1):
         init_parallel(tp=0)
     assert parallel_info().tp_size == 1  # state untouched by the failed calls
     assert init_parallel(tp=1, pp=1, seed=1234) == parallel_state_1  # same layout: re-seeds, same info
+
+
+def test_softmax_threads_gradient_independent_of_thread_count(parallel_state_1):
+    """The patched softmax equals the unpatched one at 1 thread and gives the same gradient at 3 threads; the plain
+    torch.nn.Softmax backward does not (what the patch is for: a run's model must not depend on `threads`)."""
+    from megatron_patches.softmax_threads import Softmax
+
+    x0 = torch.randn(32, 350, 350, generator=torch.Generator().manual_seed(0))
+    g = torch.randn(32, 350, 350, generator=torch.Generator().manual_seed(1))
+    threads = torch.get_num_threads()
+
+    def grad(module, n):
+        torch.set_num_threads(n)
+        try:
+            x = x0.clone().requires_grad_()
+            module(x).backward(g)
+            return x.grad
+        finally:
+            torch.set_num_threads(threads)
+
+    native1, patched1, patched3 = grad(torch.nn.Softmax(-1), 1), grad(Softmax(-1), 1), grad(Softmax(-1), 3)
+    assert torch.equal(native1, patched1) and torch.equal(patched1, patched3)
+    assert not torch.equal(native1, grad(torch.nn.Softmax(-1), 3))  # torch 2.13 CPU kernel: differs in the last bit
+    from megatron.core.fusions import fused_softmax
+
+    assert fused_softmax.torch.nn.Softmax is Softmax
