@@ -9,7 +9,8 @@ makes the call with a :class:`TorchView`: it forwards every attribute to the rea
   (e.g. ``current_device`` -> ``torch.device("cpu")``, ``synchronize`` -> no-op);
 - tensor factories (``empty``, ``zeros``, ``ones``, ``full``, ``tensor``, ``arange``) when a patch enables
   ``cpu_factories``: a CUDA ``device=`` argument (``"cuda"``, ``"cuda:0"``, ``torch.device("cuda")`` or a device
-  index) becomes ``"cpu"``.
+  index) becomes ``"cpu"``;
+- any other top-level name a patch replaces (``attrs``, e.g. ``nn`` in :mod:`megatron_patches.softmax_threads`).
 
 The real ``torch`` module is never modified, and other modules (including other megatron modules) are unaffected.
 Several patches may add overrides to the same upstream module; they merge into one view.
@@ -71,7 +72,7 @@ class CudaView:
 
 
 class TorchView:
-    """Forwards to ``torch`` except ``cuda`` (a :class:`CudaView`) and, if enabled, the tensor factories."""
+    """Forwards to ``torch`` except ``cuda`` (a :class:`CudaView`), the tensor factories if enabled, and `attrs`."""
 
     def __init__(self) -> None:
         self.__dict__["cuda"] = CudaView()
@@ -86,7 +87,8 @@ class TorchView:
 
 
 def install(
-    module: types.ModuleType, cuda: Optional[Dict[str, Callable]] = None, cpu_factories: bool = False
+    module: types.ModuleType, cuda: Optional[Dict[str, Callable]] = None, cpu_factories: bool = False,
+    attrs: Optional[Dict[str, Any]] = None,
 ) -> TorchView:
     """Give ``module`` a :class:`TorchView` as its ``torch`` (once) and merge the requested overrides into it.
 
@@ -94,6 +96,7 @@ def install(
         module: an imported megatron-core module whose global ``torch`` is the real torch module.
         cuda: ``torch.cuda`` function name -> replacement, e.g. ``{"current_device": cpu_device}``.
         cpu_factories: map CUDA ``device=`` arguments of the tensor factories to CPU.
+        attrs: other ``torch`` attribute name -> what the module sees instead (e.g. ``{"nn": ...}``).
 
     Returns the view. Idempotent: calling again with the same arguments changes nothing.
     Raises TypeError if ``module.torch`` is neither torch nor a TorchView (someone else patched it).
@@ -106,6 +109,8 @@ def install(
         raise TypeError(f"megatron_patches: {module.__name__}.torch is {view!r}, expected the torch module")
     for name, fn in (cuda or {}).items():
         view.cuda._overrides[name] = fn
+    for name, value in (attrs or {}).items():
+        view.__dict__[name] = value
     if cpu_factories and not view._cpu_factories:
         for name in _FACTORY_NAMES:
             view.__dict__[name] = _cpu_factory(getattr(torch, name))

@@ -36,8 +36,6 @@ class _SoftmaxOneThreadBackward(torch.autograd.Function):
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
         threads = torch.get_num_threads()
-        if threads == 1:
-            return torch._softmax_backward_data(grad, y, ctx.dim, y.dtype), None
         torch.set_num_threads(1)
         try:
             return torch._softmax_backward_data(grad, y, ctx.dim, y.dtype), None
@@ -69,5 +67,4 @@ def apply() -> None:
     """Give ``fusions/fused_softmax.py`` a ``torch.nn`` whose ``Softmax`` is :class:`Softmax`. Idempotent."""
     from megatron.core.fusions import fused_softmax
 
-    view = _torch_view.install(fused_softmax)
-    view.__dict__["nn"] = _NNView()
+    _torch_view.install(fused_softmax, attrs={"nn": _NNView()})
