@@ -80,7 +80,7 @@ def _linear_warmup(opt, lr: float, step: int, warmup: int) -> None:
 
 
 def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 1e-3, warmup: int = 30,
-                seed: int = 0, progress: bool = True) -> dict:
+                seed: int = 0, progress: bool = True, on_step=None) -> dict:
     """Text-only induction warm-up of the tiny checkpoint's language model, before :func:`reading_warmup`: each
     sample is ``prefix + x + filler + x`` with ``x`` 6-39 random ordinary tokens and random prefix (0-19) and filler
     (0-29) lengths, and the loss is next-token NLL on the repeat of ``x`` after its first token. The repeat sits at a
@@ -98,6 +98,8 @@ def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 
     Args:
         model: a `Qwen2_5_VLForConditionalGeneration` (fp32, CPU). tokenizer: its tokenizer (the token pool is
             its ordinary, non-special tokens). steps: optimizer steps (0: nothing is done). batch_size: samples.
+        on_step: called with no argument before every step (:func:`make_tiny_checkpoint` changes the thread count
+            from it), or None.
 
     Returns:
         ``{"steps", "first_loss", "loss" (mean over the last 50 steps), "copy_accuracy"}``: the loss is the mean NLL
@@ -128,6 +130,8 @@ def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 
     losses = []
     model.train()
     for step in tqdm(range(steps), desc="copy warm-up", disable=not progress, unit="step"):
+        if on_step is not None:
+            on_step()
         _linear_warmup(opt, lr, step, warmup)
         logits, target = forward(*batch(gen))
         losses.append(_clipped_step(opt, params, torch.nn.functional.cross_entropy(logits.flatten(0, 1),
@@ -143,7 +147,7 @@ def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 
 
 
 def reading_warmup(model, tokenizer, option_lists: list[list[str]], steps: int, batch_size: int = 32,
-                   lr: float = 3e-3, warmup: int = 30, seed: int = 0, progress: bool = True) -> dict:
+                   lr: float = 3e-3, warmup: int = 30, seed: int = 0, progress: bool = True, on_step=None) -> dict:
     """Text-only warm-up of the tiny checkpoint's language model: next-token training on :func:`reading_text`
     samples (each option list with its options stated twice in random order), to teach the LM to find a stated
     value in an option list and copy its letter -- the skill multiple-choice answers need, which every real
@@ -157,7 +161,8 @@ def reading_warmup(model, tokenizer, option_lists: list[list[str]], steps: int, 
     Args:
         model: a `Qwen2_5_VLForConditionalGeneration` (fp32, CPU).
         tokenizer: its tokenizer. option_lists: the training split's option lists (2-26 options each).
-        steps: optimizer steps (0: nothing is done). batch_size: samples per step.
+        steps: optimizer steps (0: nothing is done). batch_size: samples per step. on_step: as in
+            :func:`copy_warmup`.
 
     Returns:
         ``{"steps", "first_loss" (the first step's mean NLL per target token), "loss" (the same, mean over the last
@@ -208,6 +213,8 @@ def reading_warmup(model, tokenizer, option_lists: list[list[str]], steps: int, 
     losses = []
     model.train()
     for step in tqdm(range(steps), desc="reading warm-up", disable=not progress, unit="step"):
+        if on_step is not None:
+            on_step()
         _linear_warmup(opt, lr, step, warmup)
         idx = torch.randint(len(option_lists), (batch_size,), generator=gen).tolist()
         ids, mask, scored, _ = batch([option_lists[i] for i in idx], gen)
@@ -234,7 +241,7 @@ def reading_warmup(model, tokenizer, option_lists: list[list[str]], steps: int, 
 
 
 def answer_drill(model, tokenizer, samples: list[tuple[str, str, str]], steps: int, batch_size: int = 16,
-                 lr: float = 1e-3, warmup: int = 30, seed: int = 0, progress: bool = True) -> dict:
+                 lr: float = 1e-3, warmup: int = 30, seed: int = 0, progress: bool = True, on_step=None) -> dict:
     """Text-only option lookup in the SFT answer's own form, after :func:`copy_warmup` and :func:`reading_warmup`:
     each sample (`dvr1.data.prompts.lookup_drill_texts`) is the chat prompt of a question (no video), an SFT
     response whose reasoning states one of its options, and ``<answer>``; the loss is the NLL of that option's
@@ -247,6 +254,7 @@ def answer_drill(model, tokenizer, samples: list[tuple[str, str, str]], steps: i
     Args:
         model: a `Qwen2_5_VLForConditionalGeneration` (fp32, CPU). tokenizer: its tokenizer.
         samples: ``(question, response_prefix, letter)`` triples. steps: optimizer steps (0: nothing is done).
+        on_step: as in :func:`copy_warmup`.
 
     Returns:
         ``{"steps", "first_loss", "loss" (mean of the last 50 steps), "letter_accuracy" (argmax accuracy of the
@@ -278,6 +286,8 @@ def answer_drill(model, tokenizer, samples: list[tuple[str, str, str]], steps: i
     losses, hits = [], []
     model.train()
     for step in tqdm(range(steps), desc="answer drill", disable=not progress, unit="step"):
+        if on_step is not None:
+            on_step()
         _linear_warmup(opt, lr, step, warmup)
         rows = [encoded[i] for i in torch.randint(len(encoded), (batch_size,), generator=gen).tolist()]
         n = max(len(x) for x, _ in rows)
@@ -500,8 +510,10 @@ def make_tiny_checkpoint(
     clips from `vision_sample`, recorded under ``"vision"``. The tower's warm-up and the language model's touch
     disjoint parameters and draw from their own RNGs, so with both to run and `vision_in_parallel` (None: when a
     second core is free, :func:`_spare_cores`) the tower's runs in a spawned process beside the others (the tiny main
-    job's ~2 minutes of it off the critical path), with the same weights, bit for bit, as one after the other
-    (tests/unit/test_perception.py). `vision_sample` must then pickle (a module-level function or a
+    job's ~3 minutes of it off the critical path), with the same weights, bit for bit, as one after the other
+    (tests/unit/test_perception.py). That process gets one intra-op thread, and this one ``torch.get_num_threads()
+    - 1`` (at least 1) until it has returned, then all again (the LM warm-ups' results do not depend on the thread
+    count: the same weights at 1 and 2 threads, docs/SEEING_POLICY.md). `vision_sample` must then pickle (a module-level function or a
     `functools.partial` of one). Returns `out_dir`.
 
     Raises:
@@ -524,17 +536,24 @@ def make_tiny_checkpoint(
     lm_warmups = copy_steps > 0 or reading_steps > 0 or answer_steps > 0
     if vision_in_parallel is None:
         vision_in_parallel = _spare_cores()
-    pool = pending = None
+    threads = torch.get_num_threads()
+    pool = pending = on_step = None
     if vision_steps > 0 and lm_warmups and vision_in_parallel:
         import multiprocessing
 
         pool = multiprocessing.get_context("spawn").Pool(1)
         pending = pool.apply_async(_vision_warmup_worker, (cfg, model.model.visual.state_dict(), vision_sample,
-                                                           vision_steps, seed, torch.get_num_threads()))
+                                                           vision_steps, seed, 1))
+        torch.set_num_threads(max(1, threads - 1))  # the worker's thread takes one of this process's
+
+        def on_step():  # and gives it back as soon as the worker has returned (a step of the LM's warm-ups)
+            if pending.ready() and torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
     try:
-        copied = copy_warmup(model, tok, copy_steps, seed=seed)
-        reading = reading_warmup(model, tok, list(reading_options or []), reading_steps, lr=reading_lr, seed=seed)
-        answer = answer_drill(model, tok, list(answer_samples or []), answer_steps, seed=seed)
+        copied = copy_warmup(model, tok, copy_steps, seed=seed, on_step=on_step)
+        reading = reading_warmup(model, tok, list(reading_options or []), reading_steps, lr=reading_lr, seed=seed,
+                                 on_step=on_step)
+        answer = answer_drill(model, tok, list(answer_samples or []), answer_steps, seed=seed, on_step=on_step)
         if pending is not None:
             visual_state, vision = pending.get()
             model.model.visual.load_state_dict(visual_state)
@@ -542,6 +561,7 @@ def make_tiny_checkpoint(
         else:
             vision = vision_warmup(model, vision_sample, vision_steps, seed=seed) if vision_steps > 0 else None
     finally:
+        torch.set_num_threads(threads)
         if pool is not None:
             pool.terminate()  # after close(): the worker has returned; on an error here: do not wait for it
             pool.join()
