@@ -411,12 +411,6 @@ def _vision_warmup_worker(cfg, visual_state: dict, sample, steps: int, seed: int
     return model.model.visual.state_dict(), result
 
 
-def _spare_cores() -> bool:
-    """Whether this process may use a second CPU core (its affinity mask, else the machine's count)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores > 1
-
-
 def _round_up(x: int, m: int) -> int:
     return (x + m - 1) // m * m
 
@@ -509,12 +503,12 @@ def make_tiny_checkpoint(
     (under ``"answer"``). `vision_steps` > 0: the random tower + merger get :func:`vision_warmup` on
     clips from `vision_sample`, recorded under ``"vision"``. The tower's warm-up and the language model's touch
     disjoint parameters and draw from their own RNGs, so with both to run and `vision_in_parallel` (None: when a
-    second core is free, :func:`_spare_cores`) the tower's runs in a spawned process beside the others (the tiny main
-    job's ~3 minutes of it off the critical path), with the same weights, bit for bit, as one after the other
-    (tests/unit/test_perception.py). That process gets one intra-op thread, and this one ``torch.get_num_threads()
-    - 1`` (at least 1) until it has returned, then all again (the LM warm-ups' results do not depend on the thread
-    count: the same weights at 1 and 2 threads, docs/SEEING_POLICY.md). `vision_sample` must then pickle (a module-level function or a
-    `functools.partial` of one). Returns `out_dir`.
+    second core is free, `dvr1.parallel.setup.cpu_cores`) the tower's runs in a spawned process beside the others
+    (the tiny main job's ~3 minutes of it off the critical path), with the same weights, bit for bit, as one after
+    the other (tests/unit/test_perception.py). That process gets one intra-op thread, and this one
+    ``torch.get_num_threads() - 1`` (at least 1) until it has returned, then all again (the LM warm-ups' results do
+    not depend on the thread count: the same weights at 1 and 2 threads). `vision_sample` must then pickle (a
+    module-level function or a `functools.partial` of one). Returns `out_dir`.
 
     Raises:
         ValueError: `vision_steps` > 0 without `vision_sample`; see also :func:`reading_warmup`.
@@ -535,7 +529,9 @@ def make_tiny_checkpoint(
         raise ValueError("make_tiny_checkpoint: vision_steps > 0 needs a vision_sample to draw warm-up clips from")
     lm_warmups = copy_steps > 0 or reading_steps > 0 or answer_steps > 0
     if vision_in_parallel is None:
-        vision_in_parallel = _spare_cores()
+        from dvr1.parallel.setup import cpu_cores
+
+        vision_in_parallel = cpu_cores() > 1
     threads = torch.get_num_threads()
     pool = pending = on_step = None
     if vision_steps > 0 and lm_warmups and vision_in_parallel:

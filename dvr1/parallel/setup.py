@@ -52,6 +52,14 @@ _OWNS_PROCESS_GROUP = False
 _INFO: Optional[ParallelInfo] = None
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may run on: its affinity mask (what Slurm / taskset / a container grant), else the
+    machine's count; at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def _default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 

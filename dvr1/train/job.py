@@ -40,11 +40,20 @@ def setup_logging(run_dir: str | None = None) -> None:
 
 
 def set_threads(cfg) -> None:
-    """`threads` (> 0, CPU only): torch's intra-op threads for this process. Every command that computes calls it
-    first (`init`, `dvr1 make-tiny`): at torch's default (one per core) the tiny checkpoint's vision warm-up, in its
-    own process beside the language model's, would run 2 x cores threads on the cores."""
+    """`threads` (> 0, CPU only): torch's intra-op threads for this process, lowered (logged) to this process's share
+    of the cores when the processes torchrun starts on this node (``LOCAL_WORLD_SIZE``) would otherwise run more
+    threads than there are cores (``cores // processes``, at least 1): OpenMP threads that wait for a core make every
+    op wait. Every command that computes calls it first (`init`, `dvr1 make-tiny`). The results do not depend on it
+    (`megatron_patches.softmax_threads`)."""
     if cfg.threads > 0 and not torch.cuda.is_available():
-        torch.set_num_threads(cfg.threads)
+        from dvr1.parallel.setup import cpu_cores
+
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        threads = min(cfg.threads, max(1, cpu_cores() // local))
+        if threads < cfg.threads:
+            log.info("threads=%d: %d per process (%d cores, LOCAL_WORLD_SIZE=%d)", cfg.threads, threads, cpu_cores(),
+                     local)
+        torch.set_num_threads(threads)
 
 
 def init(cfg):

@@ -3,6 +3,7 @@ model.tiny_vision_steps)."""
 
 import functools
 import json
+import time
 
 import numpy as np
 import pytest
@@ -114,6 +115,44 @@ def test_vision_warmup_beside_the_lm_warmups_gives_the_same_checkpoint(tmp_path)
     assert any(not torch.equal(wa[k], c[k]) for k in wa if "merger" in k)  # the tower did train in both
     ia, ib = (json.load(open(f"{p}/dvr1_tiny.json")) for p in (a, b))
     assert ia == ib and ia["vision"]["steps"] == 6 and ia["copy"]["steps"] == 4
+
+
+def test_the_vision_worker_takes_one_thread_and_gives_it_back_with_the_same_checkpoint(tmp_path, monkeypatch):
+    """At 2 threads the LM's warm-ups run on 1 while the tower's runs beside them on the other, and on 2 from the
+    first step after it has returned; the checkpoint equals the one-thread, one-after-the-other one, bit for bit."""
+    from dvr1.models import tiny
+
+    sample = functools.partial(perception_sample, size=56, num_frames=4)
+    kw = dict(seed=3, vocab_size=300, copy_steps=4, vision_sample=sample, vision_steps=6)
+    before = torch.get_num_threads()
+    seen, real = [], tiny.copy_warmup
+
+    def spy(*args, on_step=None, **kwargs):
+        def hook():
+            on_step()
+            seen.append(torch.get_num_threads())
+
+        hook()  # the worker is still importing torch: this process holds 1 thread
+        for _ in range(1200):  # then wait (<= 120 s) until the hook has given the worker's thread back
+            if seen[-1] == 2:
+                break
+            time.sleep(0.1)
+            hook()
+        return real(*args, on_step=hook, **kwargs)
+
+    try:
+        torch.set_num_threads(1)
+        a = make_tiny_checkpoint(str(tmp_path / "a"), TEXTS, vision_in_parallel=False, **kw)
+        torch.set_num_threads(2)
+        monkeypatch.setattr(tiny, "copy_warmup", spy)
+        b = make_tiny_checkpoint(str(tmp_path / "b"), TEXTS, vision_in_parallel=True, **kw)
+        after = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    assert seen[0] == 1 and seen[-5:] == [2] * 5 and after == 2
+    wa, wb = load_file(f"{a}/model.safetensors"), load_file(f"{b}/model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert json.load(open(f"{a}/dvr1_tiny.json")) == json.load(open(f"{b}/dvr1_tiny.json"))
 
 
 def test_vision_steps_without_clips_is_an_error(tmp_path):
