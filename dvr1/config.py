@@ -341,8 +341,10 @@ def validate_vidchain(vc) -> None:
 class RunConfig:
     run_dir: str = "runs/tiny"
     seed: int = 0
-    # intra-op CPU threads per process (torch.set_num_threads); 0 = torch's default. 1 is fastest for the tiny
-    # model: its ops are too small to amortise OpenMP synchronisation, which also collapses when cores are shared.
+    # intra-op CPU threads per process (torch.set_num_threads), at most this process's share of the node's cores
+    # (dvr1.train.job.set_threads); 0 = torch's default. Results do not depend on it
+    # (megatron_patches.softmax_threads): the tiny main job on 2 cores runs at 2 (SFT 1.3x, the LM warm-ups 1.7x
+    # faster than at 1)
     threads: int = 1
     data: DataConfig = field(default_factory=DataConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
