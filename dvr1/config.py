@@ -74,6 +74,13 @@ class ModelConfig:
     # token's class its frame holds: dvr1.data.perception.token_labels(counts=True)); docs/SEEING_POLICY.md
     tiny_vision_max_objects: int = 4
     tiny_vision_counts: bool = False
+    # tiny checkpoint of `dvr1 vidchain` only: caption-drill steps of the whole model after those warm-ups
+    # (dvr1.models.tiny.caption_drill on dvr1.vidchain.drill.drill_sample clips: how many events, their numbered
+    # captions, one event's segment; synthetic backgrounds), the stand-in for a real checkpoint's dense-captioning
+    # pretraining; LRs of its LM / tower; 0 = none (docs/VIDCHAIN.md)
+    tiny_caption_steps: int = 0
+    tiny_caption_lr: float = 1.0e-3
+    tiny_caption_vision_lr: float = 5.0e-4
     # tiny checkpoint only: its text RoPE base and mrope split [t, h, w] (frequency pairs, summing to head_dim/2 = 16;
     # pairs run from the highest frequency down, t first). At Qwen's 1e6 / [4, 6, 6] the h and w pairs turn by at
     # most 0.1 rad (h) and 0.001 rad (w) across the tiny clips' 4x4 grid of merged tokens, so the language model
@@ -401,6 +408,8 @@ _RANGES = {
     "model.fp8_amax_history_len": _AT_LEAST_1, "model.tiny_reading_steps": _AT_LEAST_0,
     "model.tiny_copy_steps": _AT_LEAST_0, "model.tiny_answer_steps": _AT_LEAST_0, "model.tiny_reading_lr": _POSITIVE,
     "model.tiny_vision_steps": _AT_LEAST_0, "model.tiny_vision_max_objects": _AT_LEAST_1,
+    "model.tiny_caption_steps": _AT_LEAST_0, "model.tiny_caption_lr": _POSITIVE,
+    "model.tiny_caption_vision_lr": _POSITIVE,
     "model.recompute_num_layers": _AT_LEAST_1,
     "parallel.tp": _AT_LEAST_1, "parallel.pp": _AT_LEAST_1,
     "rollout.top_p": (1e-300, 1.0, "must be in (0, 1]"), "rollout.max_new_tokens": _AT_LEAST_1,

@@ -397,6 +397,107 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
             "video_embedding_norm": float(tokens.norm(dim=-1).mean())}
 
 
+def caption_drill(model, tokenizer, sample, steps: int, batch_size: int = 8, lr: float = 1e-3,
+                  vision_lr: float = 5e-4, warmup: int = 30, seed: int = 0, mrope_rule: str = "qwen",
+                  progress: bool = True, on_step=None) -> dict:
+    """Video-to-words drill of the tiny checkpoint, after :func:`copy_warmup` and :func:`vision_warmup`: next-token
+    training of the whole model (language model at `lr`, vision tower + merger at `vision_lr`) on the answers of
+    rendered clips from `sample` (`dvr1.vidchain.drill.drill_sample`: how many events, their numbered captions, one
+    event's segment), the loss on the answer and its ``<|im_end|>``. The stand-in for the dense captioning and
+    grounding a real Qwen2.5-VL learns in pretraining: without it CoTasks SFT gave one caption for every clip
+    (docs/VIDCHAIN.md).
+
+    AdamW (betas 0.9/0.95, no weight decay, grad-norm clip 1.0), linear warmup over `warmup` steps, then cosine to
+    5 % of each LR. Positions are Qwen2.5-VL's 3-D mrope (`dvr1.models.rope.get_rope_index` with `mrope_rule` and
+    the sample's seconds per grid step), as the policy computes them in SFT and RL.
+
+    Args:
+        model: a `Qwen2_5_VLForConditionalGeneration` (fp32, CPU). tokenizer: its tokenizer.
+        sample: ``rng -> {"pixel_values_videos" [N, 1176], "video_grid_thw" [3], "second_per_grid" (s), "prompt"
+            (chat prompt with its video tokens), "answer", "kind"}`` with ``rng`` a `numpy.random.Generator`.
+        steps: optimizer steps (0: nothing is done). batch_size: clips per step. on_step: as in :func:`copy_warmup`.
+
+    Returns:
+        ``{"steps", "first_loss", "loss" (mean NLL per answer token, the last 50 steps), "token_accuracy": {kind:
+        teacher-forced argmax accuracy of the answer tokens (with <|im_end|>)}, "answer_accuracy": {kind: fraction
+        whose answer tokens are all right}}`` on 48 held-out clips after training.
+    """
+    import math
+
+    import numpy as np
+    import torch
+
+    from dvr1.models.rope import get_rope_index
+
+    if steps <= 0:
+        return {"steps": 0}
+    cfg = model.config
+    vcfg = cfg.vision_config
+    pad, eos = tokenizer.convert_tokens_to_ids("<|endoftext|>"), tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def batch(r, n):
+        clips = [sample(r) for _ in range(n)]
+        rows = []
+        for c in clips:
+            p = tokenizer(c["prompt"], add_special_tokens=False)["input_ids"]
+            rows.append((p, tokenizer(c["answer"], add_special_tokens=False)["input_ids"] + [eos]))
+        n_tok = max(len(p) + len(a) for p, a in rows)
+        ids = torch.full((n, n_tok), pad, dtype=torch.long)
+        mask = torch.zeros(n, n_tok, dtype=torch.long)
+        target = torch.full((n, n_tok), -100, dtype=torch.long)
+        pos = torch.zeros(3, n, n_tok, dtype=torch.long)
+        for i, ((p, a), c) in enumerate(zip(rows, clips)):
+            x = torch.tensor(p + a)
+            ids[i, :len(x)], mask[i, :len(x)], target[i, len(p):len(x)] = x, 1, torch.tensor(a)
+            pos[:, i, :len(x)] = get_rope_index(x.view(1, -1), cfg.video_token_id, c["video_grid_thw"].view(1, 3),
+                                                [c["second_per_grid"]], vcfg.spatial_merge_size,
+                                                vcfg.tokens_per_second, mrope_rule)[:, 0]
+        return (torch.cat([c["pixel_values_videos"] for c in clips]),
+                torch.stack([c["video_grid_thw"] for c in clips]), ids, mask, pos, target[:, 1:],
+                [c["kind"] for c in clips])
+
+    def forward(b):
+        pixels, thw, ids, mask, pos, target, _ = b
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, pixel_values_videos=pixels,
+                       video_grid_thw=thw).logits[:, :-1]
+        return logits, target
+
+    visual = {id(p) for p in model.model.visual.parameters()}
+    lm = [p for p in model.parameters() if id(p) not in visual]
+    tower = list(model.model.visual.parameters())
+    opt = torch.optim.AdamW([{"params": lm, "lr": lr}, {"params": tower, "lr": vision_lr}], betas=(0.9, 0.95),
+                            weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    held_out = batch(np.random.default_rng(seed + 1), 48)
+
+    from tqdm import tqdm
+
+    losses = []
+    model.train()
+    for step in tqdm(range(steps), desc="caption drill", disable=not progress, unit="step"):
+        if on_step is not None:
+            on_step()
+        f = min(1.0, (step + 1) / max(1, warmup)) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        for g, base in zip(opt.param_groups, (lr, vision_lr)):
+            g["lr"] = base * f
+        logits, target = forward(batch(rng, batch_size))
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
+        losses.append(_clipped_step(opt, lm + tower, loss))
+    model.eval()
+    with torch.no_grad():
+        logits, target = forward(held_out)
+    scored = target != -100
+    hit = (logits.argmax(-1) == target) & scored
+    tokens = {}
+    for i, kind in enumerate(held_out[-1]):
+        tokens.setdefault(kind, []).append((int(hit[i].sum()), int(scored[i].sum())))
+    token_acc = {k: sum(h for h, _ in v) / sum(n for _, n in v) for k, v in sorted(tokens.items())}
+    answers = {k: sum(h == n for h, n in v) / len(v) for k, v in sorted(tokens.items())}
+    tail = losses[-50:]
+    return {"steps": steps, "first_loss": losses[0], "loss": sum(tail) / len(tail), "token_accuracy": token_acc,
+            "answer_accuracy": answers}
+
+
 def _vision_warmup_worker(cfg, visual_state: dict, sample, steps: int, seed: int, threads: int):
     """:func:`vision_warmup` in a spawned process, on a model with the parent's (still random) tower and merger:
     returns (the trained tower + merger state dict, the warm-up's result). The warm-up reads and writes nothing but
@@ -491,6 +592,11 @@ def make_tiny_checkpoint(
     vision_sample=None,
     vision_steps: int = 0,
     vision_in_parallel: bool | None = None,
+    caption_sample=None,
+    caption_steps: int = 0,
+    caption_lr: float = 1e-3,
+    caption_vision_lr: float = 5e-4,
+    mrope_rule: str = "qwen",
 ) -> str:
     """Train the tokenizer on `texts`, build a random-init tiny Qwen2.5-VL and `save_pretrained` both to `out_dir`.
 
@@ -501,7 +607,9 @@ def make_tiny_checkpoint(
     `reading_lr` on `reading_options` (the training split's option lists) before it is saved; its result is recorded
     in ``dvr1_tiny.json`` under ``"reading"``. `answer_steps` > 0: then :func:`answer_drill` on `answer_samples`
     (under ``"answer"``). `vision_steps` > 0: the random tower + merger get :func:`vision_warmup` on
-    clips from `vision_sample`, recorded under ``"vision"``. The tower's warm-up and the language model's touch
+    clips from `vision_sample`, recorded under ``"vision"``. `caption_steps` > 0: last, with the tower warmed,
+    :func:`caption_drill` of the whole model on `caption_sample` at `caption_lr` (LM) / `caption_vision_lr` (tower)
+    with positions by `mrope_rule` (under ``"caption"``). The tower's warm-up and the language model's touch
     disjoint parameters and draw from their own RNGs, so with both to run and `vision_in_parallel` (None: when a
     second core is free, `dvr1.parallel.setup.cpu_cores`) the tower's runs in a spawned process beside the others
     (the tiny main job's ~3 minutes of it off the critical path), with the same weights, bit for bit, as one after
@@ -511,7 +619,8 @@ def make_tiny_checkpoint(
     module-level function or a `functools.partial` of one). Returns `out_dir`.
 
     Raises:
-        ValueError: `vision_steps` > 0 without `vision_sample`; see also :func:`reading_warmup`.
+        ValueError: `vision_steps` > 0 without `vision_sample`, `caption_steps` > 0 without `caption_sample`; see
+            also :func:`reading_warmup`.
     """
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -527,6 +636,8 @@ def make_tiny_checkpoint(
     model = Qwen2_5_VLForConditionalGeneration(cfg).float()
     if vision_steps > 0 and vision_sample is None:
         raise ValueError("make_tiny_checkpoint: vision_steps > 0 needs a vision_sample to draw warm-up clips from")
+    if caption_steps > 0 and caption_sample is None:
+        raise ValueError("make_tiny_checkpoint: caption_steps > 0 needs a caption_sample to draw drill clips from")
     lm_warmups = copy_steps > 0 or reading_steps > 0 or answer_steps > 0
     if vision_in_parallel is None:
         from dvr1.parallel.setup import cpu_cores
@@ -556,6 +667,8 @@ def make_tiny_checkpoint(
             pool.close()
         else:
             vision = vision_warmup(model, vision_sample, vision_steps, seed=seed) if vision_steps > 0 else None
+        caption = caption_drill(model, tok, caption_sample, caption_steps, lr=caption_lr,
+                                vision_lr=caption_vision_lr, seed=seed, mrope_rule=mrope_rule)
     finally:
         torch.set_num_threads(threads)
         if pool is not None:
@@ -568,5 +681,6 @@ def make_tiny_checkpoint(
                    **({"copy": copied} if copy_steps > 0 else {}),
                    **({"reading": reading} if reading_steps > 0 else {}),
                    **({"answer": answer} if answer_steps > 0 else {}),
-                   **({"vision": vision} if vision is not None else {})}, f)
+                   **({"vision": vision} if vision is not None else {}),
+                   **({"caption": caption} if caption_steps > 0 else {})}, f)
     return out_dir

@@ -202,6 +202,12 @@ def ensure_model(cfg) -> str:
             raise ConfigError(f"model.path={cfg.model.path}: not a Hugging Face checkpoint directory (no config.json)")
         return path
     path = tiny_path(cfg)
+    if cfg.model.tiny_caption_steps:
+        from dvr1.config import ConfigError
+
+        raise ConfigError(f"model.tiny_caption_steps={cfg.model.tiny_caption_steps}: the caption drill is for "
+                          f"dense-captioning records (dvr1 vidchain); this job's video-QA checkpoint has none (set it "
+                          f"to 0)")
     if not os.path.exists(os.path.join(path, "config.json")):
         if grid.is_writer():
             from dvr1.data.prompts import format_question, lookup_drill_texts, sft_response

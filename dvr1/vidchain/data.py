@@ -147,13 +147,29 @@ def write_dense_records(path: str | os.PathLike, records: list[DenseCaptionRecor
 # ---- verifiable dense-captioning builder ----------------------------------------------------------------------
 
 SHAPES = ("disc", "square")
+DURATIONS = (4.0, 5.0, 6.0)  # the builder's clip lengths, seconds
 
 
 def _dense_clip(rng: np.random.Generator, n_events: int, ctx: dict):
     """Frames uint8 ``[T, S, S, 3]`` and (events seconds, captions, meta) for one clip (module docstring)."""
-    fps, size = ctx["fps"], ctx["size"]
-    bg, a, b = stitched_footage(rng, ctx["sources"], ctx["durations"], fps, size)
-    total = bg.shape[0]
+    bg, a, b = stitched_footage(rng, ctx["sources"], ctx["durations"], ctx["fps"], ctx["size"])
+    frames, events, captions, meta = dense_events(rng, bg, ctx["fps"], n_events)
+    return frames, events, captions, {"events": meta, "sources": [a.name, b.name]}
+
+
+def dense_events(rng: np.random.Generator, bg: np.ndarray, fps: float, n_events: int):
+    """Draw ``n_events`` non-overlapping events on the background frames ``bg`` (uint8 ``[T, S, S, 3]``, ``fps``
+    frames per second): boundaries at distinct 0.5 s frame times, one object per event (distinct colours of
+    :data:`dvr1.data.render.COLORS`, disc or square, one radius of 7-9 % of the side for the clip), each moving in one
+    of :data:`dvr1.data.render.DIRECTIONS` by at least a quarter of the frame during its ``[s, e]`` and absent
+    outside it. The builder's rule (module docstring); also the VidChain caption drill's
+    (:func:`dvr1.vidchain.drill.drill_sample`, on synthetic backgrounds).
+
+    Returns: (frames uint8 ``[T, S, S, 3]``, events ``[[s, e], ...]`` seconds, captions
+    ``"a {color} {shape} moves {direction}"``, per-event meta dicts ``{"color", "shape", "direction", "segment"}``).
+    Raises: ValueError when the clip has fewer than ``2 * n_events`` boundaries.
+    """
+    total, size = bg.shape[0], bg.shape[1]
     ks = [k for k in decimal_boundaries(total, fps) if abs(k / fps * 2 - round(k / fps * 2)) < 1e-9]  # 0.5 s grid
     if len(ks) < 2 * n_events:
         raise ValueError(f"a {total / fps:.1f} s clip has {len(ks)} boundaries, too few for {n_events} events")
@@ -172,11 +188,11 @@ def _dense_clip(rng: np.random.Generator, n_events: int, ctx: dict):
         events.append(seg)
         captions.append(f"a {colors[j]} {shape} moves {direction}")
         meta.append({"color": colors[j], "shape": shape, "direction": direction, "segment": seg})
-    return render(bg, objs), events, captions, {"events": meta, "sources": [a.name, b.name]}
+    return render(bg, objs), events, captions, meta
 
 
 def build_dense_dataset(out_dir: str, seed: int = 0, n_train: int = 120, n_val: int = 12, n_test: int = 24,
-                        fps: float = 8, size: int = 64, max_events: int = 3, durations=(4.0, 5.0, 6.0),
+                        fps: float = 8, size: int = 64, max_events: int = 3, durations=DURATIONS,
                         window_s: float = 3.0, crf: int = 20) -> dict:
     """Build ``out_dir/{train,val,test}.jsonl`` (:class:`DenseCaptionRecord`) and ``out_dir/videos/*.webm``.
 

@@ -90,12 +90,17 @@ def ensure_model(cfg, opts) -> str:
     """``model.path`` or ``<run_dir>/vidchain_tiny_init``: the tiny checkpoint with a tokenizer trained on the CoTasks
     texts of train/val, and the main job's stand-ins for pretraining that apply to dense captioning: the LM's copy
     warm-up (``model.tiny_copy_steps``) and the tower's perception warm-up (``model.tiny_vision_*``, on clips of
-    ``vidchain.size`` pixels). Raises `dvr1.config.ConfigError` for ``model.tiny_answer_steps`` /
+    ``vidchain.size`` pixels), then the caption drill of the whole model (``model.tiny_caption_*``:
+    `dvr1.vidchain.drill.drill_sample` clips of that size, ``video.num_frames`` frames, ``vidchain.fps`` and
+    ``max_events``). Raises `dvr1.config.ConfigError` for ``model.tiny_answer_steps`` /
     ``tiny_reading_steps`` > 0: those drills read video-QA option lists, which dense-captioning records lack."""
+    import functools
+
     from dvr1.config import ConfigError
     from dvr1.models.tiny import make_tiny_checkpoint, text_overrides
     from dvr1.train import job
     from dvr1.vidchain.cotasks import CHAINS, chain_texts
+    from dvr1.vidchain.drill import drill_sample
 
     if cfg.model.path:
         return os.path.abspath(cfg.model.path)
@@ -116,6 +121,12 @@ def ensure_model(cfg, opts) -> str:
         log.info("making the tiny checkpoint at %s (tokenizer on %d texts)", path, len(texts))
         make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab,
                              copy_steps=cfg.model.tiny_copy_steps, text=text_overrides(cfg.model),
+                             caption_sample=functools.partial(
+                                 drill_sample, size=opts.size, num_frames=cfg.video.num_frames or 8,
+                                 min_pixels=cfg.video.min_pixels, max_pixels=cfg.video.max_pixels, fps=opts.fps,
+                                 max_events=opts.max_events),
+                             caption_steps=cfg.model.tiny_caption_steps, caption_lr=cfg.model.tiny_caption_lr,
+                             caption_vision_lr=cfg.model.tiny_caption_vision_lr, mrope_rule=cfg.model.mrope_rule,
                              **job.tiny_vision_warmup(cfg, opts.size))
 
     _rank0_builds(os.path.join(path, "config.json"), build)

@@ -208,11 +208,17 @@ def test_ensure_model_passes_the_warmups_and_rejects_the_qa_drills(tmp_path, tin
     monkeypatch.setattr(tiny_mod, "make_tiny_checkpoint", lambda path, texts, **kw: seen.update(kw, texts=texts))
     ov = _overrides(tmp_path / "run", data_root)
     cfg, opts = load("examples/vidchain_tiny.yaml", ov + ["model.tiny_copy_steps=7", "model.tiny_vision_steps=5",
-                                                         "model.tiny_vision_counts=true", "vidchain.size=32"])
+                                                         "model.tiny_vision_counts=true", "vidchain.size=32",
+                                                         "model.tiny_caption_steps=4", "model.tiny_caption_lr=0.01",
+                                                         "model.tiny_caption_vision_lr=0.002", "vidchain.max_events=2"])
     assert ensure_model(cfg, opts) == str(tmp_path / "run" / "vidchain_tiny_init")
     assert seen["copy_steps"] == 7 and seen["vision_steps"] == 5 and seen["seed"] == 0
     sample = seen["vision_sample"]
     assert sample.keywords["counts"] is True and sample.keywords["size"] == 32
+    assert (seen["caption_steps"], seen["caption_lr"], seen["caption_vision_lr"], seen["mrope_rule"]) == (
+        4, 0.01, 0.002, "qwen")
+    assert seen["caption_sample"].keywords == {"size": 32, "num_frames": 8, "min_pixels": 3136, "max_pixels": 12544,
+                                               "fps": 8.0, "max_events": 2}
     assert seen["texts"] and all(isinstance(t, str) for t in seen["texts"])
     for key in ("tiny_answer_steps", "tiny_reading_steps"):
         cfg, opts = load("examples/vidchain_tiny.yaml", ov + [f"model.{key}=3"])
