@@ -1,5 +1,5 @@
 """The VidChain tiny checkpoint's caption drill: dense-captioning clips on synthetic backgrounds, asked as the first
-turn of each CoTasks chain (docs/VIDCHAIN.md, "The caption drill").
+turn of each CoTasks chain (docs/VIDCHAIN.md, "The caption drill in the tiny checkpoint").
 
 A real Qwen2.5-VL arrives at CoTasks SFT able to say what happens in a clip and when (its pretraining has dense
 captioning and temporal grounding). The tiny checkpoint's stand-in is `dvr1.models.tiny.caption_drill` on the clips

@@ -163,7 +163,7 @@ def test_caption_drill_equals_hf_forward_per_sample(drilled):
     for k in want_tok:
         assert result["token_accuracy"][k] == pytest.approx(want_tok[k], abs=1e-12)
         assert result["answer_accuracy"][k] == pytest.approx(want_ans[k], abs=1e-12)
-    assert result["steps"] == 6
+    assert result["steps"] == 6 and len(result["loss_per_100_steps"]) == 1
 
 
 def test_caption_drill_trains_the_lm_and_the_tower(drilled):
