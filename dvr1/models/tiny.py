@@ -671,7 +671,8 @@ def make_tiny_checkpoint(
         else:
             vision = vision_warmup(model, vision_sample, vision_steps, seed=seed) if vision_steps > 0 else None
         caption = caption_drill(model, tok, caption_sample, caption_steps, lr=caption_lr,
-                                vision_lr=caption_vision_lr, seed=seed, mrope_rule=mrope_rule)
+                                vision_lr=caption_vision_lr, seed=seed, mrope_rule=mrope_rule,
+                                on_step=on_step)  # all threads again if the LM's warm-ups ended before the tower's
     finally:
         torch.set_num_threads(threads)
         if pool is not None:
