@@ -62,13 +62,18 @@ def _clipped_step(opt, params, loss) -> float:
     return loss.detach().item()
 
 
+def _lm_params(model) -> list:
+    """The language model's parameters: all of the model's but the vision tower's + merger's, in model order."""
+    visual = {id(p) for p in model.model.visual.parameters()}
+    return [p for p in model.parameters() if id(p) not in visual]
+
+
 def _lm_optimizer(model, lr: float):
     """The text warm-ups' optimizer: AdamW (betas 0.9/0.95, no weight decay) on the language model's parameters
     only (the vision tower's are left out); returns ``(params, optimizer)``."""
     import torch
 
-    visual = {id(p) for p in model.model.visual.parameters()}
-    params = [p for p in model.parameters() if id(p) not in visual]
+    params = _lm_params(model)
     return params, torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
 
 
@@ -77,6 +82,14 @@ def _linear_warmup(opt, lr: float, step: int, warmup: int) -> None:
     constant (the text warm-ups' schedule)."""
     for g in opt.param_groups:
         g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup))
+
+
+def _warmup_cosine(step: int, steps: int, warmup: int) -> tuple[float, float]:
+    """The tower warm-up's and caption drill's LR factors for 0-based `step` of `steps`: (linear warmup over
+    `warmup` steps, then 1; cosine from 1 to 0.05 over the run)."""
+    import math
+
+    return min(1.0, (step + 1) / max(1, warmup)), 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps))
 
 
 def copy_warmup(model, tokenizer, steps: int, batch_size: int = 32, lr: float = 1e-3, warmup: int = 30,
@@ -377,9 +390,9 @@ def vision_warmup(model, sample, steps: int, batch_size: int = 8, lr: float = 2e
     losses = []
     visual.train()
     for step in tqdm(range(steps), desc="vision warm-up", disable=not progress, unit="step", position=position):
-        decay = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        warm, decay = _warmup_cosine(step, steps, warmup)
         for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / max(1, warmup)) * decay
+            g["lr"] = lr * warm * decay
         losses.append(_clipped_step(opt, params, forward(batch(rng, batch_size))[0]))
     visual.eval()
     with torch.no_grad():
@@ -424,8 +437,6 @@ def caption_drill(model, tokenizer, sample, steps: int, batch_size: int = 8, lr:
         teacher-forced argmax accuracy of the answer tokens (with <|im_end|>)}, "answer_accuracy": {kind: fraction
         whose answer tokens are all right}}`` on 48 held-out clips after training.
     """
-    import math
-
     import numpy as np
     import torch
 
@@ -464,9 +475,7 @@ def caption_drill(model, tokenizer, sample, steps: int, batch_size: int = 8, lr:
                        video_grid_thw=thw).logits[:, :-1]
         return logits, target
 
-    visual = {id(p) for p in model.model.visual.parameters()}
-    lm = [p for p in model.parameters() if id(p) not in visual]
-    tower = list(model.model.visual.parameters())
+    lm, tower = _lm_params(model), list(model.model.visual.parameters())
     opt = torch.optim.AdamW([{"params": lm, "lr": lr}, {"params": tower, "lr": vision_lr}], betas=(0.9, 0.95),
                             weight_decay=0.0)
     rng = np.random.default_rng(seed)
@@ -479,9 +488,9 @@ def caption_drill(model, tokenizer, sample, steps: int, batch_size: int = 8, lr:
     for step in tqdm(range(steps), desc="caption drill", disable=not progress, unit="step"):
         if on_step is not None:
             on_step()
-        f = min(1.0, (step + 1) / max(1, warmup)) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        warm, decay = _warmup_cosine(step, steps, warmup)
         for g, base in zip(opt.param_groups, (lr, vision_lr)):
-            g["lr"] = base * f
+            g["lr"] = base * (warm * decay)
         logits, target = forward(batch(rng, batch_size))
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=-100)
         losses.append(_clipped_step(opt, lm + tower, loss))
@@ -668,11 +677,11 @@ def make_tiny_checkpoint(
             visual_state, vision = pending.get()
             model.model.visual.load_state_dict(visual_state)
             pool.close()
+            torch.set_num_threads(threads)  # the worker's thread is free again (the LM's warm-ups may have ended first)
         else:
             vision = vision_warmup(model, vision_sample, vision_steps, seed=seed) if vision_steps > 0 else None
         caption = caption_drill(model, tok, caption_sample, caption_steps, lr=caption_lr,
-                                vision_lr=caption_vision_lr, seed=seed, mrope_rule=mrope_rule,
-                                on_step=on_step)  # all threads again if the LM's warm-ups ended before the tower's
+                                vision_lr=caption_vision_lr, seed=seed, mrope_rule=mrope_rule)
     finally:
         torch.set_num_threads(threads)
         if pool is not None:
