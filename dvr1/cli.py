@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                            help="qa: video QA/grounding (dvr1.train.evaluate); dvc: VidChain dense captioning")
             s.add_argument("--name", default="model",
                            help="writes <run_dir>/eval_<name>.json (qa) or <run_dir>/eval_vidchain_<name>.json (dvc)")
-            s.add_argument("--split", default=None, help="default: eval.split (qa), test (dvc), the manifest's split "
-                                                         "(--benchmark)")
+            s.add_argument("--split", default=None, help="default: eval.split (qa), vidchain.eval_split (dvc), the "
+                                                         "manifest's split (--benchmark)")
             s.add_argument("--benchmark", default=None,
                            help="a benchmark's metric set on the imported set(s) at --data (seed-bench-r1, nextgqa, "
                                 "longvideobench, mvbench, video-mme, tgif-qa, another name: accuracy per task; all: "

@@ -325,7 +325,10 @@ class VidChainOptions:
     beta: float = 0.5
     mdpo_lr: float = 1e-5
     max_new_tokens: int = 48
-    eval_max_samples: int = 0  # 0 = the whole test split
+    eval_max_samples: int = 0  # 0 = the whole eval split
+    # the split `dvr1 vidchain` evaluates the SFT and M-DPO models on: "test", or "val" to choose settings (M-DPO's
+    # lr / beta, an ablation grid) without looking at the test split
+    eval_split: str = "test"
     meteor: bool = True  # METEOR via pycocoevalcap's jar (needs java); False: CIDEr only and CIDEr for M-DPO captions
 
 
@@ -342,6 +345,8 @@ def validate_vidchain(vc) -> None:
     for key in ("records_per_step", "sft_batch_size", "max_events", "max_pairs_per_step"):
         if vc[key] < 1:
             raise ConfigError(f"vidchain.{key}={vc[key]}: must be >= 1")
+    if vc.eval_split not in ("val", "test"):
+        raise ConfigError(f"vidchain.eval_split={vc.eval_split!r}: must be 'val' or 'test'")
 
 
 @dataclass

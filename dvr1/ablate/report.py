@@ -73,7 +73,8 @@ def run_values(r: RunResult) -> dict[str, float]:
     mean reward); wall_min.
     A vidchain run (eval_vidchain_mdpo.json): :func:`vidchain_values`; ``pref_acc_last`` / ``margin_last`` (mean
     `rewards/accuracies` / `rewards/margins` over the last 5 M-DPO steps), ``margin_first`` (first step);
-    ``changed`` (greedy test answers that differ from the SFT model's, `vidchain_results.json`); wall_min."""
+    ``changed`` (greedy answers on the eval split that differ from the SFT model's, `vidchain_results.json`);
+    wall_min."""
     v = {}
     if r.eval is not None and "dvc" in r.eval:
         v.update(vidchain_values(r.eval))
@@ -155,6 +156,12 @@ def _notes(not_done: dict[str, list[int]]) -> str:
     return "; ".join(parts)
 
 
+def _split(sft_eval: Optional[dict]) -> str:
+    """The split a vidchain grid was evaluated on: the shared SFT eval's ``split`` (`vidchain.eval_split`; eval
+    JSONs written before it was recorded: "test")."""
+    return (sft_eval or {}).get("split") or "test"
+
+
 def format_vidchain_report(grid: Grid, agg: dict, sft_eval: Optional[dict] = None) -> str:
     """The Markdown report of a vidchain grid: the SFT row (before M-DPO) and one row per arm (after; mean ± sample
     std over seeds) of the DVC / grounding metrics, the DPO training values and the changed greedy outputs; then,
@@ -178,11 +185,12 @@ def format_vidchain_report(grid: Grid, agg: dict, sft_eval: Optional[dict] = Non
         row += [_fmt(v.get("pref_acc_last"), 1, 3), margin, changed, _fmt(v.get("wall_min"), 1, 1),
                 _notes(a["not_done"])]
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "Test split, 0-100 (DVC: METEOR/CIDEr averaged over tIoU {0.3, 0.5, 0.7, 0.9}, SODA_c; grounding: "
-              "mIoU, R1@tIoU). Mean ± sample standard deviation (ddof=1) over the seeds that finished (n=1: no std). "
-              "Preference accuracy and reward margin (TRL's rewards/accuracies, rewards/margins) are means over the "
-              "last 5 M-DPO steps (margin: first step → last 5); changed answers = greedy test answers (chain turns "
-              "and grounding queries) that differ from the SFT model's."]
+    split = _split(sft_eval)
+    lines += ["", f"{split.capitalize()} split, 0-100 (DVC: METEOR/CIDEr averaged over tIoU {{0.3, 0.5, 0.7, 0.9}}, "
+              "SODA_c; grounding: mIoU, R1@tIoU). Mean ± sample standard deviation (ddof=1) over the seeds that "
+              "finished (n=1: no std). Preference accuracy and reward margin (TRL's rewards/accuracies, "
+              "rewards/margins) are means over the last 5 M-DPO steps (margin: first step → last 5); changed "
+              f"answers = greedy {split} answers (chain turns and grounding queries) that differ from the SFT model's."]
     if sft:
         lines += ["", "Change against the SFT model (mean over seeds − SFT), beyond the seed spread when |Δ| > std:"]
         for arm, a in agg.items():
@@ -276,7 +284,8 @@ def _plot_vidchain_bars(grid: Grid, agg: dict, plot_dir: str, sft_eval: Optional
     groups = (["SFT"] if sft else []) + list(grid.arms)
     width = 0.8 / max(len(groups), 1)
     p = os.path.join(plot_dir, "dvc_per_arm.png")
-    with figure(p, figsize=(max(6.5, 1.1 * len(keys) + 2), 4), dpi=120, ylabel="test score (0-100)", grid="y",
+    split = _split(sft_eval)
+    with figure(p, figsize=(max(6.5, 1.1 * len(keys) + 2), 4), dpi=120, ylabel=f"{split} score (0-100)", grid="y",
                 title="DVC and grounding after M-DPO per arm (SFT = before)\nbar: mean over seeds; error bar: ±1 "
                       "sample std (ddof=1); dots: seeds", title_fontsize=9) as ax:
         for i, g in enumerate(groups):

@@ -149,11 +149,12 @@ def _greedy(engine, inputs, tok, rec, turns, max_new_tokens):
 
 
 def evaluate_vidchain(engine, inputs, tok, recs, scorers: dict, max_new_tokens: int = 48, progress: bool = False,
-                      out_path: str | None = None) -> dict:
+                      out_path: str | None = None, split: str | None = None) -> dict:
     """DVC + grounding metrics of greedy chains on ``recs`` (module docstring). Scores are on a 0-100 scale.
 
-    Returns: ``{"n", "dvc": {METEOR@t, CIDEr@t, METEOR, CIDEr, Precision*, Recall*}, "SODA_c", "count_acc",
-    "parse_rate", "grounding": {mIoU, R1@t}, "samples", "outputs"}``; also written to ``out_path`` as JSON.
+    Returns: ``{"n", "split" (the ``split`` name the records are of, recorded as given), "dvc": {METEOR@t, CIDEr@t,
+    METEOR, CIDEr, Precision*, Recall*}, "SODA_c", "count_acc", "parse_rate", "grounding": {mIoU, R1@t}, "samples",
+    "outputs"}``; also written to ``out_path`` as JSON.
     ``samples``: the first 10 records with their ground truth; ``outputs``: every record's greedy answers,
     ``{"id", "chain": [count, segments, captions], "grounding": [one answer per event]}`` (:func:`changed_outputs`).
     """
@@ -187,7 +188,7 @@ def evaluate_vidchain(engine, inputs, tok, recs, scorers: dict, max_new_tokens: 
             g_pred.append(None if not s else (from_percent(s[0][0], rec.duration), from_percent(s[0][1], rec.duration)))
             g_gt.append(tuple(rec.events[e]))
     dvc = {k: 100.0 * v for k, v in dvc_metrics(preds, gts, scorers).items()}
-    res = {"n": len(recs), "dvc": dvc, "SODA_c": 100.0 * sum(soda) / len(soda) if soda else None,
+    res = {"n": len(recs), "split": split, "dvc": dvc, "SODA_c": 100.0 * sum(soda) / len(soda) if soda else None,
            "count_acc": 100.0 * count_ok / max(len(recs), 1), "parse_rate": 100.0 * parsed / max(len(recs), 1),
            "grounding": {k: 100.0 * v for k, v in grounding_metrics(g_pred, g_gt).items()}, "samples": samples,
            "outputs": outputs}
@@ -222,9 +223,9 @@ def changed_outputs(before: dict, after: dict) -> dict:
     return out
 
 
-def format_changed(c: dict) -> str:
-    """One line for :func:`changed_outputs`."""
-    return (f"Greedy outputs changed by M-DPO on the test split: {c['records_changed']} of {c['records']} records; "
+def format_changed(c: dict, split: str = "test") -> str:
+    """One line for :func:`changed_outputs` of the evaluations on ``split``."""
+    return (f"Greedy outputs changed by M-DPO on the {split} split: {c['records_changed']} of {c['records']} records; "
             f"{c['chain_changed']} of {c['chain']} chain answers, {c['grounding_changed']} of {c['grounding']} "
             "grounding answers.")
 
@@ -242,7 +243,8 @@ def format_results(results: dict) -> str:
 
 
 def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None, scorers: dict | None = None) -> dict:
-    """Greedy DVC + grounding evaluation (:func:`evaluate_vidchain`) of the HF checkpoint ``hf_path`` on ``split``.
+    """Greedy DVC + grounding evaluation (:func:`evaluate_vidchain`) of the HF checkpoint ``hf_path`` on ``split``
+    (None = ``vidchain.eval_split``).
 
     ``dvr1 eval --task dvc --model HF_DIR -c CONFIG [--name NAME] [--split test]`` runs this. Records: the
     ``vidchain.data_root`` split (built first if the set is missing), the first ``vidchain.eval_max_samples`` if
@@ -261,7 +263,8 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None, scor
     if not os.path.exists(os.path.join(hf_path, "config.json")):
         raise FileNotFoundError(f"{hf_path}: not a HF checkpoint directory (no config.json)")
     ensure_data(opts)
-    recs = records(opts, split or "test")
+    split = split or opts.eval_split
+    recs = records(opts, split)
     if opts.eval_max_samples:
         recs = recs[: opts.eval_max_samples]
     scorers = scorers if scorers is not None else default_scorers(meteor=opts.meteor)
@@ -273,7 +276,7 @@ def run_eval(cfg, pinfo, hf_path: str, name: str, split: str | None = None, scor
     tok = job.tokenizer(hf_path)
     inputs = ChainInputs(InputBuilder(policy, tok, cfg.video, strict=cfg.data.strict))
     res = evaluate_vidchain(job.evaluation_engine(cfg, policy, hf_path), inputs, tok, recs, scorers,
-                            opts.max_new_tokens, cfg.log.progress, out if writer else None)
+                            opts.max_new_tokens, cfg.log.progress, out if writer else None, split)
     log.info("eval[%s]: %s", name, format_results({name: res}).splitlines()[-1])
     return res
 
@@ -332,11 +335,12 @@ def run(cfg, opts, init: str | None = None, stop_after: str | None = None, sft_e
     Args:
         init: an HF checkpoint of a CoTasks-SFT model: skip the SFT stage and run M-DPO from it (π_ref = it).
         stop_after: "sft" to stop after the SFT stage and its evaluation (returns ``{"sft": eval}``).
-        sft_eval: an ``eval_vidchain_*.json`` of the SFT model (on this config's test split) to reuse instead of
-            evaluating it again (the ablation runner passes the shared SFT's).
+        sft_eval: an ``eval_vidchain_*.json`` of the SFT model (on this config's ``vidchain.eval_split``) to reuse
+            instead of evaluating it again (the ablation runner passes the shared SFT's).
     Writes ``vidchain_results.md`` (the table and the count of greedy outputs M-DPO changed, :func:`changed_outputs`),
     ``vidchain_results.json`` and ``plots/`` (`dvr1.train.metrics.plot_run`) under ``run_dir``.
-    Raises FileNotFoundError for an ``init`` that is not an HF checkpoint, ValueError for another ``stop_after``.
+    Raises FileNotFoundError for an ``init`` that is not an HF checkpoint, ValueError for another ``stop_after`` or
+    an ``sft_eval`` of another split.
     """
     from dvr1.train import job
     from dvr1.train.metrics import plot_run
@@ -373,8 +377,11 @@ def run(cfg, opts, init: str | None = None, stop_after: str | None = None, sft_e
     if sft_eval:
         with open(sft_eval) as f:
             results = {"sft": json.load(f)}
+        if results["sft"].get("split", opts.eval_split) != opts.eval_split:
+            raise ValueError(f"dvr1 vidchain: --sft-eval {sft_eval}: evaluated on the {results['sft']['split']} split; "
+                             f"this run evaluates on vidchain.eval_split={opts.eval_split}")
     else:
-        results = {"sft": run_eval(cfg, pinfo, sft_hf, "sft", "test", scorers)}
+        results = {"sft": run_eval(cfg, pinfo, sft_hf, "sft", opts.eval_split, scorers)}
     if stop_after == "sft":
         return results
 
@@ -384,7 +391,7 @@ def run(cfg, opts, init: str | None = None, stop_after: str | None = None, sft_e
         trainer, model, opt, sched = mdpo_stage(cfg, pinfo, sft_hf, train, caption_scorer)
         mdpo_hf = job._train_loop(cfg, "vidchain_mdpo", trainer, model, opt, sched, opts.mdpo_steps,
                                   max(opts.mdpo_steps // 3, 1), 1, sft_hf)
-    results["mdpo"] = run_eval(cfg, pinfo, mdpo_hf, "mdpo", "test", scorers)
+    results["mdpo"] = run_eval(cfg, pinfo, mdpo_hf, "mdpo", opts.eval_split, scorers)
     try:
         results["changed"] = changed_outputs(results["sft"], results["mdpo"])
     except ValueError as e:  # an SFT eval JSON without per-record outputs, or of other records
@@ -393,7 +400,7 @@ def run(cfg, opts, init: str | None = None, stop_after: str | None = None, sft_e
 
     table = format_results({"CoTasks SFT": results["sft"], "+ M-DPO": results["mdpo"]})
     if results["changed"] is not None:
-        table += "\n\n" + format_changed(results["changed"])
+        table += "\n\n" + format_changed(results["changed"], opts.eval_split)
     if pinfo.rank == 0:
         with open(os.path.join(run_dir, "vidchain_results.md"), "w") as f:
             f.write(table + "\n")

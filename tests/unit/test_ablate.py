@@ -469,3 +469,9 @@ def test_vidchain_report_before_after_mean_std(tmp_path):
     for p in rep["plots"]:
         assert open(p, "rb").read()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.load(open(rep["results"]))["sft"]["SODA_c"] == 10.0
+    assert md.count("Test split, 0-100") == 1 and "changed answers = greedy test answers" in md
+    # a grid evaluated on val (vidchain.eval_split=val, recorded in the eval JSONs) says so
+    sft = json.loads((out / "sft" / "eval_vidchain_sft.json").read_text())
+    (out / "sft" / "eval_vidchain_sft.json").write_text(json.dumps({**sft, "split": "val"}))
+    md = ablate.write_report(g)["markdown"]
+    assert "Val split, 0-100" in md and "Test split" not in md and "changed answers = greedy val answers" in md

@@ -157,6 +157,10 @@ def test_vidchain_section():
         load_config(None, ["vidchain.mdpo_chains=[cap_seg,caption]"])
     assert str(e.value) == ("vidchain.mdpo_chains: unknown chain 'caption'; must be one of count_seg_cap, cap_seg, "
                             "ground")
+    assert load_config(None).vidchain.eval_split == "test"
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["vidchain.eval_split=train"])
+    assert str(e.value) == "vidchain.eval_split='train': must be 'val' or 'test'"
 
 
 def test_vllm_engine_sizes():

@@ -96,9 +96,9 @@ def test_eval_dvc_cli_equals_evaluate_vidchain(tmp_path, tiny, parallel_state_1,
     tok = AutoTokenizer.from_pretrained(ckpt)
     recs = read_dense_records(f"{data_root}/train.jsonl")
     want = evaluate_vidchain(NativeRolloutEngine(policy, seed=0), ChainInputs(InputBuilder(policy, tok, cfg.video)),
-                             tok, recs, default_scorers(meteor=True), max_new_tokens=24)
+                             tok, recs, default_scorers(meteor=True), max_new_tokens=24, split="train")
     want = json.loads(json.dumps(want))
-    assert got == want
+    assert got == want and got["split"] == "train"
     assert got["n"] == 2 and [s["id"] for s in got["samples"]] == [r.id for r in recs]
     assert all(len(s["answers"]) == 3 for s in got["samples"])
     # every record's greedy answers (chain turns, one grounding answer per event) are kept for `changed_outputs`
@@ -113,6 +113,35 @@ def test_eval_dvc_cli_equals_evaluate_vidchain(tmp_path, tiny, parallel_state_1,
     for k in ("METEOR", "CIDEr"):
         assert got["dvc"][k] == pytest.approx(sum(got["dvc"][f"{k}@{t}"] for t in TIOUS) / 4)
     assert format_results({"tiny": got}) in capsys.readouterr().out
+
+
+def test_eval_split_chooses_the_records_and_guards_the_sft_eval(tmp_path, tiny, parallel_state_1):
+    """`vidchain.eval_split=val` is the split `dvr1 eval --task dvc` (no --split) and `dvr1 vidchain` evaluate on; an
+    SFT eval of another split given to `dvr1 vidchain --sft-eval` is refused before any M-DPO step."""
+    from dvr1.vidchain.job import run, run_eval
+
+    data_root, ckpt = tiny
+    cfg = load_config("examples/vidchain_tiny.yaml", _overrides(tmp_path, data_root, meteor="false")
+                      + ["vidchain.eval_split=val"])
+    res = run_eval(cfg, parallel_state_1, ckpt, "v")
+    val = read_dense_records(f"{data_root}/val.jsonl")
+    assert res["split"] == "val" and [o["id"] for o in res["outputs"]] == [r.id for r in val]
+    assert json.loads((tmp_path / "eval_vidchain_v.json").read_text())["split"] == "val"
+    test_eval = tmp_path / "sft_test.json"
+    test_eval.write_text(json.dumps({**res, "split": "test"}))
+    root, handlers = logging.getLogger(), logging.getLogger().handlers[:]
+    try:
+        with pytest.raises(ValueError) as e:
+            run(cfg, cfg.vidchain, init=ckpt, sft_eval=str(test_eval))
+    finally:  # run() points logging at its run directory; give the session its handlers back
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+            h.close()
+        for h in handlers:
+            root.addHandler(h)
+    assert str(e.value) == (f"dvr1 vidchain: --sft-eval {test_eval}: evaluated on the test split; this run "
+                            "evaluates on vidchain.eval_split=val")
+    assert not (tmp_path / "vidchain_mdpo").exists()
 
 
 def _mdpo_stage(cfg, ckpt, steps):
@@ -190,6 +219,7 @@ def test_changed_outputs_counts_by_hand():
     assert c == {"records": 2, "records_changed": 1, "chain": 6, "chain_changed": 1, "grounding": 3,
                  "grounding_changed": 1}
     assert format_changed(c).startswith("Greedy outputs changed by M-DPO on the test split: 1 of 2 records; 1 of 6")
+    assert format_changed(c, "val").startswith("Greedy outputs changed by M-DPO on the val split: 1 of 2")
     with pytest.raises(ValueError, match="not over the same records"):
         changed_outputs(before, {"outputs": before["outputs"][::-1]})
     with pytest.raises(ValueError, match="need per-record 'outputs'"):
