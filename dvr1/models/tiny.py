@@ -510,7 +510,8 @@ def caption_drill(model, tokenizer, sample, steps: int, batch_size: int = 8, lr:
             "token_accuracy": token_acc, "answer_accuracy": answers}
 
 
-def _vision_warmup_worker(cfg, visual_state: dict, sample, steps: int, seed: int, threads: int):
+def _vision_warmup_worker(cfg, visual_state: dict, sample, steps: int, seed: int, threads: int,
+                          progress: bool = True):
     """:func:`vision_warmup` in a spawned process, on a model with the parent's (still random) tower and merger:
     returns (the trained tower + merger state dict, the warm-up's result). The warm-up reads and writes nothing but
     the tower, merger and its own head and RNGs, so this equals running it in the parent, bit for bit."""
@@ -520,7 +521,7 @@ def _vision_warmup_worker(cfg, visual_state: dict, sample, steps: int, seed: int
     torch.set_num_threads(threads)
     model = Qwen2_5_VLForConditionalGeneration(cfg).float()
     model.model.visual.load_state_dict(visual_state)
-    result = vision_warmup(model, sample, steps, seed=seed, position=1)
+    result = vision_warmup(model, sample, steps, seed=seed, progress=progress, position=1)
     return model.model.visual.state_dict(), result
 
 
@@ -609,6 +610,7 @@ def make_tiny_checkpoint(
     caption_lr: float = 1e-3,
     caption_vision_lr: float = 5e-4,
     mrope_rule: str = "qwen",
+    progress: bool = True,
 ) -> str:
     """Train the tokenizer on `texts`, build a random-init tiny Qwen2.5-VL and `save_pretrained` both to `out_dir`.
 
@@ -628,7 +630,8 @@ def make_tiny_checkpoint(
     the other (tests/unit/test_perception.py). That process gets one intra-op thread, and this one
     ``torch.get_num_threads() - 1`` (at least 1) until it has returned, then all again (the LM warm-ups' results do
     not depend on the thread count: the same weights at 1 and 2 threads). `vision_sample` must then pickle (a
-    module-level function or a `functools.partial` of one). Returns `out_dir`.
+    module-level function or a `functools.partial` of one). `progress`: the warm-ups' tqdm bars (the jobs pass
+    ``log.progress``). Returns `out_dir`.
 
     Raises:
         ValueError: `vision_steps` > 0 without `vision_sample`, `caption_steps` > 0 without `caption_sample`; see
@@ -662,26 +665,28 @@ def make_tiny_checkpoint(
 
         pool = multiprocessing.get_context("spawn").Pool(1)
         pending = pool.apply_async(_vision_warmup_worker, (cfg, model.model.visual.state_dict(), vision_sample,
-                                                           vision_steps, seed, 1))
+                                                           vision_steps, seed, 1, progress))
         torch.set_num_threads(max(1, threads - 1))  # the worker's thread takes one of this process's
 
         def on_step():  # and gives it back as soon as the worker has returned (a step of the LM's warm-ups)
             if pending.ready() and torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
     try:
-        copied = copy_warmup(model, tok, copy_steps, seed=seed, on_step=on_step)
+        copied = copy_warmup(model, tok, copy_steps, seed=seed, progress=progress, on_step=on_step)
         reading = reading_warmup(model, tok, list(reading_options or []), reading_steps, lr=reading_lr, seed=seed,
-                                 on_step=on_step)
-        answer = answer_drill(model, tok, list(answer_samples or []), answer_steps, seed=seed, on_step=on_step)
+                                 progress=progress, on_step=on_step)
+        answer = answer_drill(model, tok, list(answer_samples or []), answer_steps, seed=seed, progress=progress,
+                              on_step=on_step)
         if pending is not None:
             visual_state, vision = pending.get()
             model.model.visual.load_state_dict(visual_state)
             pool.close()
             torch.set_num_threads(threads)  # the worker's thread is free again (the LM's warm-ups may have ended first)
         else:
-            vision = vision_warmup(model, vision_sample, vision_steps, seed=seed) if vision_steps > 0 else None
+            vision = (vision_warmup(model, vision_sample, vision_steps, seed=seed, progress=progress)
+                      if vision_steps > 0 else None)
         caption = caption_drill(model, tok, caption_sample, caption_steps, lr=caption_lr,
-                                vision_lr=caption_vision_lr, seed=seed, mrope_rule=mrope_rule)
+                                vision_lr=caption_vision_lr, seed=seed, mrope_rule=mrope_rule, progress=progress)
     finally:
         torch.set_num_threads(threads)
         if pool is not None:

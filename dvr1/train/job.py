@@ -173,6 +173,11 @@ def tiny_path(cfg) -> str:
     return os.path.join(os.path.abspath(cfg.run_dir), "tiny_init")
 
 
+def tiny_clip_frames(cfg) -> int:
+    """Frames of the tiny checkpoint's warm-up and drill clips: ``video.num_frames`` (8 when 0: fps sampling)."""
+    return cfg.video.num_frames or 8
+
+
 def tiny_vision_warmup(cfg, size: int) -> dict:
     """`dvr1.models.tiny.make_tiny_checkpoint`'s ``vision_steps`` / ``vision_sample`` for ``model.tiny_vision_steps``:
     `dvr1.data.perception.perception_sample` clips of ``size`` pixels a side (the data's frame size), at
@@ -182,7 +187,7 @@ def tiny_vision_warmup(cfg, size: int) -> dict:
 
     from dvr1.data.perception import perception_sample
 
-    frames = cfg.video.num_frames or 8
+    frames = tiny_clip_frames(cfg)
     return {"vision_steps": cfg.model.tiny_vision_steps,
             "vision_sample": functools.partial(perception_sample, size=size, num_frames=frames,
                                                min_pixels=cfg.video.min_pixels, max_pixels=cfg.video.max_pixels,
@@ -230,7 +235,8 @@ def ensure_model(cfg) -> str:
                                  reading_options=options, reading_steps=cfg.model.tiny_reading_steps,
                                  reading_lr=cfg.model.tiny_reading_lr, copy_steps=cfg.model.tiny_copy_steps,
                                  answer_samples=drill, answer_steps=cfg.model.tiny_answer_steps,
-                                 text=text_overrides(cfg.model), **tiny_vision_warmup(cfg, cfg.data.size))
+                                 text=text_overrides(cfg.model), progress=cfg.log.progress,
+                                 **tiny_vision_warmup(cfg, cfg.data.size))
         if dist.is_initialized():
             dist.barrier()
     return path

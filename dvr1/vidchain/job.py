@@ -122,11 +122,12 @@ def ensure_model(cfg, opts) -> str:
         make_tiny_checkpoint(path, texts, seed=cfg.seed, vocab_size=cfg.model.tokenizer_vocab,
                              copy_steps=cfg.model.tiny_copy_steps, text=text_overrides(cfg.model),
                              caption_sample=functools.partial(
-                                 drill_sample, size=opts.size, num_frames=cfg.video.num_frames or 8,
+                                 drill_sample, size=opts.size, num_frames=job.tiny_clip_frames(cfg),
                                  min_pixels=cfg.video.min_pixels, max_pixels=cfg.video.max_pixels, fps=opts.fps,
                                  max_events=opts.max_events),
                              caption_steps=cfg.model.tiny_caption_steps, caption_lr=cfg.model.tiny_caption_lr,
                              caption_vision_lr=cfg.model.tiny_caption_vision_lr, mrope_rule=cfg.model.mrope_rule,
+                             progress=cfg.log.progress,
                              **job.tiny_vision_warmup(cfg, opts.size))
 
     _rank0_builds(os.path.join(path, "config.json"), build)

@@ -155,6 +155,20 @@ def test_the_vision_worker_takes_one_thread_and_gives_it_back_with_the_same_chec
     assert json.load(open(f"{a}/dvr1_tiny.json")) == json.load(open(f"{b}/dvr1_tiny.json"))
 
 
+def test_progress_false_silences_every_warmup_bar(tmp_path, capfd):
+    """`progress=False` (the jobs pass log.progress) prints no tqdm bar, the spawned tower worker's included;
+    `progress=True` prints each warm-up's."""
+    sample = functools.partial(perception_sample, size=56, num_frames=4)
+    kw = dict(seed=3, vocab_size=300, copy_steps=2, vision_sample=sample, vision_steps=2, vision_in_parallel=True)
+    capfd.readouterr()
+    make_tiny_checkpoint(str(tmp_path / "a"), TEXTS, progress=False, **kw)
+    quiet = capfd.readouterr()
+    assert "warm-up" not in quiet.err + quiet.out
+    make_tiny_checkpoint(str(tmp_path / "b"), TEXTS, progress=True, **kw)
+    loud = capfd.readouterr().err
+    assert "copy warm-up" in loud and "vision warm-up" in loud
+
+
 def test_vision_steps_without_clips_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="^make_tiny_checkpoint: vision_steps > 0 needs a vision_sample to draw "
                                          "warm-up clips from$"):

@@ -243,6 +243,7 @@ def test_ensure_model_passes_the_warmups_and_rejects_the_qa_drills(tmp_path, tin
                                                          "model.tiny_caption_vision_lr=0.002", "vidchain.max_events=2"])
     assert ensure_model(cfg, opts) == str(tmp_path / "run" / "vidchain_tiny_init")
     assert seen["copy_steps"] == 7 and seen["vision_steps"] == 5 and seen["seed"] == 0
+    assert seen["progress"] is False  # log.progress=false: no warm-up bars either
     sample = seen["vision_sample"]
     assert sample.keywords["counts"] is True and sample.keywords["size"] == 32
     assert (seen["caption_steps"], seen["caption_lr"], seen["caption_vision_lr"], seen["mrope_rule"]) == (
