@@ -68,14 +68,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         grid = load_grid(a.grid, a.out, a.overrides)
         if a.sft_init:
             grid.sft_init = a.sft_init
+        arms = a.arms.split(",") if a.arms else None
+        try:
+            seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
+        except ValueError:
+            raise GridError(f"--seeds {a.seeds}: must be comma-separated integers, e.g. --seeds 0,1") from None
         if a.emit:
-            sys.stdout.write(emit(grid, a.emit, a.launcher))
+            sys.stdout.write(emit(grid, a.emit, a.launcher, arms, seeds))
             return 0
         failed = []
         if not a.report_only:
-            seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else None
-            recs = run_grid(grid, a.launcher, a.arms.split(",") if a.arms else None, seeds,
-                            echo=lambda s: print(s, flush=True))
+            recs = run_grid(grid, a.launcher, arms, seeds, echo=lambda s: print(s, flush=True))
             failed = [r for r in recs if r["status"].startswith("failed")]
             locked = [r for r in recs if r["status"] == "locked"]
             if locked:

@@ -51,19 +51,34 @@ def run_commands(grid: Grid, run: Run, launcher: list[str]) -> list[tuple[str, l
             ("eval", launcher + ["eval", "-c", grid.base, "--model", run.hf_dir, "--name", "rl"] + run.overrides)]
 
 
-def emit(grid: Grid, fmt: str, launcher: Optional[str] = None) -> str:
+def select_runs(grid: Grid, arms: Optional[list[str]] = None, seeds: Optional[list[int]] = None) -> list:
+    """The grid's runs (`expand_grid`) of the ``arms`` / ``seeds`` subsets (None: all; `--arms` / `--seeds`).
+    Raises GridError naming an arm or seed the grid does not have."""
+    for a in arms or []:
+        if a not in grid.arms:
+            raise GridError(f"--arms: {a!r} is not an arm of {grid.path} ({', '.join(grid.arms)})")
+    for s in seeds or []:
+        if s not in grid.seeds:
+            raise GridError(f"--seeds: {s} is not a seed of {grid.path} ({', '.join(map(str, grid.seeds))})")
+    return [r for r in expand_grid(grid) if (not arms or r.arm in arms) and (seeds is None or r.seed in seeds)]
+
+
+def emit(grid: Grid, fmt: str, launcher: Optional[str] = None, arms: Optional[list[str]] = None,
+         seeds: Optional[list[int]] = None) -> str:
     """Shell text for a cluster. fmt="commands": the SFT lines, then one line per run (skipped when its eval JSON
     exists). fmt="sbatch": a Slurm array script, one task per run, to submit after the SFT job (header says how).
-    Raises GridError for another fmt."""
+    ``arms`` / ``seeds``: only those runs (:func:`select_runs`). Raises GridError for another fmt or subset."""
     lw = _launcher(grid, launcher, local=False)
     sft = " && ".join(shlex.join(c) for _, c in sft_commands(grid, lw)) or "true"
+    todo = select_runs(grid, arms, seeds)
     lines = []
-    for r in expand_grid(grid):
+    for r in todo:
         cmds = " && ".join(shlex.join(c) for _, c in run_commands(grid, r, lw))
         lines.append(f"test -f {shlex.quote(r.eval_path)} || {{ {cmds}; }}")
     n = len(lines)
+    n_arms, n_seeds = len({r.arm for r in todo}), len({r.seed for r in todo})
     if fmt == "commands":
-        head = [f"# dvr1 ablation grid {grid.name!r}: {n} runs ({len(grid.arms)} arms x {len(grid.seeds)} seeds)",
+        head = [f"# dvr1 ablation grid {grid.name!r}: {n} runs ({n_arms} arms x {n_seeds} seeds)",
                 "# shared SFT (run first):", sft, "# runs (independent of each other):"]
         return "\n".join(head + lines) + "\n"
     if fmt != "sbatch":
@@ -71,8 +86,7 @@ def emit(grid: Grid, fmt: str, launcher: Optional[str] = None) -> str:
     opts = {"job-name": f"dvr1-{grid.name}", "output": os.path.join(grid.out, "slurm-%A_%a.out")}
     opts.update({str(k): v for k, v in grid.slurm.items()})
     script = ["#!/bin/bash",
-              f"# dvr1 ablation grid {grid.name!r}: {n} runs, one array task each ({len(grid.arms)} arms x "
-              f"{len(grid.seeds)} seeds).",
+              f"# dvr1 ablation grid {grid.name!r}: {n} runs, one array task each ({n_arms} arms x {n_seeds} seeds).",
               "# 1) the shared SFT:  jid=$(sbatch --parsable " + " ".join(
                   shlex.quote(f"--{k}={v}") for k, v in grid.slurm.items()) + " --wrap " + shlex.quote(sft) + ")",
               "# 2) this array:      sbatch --dependency=afterok:$jid THIS_FILE",
@@ -223,12 +237,9 @@ def run_grid(grid: Grid, launcher: Optional[str] = None, arms: Optional[list[str
     """
     check_configs(grid)
     check_resume(grid)
-    for a in arms or []:
-        if a not in grid.arms:
-            raise GridError(f"--arms: {a!r} is not an arm of {grid.path} ({', '.join(grid.arms)})")
+    todo = select_runs(grid, arms, seeds)
     run_sft(grid, launcher, echo)
     lw = _launcher(grid, launcher, local=True)
-    todo = [r for r in expand_grid(grid) if (not arms or r.arm in arms) and (seeds is None or r.seed in seeds)]
     out = []
     for i, r in enumerate(todo):
         tag = f"[ablate {i + 1}/{len(todo)}] {r.arm} seed {r.seed}"

@@ -111,6 +111,25 @@ def test_emit_commands(tmp_path):
         ablate.emit(g, "json")
 
 
+def test_emit_honours_the_arm_and_seed_subsets(tmp_path, capsys):
+    """`--emit` with `--arms` / `--seeds` prints only those runs (not silently the whole grid); unknown ones and a
+    non-integer seed list are one-line errors."""
+    path = write_grid(tmp_path, GRID)
+    out = str(tmp_path / "out")
+    assert ablate.main([path, "--emit", "commands", "--arms", "reg_da", "--seeds", "1", "--launcher", "dvr1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "# dvr1 ablation grid 't': 1 runs (1 arms x 1 seeds)"
+    assert [l.split(" || ")[0] for l in lines if l.startswith("test -f")] == [f"test -f {out}/reg_da/seed1/eval_rl.json"]
+    script = ablate.emit(load_grid(path), "sbatch", "dvr1", seeds=[3])
+    assert "#SBATCH --array=0-1\n" in script and "(2 arms x 1 seeds)" in script and "seed1" not in script
+    assert ablate.main([path, "--emit", "commands", "--seeds", "0"]) == 2
+    assert capsys.readouterr().err == f"dvr1 ablate: --seeds: 0 is not a seed of {path} (3, 1)\n"
+    assert ablate.main([path, "--emit", "commands", "--arms", "dapo"]) == 2
+    assert capsys.readouterr().err == f"dvr1 ablate: --arms: 'dapo' is not an arm of {path} (grpo, reg_da)\n"
+    assert ablate.main([path, "--seeds", "1,x"]) == 2
+    assert capsys.readouterr().err == "dvr1 ablate: --seeds 1,x: must be comma-separated integers, e.g. --seeds 0,1\n"
+
+
 def test_emit_sbatch_array_runs_the_right_task(tmp_path):
     g = load_grid(write_grid(tmp_path, GRID + "    slurm: {partition: gpu, gpus-per-node: 8}\n"))
     script = ablate.emit(g, "sbatch", launcher="echo dvr1")
