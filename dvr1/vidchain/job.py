@@ -378,8 +378,9 @@ def run(cfg, opts, init: str | None = None, stop_after: str | None = None, sft_e
     if sft_eval:
         with open(sft_eval) as f:
             results = {"sft": json.load(f)}
-        if results["sft"].get("split", opts.eval_split) != opts.eval_split:
-            raise ValueError(f"dvr1 vidchain: --sft-eval {sft_eval}: evaluated on the {results['sft']['split']} split; "
+        got = results["sft"].get("split")  # None: an eval JSON written before the split was recorded
+        if got is not None and got != opts.eval_split:
+            raise ValueError(f"dvr1 vidchain: --sft-eval {sft_eval}: evaluated on the {got} split; "
                              f"this run evaluates on vidchain.eval_split={opts.eval_split}")
     else:
         results = {"sft": run_eval(cfg, pinfo, sft_hf, "sft", opts.eval_split, scorers)}
